@@ -1,0 +1,1 @@
+"""Runnable experiments. Each is a small Python file with a `get_config()`; its docstring has the command."""

@@ -1,0 +1,259 @@
+"""`recoup`: train, inspect and evaluate runs.
+
+    recoup train --task addition --preset small --budget-tokens 2M --out runs/add
+    recoup runs show runs/add [--json]
+    recoup eval runs/add [--step N] [--split test] [--json]
+
+Bad input (a config field, a file, a column, a run directory, a step) is reported as one line
+naming the field and the allowed values, exit status 2, before jax is imported or anything is
+compiled: the trainer is imported only once the config has validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import sys
+
+from framework import __version__
+from framework.config import (
+    PRESETS,
+    SCHEDULES,
+    TASKS,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    parse_stops,
+    parse_tokens,
+    preset,
+)
+from framework.errors import ConfigError
+
+# -- recoup train --------------------------------------------------------------------------------
+
+# flag -> (config section, field, parser). Defaults are None so we can tell "given" from "omitted":
+# omitted flags fall back to --config, to the run being resumed, or to the dataclass default.
+_TRAIN_FLAGS = {
+    "task": ("data", "task", str),
+    "data": ("data", "data_path", str),
+    "prompt_col": ("data", "prompt_col", str),
+    "answer_col": ("data", "answer_col", str),
+    "difficulty_col": ("data", "difficulty_col", str),
+    "max_digits": ("data", "max_digits", int),
+    "max_hops": ("data", "max_hops", int),
+    "n_examples": ("data", "n_examples", int),
+    "val_size": ("data", "val_size", int),
+    "test_size": ("data", "test_size", int),
+    "data_seed": ("data", "seed", int),
+    "dropout": ("model", "dropout", float),
+    "schedule": ("optim", "schedule", str),
+    "lr": ("optim", "peak_lr", float),
+    "warmup": ("optim", "warmup_frac", float),
+    "decay": ("optim", "decay_frac", float),
+    "weight_decay": ("optim", "weight_decay", float),
+    "clip": ("optim", "clip_norm", float),
+    "budget_tokens": ("run", "budget_tokens", lambda s: parse_tokens(s, "budget_tokens")),
+    "stops": ("run", "stops", parse_stops),
+    "every_tokens": ("run", "every_tokens", lambda s: parse_tokens(s, "every_tokens")),
+    "batch_size": ("run", "batch_size", int),
+    "seed": ("run", "seed", int),
+    "out": ("run", "out_dir", str),
+    "init_from": ("run", "init_from", str),
+}
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model, checkpointing at token-budget stopping points")
+    p.add_argument("--config", help="experiment config: a .py file or module with get_config()")
+    g = p.add_argument_group("data (one of --task / --data)")
+    g.add_argument("--task", help=f"built-in task: {'|'.join(TASKS)}")
+    g.add_argument("--data", help="a local .jsonl/.csv/.parquet file or a save_to_disk directory")
+    g.add_argument("--prompt-col", help="prompt column of --data (default: prompt)")
+    g.add_argument("--answer-col", help="answer column of --data (default: answer)")
+    g.add_argument("--difficulty-col", help="optional difficulty column of --data")
+    g.add_argument("--max-digits", help="addition: operands of 1..N digits (default 5)")
+    g.add_argument("--max-hops", help="multihop: questions of 1..H hops (default 3)")
+    g.add_argument("--n-examples", help="examples generated for a built-in task")
+    g.add_argument("--val-size", help="validation prompts (default 500)")
+    g.add_argument("--test-size", help="test prompts (default 2000)")
+    g.add_argument("--data-seed", help="seed of the data generator and split (default 0)")
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", help=f"model size: {'|'.join(PRESETS)} (default small)")
+    g.add_argument("--dropout", help="residual dropout (default 0)")
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--schedule", help=f"learning-rate schedule over the budget: {'|'.join(SCHEDULES)}")
+    g.add_argument("--lr", help="peak learning rate (default 3e-3)")
+    g.add_argument("--warmup", help="warmup as a fraction of the budget (default 0.05)")
+    g.add_argument("--decay", help="wsd: decay phase as a fraction of the budget (default 0.2)")
+    g.add_argument("--weight-decay", help="AdamW weight decay (default 0.1)")
+    g.add_argument("--clip", help="global gradient-norm clip (default 1.0)")
+    g = p.add_argument_group("run")
+    g.add_argument("--budget-tokens", help="planned budget in counted tokens: 2000000, 2M, 500k")
+    g.add_argument("--stops", help="stopping fractions (default 0.25,0.38,0.5,0.62,0.75,0.88,1.0)")
+    g.add_argument("--every-tokens", help="also checkpoint every N tokens")
+    g.add_argument("--batch-size", help="sequences per step (default 128)")
+    g.add_argument("--seed", help="training seed (default 0)")
+    g.add_argument("--out", help="run directory")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument("--init-from", help="start from RUN_DIR or RUN_DIR/checkpoints/STEP weights")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def load_config_file(spec: str) -> RunConfig:
+    """`get_config()` of a Python file path or an importable module name."""
+    if spec.endswith(".py"):
+        if not os.path.isfile(spec):
+            raise ConfigError("config", f"no config file at {spec}")
+        module_spec = importlib.util.spec_from_file_location("recoup_config", spec)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(spec)
+        except ImportError as e:
+            raise ConfigError("config", f"cannot import {spec!r}: {e}") from None
+    if not hasattr(module, "get_config"):
+        raise ConfigError("config", f"{spec} has no get_config() function")
+    return module.get_config()
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Merge, in increasing priority: defaults, --config or the resumed run, explicit flags."""
+    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    if args.resume and not args.out:
+        raise ConfigError("out", "--resume needs --out RUN_DIR")
+    base: RunConfig | None = None
+    if args.config:
+        base = load_config_file(args.config)
+    if args.resume and os.path.isfile(os.path.join(args.out, "config.json")):
+        base = RunConfig.from_dict(json.load(open(os.path.join(args.out, "config.json"))))
+    sections = {
+        "data": dataclasses.asdict(base.data) if base else {},
+        "model": dataclasses.asdict(base.model if base else PRESETS["small"]),
+        "optim": dataclasses.asdict(base.optim) if base else {},
+        "run": {k: v for k, v in (base.to_dict() if base else {}).items()
+                if k not in ("data", "model", "optim")},
+    }
+    if args.preset is not None:
+        sections["model"] = dataclasses.asdict(preset(args.preset))
+        sections["run"]["preset"] = args.preset
+    if "data" in given:  # a file replaces the default built-in task
+        sections["data"]["task"] = None
+    for flag, value in given.items():
+        section, field, parse = _TRAIN_FLAGS[flag]
+        try:
+            sections[section][field] = parse(value)
+        except ValueError:
+            raise ConfigError(flag.replace("_", "-"), f"cannot parse {value!r}") from None
+    if "budget_tokens" not in sections["run"]:
+        raise ConfigError("budget-tokens", "required (for example --budget-tokens 2M)")
+    if "out_dir" not in sections["run"]:
+        raise ConfigError("out", "required: the run directory to write")
+    from framework.config import ModelConfig
+
+    cfg = RunConfig(
+        data=DataConfig(**sections["data"]),
+        model=ModelConfig(**sections["model"]),
+        optim=OptimConfig(**sections["optim"]),
+        **sections["run"],
+    )
+    cfg.validate()
+    return cfg
+
+
+def _cmd_train(args) -> int:
+    cfg = config_from_args(args)
+    from framework.train import train  # imports jax: only after the config is known good
+
+    stops = train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    print(_format_stops(stops))
+    return 0
+
+
+# -- recoup runs show / recoup eval --------------------------------------------------------------
+
+
+def _cmd_runs_show(args) -> int:
+    from framework.checkpoints import list_checkpoints
+
+    stops = list_checkpoints(args.run_dir)
+    print(json.dumps(stops, indent=2) if args.json else _format_stops(stops))
+    return 0
+
+
+def _format_stops(stops: list[dict]) -> str:
+    if not stops:
+        return "no checkpoints yet"
+    lines = [f"{'step':>6} {'kind':>8} {'fraction':>8} {'tokens':>12} {'val EM':>7} {'val loss':>9} {'wall s':>7}"]
+    for c in stops:
+        lines.append(
+            f"{c['step']:>6} {c.get('kind', ''):>8} {c['fraction']:>8.3f} {c['tokens']:>12,} "
+            f"{c['val_em']:>7.3f} {c['val_loss']:>9.4f} {c.get('wall_s', 0):>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_eval(args) -> int:
+    from framework.checkpoints import resolve_step
+    from framework.runs import evaluate_checkpoint, open_run
+
+    run = open_run(args.run_dir)
+    run.split(args.split)  # validates the name before any work
+    step = resolve_step(args.run_dir, args.step)
+    result = evaluate_checkpoint(run, step, args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.run_dir} step {step} ({result['tokens']:,} tokens), {args.split} split, n={result['n']}")
+        print(f"  EM {result['em']:.4f}  strict EM {result['strict_em']:.4f}  F1 {result['f1']:.4f}  "
+              f"(teacher-forced strict EM {result['teacher_forced_strict_em']:.4f})")
+        print("  EM by difficulty: " + ", ".join(f"{k}: {v:.3f}" for k, v in result["em_by_difficulty"].items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recoup", description="Win back the EM lost to early stopping.")
+    parser.add_argument("--version", action="version", version=f"recoup {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_parser(sub)
+
+    runs = sub.add_parser("runs", help="inspect run directories")
+    runs_sub = runs.add_subparsers(dest="runs_command", metavar="COMMAND")
+    show = runs_sub.add_parser("show", help="list a run's stopping points with their metadata")
+    show.add_argument("run_dir")
+    show.add_argument("--json", action="store_true", help="a JSON list of objects")
+    show.set_defaults(func=_cmd_runs_show)
+
+    ev = sub.add_parser("eval", help="greedy-decode a checkpoint on a split and score it")
+    ev.add_argument("run_dir")
+    ev.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    ev.add_argument("--split", default="test", help="train|validation|test (default test)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"recoup: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recoup: interrupted; completed checkpoints are intact (resume with --resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

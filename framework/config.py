@@ -1,0 +1,204 @@
+"""Typed run configuration: validated at the boundary, before jax is imported or anything compiles.
+
+Configs are frozen dataclasses with a comment on every field. `RunConfig.validate()` raises a
+`ConfigError` naming the field and the allowed values; `build_*` helpers turn strings into plain
+callables in one place (core code never branches on a config string).
+
+Units: every budget, stopping point and schedule length is in *counted training tokens*; see
+`framework.data.counted_tokens` for the definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Any
+
+from framework.errors import ConfigError
+
+TASKS = ("addition", "multihop")
+SCHEDULES = ("cosine", "wsd", "constant")
+MLPS = ("gated", "gelu")
+DEFAULT_STOPS = (0.25, 0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    task: str | None = "addition"  # built-in task (TASKS); None when data_path is set
+    data_path: str | None = None  # a local .jsonl/.csv/.parquet file or a save_to_disk directory
+    prompt_col: str = "prompt"  # column names in data_path
+    answer_col: str = "answer"
+    difficulty_col: str | None = None  # optional; rows are "unscored" (difficulty 0) without it
+    max_digits: int = 5  # addition: operands have 1..max_digits digits
+    max_hops: int = 3  # multihop: questions of 1..max_hops hops
+    n_examples: int = 30_000  # addition: problems generated; multihop: multi-hop compositions
+    val_size: int = 500  # held-out prompts for validation EM at stopping points
+    test_size: int = 2_000  # held-out prompts, never used for any choice
+    seed: int = 0  # data seed; fixed across training seeds so test sets stay comparable
+
+    def validate(self) -> None:
+        if (self.task is None) == (self.data_path is None):
+            raise ConfigError("task", "give exactly one of a built-in task or a data file", TASKS)
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError("task", f"unknown task {self.task!r}", TASKS)
+        _positive("data.max_digits", self.max_digits)
+        _positive("data.max_hops", self.max_hops)
+        _positive("data.n_examples", self.n_examples)
+        _positive("data.val_size", self.val_size)
+        _positive("data.test_size", self.test_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 128  # residual width
+    n_layers: int = 3  # transformer blocks
+    n_heads: int = 4  # attention heads; d_model must divide evenly
+    d_ff: int = 384  # MLP hidden width
+    mlp: str = "gated"  # "gated" (SwiGLU) or "gelu"
+    dropout: float = 0.0  # residual dropout during training
+    rope_base: float = 10_000.0  # RoPE frequency base
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "d_ff"):
+            _positive(f"model.{name}", getattr(self, name))
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ConfigError(
+                "model.n_heads", f"d_model {self.d_model} / n_heads {self.n_heads} must be an even integer"
+            )
+        if self.mlp not in MLPS:
+            raise ConfigError("model.mlp", f"unknown MLP {self.mlp!r}", MLPS)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.dropout", f"{self.dropout} is outside [0, 1)")
+
+
+PRESETS = {
+    "tiny": ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64),  # tests: compiles in seconds
+    "small": ModelConfig(d_model=128, n_layers=3, n_heads=4, d_ff=384),  # demo: ~0.6M parameters
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    schedule: str = "cosine"  # learning-rate shape over the token budget (SCHEDULES)
+    peak_lr: float = 3e-3  # AdamW peak learning rate
+    warmup_frac: float = 0.05  # share of the budget spent warming up linearly from 0
+    decay_frac: float = 0.2  # wsd only: share of the budget spent decaying linearly to 0
+    end_lr_frac: float = 0.0  # cosine only: final learning rate as a share of the peak
+    weight_decay: float = 0.1  # decoupled weight decay on matrices (not norms or biases)
+    clip_norm: float = 1.0  # global gradient-norm clip
+    b1: float = 0.9
+    b2: float = 0.98
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError("optim.schedule", f"unknown schedule {self.schedule!r}", SCHEDULES)
+        _positive("optim.peak_lr", self.peak_lr)
+        _positive("optim.clip_norm", self.clip_norm)
+        for name in ("warmup_frac", "decay_frac", "end_lr_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"optim.{name}", f"{getattr(self, name)} is outside [0, 1]")
+        if self.schedule == "wsd" and self.warmup_frac + self.decay_frac > 1.0:
+            raise ConfigError("optim.decay_frac", "warmup_frac + decay_frac must be <= 1 for wsd")
+        if self.weight_decay < 0:
+            raise ConfigError("optim.weight_decay", f"{self.weight_decay} is negative")
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optim.{name}", f"{getattr(self, name)} is outside [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    out_dir: str  # run directory: config.json, metrics.jsonl, checkpoints/
+    budget_tokens: int  # planned training budget in counted tokens
+    data: DataConfig = DataConfig()
+    model: ModelConfig = PRESETS["small"]
+    optim: OptimConfig = OptimConfig()
+    preset: str | None = "small"  # name of the model preset, recorded for humans
+    batch_size: int = 128  # sequences per training step
+    stops: tuple[float, ...] = DEFAULT_STOPS  # stopping points as fractions of budget_tokens
+    every_tokens: int | None = None  # also checkpoint every this many tokens (None: off)
+    seed: int = 0  # training seed: initialization, data order, dropout
+    eval_batch_size: int = 256  # sequences per evaluation forward pass
+    log_every: int = 25  # steps between metrics.jsonl lines (each forces one device sync)
+    init_from: str | None = None  # start from this run directory / checkpoint's weights
+
+    def validate(self) -> None:
+        """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
+        self.data.validate()
+        self.model.validate()
+        self.optim.validate()
+        if not self.out_dir:
+            raise ConfigError("out_dir", "a run directory is required")
+        if not isinstance(self.budget_tokens, int) or self.budget_tokens <= 0:
+            raise ConfigError("budget_tokens", f"{self.budget_tokens!r} must be a positive integer")
+        _positive("batch_size", self.batch_size)
+        _positive("eval_batch_size", self.eval_batch_size)
+        _positive("log_every", self.log_every)
+        if not self.stops:
+            raise ConfigError("stops", "give at least one stopping fraction in (0, 1]")
+        for f in self.stops:
+            if not (isinstance(f, int | float) and 0.0 < f <= 1.0) or math.isnan(f):
+                raise ConfigError("stops", f"fraction {f!r} is outside (0, 1]")
+        if self.every_tokens is not None:
+            _positive("every_tokens", self.every_tokens)
+
+    # -- serialization: config.json in every run directory ---------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        d["data"] = _from_fields(DataConfig, d.get("data", {}), "data")
+        d["model"] = _from_fields(ModelConfig, d.get("model", {}), "model")
+        d["optim"] = _from_fields(OptimConfig, d.get("optim", {}), "optim")
+        d["stops"] = tuple(d.get("stops", DEFAULT_STOPS))
+        return _from_fields(cls, d, "config")
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def preset(name: str) -> ModelConfig:
+    """The ModelConfig of a named preset; unknown names list the known ones."""
+    if name not in PRESETS:
+        raise ConfigError("preset", f"unknown preset {name!r}", PRESETS)
+    return PRESETS[name]
+
+
+def parse_stops(text: str) -> tuple[float, ...]:
+    """'0.5,0.62,1.0' -> (0.5, 0.62, 1.0); 1.0 is always added (a run ends at its budget)."""
+    try:
+        fractions = {float(p) for p in text.split(",") if p.strip()}
+    except ValueError:
+        raise ConfigError("stops", f"{text!r} is not a comma-separated list of numbers") from None
+    return tuple(sorted(fractions | {1.0}))
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+
+
+def parse_tokens(text: str | int, field: str = "budget_tokens") -> int:
+    """Token counts as '2500000', '2.5M', '500k' or '1e6' -> int."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbg]?)\s*", str(text).lower())
+    if not m:
+        raise ConfigError(field, f"{text!r} is not a token count (examples: 2500000, 2.5M, 500k)")
+    return int(round(float(m.group(1)) * _UNITS[m.group(2)]))
+
+
+def _positive(field: str, value) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(field, f"{value!r} must be > 0")
+
+
+def _from_fields(cls, d: dict[str, Any], where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", "unknown field", sorted(names))
+    return cls(**d)

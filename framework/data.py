@@ -1,0 +1,173 @@
+"""From `datasets.Dataset` splits to fixed-shape numpy batches, and the one definition of a token.
+
+Sequence layout (right-padded to a fixed width so the train step compiles once):
+
+    tokens  = BOS p1 .. pP a1 .. aA EOS PAD ..
+    inputs  = tokens[:, :-1], EOS -> PAD   targets = tokens[:, 1:]
+    loss_mask[j] = 1  iff targets[j] is an answer token or the EOS
+
+**Counted training token** (the unit of every budget, stopping point and schedule in recoup):
+every non-PAD token of a training batch's `inputs`. Per example that is 1 + P + A (BOS, prompt,
+answer; the final EOS is only a target). **Answer tokens**: `loss_mask.sum()` = A + 1 per example.
+
+Which examples a batch draws is decided on the host by a `Sampler` (an optax-style pair of pure
+functions with explicit state), so a curriculum can change what is drawn as tokens are seen
+without ever touching the compiled train step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import datasets
+import numpy as np
+
+from framework import tasks, tokenizer
+from framework.config import DataConfig
+from framework.tokenizer import BOS, EOS, PAD
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedSplit:
+    """One split, tokenized once. Row i is example i of the split."""
+
+    tokens: np.ndarray  # [n, width] int32, BOS prompt answer EOS PAD..
+    prompt_lens: np.ndarray  # [n] prompt tokens (without BOS)
+    answer_lens: np.ndarray  # [n] answer tokens (without EOS)
+    difficulty: np.ndarray  # [n] float64
+    prompts: list[str]
+    answers: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+class Batch(NamedTuple):
+    inputs: np.ndarray  # [b, width - 1] int32
+    targets: np.ndarray  # [b, width - 1] int32
+    loss_mask: np.ndarray  # [b, width - 1] float32: answer tokens and EOS
+
+
+def sequence_width(splits: dict[str, datasets.Dataset], multiple: int = 8) -> int:
+    """Smallest width holding every example of every split, so inputs are a multiple of 8 wide."""
+    longest = max(
+        len(tokenizer.encode(p)) + len(tokenizer.encode(a)) + 2
+        for ds in splits.values()
+        for p, a in zip(ds["prompt"], ds["answer"], strict=True)
+    )
+    return -(-(longest - 1) // multiple) * multiple + 1
+
+
+def encode_split(ds: datasets.Dataset, width: int) -> EncodedSplit:
+    prompts, answers = list(ds["prompt"]), list(ds["answer"])
+    tokens = np.full((len(prompts), width), PAD, np.int32)
+    plens, alens = np.zeros(len(prompts), np.int32), np.zeros(len(prompts), np.int32)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        pt, at = tokenizer.encode(p), tokenizer.encode(a)
+        seq = [BOS, *pt, *at, EOS]
+        if len(seq) > width:
+            raise ValueError(f"example {i} needs {len(seq)} tokens, width is {width}")
+        tokens[i, : len(seq)] = seq
+        plens[i], alens[i] = len(pt), len(at)
+    difficulty = np.asarray(ds["difficulty"], np.float64)
+    return EncodedSplit(tokens, plens, alens, difficulty, prompts, answers)
+
+
+def make_batch(split: EncodedSplit, idx: np.ndarray) -> Batch:
+    tokens = split.tokens[idx]
+    targets = tokens[:, 1:]
+    # EOS is only ever a target: as an input it would predict padding, which nothing trains on.
+    # Blanking it keeps the counted tokens of an example (1 + P + A) independent of the width.
+    inputs = np.where(tokens[:, :-1] == EOS, PAD, tokens[:, :-1])
+    j = np.arange(inputs.shape[1])[None]
+    start = split.prompt_lens[idx][:, None]  # targets[start] is the first answer token
+    end = start + split.answer_lens[idx][:, None]  # targets[end] is the EOS
+    loss_mask = ((j >= start) & (j <= end)).astype(np.float32)
+    return Batch(inputs, targets, loss_mask)
+
+
+def counted_tokens(batch: Batch) -> int:
+    """THE definition of a counted training token: a non-PAD input token of a training batch."""
+    return int(np.count_nonzero(batch.inputs != PAD))
+
+
+def answer_tokens(batch: Batch) -> int:
+    """Tokens the loss is computed on (answer bytes and the EOS)."""
+    return int(batch.loss_mask.sum())
+
+
+# -- samplers --------------------------------------------------------------------------------
+# A sampler decides which training examples each step draws. It is a pair of pure functions:
+#   init() -> state
+#   next(state, tokens_seen) -> (indices [batch_size] int, new_state)
+# `state` is a NamedTuple of numpy arrays, saved in every checkpoint, so a resumed run draws the
+# same batches as an uninterrupted one. `tokens_seen` is what a curriculum paces on.
+
+SamplerState = Any
+
+
+class Sampler(NamedTuple):
+    init: Callable[[], SamplerState]
+    next: Callable[[SamplerState, int], tuple[np.ndarray, SamplerState]]
+
+
+class EpochState(NamedTuple):
+    epoch: np.ndarray  # int64 scalar
+    cursor: np.ndarray  # int64 scalar: examples of this epoch's permutation already drawn
+
+
+def uniform_sampler(n_examples: int, batch_size: int, seed: int) -> Sampler:
+    """Uniform sampling without replacement: a fresh seeded permutation every epoch.
+
+    A batch that runs past the end of an epoch is completed from the next epoch's permutation.
+    """
+    if n_examples <= 0:
+        raise ValueError("the training split is empty")
+
+    @functools.lru_cache(maxsize=2)  # the current and the next epoch
+    def permutation(epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(n_examples)
+
+    def init() -> EpochState:
+        return EpochState(np.asarray(0, np.int64), np.asarray(0, np.int64))
+
+    def next_(state: EpochState, tokens_seen: int) -> tuple[np.ndarray, EpochState]:
+        del tokens_seen  # uniform: what is drawn does not depend on progress
+        epoch, cursor, out = int(state.epoch), int(state.cursor), []
+        need = batch_size
+        while need:
+            take = permutation(epoch)[cursor : cursor + need]
+            out.append(take)
+            need -= len(take)
+            cursor += len(take)
+            if cursor == n_examples:
+                epoch, cursor = epoch + 1, 0
+        return np.concatenate(out), EpochState(np.asarray(epoch, np.int64), np.asarray(cursor, np.int64))
+
+    return Sampler(init, next_)
+
+
+def prepare(cfg: DataConfig) -> dict[str, EncodedSplit]:
+    """Build (or load) the task's train/validation/test splits and tokenize them once.
+
+    Deterministic in `cfg`: the trainer and `recoup eval` call it with the run's saved config and
+    get identical splits. The width is shared by all splits (a shape, not a tuned choice).
+    """
+    raw = tasks.build_splits(
+        cfg.task,
+        cfg.data_path,
+        seed=cfg.seed,
+        n_examples=cfg.n_examples,
+        val_size=cfg.val_size,
+        test_size=cfg.test_size,
+        max_digits=cfg.max_digits,
+        max_hops=cfg.max_hops,
+        prompt_col=cfg.prompt_col,
+        answer_col=cfg.answer_col,
+        difficulty_col=cfg.difficulty_col,
+    )
+    width = sequence_width(raw)
+    return {name: encode_split(raw[name], width) for name in tasks.SPLITS}

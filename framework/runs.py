@@ -1,0 +1,75 @@
+"""Reading a finished (or running) run directory: its config, data, and checkpoints' weights.
+
+Used by `recoup eval`, `recoup runs show` and the demo. The data splits are rebuilt from the
+run's saved config (generation is deterministic), so evaluation sees exactly the held-out split
+the run was trained beside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+
+from framework import checkpoints, evaluate
+from framework.config import RunConfig
+from framework.data import EncodedSplit, prepare
+from framework.errors import ConfigError
+from framework.model import build_model
+from framework.tasks import SPLITS
+
+
+@dataclasses.dataclass
+class Run:
+    run_dir: str
+    cfg: RunConfig
+    graphdef: Any
+    abstract_params: Any
+    _splits: dict[str, EncodedSplit] | None = None
+
+    @property
+    def splits(self) -> dict[str, EncodedSplit]:
+        if self._splits is None:  # built lazily: `runs show` needs no data
+            self._splits = prepare(self.cfg.data)
+        return self._splits
+
+    def split(self, name: str) -> EncodedSplit:
+        if name not in SPLITS:
+            raise ConfigError("split", f"unknown split {name!r}", SPLITS)
+        return self.splits[name]
+
+    def params(self, step: int | None = None):
+        """Parameters of checkpoint `step` (newest when None)."""
+        step = checkpoints.resolve_step(self.run_dir, step)
+        mgr = checkpoints.open_manager(self.run_dir)
+        try:
+            return checkpoints.restore(mgr, step, params=self.abstract_params).params
+        finally:
+            mgr.close()
+
+
+def open_run(run_dir: str) -> Run:
+    cfg = RunConfig.from_dict(checkpoints.read_config_dict(run_dir))
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model, 0)), nnx.Param)
+    return Run(run_dir, cfg, graphdef, abstract)
+
+
+def evaluate_checkpoint(run: Run, step: int | None = None, split: str = "test") -> dict[str, Any]:
+    """Greedy-decoded EM, strict EM, F1 and EM per difficulty, plus teacher-forced strict EM."""
+    step = checkpoints.resolve_step(run.run_dir, step)
+    data = run.split(split)
+    params = run.params(step)
+    predictions = evaluate.decode_split(run.graphdef, params, data, run.cfg.eval_batch_size)
+    tf = evaluate.teacher_forced(run.graphdef, params, data, run.cfg.eval_batch_size)
+    meta = next(c for c in checkpoints.list_checkpoints(run.run_dir) if c["step"] == step)
+    return {
+        "run_dir": run.run_dir,
+        "step": step,
+        "tokens": meta.get("tokens"),
+        "fraction": meta.get("fraction"),
+        "split": split,
+        **evaluate.score(predictions, data),
+        "teacher_forced_strict_em": tf["strict_em"],
+        "loss": tf["loss"],
+    }

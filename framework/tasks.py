@@ -1,0 +1,425 @@
+"""Tasks: the built-in synthetic data sets, bring-your-own files, and train/validation/test splits.
+
+Every data set is a `datasets.Dataset` with columns `prompt` (str), `answer` (str) and
+`difficulty` (int64 for built-in tasks; for files, the user's numeric column). Generation is a
+pure function of `seed` (a local `random.Random`, never the global RNG) and builds the data set
+with `Dataset.from_dict`, in memory: nothing is cached on disk or downloaded. No jax here, so the
+CLI can check a config and its data before jax starts.
+
+    splits = build_splits("addition", None, seed=0, n_examples=10_000, val_size=500,
+                          test_size=500, max_digits=5)
+    splits["train"][0]  # {'prompt': '7634+588=', 'answer': '2228', 'difficulty': 4}
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from framework.errors import ConfigError
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("prompt", "answer", "difficulty")
+RELATIONS = ("teacher", "friend", "mother", "boss", "neighbor", "doctor", "cousin", "mentor",
+             "father", "landlord", "coach", "sister")
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+Row = tuple[str, str, int | float]  # (prompt, answer, difficulty)
+
+
+def _to_dataset(rows: list[Row], difficulty_dtype: str = "int64") -> datasets.Dataset:
+    # Explicit features keep the column types right even when there are no rows.
+    columns = [list(c) for c in zip(*rows, strict=True)] or [[], [], []]
+    features = datasets.Features({"prompt": datasets.Value("string"),
+                                  "answer": datasets.Value("string"),
+                                  "difficulty": datasets.Value(difficulty_dtype)})
+    return datasets.Dataset.from_dict(dict(zip(COLUMNS, columns, strict=True)), features=features)
+
+
+def _rows(ds: datasets.Dataset) -> list[Row]:
+    return list(zip(*(ds[c] for c in COLUMNS), strict=True))
+
+
+def _check_count(field: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(field, f"must be >= {minimum}, got {value}")
+
+
+def _sample_unique(rng: random.Random, n_examples: int, pool_sizes: Mapping[int, int],
+                   draw: Callable[[int], tuple[str, str]]) -> list[Row]:
+    """Draws up to `n_examples` rows with distinct prompts and a uniform difficulty per row.
+
+    `pool_sizes[d]` counts the distinct prompts of difficulty d exactly; once all are drawn, d
+    leaves the draw, so a small pool (1-digit sums) never loops forever. The attempt cap is a
+    second guard that real settings do not reach.
+    """
+    open_levels, counts, seen, rows = sorted(pool_sizes), dict.fromkeys(pool_sizes, 0), set(), []
+    for _ in range(100 * n_examples + 10_000):
+        if len(rows) >= n_examples or not open_levels:
+            break
+        level = rng.choice(open_levels)
+        prompt, answer = draw(level)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        rows.append((prompt, answer, level))
+        counts[level] += 1
+        if counts[level] == pool_sizes[level]:
+            open_levels.remove(level)
+    return rows
+
+
+# ---------------------------------------------------------------- addition
+
+def reverse_digits(s: str) -> str:
+    """Reverses a digit string: `reverse_digits("125") == "521"`."""
+    return s[::-1]
+
+
+def decode_addition_answer(answer: str) -> int:
+    """Reads an addition answer back as an int: "521" -> 125, "001" -> 100.
+
+    Args:
+      answer: ASCII digits, least significant first; surrounding whitespace is ignored.
+
+    Returns:
+      The integer. Raises ValueError if `answer` is not a non-empty string of digits.
+    """
+    text = answer.strip()
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError(f"not an addition answer (digits, least significant first): {answer!r}")
+    return int(reverse_digits(text))
+
+
+def _operand(rng: random.Random, digits: int) -> int:
+    # Exactly `digits` digits with no leading zero; one digit includes 0.
+    return rng.randint(0, 9) if digits == 1 else rng.randint(10 ** (digits - 1), 10**digits - 1)
+
+
+def _addition_pool(d: int) -> int:
+    """Number of ordered pairs whose longer operand has exactly d digits."""
+    n_long = 10 if d == 1 else 9 * 10 ** (d - 1)
+    n_shorter = 0 if d == 1 else 10 ** (d - 1)  # every number with fewer than d digits
+    return n_long * n_long + 2 * n_long * n_shorter
+
+
+def addition(n_examples: int, max_digits: int, seed: int) -> datasets.Dataset:
+    """Integer addition, `"57+68="` -> `"521"`, with unique prompts.
+
+    The answer is the sum with its digits reversed (least significant first): the model then
+    writes digits in the order the carry flows, which small transformers learn far more easily
+    (Lee et al. 2023, "Teaching arithmetic to small transformers"); `decode_addition_answer`
+    reads it back. The difficulty d is uniform in 1..max_digits: one operand has exactly d digits,
+    the other a uniform length in 1..d, in random order.
+
+    Args:
+      n_examples: rows wanted; fewer only when the distinct problems run out (100 with one digit).
+      max_digits: the longest operand, >= 1.
+      seed: the generator seed.
+
+    Returns:
+      A Dataset with columns prompt, answer, difficulty (= digits of the longer operand).
+    """
+    _check_count("n_examples", n_examples, 0)
+    _check_count("max_digits", max_digits, 1)
+    rng = random.Random(seed)
+
+    def draw(d: int) -> tuple[str, str]:
+        long, short = _operand(rng, d), _operand(rng, rng.randint(1, d))
+        a, b = (long, short) if rng.random() < 0.5 else (short, long)
+        return f"{a}+{b}=", reverse_digits(str(a + b))
+
+    pools = {d: _addition_pool(d) for d in range(1, max_digits + 1)}
+    return _to_dataset(_sample_unique(rng, n_examples, pools, draw))
+
+
+# ---------------------------------------------------------------- multi-hop questions
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "", "n", "r", "l", "s")  # most names end in a vowel ("Kesu"), some not ("Tomer")
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    """A synthetic world: each relation sends each entity to exactly one other entity."""
+
+    entities: tuple[str, ...]
+    relations: tuple[str, ...]
+    links: dict[str, dict[str, str]]  # links[relation][entity] -> target entity
+
+    def resolve(self, chain: tuple[str, ...], start: str) -> str:
+        """Follows `chain` as English reads it: ("teacher", "friend") is teacher(friend(start))."""
+        entity = start
+        for relation in reversed(chain):
+            entity = self.links[relation][entity]
+        return entity
+
+
+def question(chain: tuple[str, ...], start: str) -> str:
+    """`question(("teacher", "friend"), "Alba") == "Who is the teacher of the friend of Alba?"`."""
+    return f"Who is the {' of the '.join(chain)} of {start}?"
+
+
+def knowledge_base(seed: int, n_entities: int = 200, n_relations: int = 6) -> KnowledgeBase:
+    """Generates the knowledge base that `multihop(..., seed, n_entities, n_relations)` asks about.
+
+    Args:
+      seed: the generator seed.
+      n_entities: distinct pronounceable names (2-3 syllables, capitalized), >= 2.
+      n_relations: the first n of `RELATIONS` (the same names for every seed).
+
+    Returns:
+      A KnowledgeBase; each relation sends each entity to a random entity other than itself.
+    """
+    _check_count("n_entities", n_entities, 2)
+    if not 1 <= n_relations <= len(RELATIONS):
+        raise ConfigError("n_relations", f"must be in 1..{len(RELATIONS)} (the relation names "
+                                         f"there are), got {n_relations}")
+    rng = random.Random(seed)
+    names: dict[str, None] = {}  # an insertion-ordered set keeps the entity order reproducible
+    for _ in range(100 * n_entities):
+        if len(names) == n_entities:
+            break
+        syllables = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3))]
+        names["".join(syllables).capitalize() + rng.choice(_CODAS)] = None
+    if len(names) < n_entities:
+        raise ConfigError("n_entities", f"could only make {len(names)} distinct names")
+    entities, links = tuple(names), {}
+    for relation in RELATIONS[:n_relations]:
+        # Any index but i: draw from the n - 1 others, stepping over i.
+        picks = [(i, rng.randrange(n_entities - 1)) for i in range(n_entities)]
+        links[relation] = {entities[i]: entities[j + (j >= i)] for i, j in picks}
+    return KnowledgeBase(entities, RELATIONS[:n_relations], links)
+
+
+def multihop(n_examples: int, max_hops: int, seed: int, n_entities: int = 200,
+             n_relations: int = 6) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Questions over `knowledge_base(seed, ...)`: `"Who is the teacher of the friend of Alba?"`.
+
+    Args:
+      n_examples: multi-hop compositions wanted (fewer only if the distinct ones run out).
+      max_hops: the longest relation chain, >= 1; difficulty = number of hops.
+      seed: the generator seed (it also fixes the knowledge base).
+      n_entities, n_relations: the size of the knowledge base.
+
+    Returns:
+      `(facts, compositions)`: every single-hop question (n_entities * n_relations rows,
+      difficulty 1), and distinct questions of 2..max_hops hops, the hop count uniform per row
+      (no rows when max_hops == 1).
+    """
+    _check_count("n_examples", n_examples, 0)
+    _check_count("max_hops", max_hops, 1)
+    kb = knowledge_base(seed, n_entities, n_relations)
+    facts = [(question((r,), e), kb.links[r][e], 1) for e in kb.entities for r in kb.relations]
+    rng = random.Random(f"multihop-{seed}")  # Random(seed) would replay the knowledge base draws
+
+    def draw(hops: int) -> tuple[str, str]:
+        chain = tuple(rng.choice(kb.relations) for _ in range(hops))
+        start = rng.choice(kb.entities)
+        return question(chain, start), kb.resolve(chain, start)
+
+    pools = {h: n_entities * n_relations**h for h in range(2, max_hops + 1)}
+    return _to_dataset(facts), _to_dataset(_sample_unique(rng, n_examples, pools, draw))
+
+
+def _check_split_sizes(n: int, what: str, val_size: int, test_size: int, min_train: int) -> None:
+    _check_count("val_size", val_size, 0)
+    _check_count("test_size", test_size, 0)
+    if n - test_size - val_size < min_train:
+        field = "test_size" if n - test_size < min_train else "val_size"
+        train = f", leaving at least {min_train} for train" if min_train else ""
+        raise ConfigError(field, f"only {n} {what} exist, too few for test_size={test_size} and "
+                                 f"val_size={val_size}{train}")
+
+
+def multihop_splits(n_examples: int, max_hops: int, seed: int, val_size: int, test_size: int,
+                    n_entities: int = 200, n_relations: int = 6) -> datasets.DatasetDict:
+    """Splits `multihop` so that validation and test measure composing facts the model knows.
+
+    Args:
+      n_examples, max_hops, seed, n_entities, n_relations: as for `multihop`.
+      val_size, test_size: compositions held out for validation and for test.
+
+    Returns:
+      A DatasetDict: "train" holds every single-hop fact (a model can only compose facts it has
+      seen) plus the remaining compositions, shuffled; "validation" and "test" hold only
+      held-out compositions (difficulty 2..max_hops).
+    """
+    facts, compositions = multihop(n_examples, max_hops, seed, n_entities, n_relations)
+    _check_split_sizes(len(compositions), "multi-hop compositions", val_size, test_size, 0)
+    rng = random.Random(f"split-{seed}")
+    rows = _rows(compositions)
+    rng.shuffle(rows)
+    train = _rows(facts) + rows[test_size + val_size:]
+    rng.shuffle(train)
+    return datasets.DatasetDict({"train": _to_dataset(train),
+                                 "validation": _to_dataset(rows[test_size:test_size + val_size]),
+                                 "test": _to_dataset(rows[:test_size])})
+
+
+# ---------------------------------------------------------------- splits and files
+
+def split_by_prompt(ds: datasets.Dataset, val_size: int, test_size: int,
+                    seed: int) -> datasets.DatasetDict:
+    """Splits by unique prompt, so that no question sits on both sides of a split.
+
+    The unique prompts are sorted (the split then depends on the set of prompts, not on row
+    order) and shuffled with `seed`: the first `test_size` go to test, the next `val_size` to
+    validation, the rest to train. Rows keep their order within a split.
+
+    Args:
+      ds: a Dataset with a `prompt` column.
+      val_size, test_size: unique prompts for validation and for test.
+      seed: the shuffle seed.
+
+    Returns:
+      A DatasetDict with keys "train", "validation", "test".
+    """
+    prompts = list(ds["prompt"])
+    unique = sorted(set(prompts))
+    _check_split_sizes(len(unique), "unique prompts", val_size, test_size, 1)
+    random.Random(seed).shuffle(unique)
+    split_of = dict.fromkeys(unique[:test_size], "test")
+    split_of.update(dict.fromkeys(unique[test_size:test_size + val_size], "validation"))
+    indices: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for i, prompt in enumerate(prompts):
+        indices[split_of.get(prompt, "train")].append(i)
+    return datasets.DatasetDict({s: ds.select(indices[s], keep_in_memory=True) for s in SPLITS})
+
+
+def _missing_path_message(path: Path) -> str:
+    if not path.parent.is_dir():
+        return f"{path} not found (its directory {path.parent} does not exist)"
+    names = sorted(p.name for p in path.parent.iterdir())
+    more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
+    return f"{path} not found ({path.parent} holds: {', '.join(names[:20]) or 'nothing'}{more})"
+
+
+def _read(path: Path) -> datasets.Dataset:
+    if path.is_dir():
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except FileNotFoundError as exc:
+            raise ConfigError("data", f"{path} is a directory but not one written by "
+                                      f"Dataset.save_to_disk ({exc})") from exc
+        if isinstance(loaded, datasets.DatasetDict):
+            # The user's splits are merged: split_by_prompt re-splits them without leaks.
+            try:
+                return datasets.concatenate_datasets(list(loaded.values()))
+            except ValueError as exc:
+                raise ConfigError("data", f"the splits in {path} differ in columns: {exc}") from exc
+        return loaded
+    builder = FILE_TYPES.get(path.suffix.lower())
+    if builder is None:
+        raise ConfigError("data", f"unsupported file type '{path.suffix}' for {path}",
+                          allowed=[*FILE_TYPES, "a Dataset.save_to_disk directory"])
+    try:
+        # datasets fails obscurely on a parquet file without rows: read the count from its footer.
+        if path.stat().st_size > 0 and (builder != "parquet" or pq.read_metadata(path).num_rows):
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # a malformed user file is bad input: report it with the cause
+        cause = exc
+        while cause.__cause__ is not None:  # datasets wraps the parser's error in a generic one
+            cause = cause.__cause__
+        raise ConfigError("data", f"could not read {path}: {cause}") from exc
+    raise ConfigError("data", f"{path} has no rows")
+
+
+def _column(ds: datasets.Dataset, field: str, col: str, name: str) -> list:
+    if not isinstance(ds.features[col], datasets.Value):
+        raise ConfigError(field, f"column '{col}' in {name} holds "
+                                 f"{type(ds.features[col]).__name__} values, not one per row")
+    values = list(ds[col])
+    if None in values:
+        raise ConfigError(field, f"column '{col}' in {name} is empty in row {values.index(None)}")
+    return values
+
+
+def load_file(path: str, prompt_col: str = "prompt", answer_col: str = "answer",
+              difficulty_col: str | None = None) -> datasets.Dataset:
+    """Loads a local data set and renames its columns to prompt, answer, difficulty.
+
+    Args:
+      path: a JSON Lines (`.jsonl`/`.json`), `.csv` or `.parquet` file, or a directory written by
+        `Dataset.save_to_disk` (a DatasetDict's splits are concatenated).
+      prompt_col, answer_col: the columns holding prompts and answers (cast to str).
+      difficulty_col: a numeric column of difficulty scores, or None: every row then gets
+        difficulty 0, meaning "unscored" (a scorer may fill it in later).
+
+    Returns:
+      A Dataset with exactly the columns prompt, answer, difficulty (int64 for integer scores,
+      float64 otherwise). Bad input raises ConfigError naming the field to fix.
+    """
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise ConfigError("data", _missing_path_message(file))
+    ds = _read(file)
+    if len(ds) == 0:
+        raise ConfigError("data", f"{file} has no rows")
+    wanted = {"prompt_col": prompt_col, "answer_col": answer_col, "difficulty_col": difficulty_col}
+    for field, col in wanted.items():
+        if col is not None and col not in ds.column_names:
+            raise ConfigError(field, f"column '{col}' not found in {file.name} "
+                                     f"(columns found: {', '.join(ds.column_names)})")
+    prompts = [str(v) for v in _column(ds, "prompt_col", prompt_col, file.name)]
+    answers = [str(v) for v in _column(ds, "answer_col", answer_col, file.name)]
+    if difficulty_col is None:
+        difficulty, dtype = [0] * len(ds), "int64"
+    else:
+        difficulty = _column(ds, "difficulty_col", difficulty_col, file.name)
+        pa_type = ds.features[difficulty_col].pa_type
+        if not (pa.types.is_integer(pa_type) or pa.types.is_floating(pa_type)):
+            raise ConfigError("difficulty_col", f"column '{difficulty_col}' in {file.name} is "
+                                                f"not numeric (it holds {pa_type})")
+        dtype = "int64" if pa.types.is_integer(pa_type) else "float64"
+    return _to_dataset(list(zip(prompts, answers, difficulty, strict=True)), dtype)
+
+
+# ---------------------------------------------------------------- entry point
+
+# Each builder takes (seed, n_examples, val_size, test_size, max_digits, max_hops).
+_TASK_SPLITS: dict[str, Callable[[int, int, int, int, int, int], datasets.DatasetDict]] = {
+    "addition": lambda seed, n, val, test, digits, _: split_by_prompt(
+        addition(n, digits, seed), val, test, seed),
+    "multihop": lambda seed, n, val, test, _, hops: multihop_splits(n, hops, seed, val, test),
+}
+TASKS = tuple(_TASK_SPLITS)
+
+
+def build_splits(task: str | None, data_path: str | None, *, seed: int, n_examples: int,
+                 val_size: int, test_size: int, max_digits: int = 5, max_hops: int = 3,
+                 prompt_col: str = "prompt", answer_col: str = "answer",
+                 difficulty_col: str | None = None) -> datasets.DatasetDict:
+    """Builds the train/validation/test splits of a built-in task or of a user's file.
+
+    Args:
+      task: a name in TASKS, or None when `data_path` is given.
+      data_path: a file or directory for `load_file`, or None when `task` is given.
+      seed: seeds generation and the split.
+      n_examples: addition: problems generated before the split; multihop: compositions
+        generated (all single-hop facts come on top); files: ignored.
+      val_size, test_size: held-out sizes (unique prompts; compositions for multihop).
+      max_digits, max_hops: for addition and for multihop.
+      prompt_col, answer_col, difficulty_col: files only, see `load_file`.
+
+    Returns:
+      A DatasetDict with keys SPLITS, each with columns prompt, answer, difficulty.
+    """
+    if (task is None) == (data_path is None):
+        given = "both" if task is not None else "neither"
+        raise ConfigError("task", f"give exactly one of a task or a data file (got {given})",
+                          allowed=TASKS)
+    if data_path is not None:
+        ds = load_file(data_path, prompt_col, answer_col, difficulty_col)
+        return split_by_prompt(ds, val_size, test_size, seed)
+    if task not in _TASK_SPLITS:
+        raise ConfigError("task", f"unknown task '{task}'", allowed=TASKS)
+    return _TASK_SPLITS[task](seed, n_examples, val_size, test_size, max_digits, max_hops)

@@ -1,0 +1,325 @@
+"""The trainer: one readable loop from a RunConfig to a run directory of stopping-point checkpoints.
+
+    recoup train --task addition --preset small --budget-tokens 2.5M --out runs/add
+
+Sections: run directory · data · model and optimizer · update step · checkpoints and evals · loop.
+Everything that changes over training (params, optimizer state, sampler state, counters, RNG) is
+explicit and saved at every stopping point, so `resume=True` continues bit-for-bit where the run
+left off. The learning rate is a function of counted tokens computed inside the one jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from framework import checkpoints, evaluate, schedules
+from framework.config import OptimConfig, RunConfig
+from framework.data import Batch, Sampler, answer_tokens, counted_tokens, make_batch, prepare
+from framework.data import uniform_sampler
+from framework.errors import ConfigError
+from framework.model import build_model, causal_mask
+from framework.stopping import StopPoint, StopTraining, stop_points
+
+
+class Event(NamedTuple):
+    """What hooks see: `kind` is "step" (after every update) or "eval" (at a stopping point)."""
+
+    kind: str
+    step: int
+    tokens: int
+    info: dict[str, Any]
+
+
+Hook = Callable[[Event], None]  # may raise StopTraining to end the run
+
+
+# == run directory =============================================================================
+
+
+def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
+    config_path = os.path.join(cfg.out_dir, checkpoints.CONFIG_FILE)
+    if resume:
+        if not os.path.isfile(config_path):
+            checkpoints.require_run_dir(cfg.out_dir)  # raises, listing what is there
+        saved = RunConfig.from_dict(checkpoints.read_config_dict(cfg.out_dir))
+        for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "seed",
+                      "every_tokens", "init_from"):
+            if getattr(saved, field) != getattr(cfg, field):
+                raise ConfigError(field, f"differs from the run being resumed in {cfg.out_dir} "
+                                  f"({getattr(saved, field)!r} there); resume with the same config")
+        return
+    if os.path.isdir(checkpoints.checkpoint_dir(cfg.out_dir)) and os.listdir(
+        checkpoints.checkpoint_dir(cfg.out_dir)
+    ):
+        raise ConfigError("out", f"{cfg.out_dir} already holds checkpoints; pass --resume to "
+                          "continue it, or choose another --out")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(config_path, "w") as f:
+        f.write(cfg.dumps())
+    open(os.path.join(cfg.out_dir, checkpoints.METRICS_FILE), "w").close()
+
+
+# == model and optimizer ======================================================================
+
+SCHEDULE_BUILDERS: dict[str, Callable[[OptimConfig, int], schedules.Schedule]] = {
+    "cosine": lambda o, b: schedules.warmup_cosine(b, o.peak_lr, o.warmup_frac, o.end_lr_frac),
+    "wsd": lambda o, b: schedules.warmup_stable_decay(b, o.peak_lr, o.warmup_frac, o.decay_frac),
+    "constant": lambda o, b: schedules.warmup_constant(b, o.peak_lr, o.warmup_frac),
+}
+
+
+def build_optimizer(o: OptimConfig) -> optax.GradientTransformation:
+    """AdamW without the learning rate, which the step applies from the token schedule.
+
+    clip -> Adam -> + weight_decay * p (matrices only), then `p -= lr * update`: optax.adamw's
+    exact arithmetic, with lr a traced function of tokens instead of an optimizer step count.
+    """
+    return optax.chain(
+        optax.clip_by_global_norm(o.clip_norm),
+        optax.scale_by_adam(b1=o.b1, b2=o.b2),
+        optax.add_decayed_weights(o.weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
+    )
+
+
+def load_init_params(path: str, cfg: RunConfig):
+    """Weights from RUN_DIR (its newest checkpoint) or RUN_DIR/checkpoints/STEP."""
+    run_dir, step = path, None
+    parent, leaf = os.path.split(os.path.normpath(path))
+    if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
+        run_dir, step = os.path.dirname(parent), int(leaf)
+    source = RunConfig.from_dict(checkpoints.read_config_dict(run_dir))
+    if source.model != cfg.model:
+        raise ConfigError("init_from", f"{path} holds a different model ({source.model}) "
+                          f"than this run ({cfg.model})")
+    step = checkpoints.resolve_step(run_dir, step)
+    abstract = nnx.state(nnx.eval_shape(lambda: build_model(cfg.model, 0)), nnx.Param)
+    mgr = checkpoints.open_manager(run_dir)
+    try:
+        return checkpoints.restore(mgr, step, params=abstract).params
+    finally:
+        mgr.close()
+
+
+# == update step ==============================================================================
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, dropout: bool):
+    """One jitted update, compiled once per batch shape. `tokens_seen` is a traced scalar."""
+
+    @jax.jit
+    def train_step(params, opt_state, batch: Batch, tokens_seen, key):
+        def loss_fn(p):
+            model = nnx.merge(graphdef, p)
+            positions = jnp.broadcast_to(jnp.arange(batch.inputs.shape[1]), batch.inputs.shape)
+            logits, _ = model(batch.inputs, positions, causal_mask(batch.inputs.shape[1]),
+                              dropout_key=key if dropout else None)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets)
+            return (ce * batch.loss_mask).sum() / jnp.maximum(batch.loss_mask.sum(), 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        lr = schedule(tokens_seen)
+        params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+        return params, opt_state, {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads)}
+
+    return train_step
+
+
+# == the loop =================================================================================
+
+
+@dataclasses.dataclass
+class Progress:
+    """Host-side counters, saved as JSON in every checkpoint."""
+
+    step: int = 0
+    tokens: int = 0  # counted training tokens (framework.data.counted_tokens)
+    answer_tokens: int = 0
+    next_stop: int = 0  # index of the first stopping point not yet taken
+    wall_s: float = 0.0  # training wall time, summed over resumes
+    rng: list[int] = dataclasses.field(default_factory=list)  # jax.random.key_data of the run key
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    hooks: Sequence[Hook] = (),
+    sampler_fn: Callable[[Any, int, int], Sampler] | None = None,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train `cfg`, checkpointing at every stopping point; returns the checkpoints' metadata.
+
+    Args:
+      cfg: the run; validated here before any data, model or compilation work.
+      resume: continue from the newest checkpoint in `cfg.out_dir`.
+      hooks: called with an `Event` after every step and every evaluation; one may raise
+        `StopTraining` to end the run (a `stopped` checkpoint records why).
+      sampler_fn: `(train_split, batch_size, seed) -> Sampler`; uniform sampling by default. The
+        curricula issue plugs in here.
+      show_progress: a tqdm bar in tokens, with tokens/s and ETA.
+    """
+    cfg.validate()
+    splits = prepare(cfg.data)  # before touching the run directory: bad data leaves no trace
+    _prepare_run_dir(cfg, resume)
+    train_split, val_split = splits["train"], splits["validation"]
+    sampler = (sampler_fn or _uniform)(train_split, cfg.batch_size, cfg.seed)
+    points = stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens)
+
+    model = build_model(cfg.model, cfg.seed)
+    graphdef, params = nnx.split(model, nnx.Param)
+    if cfg.init_from:
+        params = load_init_params(cfg.init_from, cfg)
+    tx = build_optimizer(cfg.optim)
+    schedule = SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)
+    train_step = make_train_step(graphdef, tx, schedule, cfg.model.dropout > 0)
+    opt_state, sampler_state = tx.init(params), sampler.init()
+    key = jax.random.key(cfg.seed)
+    prog = Progress(rng=np.asarray(jax.random.key_data(key)).tolist())
+
+    mgr = checkpoints.open_manager(cfg.out_dir)
+    metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
+    if resume and mgr.latest_step() is not None:
+        step = mgr.latest_step()
+        r = checkpoints.restore(mgr, step, params=params, opt_state=opt_state,
+                                sampler=sampler_state, progress=None)
+        params, opt_state, sampler_state = r.params, r.opt_state, r.sampler
+        prog = Progress(**r.progress)
+        key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
+        _truncate_metrics(metrics_path, prog.step)
+        print(f"resuming {cfg.out_dir} from step {prog.step} ({prog.tokens:,} tokens)")
+
+    log = open(metrics_path, "a")
+    bar = tqdm(total=cfg.budget_tokens, initial=prog.tokens, unit="tok", unit_scale=True,
+               disable=not show_progress, desc=os.path.basename(os.path.normpath(cfg.out_dir)),
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    started, window = time.perf_counter(), _Window()
+
+    def emit(event: Event) -> None:
+        for hook in hooks:
+            hook(event)
+
+    def log_train_line() -> None:
+        line = window.flush(prog)
+        log.write(json.dumps({"event": "train", **line}) + "\n")
+        bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}")
+
+    def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None) -> None:
+        if window.losses:  # close the log window here, so a resumed run logs the same lines
+            log_train_line()
+        tf = evaluate.teacher_forced(graphdef, params, val_split, cfg.eval_batch_size)
+        meta = {
+            "tokens": prog.tokens,
+            "fraction": crossed[-1].fraction if crossed else prog.tokens / cfg.budget_tokens,
+            "step": prog.step,
+            "val_em": tf["strict_em"],
+            "val_loss": tf["loss"],
+            "wall_s": round(prog.wall_s + time.perf_counter() - started, 3),
+            "answer_tokens": prog.answer_tokens,
+            "kind": kind,
+        }
+        if reason:
+            meta["reason"] = reason
+        prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
+        checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state,
+                         sampler_state=sampler_state, progress=prog_json, metadata=meta)
+        log.write(json.dumps({"event": "eval", **meta}) + "\n")
+        log.flush()
+        bar.write(f"  stop {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
+                  f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
+        emit(Event("eval", prog.step, prog.tokens, meta))
+
+    try:
+        while prog.next_stop < len(points):
+            idx, next_sampler_state = sampler.next(sampler_state, prog.tokens)
+            batch = make_batch(train_split, idx)
+            n_tokens = counted_tokens(batch)
+            # Take every stopping point this batch would cross *before* running it.
+            crossed = []
+            while prog.next_stop < len(points) and prog.tokens + n_tokens > points[prog.next_stop].tokens:
+                crossed.append(points[prog.next_stop])
+                prog.next_stop += 1
+            if crossed:
+                checkpoint(crossed, "stop" if any(p.kind == "stop" for p in crossed) else "periodic")
+            if prog.next_stop == len(points):
+                break
+            step_key = jax.random.fold_in(key, prog.step)
+            params, opt_state, m = train_step(params, opt_state, batch,
+                                              np.float32(prog.tokens), step_key)
+            prog.step += 1
+            prog.tokens += n_tokens
+            prog.answer_tokens += answer_tokens(batch)
+            sampler_state = next_sampler_state
+            bar.update(n_tokens)
+            window.add(m, n_tokens, train_split.difficulty[idx])
+            if prog.step % cfg.log_every == 0:
+                log_train_line()
+            emit(Event("step", prog.step, prog.tokens, {}))
+    except StopTraining as stop:
+        bar.write(f"stopped at step {prog.step}: {stop}")
+        checkpoint([], "stopped", reason=str(stop) or "a stopping rule fired")
+    finally:
+        bar.close()
+        mgr.wait_until_finished()
+        mgr.close()
+        log.close()
+    return checkpoints.list_checkpoints(cfg.out_dir)
+
+
+def _uniform(train_split, batch_size: int, seed: int) -> Sampler:
+    return uniform_sampler(len(train_split), batch_size, seed)
+
+
+class _Window:
+    """Metrics of the steps since the last log line (device values read once per line)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.losses, self.last, self.tokens, self.difficulty = [], None, 0, []
+        self.t0 = time.perf_counter()
+
+    def add(self, m, n_tokens: int, difficulty: np.ndarray) -> None:
+        self.losses.append(m["loss"])
+        self.last, self.tokens = m, self.tokens + n_tokens
+        self.difficulty.append(difficulty)
+
+    def flush(self, prog: Progress) -> dict[str, Any]:
+        d = np.concatenate(self.difficulty)
+        line = {
+            "step": prog.step,
+            "tokens": prog.tokens,
+            "answer_tokens": prog.answer_tokens,
+            "loss": float(np.mean(jax.device_get(self.losses))),
+            "lr": float(self.last["lr"]),
+            "grad_norm": float(self.last["grad_norm"]),
+            "tokens_per_s": round(self.tokens / (time.perf_counter() - self.t0), 1),
+            "difficulty_mean": float(d.mean()),
+            "difficulty_max": float(d.max()),
+        }
+        self.reset()
+        return line
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop metrics lines written after the checkpoint we resume from (they will be redone)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)

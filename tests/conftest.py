@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny config, and one tiny run trained once per test session."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from framework.config import PRESETS, DataConfig, OptimConfig, RunConfig
+
+
+def tiny_config(out_dir, **overrides) -> RunConfig:
+    """A run that trains in seconds: tiny model, 3-digit addition, small batches."""
+    base = RunConfig(
+        out_dir=str(out_dir),
+        budget_tokens=24_000,
+        data=DataConfig(task="addition", max_digits=3, n_examples=3_000, val_size=100, test_size=100),
+        model=PRESETS["tiny"],
+        preset="tiny",
+        optim=OptimConfig(schedule="cosine", peak_lr=3e-3),
+        batch_size=32,
+        stops=(0.5, 1.0),
+        eval_batch_size=64,
+        log_every=5,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A finished tiny run (checkpoints at 0.5 and 1.0) shared by read-only tests."""
+    from framework.train import train
+
+    cfg = tiny_config(tmp_path_factory.mktemp("runs") / "tiny")
+    stops = train(cfg, show_progress=False)
+    return cfg, stops

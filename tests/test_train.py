@@ -1,0 +1,178 @@
+"""End-to-end training on the tiny preset: stopping points, checkpoints, resume, compilation."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from framework import checkpoints, data
+from framework.config import PRESETS
+from framework.errors import ConfigError
+from framework.model import build_model
+from framework.runs import open_run
+from framework.stopping import StopTraining, stop_points
+from framework.train import build_optimizer, train
+from tests.conftest import tiny_config
+
+
+def _final_params(run_dir):
+    run = open_run(run_dir)
+    return run.params()
+
+
+def _train_lines(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def test_two_step_run(tmp_path):
+    cfg = tiny_config(tmp_path / "two", batch_size=8, log_every=1, stops=(0.5, 1.0))
+    # Budget = the counted tokens of exactly the first two batches the sampler draws.
+    train_split = data.prepare(cfg.data)["train"]
+    sampler = data.uniform_sampler(len(train_split), cfg.batch_size, cfg.seed)
+    state, budget = sampler.init(), 0
+    for _ in range(2):
+        idx, state = sampler.next(state, budget)
+        budget += data.counted_tokens(data.make_batch(train_split, idx))
+    stops = train(dataclasses.replace(cfg, budget_tokens=budget), show_progress=False)
+    assert stops[-1]["step"] == 2 and stops[-1]["tokens"] == budget
+    lines = [ln for ln in _train_lines(cfg.out_dir) if ln["event"] == "train"]
+    assert [ln["step"] for ln in lines] == [1, 2]
+    for key in ("tokens", "answer_tokens", "loss", "lr", "tokens_per_s", "difficulty_mean", "difficulty_max"):
+        assert key in lines[0]
+    assert np.isfinite(lines[-1]["loss"])
+
+
+def test_stopping_points_never_exceed_their_token_threshold(trained_run):
+    cfg, stops = trained_run
+    assert [s["fraction"] for s in stops] == [0.5, 1.0]
+    for s in stops:
+        assert s["tokens"] <= s["fraction"] * cfg.budget_tokens
+        # ...and are the last step that fits: one more batch (>= 32 * 5 tokens) would not.
+        assert s["tokens"] > s["fraction"] * cfg.budget_tokens - 32 * 16
+        for key in ("tokens", "fraction", "step", "val_em", "val_loss", "wall_s"):
+            assert key in s
+    assert stops[0]["step"] < stops[1]["step"]
+
+
+def test_stop_points_schedule():
+    pts = stop_points(1000, (0.25, 0.5), every_tokens=300)
+    assert [(p.tokens, p.kind) for p in pts] == [
+        (250, "stop"), (300, "periodic"), (500, "stop"), (600, "periodic"), (900, "periodic"), (1000, "stop")
+    ]
+
+
+def test_checkpoint_round_trip_gives_equal_state(tmp_path):
+    model = build_model(PRESETS["tiny"], seed=1)
+    _, params = nnx.split(model, nnx.Param)
+    opt_state = build_optimizer(tiny_config(tmp_path).optim).init(params)
+    sampler_state = data.EpochState(np.asarray(3, np.int64), np.asarray(17, np.int64))
+    os.makedirs(tmp_path / "run")
+    mgr = checkpoints.open_manager(str(tmp_path / "run"))
+    checkpoints.save(mgr, 5, params=params, opt_state=opt_state, sampler_state=sampler_state,
+                     progress={"step": 5, "tokens": 123}, metadata={"tokens": 123, "val_em": 0.5})
+    mgr.wait_until_finished()
+    abstract = jax.tree.map(np.zeros_like, (params, opt_state, sampler_state))
+    r = checkpoints.restore(mgr, 5, params=abstract[0], opt_state=abstract[1], sampler=abstract[2],
+                            progress=None)
+    mgr.close()
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                        (params, opt_state, sampler_state), (r.params, r.opt_state, r.sampler))
+    assert all(jax.tree.leaves(same))
+    assert r.progress == {"step": 5, "tokens": 123}
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_exactly_where_the_run_was(tmp_path):
+    # Dropout on, and a periodic cadence, so RNG and sampler state both matter.
+    model = dataclasses.replace(PRESETS["tiny"], dropout=0.1)
+    common = dict(model=model, every_tokens=5_000, log_every=3)
+    straight = tiny_config(tmp_path / "straight", **common)
+    train(straight, show_progress=False)
+
+    broken = tiny_config(tmp_path / "broken", **common)
+
+    def crash_after_first_stop(event):
+        if event.kind == "step" and event.tokens > 0.6 * broken.budget_tokens:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(broken, hooks=[crash_after_first_stop], show_progress=False)
+    done_before = checkpoints.list_checkpoints(broken.out_dir)
+    assert done_before[-1]["fraction"] <= 0.6
+    train(broken, resume=True, show_progress=False)
+
+    a, b = _final_params(straight.out_dir), _final_params(broken.out_dir)
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+    strip = lambda lines: [{k: v for k, v in ln.items() if k not in ("tokens_per_s", "wall_s")} for ln in lines]
+    assert strip(_train_lines(straight.out_dir)) == strip(_train_lines(broken.out_dir))
+    assert [c["step"] for c in checkpoints.list_checkpoints(straight.out_dir)] == [
+        c["step"] for c in checkpoints.list_checkpoints(broken.out_dir)
+    ]
+
+
+def test_resume_refuses_a_different_config(trained_run, tmp_path):
+    cfg, _ = trained_run
+    with pytest.raises(ConfigError, match="budget_tokens.*differs"):
+        train(dataclasses.replace(cfg, budget_tokens=cfg.budget_tokens * 2), resume=True, show_progress=False)
+
+
+def test_a_new_run_never_overwrites_checkpoints(trained_run):
+    cfg, _ = trained_run
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(cfg, show_progress=False)
+
+
+def test_train_step_compiles_once(tmp_path):
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+    )
+    seen = {}
+
+    def record(event):
+        if event.kind == "eval":
+            seen.setdefault("first_eval", len(compiles))
+        seen["last"] = len(compiles)
+
+    train(tiny_config(tmp_path / "c", stops=(0.3, 0.6, 1.0)), hooks=[record], show_progress=False)
+    # After the first stopping point (train step and evaluation both compiled), nothing compiles.
+    assert seen["last"] == seen["first_eval"]
+
+
+def test_stopping_rule_hook_saves_a_stopped_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path / "s")
+
+    def rule(event):
+        if event.kind == "step" and event.step == 7:
+            raise StopTraining("test rule fired")
+
+    stops = train(cfg, hooks=[rule], show_progress=False)
+    assert stops[-1]["kind"] == "stopped" and stops[-1]["step"] == 7
+    assert stops[-1]["reason"] == "test rule fired"
+
+
+def test_init_from_loads_weights_with_a_fresh_counter(trained_run, tmp_path):
+    src, stops = trained_run
+    path = os.path.join(src.out_dir, "checkpoints", str(stops[0]["step"]))
+    # A 0.001 stop is below one batch, so it is taken at step 0, before any update: its
+    # validation loss must be the source checkpoint's.
+    cfg = tiny_config(tmp_path / "ft", init_from=path, budget_tokens=2_000, stops=(0.001, 1.0))
+    new = train(cfg, show_progress=False)
+    assert new[0]["step"] == 0 and new[0]["tokens"] == 0
+    assert new[0]["val_loss"] == pytest.approx(stops[0]["val_loss"], rel=1e-5)
+    assert new[-1]["tokens"] <= 2_000
+
+
+def test_init_from_rejects_a_different_model(trained_run, tmp_path):
+    src, _ = trained_run
+    cfg = tiny_config(tmp_path / "x", init_from=src.out_dir, model=PRESETS["small"], preset="small")
+    with pytest.raises(ConfigError, match="init_from"):
+        train(cfg, show_progress=False)
