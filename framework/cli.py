@@ -148,6 +148,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         section, field, parse = _TRAIN_FLAGS[flag]
         try:
             sections[section][field] = parse(value)
+        except ConfigError:
+            raise
         except ValueError:
             raise ConfigError(flag.replace("_", "-"), f"cannot parse {value!r}") from None
     if "budget_tokens" not in sections["run"]:

@@ -33,6 +33,7 @@ class DataConfig:
     answer_col: str = "answer"
     difficulty_col: str | None = None  # optional; rows are "unscored" (difficulty 0) without it
     max_digits: int = 5  # addition: operands have 1..max_digits digits
+    pad_operands: bool = True  # addition: zero-pad operands to max_digits ("00057+00068=")
     max_hops: int = 3  # multihop: questions of 1..max_hops hops
     n_examples: int = 30_000  # addition: problems generated; multihop: multi-hop compositions
     val_size: int = 500  # held-out prompts for validation EM at stopping points

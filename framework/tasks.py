@@ -110,19 +110,24 @@ def _addition_pool(d: int) -> int:
     return n_long * n_long + 2 * n_long * n_shorter
 
 
-def addition(n_examples: int, max_digits: int, seed: int) -> datasets.Dataset:
-    """Integer addition, `"57+68="` -> `"521"`, with unique prompts.
+def addition(n_examples: int, max_digits: int, seed: int, pad_operands: bool = True) -> datasets.Dataset:
+    """Integer addition, `"00057+00068="` -> `"521"`, with unique prompts.
 
     The answer is the sum with its digits reversed (least significant first): the model then
     writes digits in the order the carry flows, which small transformers learn far more easily
     (Lee et al. 2023, "Teaching arithmetic to small transformers"); `decode_addition_answer`
-    reads it back. The difficulty d is uniform in 1..max_digits: one operand has exactly d digits,
-    the other a uniform length in 1..d, in random order.
+    reads it back. Operands are zero-padded to `max_digits` (`pad_operands=False` gives the
+    natural `"57+68="`): with a fixed width, digit i of every operand sits at the same distance
+    from the answer, and the small model learns reliably on every seed instead of plateauing for
+    a seed-dependent time (measured for the demo; see README). The difficulty d is uniform in
+    1..max_digits: one operand has exactly d digits, the other a uniform length in 1..d, in
+    random order.
 
     Args:
       n_examples: rows wanted; fewer only when the distinct problems run out (100 with one digit).
       max_digits: the longest operand, >= 1.
       seed: the generator seed.
+      pad_operands: zero-pad both operands to max_digits digits.
 
     Returns:
       A Dataset with columns prompt, answer, difficulty (= digits of the longer operand).
@@ -134,7 +139,8 @@ def addition(n_examples: int, max_digits: int, seed: int) -> datasets.Dataset:
     def draw(d: int) -> tuple[str, str]:
         long, short = _operand(rng, d), _operand(rng, rng.randint(1, d))
         a, b = (long, short) if rng.random() < 0.5 else (short, long)
-        return f"{a}+{b}=", reverse_digits(str(a + b))
+        width = max_digits if pad_operands else 0
+        return f"{a:0{width}d}+{b:0{width}d}=", reverse_digits(str(a + b))
 
     pools = {d: _addition_pool(d) for d in range(1, max_digits + 1)}
     return _to_dataset(_sample_unique(rng, n_examples, pools, draw))
@@ -385,11 +391,11 @@ def load_file(path: str, prompt_col: str = "prompt", answer_col: str = "answer",
 
 # ---------------------------------------------------------------- entry point
 
-# Each builder takes (seed, n_examples, val_size, test_size, max_digits, max_hops).
-_TASK_SPLITS: dict[str, Callable[[int, int, int, int, int, int], datasets.DatasetDict]] = {
-    "addition": lambda seed, n, val, test, digits, _: split_by_prompt(
-        addition(n, digits, seed), val, test, seed),
-    "multihop": lambda seed, n, val, test, _, hops: multihop_splits(n, hops, seed, val, test),
+# Each builder takes (seed, n_examples, val_size, test_size, max_digits, max_hops, pad_operands).
+_TASK_SPLITS: dict[str, Callable[..., datasets.DatasetDict]] = {
+    "addition": lambda seed, n, val, test, digits, _, pad: split_by_prompt(
+        addition(n, digits, seed, pad), val, test, seed),
+    "multihop": lambda seed, n, val, test, _, hops, __: multihop_splits(n, hops, seed, val, test),
 }
 TASKS = tuple(_TASK_SPLITS)
 
@@ -397,7 +403,7 @@ TASKS = tuple(_TASK_SPLITS)
 def build_splits(task: str | None, data_path: str | None, *, seed: int, n_examples: int,
                  val_size: int, test_size: int, max_digits: int = 5, max_hops: int = 3,
                  prompt_col: str = "prompt", answer_col: str = "answer",
-                 difficulty_col: str | None = None) -> datasets.DatasetDict:
+                 difficulty_col: str | None = None, pad_operands: bool = True) -> datasets.DatasetDict:
     """Builds the train/validation/test splits of a built-in task or of a user's file.
 
     Args:
@@ -408,6 +414,7 @@ def build_splits(task: str | None, data_path: str | None, *, seed: int, n_exampl
         generated (all single-hop facts come on top); files: ignored.
       val_size, test_size: held-out sizes (unique prompts; compositions for multihop).
       max_digits, max_hops: for addition and for multihop.
+      pad_operands: addition only, see `addition`.
       prompt_col, answer_col, difficulty_col: files only, see `load_file`.
 
     Returns:
@@ -422,4 +429,5 @@ def build_splits(task: str | None, data_path: str | None, *, seed: int, n_exampl
         return split_by_prompt(ds, val_size, test_size, seed)
     if task not in _TASK_SPLITS:
         raise ConfigError("task", f"unknown task '{task}'", allowed=TASKS)
-    return _TASK_SPLITS[task](seed, n_examples, val_size, test_size, max_digits, max_hops)
+    return _TASK_SPLITS[task](seed, n_examples, val_size, test_size, max_digits, max_hops,
+                              pad_operands)

@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 
 from framework import checkpoints, evaluate, schedules
 from framework.config import OptimConfig, RunConfig
-from framework.data import Batch, Sampler, answer_tokens, counted_tokens, make_batch, prepare
-from framework.data import uniform_sampler
+from framework.data import Batch, Sampler, answer_tokens, counted_tokens, make_batch, prepare, uniform_sampler
 from framework.errors import ConfigError
 from framework.model import build_model, causal_mask
 from framework.stopping import StopPoint, StopTraining, stop_points

@@ -63,8 +63,20 @@ def test_deterministic_in_seed(generate):
 
 
 @pytest.mark.parametrize("max_digits", [1, 2, 3, 6])
+def test_padded_addition_rows_are_correct(max_digits):
+    ds = tasks.addition(600, max_digits, seed=3)  # the default: operands zero-padded
+    for row in ds:
+        a, b = re.fullmatch(r"([0-9]+)\+([0-9]+)=", row["prompt"]).groups()
+        assert len(a) == len(b) == max_digits
+        assert row["answer"] == str(int(a) + int(b))[::-1]
+        assert row["difficulty"] == max(len(str(int(a))), len(str(int(b))))
+    assert len(set(ds["prompt"])) == len(ds)
+    assert set(ds["difficulty"]) == set(range(1, max_digits + 1))
+
+
+@pytest.mark.parametrize("max_digits", [1, 2, 3, 6])
 def test_addition_rows_are_correct(max_digits):
-    ds = tasks.addition(600, max_digits, seed=3)
+    ds = tasks.addition(600, max_digits, seed=3, pad_operands=False)
     assert ds.column_names == ["prompt", "answer", "difficulty"]
     assert ds.features["difficulty"].dtype == "int64"
     for row in ds:
@@ -85,7 +97,7 @@ def test_addition_difficulty_is_roughly_uniform():
 
 
 def test_addition_long_operand_on_either_side():
-    rows = [ADDITION.match(p).groups() for p in tasks.addition(500, 5, seed=0)["prompt"]]
+    rows = [ADDITION.match(p).groups() for p in tasks.addition(500, 5, 0, pad_operands=False)["prompt"]]
     assert any(len(a) > len(b) for a, b in rows) and any(len(a) < len(b) for a, b in rows)
 
 

@@ -1,0 +1,117 @@
+"""The `recoup` command: train, runs show, eval, resume, and clear errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from framework.cli import main
+
+TINY = ["--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "2000",
+        "--val-size", "50", "--test-size", "60", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cli") / "run")
+    assert main(["train", *TINY, "--budget-tokens", "12k", "--stops", "0.5", "--out", out]) == 0
+    return out
+
+
+def test_runs_show_json(cli_run, capsys):
+    capsys.readouterr()
+    assert main(["runs", "show", cli_run, "--json"]) == 0
+    stops = json.loads(capsys.readouterr().out)
+    assert [s["fraction"] for s in stops] == [0.5, 1.0]
+    for s in stops:
+        assert {"step", "tokens", "fraction", "val_em", "val_loss", "wall_s"} <= set(s)
+        assert s["tokens"] <= s["fraction"] * 12_000
+
+
+def test_eval_json(cli_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", cli_run, "--split", "test", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"em", "strict_em", "f1", "n", "em_by_difficulty"} <= set(result)
+    assert result["n"] == 60 and 0.0 <= result["em"] <= 1.0
+    assert set(result["em_by_difficulty"]) <= {"1", "2", "3"}
+
+
+def test_eval_a_given_step(cli_run, capsys):
+    stops = json.loads(_run_json(capsys, ["runs", "show", cli_run, "--json"]))
+    result = json.loads(_run_json(capsys, ["eval", cli_run, "--step", str(stops[0]["step"]), "--json"]))
+    assert result["step"] == stops[0]["step"] and result["tokens"] == stops[0]["tokens"]
+
+
+def test_resume_of_a_finished_run_takes_its_saved_config(cli_run, capsys):
+    before = _run_json(capsys, ["runs", "show", cli_run, "--json"])
+    assert main(["train", "--out", cli_run, "--resume", "--no-progress"]) == 0
+    assert _run_json(capsys, ["runs", "show", cli_run, "--json"]) == before
+
+
+def _run_json(capsys, argv):
+    capsys.readouterr()
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--task", "subtraction", "--budget-tokens", "1M"], ["task", "unknown task", "addition, multihop"]),
+        (["--task", "addition", "--budget-tokens", "0"], ["budget_tokens", "must be a positive"]),
+        (["--task", "addition", "--budget-tokens", "-5"], ["budget_tokens"]),
+        (["--task", "addition", "--budget-tokens", "lots"], ["budget_tokens", "not a token count"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--stops", "0.5,1.2"], ["stops", "outside (0, 1]"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--stops", "0,0.5"], ["stops", "outside (0, 1]"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--preset", "huge"], ["preset", "tiny, small"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--schedule", "linear"],
+         ["schedule", "cosine, wsd, constant"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--batch-size", "two"], ["batch-size", "cannot parse"]),
+        (["--task", "addition"], ["budget-tokens", "required"]),
+        (["--data", "/nonexistent/dir/x.jsonl", "--budget-tokens", "1M"], ["data", "not found", "/nonexistent"]),
+    ],
+)
+def test_bad_config_fails_with_a_clear_message(argv, expected, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["train", *argv, "--out", out, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recoup: error:") and "Traceback" not in err
+    for text in expected:
+        assert text in err
+    assert not os.path.exists(out)  # nothing written for a config that failed
+
+
+def test_missing_column_names_the_columns_found(tmp_path, capsys):
+    path = _write(tmp_path / "qa.jsonl", '{"question": "2+2?", "solution": "4"}\n' * 3)
+    assert main(["train", "--data", path, "--answer-col", "solution", "--budget-tokens", "1M",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "prompt" in err and "question, solution" in err
+
+
+def test_missing_run_dir_and_step_list_what_exists(cli_run, tmp_path, capsys):
+    assert main(["runs", "show", str(tmp_path / "nope")]) == 2
+    assert "no run directory" in capsys.readouterr().err
+    assert main(["eval", cli_run, "--step", "99999"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at step 99999" in err and "allowed:" in err
+
+
+def test_a_bad_config_never_imports_jax(tmp_path):
+    code = (
+        "import sys; from framework.cli import main; "
+        f"rc = main(['train', '--task', 'nope', '--budget-tokens', '1M', '--out', {str(tmp_path)!r}]); "
+        "assert rc == 2, rc; assert 'jax' not in sys.modules, 'jax was imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "unknown task 'nope'" in proc.stderr
