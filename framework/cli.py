@@ -44,6 +44,7 @@ _TRAIN_FLAGS = {
     "answer_col": ("data", "answer_col", str),
     "difficulty_col": ("data", "difficulty_col", str),
     "max_digits": ("data", "max_digits", int),
+    "operand_format": ("data", "operand_format", str),
     "max_hops": ("data", "max_hops", int),
     "n_examples": ("data", "n_examples", int),
     "val_size": ("data", "val_size", int),
@@ -76,6 +77,7 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--answer-col", help="answer column of --data (default: answer)")
     g.add_argument("--difficulty-col", help="optional difficulty column of --data")
     g.add_argument("--max-digits", help="addition: operands of 1..N digits (default 5)")
+    g.add_argument("--operand-format", help="addition: lsb-first|padded|natural (default lsb-first)")
     g.add_argument("--max-hops", help="multihop: questions of 1..H hops (default 3)")
     g.add_argument("--n-examples", help="examples generated for a built-in task")
     g.add_argument("--val-size", help="validation prompts (default 500)")

@@ -21,6 +21,7 @@ from framework.errors import ConfigError
 TASKS = ("addition", "multihop")
 SCHEDULES = ("cosine", "wsd", "constant")
 MLPS = ("gated", "gelu")
+OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.tasks.OPERAND_FORMATS
 DEFAULT_STOPS = (0.25, 0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -33,7 +34,7 @@ class DataConfig:
     answer_col: str = "answer"
     difficulty_col: str | None = None  # optional; rows are "unscored" (difficulty 0) without it
     max_digits: int = 5  # addition: operands have 1..max_digits digits
-    pad_operands: bool = True  # addition: zero-pad operands to max_digits ("00057+00068=")
+    operand_format: str = "lsb-first"  # addition: lsb-first "75000" | padded "00057" | natural "57"
     max_hops: int = 3  # multihop: questions of 1..max_hops hops
     n_examples: int = 30_000  # addition: problems generated; multihop: multi-hop compositions
     val_size: int = 500  # held-out prompts for validation EM at stopping points
@@ -45,6 +46,8 @@ class DataConfig:
             raise ConfigError("task", "give exactly one of a built-in task or a data file", TASKS)
         if self.task is not None and self.task not in TASKS:
             raise ConfigError("task", f"unknown task {self.task!r}", TASKS)
+        if self.operand_format not in OPERAND_FORMATS:
+            raise ConfigError("data.operand_format", f"unknown format {self.operand_format!r}", OPERAND_FORMATS)
         _positive("data.max_digits", self.max_digits)
         _positive("data.max_hops", self.max_hops)
         _positive("data.n_examples", self.n_examples)

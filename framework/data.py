@@ -168,7 +168,7 @@ def prepare(cfg: DataConfig) -> dict[str, EncodedSplit]:
         prompt_col=cfg.prompt_col,
         answer_col=cfg.answer_col,
         difficulty_col=cfg.difficulty_col,
-        pad_operands=cfg.pad_operands,
+        operand_format=cfg.operand_format,
     )
     width = sequence_width(raw)
     return {name: encode_split(raw[name], width) for name in tasks.SPLITS}

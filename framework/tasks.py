@@ -98,6 +98,14 @@ def decode_addition_answer(answer: str) -> int:
     return int(reverse_digits(text))
 
 
+# How an operand is written, given the task's max_digits. The answer is always LSB-first.
+OPERAND_FORMATS: dict[str, Callable[[int, int], str]] = {
+    "lsb-first": lambda x, width: reverse_digits(f"{x:0{width}d}"),  # 57 -> "75000"
+    "padded": lambda x, width: f"{x:0{width}d}",  # 57 -> "00057"
+    "natural": lambda x, width: str(x),  # 57 -> "57"
+}
+
+
 def _operand(rng: random.Random, digits: int) -> int:
     # Exactly `digits` digits with no leading zero; one digit includes 0.
     return rng.randint(0, 9) if digits == 1 else rng.randint(10 ** (digits - 1), 10**digits - 1)
@@ -110,37 +118,39 @@ def _addition_pool(d: int) -> int:
     return n_long * n_long + 2 * n_long * n_shorter
 
 
-def addition(n_examples: int, max_digits: int, seed: int, pad_operands: bool = True) -> datasets.Dataset:
-    """Integer addition, `"00057+00068="` -> `"521"`, with unique prompts.
+def addition(n_examples: int, max_digits: int, seed: int, operand_format: str = "lsb-first") -> datasets.Dataset:
+    """Integer addition, `"75000+86000="` (57 + 68) -> `"521"`, with unique prompts.
 
     The answer is the sum with its digits reversed (least significant first): the model then
     writes digits in the order the carry flows, which small transformers learn far more easily
     (Lee et al. 2023, "Teaching arithmetic to small transformers"); `decode_addition_answer`
-    reads it back. Operands are zero-padded to `max_digits` (`pad_operands=False` gives the
-    natural `"57+68="`): with a fixed width, digit i of every operand sits at the same distance
-    from the answer, and the small model learns reliably on every seed instead of plateauing for
-    a seed-dependent time (measured for the demo; see README). The difficulty d is uniform in
-    1..max_digits: one operand has exactly d digits, the other a uniform length in 1..d, in
+    reads it back. How operands are written is `operand_format` (see OPERAND_FORMATS): by
+    default also least significant digit first and zero-padded to `max_digits`, so digit i of
+    each operand and of the answer sit at fixed distances from one another, which relative (RoPE)
+    attention picks up quickly; measured for the demo, see README. The difficulty d is uniform
+    in 1..max_digits: one operand has exactly d digits, the other a uniform length in 1..d, in
     random order.
 
     Args:
       n_examples: rows wanted; fewer only when the distinct problems run out (100 with one digit).
       max_digits: the longest operand, >= 1.
       seed: the generator seed.
-      pad_operands: zero-pad both operands to max_digits digits.
+      operand_format: a key of OPERAND_FORMATS.
 
     Returns:
       A Dataset with columns prompt, answer, difficulty (= digits of the longer operand).
     """
     _check_count("n_examples", n_examples, 0)
     _check_count("max_digits", max_digits, 1)
+    if operand_format not in OPERAND_FORMATS:
+        raise ConfigError("operand_format", f"unknown format '{operand_format}'", allowed=OPERAND_FORMATS)
     rng = random.Random(seed)
 
     def draw(d: int) -> tuple[str, str]:
         long, short = _operand(rng, d), _operand(rng, rng.randint(1, d))
         a, b = (long, short) if rng.random() < 0.5 else (short, long)
-        width = max_digits if pad_operands else 0
-        return f"{a:0{width}d}+{b:0{width}d}=", reverse_digits(str(a + b))
+        fmt = OPERAND_FORMATS[operand_format]
+        return f"{fmt(a, max_digits)}+{fmt(b, max_digits)}=", reverse_digits(str(a + b))
 
     pools = {d: _addition_pool(d) for d in range(1, max_digits + 1)}
     return _to_dataset(_sample_unique(rng, n_examples, pools, draw))
@@ -391,10 +401,10 @@ def load_file(path: str, prompt_col: str = "prompt", answer_col: str = "answer",
 
 # ---------------------------------------------------------------- entry point
 
-# Each builder takes (seed, n_examples, val_size, test_size, max_digits, max_hops, pad_operands).
+# Each builder takes (seed, n_examples, val_size, test_size, max_digits, max_hops, operand_format).
 _TASK_SPLITS: dict[str, Callable[..., datasets.DatasetDict]] = {
-    "addition": lambda seed, n, val, test, digits, _, pad: split_by_prompt(
-        addition(n, digits, seed, pad), val, test, seed),
+    "addition": lambda seed, n, val, test, digits, _, fmt: split_by_prompt(
+        addition(n, digits, seed, fmt), val, test, seed),
     "multihop": lambda seed, n, val, test, _, hops, __: multihop_splits(n, hops, seed, val, test),
 }
 TASKS = tuple(_TASK_SPLITS)
@@ -403,7 +413,7 @@ TASKS = tuple(_TASK_SPLITS)
 def build_splits(task: str | None, data_path: str | None, *, seed: int, n_examples: int,
                  val_size: int, test_size: int, max_digits: int = 5, max_hops: int = 3,
                  prompt_col: str = "prompt", answer_col: str = "answer",
-                 difficulty_col: str | None = None, pad_operands: bool = True) -> datasets.DatasetDict:
+                 difficulty_col: str | None = None, operand_format: str = "lsb-first") -> datasets.DatasetDict:
     """Builds the train/validation/test splits of a built-in task or of a user's file.
 
     Args:
@@ -414,7 +424,7 @@ def build_splits(task: str | None, data_path: str | None, *, seed: int, n_exampl
         generated (all single-hop facts come on top); files: ignored.
       val_size, test_size: held-out sizes (unique prompts; compositions for multihop).
       max_digits, max_hops: for addition and for multihop.
-      pad_operands: addition only, see `addition`.
+      operand_format: addition only, see `addition`.
       prompt_col, answer_col, difficulty_col: files only, see `load_file`.
 
     Returns:
@@ -430,4 +440,4 @@ def build_splits(task: str | None, data_path: str | None, *, seed: int, n_exampl
     if task not in _TASK_SPLITS:
         raise ConfigError("task", f"unknown task '{task}'", allowed=TASKS)
     return _TASK_SPLITS[task](seed, n_examples, val_size, test_size, max_digits, max_hops,
-                              pad_operands)
+                              operand_format)

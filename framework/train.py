@@ -150,6 +150,7 @@ class Progress:
     next_stop: int = 0  # index of the first stopping point not yet taken
     wall_s: float = 0.0  # training wall time, summed over resumes
     rng: list[int] = dataclasses.field(default_factory=list)  # jax.random.key_data of the run key
+    stopped: str | None = None  # why a stopping rule ended the run; a stopped run is finished
 
 
 def train(
@@ -199,6 +200,10 @@ def train(
         prog = Progress(**r.progress)
         key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
         _truncate_metrics(metrics_path, prog.step)
+        if prog.stopped:
+            print(f"{cfg.out_dir} was stopped at step {prog.step} ({prog.stopped}); nothing to resume")
+            mgr.close()
+            return checkpoints.list_checkpoints(cfg.out_dir)
         print(f"resuming {cfg.out_dir} from step {prog.step} ({prog.tokens:,} tokens)")
 
     log = open(metrics_path, "a")
@@ -217,6 +222,7 @@ def train(
         bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}")
 
     def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None) -> None:
+        """Evaluate, let hooks see it (a rule may stop the run here), then save."""
         if window.losses:  # close the log window here, so a resumed run logs the same lines
             log_train_line()
         tf = evaluate.teacher_forced(graphdef, params, val_split, cfg.eval_batch_size)
@@ -231,15 +237,16 @@ def train(
             "kind": kind,
         }
         if reason:
-            meta["reason"] = reason
+            meta["reason"] = prog.stopped = reason
+        else:  # hooks run before the save: a rule that fires here gets one `stopped` checkpoint
+            emit(Event("eval", prog.step, prog.tokens, meta))
         prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
         checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state,
                          sampler_state=sampler_state, progress=prog_json, metadata=meta)
         log.write(json.dumps({"event": "eval", **meta}) + "\n")
         log.flush()
-        bar.write(f"  stop {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
+        bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
                   f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
-        emit(Event("eval", prog.step, prog.tokens, meta))
 
     try:
         while prog.next_stop < len(points):

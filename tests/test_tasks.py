@@ -63,11 +63,14 @@ def test_deterministic_in_seed(generate):
 
 
 @pytest.mark.parametrize("max_digits", [1, 2, 3, 6])
-def test_padded_addition_rows_are_correct(max_digits):
-    ds = tasks.addition(600, max_digits, seed=3)  # the default: operands zero-padded
+@pytest.mark.parametrize("fmt", ["lsb-first", "padded"])
+def test_fixed_width_addition_rows_are_correct(max_digits, fmt):
+    ds = tasks.addition(600, max_digits, seed=3, operand_format=fmt)
     for row in ds:
         a, b = re.fullmatch(r"([0-9]+)\+([0-9]+)=", row["prompt"]).groups()
         assert len(a) == len(b) == max_digits
+        if fmt == "lsb-first":
+            a, b = a[::-1], b[::-1]
         assert row["answer"] == str(int(a) + int(b))[::-1]
         assert row["difficulty"] == max(len(str(int(a))), len(str(int(b))))
     assert len(set(ds["prompt"])) == len(ds)
@@ -76,7 +79,7 @@ def test_padded_addition_rows_are_correct(max_digits):
 
 @pytest.mark.parametrize("max_digits", [1, 2, 3, 6])
 def test_addition_rows_are_correct(max_digits):
-    ds = tasks.addition(600, max_digits, seed=3, pad_operands=False)
+    ds = tasks.addition(600, max_digits, seed=3, operand_format="natural")
     assert ds.column_names == ["prompt", "answer", "difficulty"]
     assert ds.features["difficulty"].dtype == "int64"
     for row in ds:
@@ -97,8 +100,14 @@ def test_addition_difficulty_is_roughly_uniform():
 
 
 def test_addition_long_operand_on_either_side():
-    rows = [ADDITION.match(p).groups() for p in tasks.addition(500, 5, 0, pad_operands=False)["prompt"]]
+    rows = [ADDITION.match(p).groups() for p in tasks.addition(500, 5, 0, operand_format="natural")["prompt"]]
     assert any(len(a) > len(b) for a, b in rows) and any(len(a) < len(b) for a, b in rows)
+
+
+def test_lsb_first_is_the_default_format():
+    assert tasks.addition(1, 5, seed=0)[0]["prompt"] == tasks.addition(1, 5, 0, "lsb-first")[0]["prompt"]
+    with pytest.raises(ConfigError, match="natural"):
+        tasks.addition(1, 5, 0, "roman")
 
 
 @pytest.mark.parametrize("max_digits, n_examples, expected", [

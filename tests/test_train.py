@@ -132,7 +132,24 @@ def test_a_new_run_never_overwrites_checkpoints(trained_run):
         train(cfg, show_progress=False)
 
 
-def test_train_step_compiles_once(tmp_path):
+def _easy_first_sampler(train_split, batch_size, seed):
+    """A toy curriculum: draw only difficulty <= 1 + 4 * (tokens / budget), uniformly."""
+    budget = 24_000  # tiny_config's
+
+    def init():
+        return (np.asarray(0, np.int64),)
+
+    def next_(state, tokens_seen):
+        limit = 1 + 4 * tokens_seen / budget
+        pool = np.flatnonzero(train_split.difficulty <= limit)
+        rng = np.random.default_rng([seed, int(state[0])])
+        return rng.choice(pool, batch_size), (np.asarray(int(state[0]) + 1, np.int64),)
+
+    return data.Sampler(init, next_)
+
+
+@pytest.mark.parametrize("sampler_fn", [None, _easy_first_sampler], ids=["uniform", "paced"])
+def test_train_step_compiles_once(tmp_path, sampler_fn):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
@@ -144,9 +161,14 @@ def test_train_step_compiles_once(tmp_path):
             seen.setdefault("first_eval", len(compiles))
         seen["last"] = len(compiles)
 
-    train(tiny_config(tmp_path / "c", stops=(0.3, 0.6, 1.0)), hooks=[record], show_progress=False)
-    # After the first stopping point (train step and evaluation both compiled), nothing compiles.
+    cfg = tiny_config(tmp_path / "c", stops=(0.3, 0.6, 1.0))
+    train(cfg, hooks=[record], sampler_fn=sampler_fn, show_progress=False)
+    # After the first stopping point (train step and evaluation both compiled), nothing compiles,
+    # however what the sampler draws changes with the tokens seen.
     assert seen["last"] == seen["first_eval"]
+    if sampler_fn is not None:
+        lines = [ln for ln in _train_lines(cfg.out_dir) if ln["event"] == "train"]
+        assert lines[0]["difficulty_max"] == 1 and lines[-1]["difficulty_max"] == 3
 
 
 def test_stopping_rule_hook_saves_a_stopped_checkpoint(tmp_path):
@@ -159,6 +181,20 @@ def test_stopping_rule_hook_saves_a_stopped_checkpoint(tmp_path):
     stops = train(cfg, hooks=[rule], show_progress=False)
     assert stops[-1]["kind"] == "stopped" and stops[-1]["step"] == 7
     assert stops[-1]["reason"] == "test rule fired"
+
+
+def test_a_rule_firing_at_an_evaluation_saves_one_stopped_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path / "e", stops=(0.3, 0.6, 1.0))
+
+    def rule(event):
+        if event.kind == "eval" and event.info["fraction"] == 0.6:
+            raise StopTraining("val EM plateaued")
+
+    stops = train(cfg, hooks=[rule], show_progress=False)
+    assert [s["kind"] for s in stops] == ["stop", "stopped"]
+    assert stops[-1]["tokens"] <= 0.6 * cfg.budget_tokens and stops[-1]["reason"] == "val EM plateaued"
+    # A stopped run is finished: resuming it trains nothing more.
+    assert train(cfg, resume=True, show_progress=False) == stops
 
 
 def test_init_from_loads_weights_with_a_fresh_counter(trained_run, tmp_path):

@@ -1,0 +1,89 @@
+"""Config validation (pure Python, before jax) and its parsers."""
+
+import dataclasses
+
+import pytest
+
+from framework import config, tasks
+from framework.config import DataConfig, ModelConfig, OptimConfig, RunConfig, parse_stops, parse_tokens
+from framework.errors import ConfigError
+
+
+def test_name_lists_match_the_registries_they_mirror():
+    # config.py keeps its own copies so that validating never imports datasets or jax.
+    assert config.TASKS == tasks.TASKS
+    assert config.OPERAND_FORMATS == tuple(tasks.OPERAND_FORMATS)
+    assert config.SPLIT_NAMES == tasks.SPLITS
+
+
+def _run(**kw):
+    return RunConfig(out_dir="x", budget_tokens=1000, **kw)
+
+
+@pytest.mark.parametrize(
+    "cfg, field, allowed",
+    [
+        (_run(data=DataConfig(task="nope")), "task", "addition, multihop"),
+        (_run(data=DataConfig(task=None)), "task", None),
+        (_run(data=DataConfig(operand_format="roman")), "data.operand_format", "lsb-first, padded, natural"),
+        (_run(data=DataConfig(max_digits=0)), "data.max_digits", None),
+        (_run(model=ModelConfig(mlp="relu")), "model.mlp", "gated, gelu"),
+        (_run(model=ModelConfig(n_heads=3)), "model.n_heads", None),
+        (_run(model=ModelConfig(dropout=1.0)), "model.dropout", None),
+        (_run(optim=OptimConfig(schedule="step")), "optim.schedule", "cosine, wsd, constant"),
+        (_run(optim=OptimConfig(peak_lr=0)), "optim.peak_lr", None),
+        (_run(optim=OptimConfig(schedule="wsd", warmup_frac=0.5, decay_frac=0.6)), "optim.decay_frac", None),
+        (_run(stops=(0.5, 0.0)), "stops", None),
+        (_run(stops=(float("nan"),)), "stops", None),
+        (_run(stops=()), "stops", None),
+        (RunConfig(out_dir="x", budget_tokens=0), "budget_tokens", None),
+        (RunConfig(out_dir="x", budget_tokens=-3), "budget_tokens", None),
+        (RunConfig(out_dir="x", budget_tokens=1.5), "budget_tokens", None),
+        (_run(every_tokens=0), "every_tokens", None),
+        (_run(batch_size=0), "batch_size", None),
+    ],
+)
+def test_invalid_fields_are_named(cfg, field, allowed):
+    with pytest.raises(ConfigError) as err:
+        cfg.validate()
+    assert err.value.field == field
+    if allowed:
+        assert f"(allowed: {allowed})" in str(err.value)
+
+
+def test_default_config_is_valid_and_round_trips_through_json():
+    cfg = _run(stops=(0.5, 1.0), every_tokens=100)
+    cfg.validate()
+    import json
+
+    assert RunConfig.from_dict(json.loads(cfg.dumps())) == cfg
+
+
+def test_unknown_field_in_a_saved_config_is_named():
+    d = _run().to_dict()
+    d["optim"]["momentum"] = 0.9
+    with pytest.raises(ConfigError, match="optim.momentum"):
+        RunConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("text, tokens", [("2500000", 2_500_000), ("2.5M", 2_500_000), ("500k", 500_000),
+                                          ("1e6", 1_000_000), ("3B", 3_000_000_000), (" 12k ", 12_000)])
+def test_parse_tokens(text, tokens):
+    assert parse_tokens(text) == tokens
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-5", "1.2.3M", "5 tokens"])
+def test_parse_tokens_rejects(text):
+    with pytest.raises(ConfigError, match="budget_tokens"):
+        parse_tokens(text)
+
+
+def test_parse_stops_sorts_dedupes_and_ends_at_the_budget():
+    assert parse_stops("0.62, 0.25,0.62") == (0.25, 0.62, 1.0)
+    with pytest.raises(ConfigError, match="stops"):
+        parse_stops("half")
+
+
+def test_presets_are_valid():
+    for name, model in config.PRESETS.items():
+        dataclasses.replace(_run(), model=model, preset=name).validate()
