@@ -60,8 +60,12 @@ def stop_table(run_dir: str) -> list[dict]:
     return rows
 
 
+# Two-sided 95% Student-t quantiles by degrees of freedom (n_seeds - 1); 1.96 beyond the table.
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
 def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
-    """Mean and sample standard deviation over seeds, per stopping fraction."""
+    """Mean, sample standard deviation and a 95% t-interval over seeds, per stopping fraction."""
     rows = []
     for i, first in enumerate(next(iter(per_seed.values()))):
         at = [table[i] for table in per_seed.values()]
@@ -70,6 +74,8 @@ def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
             values = [r[key] for r in at]
             row[key] = float(np.mean(values))
             row[key + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        half = _T95.get(len(at) - 1, 1.96) * row["test_em_std"] / np.sqrt(len(at)) if len(at) > 1 else 0.0
+        row["test_em_ci95"] = [max(0.0, row["test_em"] - half), min(1.0, row["test_em"] + half)]  # EM is in [0, 1]
         row["test_em_per_seed"] = [r["test_em"] for r in at]
         rows.append(row)
     return rows
@@ -77,13 +83,14 @@ def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
 
 def format_table(rows: list[dict], n_seeds: int) -> str:
     pm = n_seeds > 1
-    head = f"{'stop':>5} {'tokens':>9} {'val EM':>14} {'test EM':>14}" if pm else \
+    head = f"{'stop':>5} {'tokens':>9} {'val EM (sd)':>15} {'test EM (sd)':>15}   95% CI" if pm else \
         f"{'stop':>5} {'tokens':>9} {'val EM':>7} {'test EM':>8}"
     lines = [head]
     for r in rows:
         if pm:
+            lo, hi = r["test_em_ci95"]
             lines.append(f"{r['fraction']:>5.2f} {r['tokens']:>9,} {r['val_em']:>7.3f} ± {r['val_em_std']:.3f} "
-                         f"{r['test_em']:>7.3f} ± {r['test_em_std']:.3f}")
+                         f"{r['test_em']:>7.3f} ± {r['test_em_std']:.3f}   [{lo:.3f}, {hi:.3f}]")
         else:
             lines.append(f"{r['fraction']:>5.2f} {r['tokens']:>9,} {r['val_em']:>7.3f} {r['test_em']:>8.3f}")
     return "\n".join(lines)

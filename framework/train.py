@@ -219,7 +219,7 @@ def train(
     def log_train_line() -> None:
         line = window.flush(prog)
         log.write(json.dumps({"event": "train", **line}) + "\n")
-        bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}")
+        bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", refresh=False)
 
     def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None) -> None:
         """Evaluate, let hooks see it (a rule may stop the run here), then save."""

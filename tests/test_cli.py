@@ -115,3 +115,20 @@ def test_a_bad_config_never_imports_jax(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "unknown task 'nope'" in proc.stderr
+
+
+def test_config_file_supplies_defaults_that_flags_override(tmp_path):
+    out = str(tmp_path / "from_config")
+    argv = ["train", "--config", os.path.join(os.path.dirname(__file__), "..", "experiments", "demo.py"),
+            "--preset", "tiny", "--budget-tokens", "3k", "--max-digits", "3", "--n-examples", "1000",
+            "--val-size", "20", "--test-size", "20", "--out", out, "--no-progress"]
+    assert main(argv) == 0
+    saved = json.load(open(os.path.join(out, "config.json")))
+    assert saved["budget_tokens"] == 3_000 and saved["data"]["max_digits"] == 3  # flags
+    assert saved["optim"]["warmup_frac"] == 0.15 and saved["data"]["test_size"] == 20  # file, then flag
+    assert saved["preset"] == "tiny" and saved["model"]["d_model"] == 32
+
+
+def test_unknown_config_module_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--config", "no_such_module_xyz", "--out", str(tmp_path / "o")]) == 2
+    assert "cannot import 'no_such_module_xyz'" in capsys.readouterr().err
