@@ -50,6 +50,7 @@ _TRAIN_FLAGS = {
     "val_size": ("data", "val_size", int),
     "test_size": ("data", "test_size", int),
     "data_seed": ("data", "seed", int),
+    "max_seq_len": ("data", "max_seq_len", int),
     "dropout": ("model", "dropout", float),
     "schedule": ("optim", "schedule", str),
     "lr": ("optim", "peak_lr", float),
@@ -83,6 +84,7 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--val-size", help="validation prompts (default 500)")
     g.add_argument("--test-size", help="test prompts (default 2000)")
     g.add_argument("--data-seed", help="seed of the data generator and split (default 0)")
+    g.add_argument("--max-seq-len", help="longest example in tokens, BOS and EOS included (default 1024)")
     g = p.add_argument_group("model")
     g.add_argument("--preset", help=f"model size: {'|'.join(PRESETS)} (default small)")
     g.add_argument("--dropout", help="residual dropout (default 0)")

@@ -40,6 +40,7 @@ class DataConfig:
     val_size: int = 500  # held-out prompts for validation EM at stopping points
     test_size: int = 2_000  # held-out prompts, never used for any choice
     seed: int = 0  # data seed; fixed across training seeds so test sets stay comparable
+    max_seq_len: int = 1024  # longest `BOS prompt answer EOS` allowed (attention cost is quadratic)
 
     def validate(self) -> None:
         if (self.task is None) == (self.data_path is None):
@@ -53,6 +54,7 @@ class DataConfig:
         _positive("data.n_examples", self.n_examples)
         _positive("data.val_size", self.val_size)
         _positive("data.test_size", self.test_size)
+        _positive("data.max_seq_len", self.max_seq_len)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ import numpy as np
 
 from framework import tasks, tokenizer
 from framework.config import DataConfig
+from framework.errors import ConfigError
 from framework.tokenizer import BOS, EOS, PAD
 
 
@@ -51,13 +52,21 @@ class Batch(NamedTuple):
     loss_mask: np.ndarray  # [b, width - 1] float32: answer tokens and EOS
 
 
-def sequence_width(splits: dict[str, datasets.Dataset], multiple: int = 8) -> int:
-    """Smallest width holding every example of every split, so inputs are a multiple of 8 wide."""
-    longest = max(
-        len(tokenizer.encode(p)) + len(tokenizer.encode(a)) + 2
-        for ds in splits.values()
-        for p, a in zip(ds["prompt"], ds["answer"], strict=True)
-    )
+def sequence_width(splits: dict[str, datasets.Dataset], multiple: int = 8, max_len: int | None = None) -> int:
+    """Smallest width holding every example of every split, so inputs are a multiple of 8 wide.
+
+    An example longer than `max_len` tokens (`BOS prompt answer EOS`) is a ConfigError naming it.
+    """
+    longest, where = 0, None
+    for name, ds in splits.items():
+        for i, (p, a) in enumerate(zip(ds["prompt"], ds["answer"], strict=True)):
+            n = len(tokenizer.encode(p)) + len(tokenizer.encode(a)) + 2
+            if n > longest:
+                longest, where = n, (name, i)
+    if max_len is not None and longest > max_len:
+        raise ConfigError("data.max_seq_len", f"row {where[1]} of the {where[0]} split is {longest} tokens "
+                          f"(bytes of prompt and answer, plus BOS and EOS), over the limit of {max_len}; "
+                          "shorten or drop such rows, or raise max_seq_len")
     return -(-(longest - 1) // multiple) * multiple + 1
 
 
@@ -170,5 +179,5 @@ def prepare(cfg: DataConfig) -> dict[str, EncodedSplit]:
         difficulty_col=cfg.difficulty_col,
         operand_format=cfg.operand_format,
     )
-    width = sequence_width(raw)
+    width = sequence_width(raw, max_len=cfg.max_seq_len)
     return {name: encode_split(raw[name], width) for name in tasks.SPLITS}

@@ -98,6 +98,16 @@ def test_missing_column_names_the_columns_found(tmp_path, capsys):
     assert "prompt" in err and "question, solution" in err
 
 
+def test_an_over_long_example_names_the_row_and_the_limit(tmp_path, capsys):
+    rows = "".join(f'{{"prompt": "q{i}", "answer": "a"}}\n' for i in range(20))
+    rows += '{"prompt": "%s", "answer": "b"}\n' % ("x" * 300)
+    path = _write(tmp_path / "long.jsonl", rows)
+    assert main(["train", "--data", path, "--val-size", "2", "--test-size", "2", "--max-seq-len", "128",
+                 "--budget-tokens", "1k", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "max_seq_len" in err and "303 tokens" in err and "limit of 128" in err
+
+
 def test_missing_run_dir_and_step_list_what_exists(cli_run, tmp_path, capsys):
     assert main(["runs", "show", str(tmp_path / "nope")]) == 2
     assert "no run directory" in capsys.readouterr().err
