@@ -96,6 +96,15 @@ def format_table(rows: list[dict], n_seeds: int) -> str:
     return "\n".join(lines)
 
 
+def _written_by_demo(path: str) -> bool:
+    """Only ever delete what the demo wrote: its summary, a run, or seedN/ runs of an unfinished one."""
+    if not os.path.isdir(path):
+        return False
+    names = os.listdir(path)
+    return ("summary.json" in names or "config.json" in names
+            or any(os.path.isfile(os.path.join(path, n, "config.json")) for n in names if n.startswith("seed")))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo")
@@ -114,7 +123,9 @@ def main(argv=None) -> None:
 
     from framework.train import train  # jax is imported only once the config is known good
 
-    if os.path.isdir(args.out):
+    if os.path.exists(args.out):
+        if not _written_by_demo(args.out):
+            raise SystemExit(f"demo: {args.out} exists and is not a previous demo run; choose another --out")
         print(f"removing the previous demo run in {args.out}")
         shutil.rmtree(args.out)
     t0 = time.perf_counter()

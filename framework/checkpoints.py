@@ -11,7 +11,6 @@ step is ever listed.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -20,10 +19,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
+from framework.config import require_run_dir
 from framework.errors import ConfigError
 
 ITEMS = ("params", "opt_state", "sampler", "progress")
-CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 
 # Orbax logs at INFO/WARNING on every open and partial restore; users need none of it.
@@ -82,24 +81,6 @@ def _as_arrays(tree):
 
 
 # -- reading a run directory (CLI, eval, init_from) ------------------------------------------
-
-
-def require_run_dir(run_dir: str) -> None:
-    """A clear error for a path that is not a run directory, listing what is there instead."""
-    if not os.path.isdir(run_dir):
-        parent = os.path.dirname(os.path.abspath(run_dir))
-        found = sorted(os.listdir(parent))[:20] if os.path.isdir(parent) else []
-        where = f"{parent} holds: {', '.join(found)}" if found else f"{parent} is empty or missing"
-        raise ConfigError("run_dir", f"no run directory at {run_dir} ({where})")
-    if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
-        found = ", ".join(sorted(os.listdir(run_dir))[:20]) or "nothing"
-        raise ConfigError("run_dir", f"{run_dir} has no {CONFIG_FILE}, so it is not a recoup run (found: {found})")
-
-
-def read_config_dict(run_dir: str) -> dict[str, Any]:
-    require_run_dir(run_dir)
-    with open(os.path.join(run_dir, CONFIG_FILE)) as f:
-        return json.load(f)
 
 
 def list_checkpoints(run_dir: str) -> list[dict[str, Any]]:

@@ -5,8 +5,9 @@
     recoup eval runs/add [--step N] [--split test] [--json]
 
 Bad input (a config field, a file, a column, a run directory, a step) is reported as one line
-naming the field and the allowed values, exit status 2, before jax is imported or anything is
-compiled: the trainer is imported only once the config has validated.
+naming the field and the allowed values, exit status 2, before anything is compiled or written.
+`recoup train` checks the config, the `--init-from` source and the data before it imports the
+trainer (and with it jax).
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ import sys
 
 from framework import __version__
 from framework.config import (
+    DEFAULT_STOPS,
+    OPERAND_FORMATS,
     PRESETS,
     SCHEDULES,
     TASKS,
     DataConfig,
+    ModelConfig,
     OptimConfig,
     RunConfig,
+    load_run_config,
     parse_stops,
     parse_tokens,
     preset,
+    resolve_init_from,
 )
 from framework.errors import ConfigError
 
@@ -68,6 +74,10 @@ _TRAIN_FLAGS = {
 }
 
 
+# Defaults shown in --help come from the dataclasses, so they cannot drift from what is used.
+_D, _O, _R = DataConfig(), OptimConfig(), RunConfig(out_dir="", budget_tokens=1)
+
+
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model, checkpointing at token-budget stopping points")
     p.add_argument("--config", help="experiment config: a .py file or module with get_config()")
@@ -77,30 +87,32 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--prompt-col", help="prompt column of --data (default: prompt)")
     g.add_argument("--answer-col", help="answer column of --data (default: answer)")
     g.add_argument("--difficulty-col", help="optional difficulty column of --data")
-    g.add_argument("--max-digits", help="addition: operands of 1..N digits (default 5)")
-    g.add_argument("--operand-format", help="addition: lsb-first|padded|natural (default lsb-first)")
-    g.add_argument("--max-hops", help="multihop: questions of 1..H hops (default 3)")
-    g.add_argument("--n-examples", help="examples generated for a built-in task")
-    g.add_argument("--val-size", help="validation prompts (default 500)")
-    g.add_argument("--test-size", help="test prompts (default 2000)")
-    g.add_argument("--data-seed", help="seed of the data generator and split (default 0)")
-    g.add_argument("--max-seq-len", help="longest example in tokens, BOS and EOS included (default 1024)")
+    g.add_argument("--max-digits", help=f"addition: operands of 1..N digits (default {_D.max_digits})")
+    g.add_argument("--operand-format", help=f"addition: {'|'.join(OPERAND_FORMATS)} (default {_D.operand_format})")
+    g.add_argument("--max-hops", help=f"multihop: questions of 1..H hops (default {_D.max_hops})")
+    g.add_argument("--n-examples", help=f"examples generated for a built-in task (default {_D.n_examples})")
+    g.add_argument("--val-size", help=f"validation prompts (default {_D.val_size})")
+    g.add_argument("--test-size", help=f"test prompts (default {_D.test_size})")
+    g.add_argument("--data-seed", help=f"seed of the data generator and split (default {_D.seed})")
+    g.add_argument("--max-seq-len",
+                   help=f"longest example in tokens, BOS and EOS included (default {_D.max_seq_len})")
     g = p.add_argument_group("model")
-    g.add_argument("--preset", help=f"model size: {'|'.join(PRESETS)} (default small)")
-    g.add_argument("--dropout", help="residual dropout (default 0)")
+    g.add_argument("--preset", help=f"model size: {'|'.join(PRESETS)} (default {_R.preset})")
+    g.add_argument("--dropout", help="residual dropout (default: the preset's)")
     g = p.add_argument_group("optimizer")
-    g.add_argument("--schedule", help=f"learning-rate schedule over the budget: {'|'.join(SCHEDULES)}")
-    g.add_argument("--lr", help="peak learning rate (default 3e-3)")
-    g.add_argument("--warmup", help="warmup as a fraction of the budget (default 0.05)")
-    g.add_argument("--decay", help="wsd: decay phase as a fraction of the budget (default 0.2)")
-    g.add_argument("--weight-decay", help="AdamW weight decay (default 0.1)")
-    g.add_argument("--clip", help="global gradient-norm clip (default 1.0)")
+    g.add_argument("--schedule",
+                   help=f"learning-rate schedule over the budget: {'|'.join(SCHEDULES)} (default {_O.schedule})")
+    g.add_argument("--lr", help=f"peak learning rate (default {_O.peak_lr})")
+    g.add_argument("--warmup", help=f"warmup as a fraction of the budget (default {_O.warmup_frac})")
+    g.add_argument("--decay", help=f"wsd: decay phase as a fraction of the budget (default {_O.decay_frac})")
+    g.add_argument("--weight-decay", help=f"AdamW weight decay (default {_O.weight_decay})")
+    g.add_argument("--clip", help=f"global gradient-norm clip (default {_O.clip_norm})")
     g = p.add_argument_group("run")
     g.add_argument("--budget-tokens", help="planned budget in counted tokens: 2000000, 2M, 500k")
-    g.add_argument("--stops", help="stopping fractions (default 0.25,0.38,0.5,0.62,0.75,0.88,1.0)")
+    g.add_argument("--stops", help=f"stopping fractions (default {','.join(map(str, DEFAULT_STOPS))})")
     g.add_argument("--every-tokens", help="also checkpoint every N tokens")
-    g.add_argument("--batch-size", help="sequences per step (default 128)")
-    g.add_argument("--seed", help="training seed (default 0)")
+    g.add_argument("--batch-size", help=f"sequences per step (default {_R.batch_size})")
+    g.add_argument("--seed", help=f"training seed (default {_R.seed})")
     g.add_argument("--out", help="run directory")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--init-from", help="start from RUN_DIR or RUN_DIR/checkpoints/STEP weights")
@@ -134,8 +146,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     base: RunConfig | None = None
     if args.config:
         base = load_config_file(args.config)
-    if args.resume and os.path.isfile(os.path.join(args.out, "config.json")):
-        base = RunConfig.from_dict(json.load(open(os.path.join(args.out, "config.json"))))
+    if args.resume:
+        base = load_run_config(args.out)  # lists what is there if it is not a run directory
     sections = {
         "data": dataclasses.asdict(base.data) if base else {},
         "model": dataclasses.asdict(base.model if base else PRESETS["small"]),
@@ -160,8 +172,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise ConfigError("budget-tokens", "required (for example --budget-tokens 2M)")
     if "out_dir" not in sections["run"]:
         raise ConfigError("out", "required: the run directory to write")
-    from framework.config import ModelConfig
-
     cfg = RunConfig(
         data=DataConfig(**sections["data"]),
         model=ModelConfig(**sections["model"]),
@@ -174,9 +184,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _cmd_train(args) -> int:
     cfg = config_from_args(args)
-    from framework.train import train  # imports jax: only after the config is known good
+    if cfg.init_from:
+        resolve_init_from(cfg)
+    from framework.data import prepare  # datasets, not jax: a bad file or column fails here
 
-    stops = train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    splits = prepare(cfg.data)
+    from framework.train import train  # imports jax: only once config, data and source are good
+
+    stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits)
     print(_format_stops(stops))
     return 0
 

@@ -1,8 +1,10 @@
 """Typed run configuration: validated at the boundary, before jax is imported or anything compiles.
 
 Configs are frozen dataclasses with a comment on every field. `RunConfig.validate()` raises a
-`ConfigError` naming the field and the allowed values; `build_*` helpers turn strings into plain
-callables in one place (core code never branches on a config string).
+`ConfigError` naming the field and the allowed values. Strings that name code (a schedule, an
+operand format) are resolved by one small registry where they are used (core code never branches
+on a config string). This module imports neither jax nor datasets, so everything here, including
+reading a run directory's config.json, can fail fast.
 
 Units: every budget, stopping point and schedule length is in *counted training tokens*; see
 `framework.data.counted_tokens` for the definition.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from typing import Any
 
@@ -49,12 +52,9 @@ class DataConfig:
             raise ConfigError("task", f"unknown task {self.task!r}", TASKS)
         if self.operand_format not in OPERAND_FORMATS:
             raise ConfigError("data.operand_format", f"unknown format {self.operand_format!r}", OPERAND_FORMATS)
-        _positive("data.max_digits", self.max_digits)
-        _positive("data.max_hops", self.max_hops)
-        _positive("data.n_examples", self.n_examples)
-        _positive("data.val_size", self.val_size)
-        _positive("data.test_size", self.test_size)
-        _positive("data.max_seq_len", self.max_seq_len)
+        for name in ("max_digits", "max_hops", "n_examples", "val_size", "test_size", "max_seq_len"):
+            _positive_int(f"data.{name}", getattr(self, name))
+        _seed("data.seed", self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +69,15 @@ class ModelConfig:
 
     def validate(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_ff"):
-            _positive(f"model.{name}", getattr(self, name))
+            _positive_int(f"model.{name}", getattr(self, name))
+        _positive("model.rope_base", self.rope_base)
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ConfigError(
                 "model.n_heads", f"d_model {self.d_model} / n_heads {self.n_heads} must be an even integer"
             )
         if self.mlp not in MLPS:
             raise ConfigError("model.mlp", f"unknown MLP {self.mlp!r}", MLPS)
-        if not 0.0 <= self.dropout < 1.0:
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout", f"{self.dropout} is outside [0, 1)")
 
 
@@ -104,14 +105,14 @@ class OptimConfig:
         _positive("optim.peak_lr", self.peak_lr)
         _positive("optim.clip_norm", self.clip_norm)
         for name in ("warmup_frac", "decay_frac", "end_lr_frac"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if not _is_number(getattr(self, name)) or not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"optim.{name}", f"{getattr(self, name)} is outside [0, 1]")
         if self.schedule == "wsd" and self.warmup_frac + self.decay_frac > 1.0:
             raise ConfigError("optim.decay_frac", "warmup_frac + decay_frac must be <= 1 for wsd")
-        if self.weight_decay < 0:
-            raise ConfigError("optim.weight_decay", f"{self.weight_decay} is negative")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError("optim.weight_decay", f"{self.weight_decay} must be a number >= 0")
         for name in ("b1", "b2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            if not _is_number(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"optim.{name}", f"{getattr(self, name)} is outside [0, 1)")
 
 
@@ -138,18 +139,20 @@ class RunConfig:
         self.optim.validate()
         if not self.out_dir:
             raise ConfigError("out_dir", "a run directory is required")
-        if not isinstance(self.budget_tokens, int) or self.budget_tokens <= 0:
-            raise ConfigError("budget_tokens", f"{self.budget_tokens!r} must be a positive integer")
-        _positive("batch_size", self.batch_size)
-        _positive("eval_batch_size", self.eval_batch_size)
-        _positive("log_every", self.log_every)
+        _positive_int("budget_tokens", self.budget_tokens)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("eval_batch_size", self.eval_batch_size)
+        _positive_int("log_every", self.log_every)
+        _seed("seed", self.seed)
         if not self.stops:
             raise ConfigError("stops", "give at least one stopping fraction in (0, 1]")
         for f in self.stops:
             if not (isinstance(f, int | float) and 0.0 < f <= 1.0) or math.isnan(f):
                 raise ConfigError("stops", f"fraction {f!r} is outside (0, 1]")
         if self.every_tokens is not None:
-            _positive("every_tokens", self.every_tokens)
+            _positive_int("every_tokens", self.every_tokens)
+        if os.path.isfile(self.out_dir):
+            raise ConfigError("out", f"{self.out_dir} is a file; give a directory for the run")
 
     # -- serialization: config.json in every run directory ---------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -197,9 +200,76 @@ def parse_tokens(text: str | int, field: str = "budget_tokens") -> int:
     return int(round(float(m.group(1)) * _UNITS[m.group(2)]))
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(field: str, value) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise ConfigError(field, f"{value!r} must be > 0")
+    if not _is_number(value) or not value > 0:
+        raise ConfigError(field, f"{value!r} must be a number > 0")
+
+
+def _positive_int(field: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(field, f"{value!r} must be a positive integer")
+
+
+def _seed(field: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(field, f"{value!r} must be an integer >= 0")
+
+
+# -- run directories, read without jax ----------------------------------------------------------
+
+CONFIG_FILE = "config.json"
+SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "mlp")  # what parameter shapes depend on
+
+
+def require_run_dir(run_dir: str) -> None:
+    """A clear error for a path that is not a run directory, listing what is there instead."""
+    if not os.path.isdir(run_dir):
+        parent = os.path.dirname(os.path.abspath(run_dir))
+        found = sorted(os.listdir(parent))[:20] if os.path.isdir(parent) else []
+        where = f"{parent} holds: {', '.join(found)}" if found else f"{parent} is empty or missing"
+        raise ConfigError("run_dir", f"no run directory at {run_dir} ({where})")
+    if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        found = ", ".join(sorted(os.listdir(run_dir))[:20]) or "nothing"
+        raise ConfigError("run_dir", f"{run_dir} has no {CONFIG_FILE}, so it is not a recoup run (found: {found})")
+
+
+def load_run_config(run_dir: str) -> RunConfig:
+    """The RunConfig saved in a run directory; a missing or unreadable file is a ConfigError."""
+    require_run_dir(run_dir)
+    path = os.path.join(run_dir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            return RunConfig.from_dict(json.load(f))
+    except (json.JSONDecodeError, TypeError, AttributeError) as e:
+        raise ConfigError("run_dir", f"{path} is not a valid recoup config ({e})") from None
+
+
+def resolve_init_from(cfg: RunConfig) -> tuple[str, int | None]:
+    """Check `cfg.init_from` without jax: (source run directory, step or None for the newest).
+
+    Accepts RUN_DIR or RUN_DIR/checkpoints/STEP. The source must exist, have a checkpoint, and
+    hold a model of the same shape (dropout may differ: it is not a parameter).
+    """
+    path = os.path.normpath(cfg.init_from)
+    run_dir, step = path, None
+    parent, leaf = os.path.split(path)
+    if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
+        run_dir, step = os.path.dirname(parent), int(leaf)
+    source = load_run_config(run_dir)
+    for name in SHAPE_FIELDS:
+        if getattr(source.model, name) != getattr(cfg.model, name):
+            raise ConfigError("init_from", f"{cfg.init_from} holds a model with {name}="
+                              f"{getattr(source.model, name)!r}, this run has {getattr(cfg.model, name)!r}")
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+    if not steps or (step is not None and step not in steps):
+        raise ConfigError("init_from", f"no checkpoint {'' if step is None else step} in {run_dir}",
+                          steps or ["none yet"])
+    return run_dir, step
 
 
 def _from_fields(cls, d: dict[str, Any], where: str):

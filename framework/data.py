@@ -67,7 +67,12 @@ def sequence_width(splits: dict[str, datasets.Dataset], multiple: int = 8, max_l
         raise ConfigError("data.max_seq_len", f"row {where[1]} of the {where[0]} split is {longest} tokens "
                           f"(bytes of prompt and answer, plus BOS and EOS), over the limit of {max_len}; "
                           "shorten or drop such rows, or raise max_seq_len")
-    return -(-(longest - 1) // multiple) * multiple + 1
+    return round_up(longest - 1, multiple) + 1
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` >= n (shapes in buckets: fewer compilations)."""
+    return -(-n // multiple) * multiple
 
 
 def encode_split(ds: datasets.Dataset, width: int) -> EncodedSplit:

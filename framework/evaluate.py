@@ -12,7 +12,7 @@ of 8, and the whole decode loop is one `lax.while_loop` with a KV cache.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +21,14 @@ import optax
 from flax import nnx
 
 from framework import metrics, tokenizer
-from framework.data import EncodedSplit, make_batch
-from framework.model import causal_mask
+from framework.data import EncodedSplit, make_batch, round_up
+from framework.model import forward
 from framework.tokenizer import BOS, EOS, PAD
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _teacher_forced_batch(graphdef, params, inputs, targets, loss_mask):
-    model = nnx.merge(graphdef, params)
-    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
-    logits, _ = model(inputs, positions, causal_mask(inputs.shape[1]))
+    logits = forward(nnx.merge(graphdef, params), inputs)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     hit = (jnp.argmax(logits, -1) == targets) | (loss_mask == 0)
     return (ce * loss_mask).sum(1), loss_mask.sum(1), hit.all(1)
@@ -99,35 +97,48 @@ def greedy_decode(graphdef, params, prompts: jax.Array, max_new: int) -> jax.Arr
 def left_padded_prompts(prompts: list[str], multiple: int = 8) -> np.ndarray:
     """`PAD.. BOS prompt` rows, width rounded up to `multiple` so few shapes are compiled."""
     rows = [[BOS, *tokenizer.encode(p)] for p in prompts]
-    width = -(-max(len(r) for r in rows) // multiple) * multiple
+    width = round_up(max(len(r) for r in rows), multiple)
     out = np.full((len(rows), width), PAD, np.int32)
     for i, r in enumerate(rows):
         out[i, width - len(r) :] = r
     return out
 
 
-def decode_split(graphdef, params, split: EncodedSplit, batch_size: int, slack: int = 4) -> list[str]:
+class Decoded(NamedTuple):
+    texts: list[str]  # the answer text of every prompt
+    ended: list[bool]  # whether it ended with EOS (an unended answer is a miss)
+
+
+def decode_split(graphdef, params, split: EncodedSplit, batch_size: int, slack: int = 4) -> Decoded:
     """Greedy answers for every prompt of a split."""
     max_new = int(split.answer_lens.max()) + 1 + slack  # answer, EOS, and room to overshoot
     all_prompts = left_padded_prompts(split.prompts)  # one width for the whole split
-    answers: list[str] = []
+    texts, ended = [], []
     for start in range(0, len(split), batch_size):
         idx = _padded_indices(start, len(split), batch_size)
         out = np.asarray(greedy_decode(graphdef, params, all_prompts[idx], max_new))
-        answers += [tokenizer.decode(row) for row in out[: min(batch_size, len(split) - start)]]
-    return answers
+        for row in out[: min(batch_size, len(split) - start)]:
+            text, done = tokenizer.decode_generated(row)
+            texts.append(text)
+            ended.append(done)
+    return Decoded(texts, ended)
 
 
-def score(predictions: list[str], split: EncodedSplit) -> dict[str, Any]:
-    """EM (SQuAD-normalized), strict EM, token F1, n, and EM per difficulty bucket."""
-    em = [metrics.exact_match(p, r) for p, r in zip(predictions, split.answers, strict=True)]
-    strict = [metrics.strict_exact_match(p, r) for p, r in zip(predictions, split.answers, strict=True)]
-    f1 = [metrics.token_f1(p, r) for p, r in zip(predictions, split.answers, strict=True)]
+def score(decoded: Decoded, split: EncodedSplit) -> dict[str, Any]:
+    """EM (SQuAD-normalized), strict EM, token F1, n, and EM per difficulty bucket.
+
+    An answer that never ended with EOS counts as wrong for EM and strict EM (F1 still gives
+    partial credit for its text).
+    """
+    pairs = list(zip(decoded.texts, decoded.ended, split.answers, strict=True))
+    em = [done and metrics.exact_match(p, r) for p, done, r in pairs]
+    strict = [done and metrics.strict_exact_match(p, r) for p, done, r in pairs]
+    f1 = [metrics.token_f1(p, r) for p, _, r in pairs]
     return {
         "em": float(np.mean(em)),
         "strict_em": float(np.mean(strict)),
         "f1": float(np.mean(f1)),
-        "n": len(predictions),
+        "n": len(pairs),
         "em_by_difficulty": metrics.by_bucket(em, split.difficulty),
     }
 

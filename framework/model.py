@@ -141,5 +141,14 @@ def causal_mask(t: int) -> jax.Array:
     return jnp.tril(jnp.ones((t, t), bool))[None]
 
 
+def forward(model: Transformer, inputs: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    """Logits of right-padded sequences [b, t] (the training layout): positions 0..t-1, causal mask.
+
+    Padding sits after every real token, so the causal mask alone keeps it out of real positions.
+    """
+    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+    return model(inputs, positions, causal_mask(inputs.shape[1]), dropout_key=dropout_key)[0]
+
+
 def count_params(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -13,7 +13,7 @@ from typing import Any
 from flax import nnx
 
 from framework import checkpoints, evaluate
-from framework.config import RunConfig
+from framework.config import RunConfig, load_run_config
 from framework.data import EncodedSplit, prepare
 from framework.errors import ConfigError
 from framework.model import build_model
@@ -50,7 +50,7 @@ class Run:
 
 
 def open_run(run_dir: str) -> Run:
-    cfg = RunConfig.from_dict(checkpoints.read_config_dict(run_dir))
+    cfg = load_run_config(run_dir)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model, 0)), nnx.Param)
     return Run(run_dir, cfg, graphdef, abstract)
 

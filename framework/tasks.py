@@ -8,7 +8,7 @@ CLI can check a config and its data before jax starts.
 
     splits = build_splits("addition", None, seed=0, n_examples=10_000, val_size=500,
                           test_size=500, max_digits=5)
-    splits["train"][0]  # {'prompt': '7634+588=', 'answer': '2228', 'difficulty': 4}
+    splits["train"][0]  # {'prompt': '40000+09870=', 'answer': '4987', 'difficulty': 4} (4 + 7890)
 """
 
 from __future__ import annotations
@@ -228,7 +228,9 @@ def multihop(n_examples: int, max_hops: int, seed: int, n_entities: int = 200,
 
     Returns:
       `(facts, compositions)`: every single-hop question (n_entities * n_relations rows,
-      difficulty 1), and distinct questions of 2..max_hops hops, the hop count uniform per row
+      difficulty 1), and distinct questions of 2..max_hops hops, the hop count drawn uniformly
+      per row until a hop count's distinct questions run out (n_entities * n_relations**h of
+      them): with the defaults, all 7,200 two-hop questions are drawn and the rest are three-hop
       (no rows when max_hops == 1).
     """
     _check_count("n_examples", n_examples, 0)

@@ -31,3 +31,18 @@ def decode(ids) -> str:
         if i >= N_SPECIAL:
             out.append(i - N_SPECIAL)
     return out.decode("utf-8", errors="replace")
+
+
+def decode_generated(ids) -> tuple[str, bool]:
+    """A model's output: the text up to its first special id, and whether that id was EOS.
+
+    An output that never emits EOS (or emits PAD/BOS first) has no end; evaluation counts it as a
+    miss, which is what teacher-forced strict EM counts too (it requires EOS after the answer).
+    """
+    out, ended = bytearray(), False
+    for i in np.asarray(ids).tolist():
+        if i < N_SPECIAL:
+            ended = i == EOS
+            break
+        out.append(i - N_SPECIAL)
+    return out.decode("utf-8", errors="replace"), ended

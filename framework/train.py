@@ -26,10 +26,20 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from framework import checkpoints, evaluate, schedules
-from framework.config import OptimConfig, RunConfig
-from framework.data import Batch, Sampler, answer_tokens, counted_tokens, make_batch, prepare, uniform_sampler
+from framework.config import CONFIG_FILE, OptimConfig, RunConfig, load_run_config, resolve_init_from
+from framework.data import (
+    Batch,
+    EncodedSplit,
+    Sampler,
+    answer_tokens,
+    counted_tokens,
+    make_batch,
+    prepare,
+    uniform_sampler,
+)
 from framework.errors import ConfigError
-from framework.model import build_model, causal_mask
+from framework.model import build_model, forward
+from framework.runs import open_run
 from framework.stopping import StopPoint, StopTraining, stop_points
 
 
@@ -49,11 +59,9 @@ Hook = Callable[[Event], None]  # may raise StopTraining to end the run
 
 
 def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
-    config_path = os.path.join(cfg.out_dir, checkpoints.CONFIG_FILE)
+    config_path = os.path.join(cfg.out_dir, CONFIG_FILE)
     if resume:
-        if not os.path.isfile(config_path):
-            checkpoints.require_run_dir(cfg.out_dir)  # raises, listing what is there
-        saved = RunConfig.from_dict(checkpoints.read_config_dict(cfg.out_dir))
+        saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
         for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "seed",
                       "every_tokens", "init_from"):
             if getattr(saved, field) != getattr(cfg, field):
@@ -93,23 +101,10 @@ def build_optimizer(o: OptimConfig) -> optax.GradientTransformation:
     )
 
 
-def load_init_params(path: str, cfg: RunConfig):
-    """Weights from RUN_DIR (its newest checkpoint) or RUN_DIR/checkpoints/STEP."""
-    run_dir, step = path, None
-    parent, leaf = os.path.split(os.path.normpath(path))
-    if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
-        run_dir, step = os.path.dirname(parent), int(leaf)
-    source = RunConfig.from_dict(checkpoints.read_config_dict(run_dir))
-    if source.model != cfg.model:
-        raise ConfigError("init_from", f"{path} holds a different model ({source.model}) "
-                          f"than this run ({cfg.model})")
-    step = checkpoints.resolve_step(run_dir, step)
-    abstract = nnx.state(nnx.eval_shape(lambda: build_model(cfg.model, 0)), nnx.Param)
-    mgr = checkpoints.open_manager(run_dir)
-    try:
-        return checkpoints.restore(mgr, step, params=abstract).params
-    finally:
-        mgr.close()
+def load_init_params(cfg: RunConfig):
+    """Weights of `cfg.init_from`: RUN_DIR (its newest checkpoint) or RUN_DIR/checkpoints/STEP."""
+    run_dir, step = resolve_init_from(cfg)
+    return open_run(run_dir).params(step)
 
 
 # == update step ==============================================================================
@@ -121,10 +116,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, dropou
     @jax.jit
     def train_step(params, opt_state, batch: Batch, tokens_seen, key):
         def loss_fn(p):
-            model = nnx.merge(graphdef, p)
-            positions = jnp.broadcast_to(jnp.arange(batch.inputs.shape[1]), batch.inputs.shape)
-            logits, _ = model(batch.inputs, positions, causal_mask(batch.inputs.shape[1]),
-                              dropout_key=key if dropout else None)
+            logits = forward(nnx.merge(graphdef, p), batch.inputs, key if dropout else None)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets)
             return (ce * batch.loss_mask).sum() / jnp.maximum(batch.loss_mask.sum(), 1.0)
 
@@ -160,6 +152,7 @@ def train(
     hooks: Sequence[Hook] = (),
     sampler_fn: Callable[[Any, int, int], Sampler] | None = None,
     show_progress: bool = True,
+    splits: dict[str, EncodedSplit] | None = None,
 ) -> list[dict[str, Any]]:
     """Train `cfg`, checkpointing at every stopping point; returns the checkpoints' metadata.
 
@@ -171,18 +164,25 @@ def train(
       sampler_fn: `(train_split, batch_size, seed) -> Sampler`; uniform sampling by default. The
         curricula issue plugs in here.
       show_progress: a tqdm bar in tokens, with tokens/s and ETA.
+      splits: `framework.data.prepare(cfg.data)`, if the caller already built it.
     """
+    # Everything that can be wrong with the input is checked before the run directory is touched.
     cfg.validate()
-    splits = prepare(cfg.data)  # before touching the run directory: bad data leaves no trace
-    _prepare_run_dir(cfg, resume)
+    if cfg.init_from:
+        resolve_init_from(cfg)
+    splits = splits or prepare(cfg.data)
     train_split, val_split = splits["train"], splits["validation"]
     sampler = (sampler_fn or _uniform)(train_split, cfg.batch_size, cfg.seed)
+    if not resume:
+        first = counted_tokens(make_batch(train_split, sampler.next(sampler.init(), 0)[0]))
+        if first > cfg.budget_tokens:
+            raise ConfigError("budget_tokens", f"{cfg.budget_tokens:,} is less than one batch "
+                              f"({first:,} tokens at batch_size {cfg.batch_size}): nothing would train")
+    _prepare_run_dir(cfg, resume)
     points = stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens)
 
     model = build_model(cfg.model, cfg.seed)
     graphdef, params = nnx.split(model, nnx.Param)
-    if cfg.init_from:
-        params = load_init_params(cfg.init_from, cfg)
     tx = build_optimizer(cfg.optim)
     schedule = SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)
     train_step = make_train_step(graphdef, tx, schedule, cfg.model.dropout > 0)
@@ -192,7 +192,12 @@ def train(
 
     mgr = checkpoints.open_manager(cfg.out_dir)
     metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
-    if resume and mgr.latest_step() is not None:
+    resuming = resume and mgr.latest_step() is not None
+    if cfg.init_from and not resuming:  # a resumed run's weights come from its own checkpoint
+        params = load_init_params(cfg)
+    if resume and not resuming:
+        _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
+    if resuming:
         step = mgr.latest_step()
         r = checkpoints.restore(mgr, step, params=params, opt_state=opt_state,
                                 sampler=sampler_state, progress=None)
@@ -226,9 +231,14 @@ def train(
         if window.losses:  # close the log window here, so a resumed run logs the same lines
             log_train_line()
         tf = evaluate.teacher_forced(graphdef, params, val_split, cfg.eval_batch_size)
+        # Label with the largest configured stop crossed (not a periodic point crossed with it);
+        # the tokens fit under every crossed threshold, all listed in `fractions`.
+        configured = [p.fraction for p in crossed if p.kind == "stop"]
         meta = {
             "tokens": prog.tokens,
-            "fraction": crossed[-1].fraction if crossed else prog.tokens / cfg.budget_tokens,
+            "fraction": max(configured) if configured else crossed[-1].fraction if crossed
+            else prog.tokens / cfg.budget_tokens,
+            "fractions": [p.fraction for p in crossed],
             "step": prog.step,
             "val_em": tf["strict_em"],
             "val_loss": tf["loss"],

@@ -77,6 +77,9 @@ def _write(path, text):
          ["schedule", "cosine, wsd, constant"]),
         (["--task", "addition", "--budget-tokens", "1M", "--batch-size", "two"], ["batch-size", "cannot parse"]),
         (["--task", "addition"], ["budget-tokens", "required"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--seed", "-1"], ["seed", "integer >= 0"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--weight-decay", "nan"], ["weight_decay", "number >= 0"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--lr", "inf"], ["peak_lr", "number > 0"]),
         (["--data", "/nonexistent/dir/x.jsonl", "--budget-tokens", "1M"], ["data", "not found", "/nonexistent"]),
     ],
 )
@@ -142,3 +145,24 @@ def test_config_file_supplies_defaults_that_flags_override(tmp_path):
 def test_unknown_config_module_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--config", "no_such_module_xyz", "--out", str(tmp_path / "o")]) == 2
     assert "cannot import 'no_such_module_xyz'" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    path = _write(tmp_path / "file.txt", "not a directory")
+    assert main(["train", "--task", "addition", "--budget-tokens", "1M", "--out", path]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_resume_of_a_directory_that_is_not_a_run_lists_what_is_there(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    _write(tmp_path / "junk" / "notes.txt", "x")
+    assert main(["train", "--resume", "--out", str(tmp_path / "junk")]) == 2
+    err = capsys.readouterr().err
+    assert "not a recoup run" in err and "notes.txt" in err
+
+
+def test_a_corrupt_config_json_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "broken").mkdir()
+    _write(tmp_path / "broken" / "config.json", "{not json")
+    assert main(["eval", str(tmp_path / "broken")]) == 2
+    assert "not a valid recoup config" in capsys.readouterr().err

@@ -7,14 +7,14 @@ from flax import nnx
 from framework import evaluate
 from framework.config import PRESETS
 from framework.data import make_batch
-from framework.model import build_model, causal_mask
+from framework.model import build_model, causal_mask, forward
 from framework.runs import open_run
 from framework.tokenizer import EOS
+from tests.test_data import _split as make_split
 
 
 def _forward(model, tokens):
-    t = tokens.shape[1]
-    return model(tokens, jnp.broadcast_to(jnp.arange(t), tokens.shape), causal_mask(t))[0]
+    return forward(model, tokens)
 
 
 def test_attention_is_causal():
@@ -90,3 +90,11 @@ def test_decode_compiles_once_per_shape():
     before = evaluate.greedy_decode._cache_size()
     evaluate.greedy_decode(graphdef, params, prompts[::-1], 4)
     assert evaluate.greedy_decode._cache_size() == before
+
+
+def test_an_answer_without_eos_is_a_miss():
+    """Teacher forcing requires EOS after the answer; scoring decoded text must agree."""
+    split = make_split([("12+3=", "51"), ("1+1=", "2")])
+    both = evaluate.Decoded(texts=["51", "2"], ended=[True, False])
+    result = evaluate.score(both, split)
+    assert result["strict_em"] == 0.5 and result["em"] == 0.5 and result["f1"] == 1.0

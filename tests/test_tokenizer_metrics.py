@@ -16,6 +16,19 @@ def test_decode_skips_specials_and_stops_at_eos():
     assert tokenizer.decode([PAD, PAD, *ids]) == "ab"
 
 
+@pytest.mark.parametrize(
+    "ids, text, ended",
+    [
+        ([*tokenizer.encode("521"), EOS, PAD], "521", True),
+        ([*tokenizer.encode("521"), PAD, EOS], "521", False),  # PAD first: never ended
+        (tokenizer.encode("5210"), "5210", False),  # ran out of room
+        ([EOS], "", True),
+    ],
+)
+def test_decode_generated_reports_whether_the_answer_ended(ids, text, ended):
+    assert tokenizer.decode_generated(ids) == (text, ended)
+
+
 def test_decode_never_raises_on_invalid_utf8():
     assert tokenizer.decode([0xFF + 3, 0xFE + 3]) == "\ufffd\ufffd"
 

@@ -214,3 +214,45 @@ def test_init_from_rejects_a_different_model(trained_run, tmp_path):
     cfg = tiny_config(tmp_path / "x", init_from=src.out_dir, model=PRESETS["small"], preset="small")
     with pytest.raises(ConfigError, match="init_from"):
         train(cfg, show_progress=False)
+
+
+def test_resume_before_the_first_checkpoint_starts_over_without_duplicate_logs(tmp_path):
+    cfg = tiny_config(tmp_path / "early", log_every=2)
+
+    def crash_early(event):
+        if event.kind == "step" and event.step == 6:  # the first stop (0.5) is ~37 steps away
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(cfg, hooks=[crash_early], show_progress=False)
+    assert checkpoints.list_checkpoints(cfg.out_dir) == []
+    train(cfg, resume=True, show_progress=False)
+    steps = [ln["step"] for ln in _train_lines(cfg.out_dir) if ln["event"] == "train"]
+    assert steps == sorted(set(steps)) and steps[:3] == [2, 4, 6]
+
+
+def test_a_batch_crossing_a_stop_and_a_periodic_point_keeps_the_stop_label(tmp_path):
+    # The periodic point sits 10 tokens after the 0.5 stop: one batch crosses both.
+    cfg = tiny_config(tmp_path / "both", every_tokens=12_010)
+    stops = train(cfg, show_progress=False)
+    first = stops[0]
+    assert first["fraction"] == 0.5 and first["kind"] == "stop"
+    assert first["fractions"] == [0.5, pytest.approx(12_010 / 24_000)]
+    assert first["tokens"] <= 12_000
+
+
+def test_a_budget_below_one_batch_is_a_config_error_and_writes_nothing(tmp_path):
+    cfg = tiny_config(tmp_path / "small_budget", budget_tokens=100)
+    with pytest.raises(ConfigError, match="budget_tokens.*less than one batch"):
+        train(cfg, show_progress=False)
+    assert not os.path.exists(cfg.out_dir)
+
+
+def test_init_from_accepts_another_dropout_and_checks_shapes_without_jax(trained_run, tmp_path):
+    from framework.config import resolve_init_from
+
+    src, stops = trained_run
+    cfg = tiny_config(tmp_path / "ft", init_from=src.out_dir, model=dataclasses.replace(PRESETS["tiny"], dropout=0.2))
+    assert resolve_init_from(cfg) == (os.path.normpath(src.out_dir), None)
+    with pytest.raises(ConfigError, match="init_from.*no checkpoint 123"):
+        resolve_init_from(dataclasses.replace(cfg, init_from=os.path.join(src.out_dir, "checkpoints", "123")))
