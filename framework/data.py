@@ -57,14 +57,15 @@ def sequence_width(splits: dict[str, datasets.Dataset], multiple: int = 8, max_l
 
     An example longer than `max_len` tokens (`BOS prompt answer EOS`) is a ConfigError naming it.
     """
-    longest, where = 0, None
-    for name, ds in splits.items():
-        for i, (p, a) in enumerate(zip(ds["prompt"], ds["answer"], strict=True)):
+    longest, prompt = 0, ""
+    for ds in splits.values():
+        for p, a in zip(ds["prompt"], ds["answer"], strict=True):
             n = len(tokenizer.encode(p)) + len(tokenizer.encode(a)) + 2
             if n > longest:
-                longest, where = n, (name, i)
+                longest, prompt = n, p
     if max_len is not None and longest > max_len:
-        raise ConfigError("data.max_seq_len", f"row {where[1]} of the {where[0]} split is {longest} tokens "
+        shown = prompt[:40] + ("..." if len(prompt) > 40 else "")
+        raise ConfigError("data.max_seq_len", f"the example with prompt {shown!r} is {longest} tokens "
                           f"(bytes of prompt and answer, plus BOS and EOS), over the limit of {max_len}; "
                           "shorten or drop such rows, or raise max_seq_len")
     return round_up(longest - 1, multiple) + 1

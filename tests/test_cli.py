@@ -108,7 +108,7 @@ def test_an_over_long_example_names_the_row_and_the_limit(tmp_path, capsys):
     assert main(["train", "--data", path, "--val-size", "2", "--test-size", "2", "--max-seq-len", "128",
                  "--budget-tokens", "1k", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "max_seq_len" in err and "303 tokens" in err and "limit of 128" in err
+    assert "max_seq_len" in err and "303 tokens" in err and "limit of 128" in err and "'xxxxxxxx" in err
 
 
 def test_missing_run_dir_and_step_list_what_exists(cli_run, tmp_path, capsys):
