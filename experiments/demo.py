@@ -45,7 +45,9 @@ def stop_table(run_dir: str) -> list[dict]:
 
     run = open_run(run_dir)
     rows = []
-    for ckpt in list_checkpoints(run_dir):
+    ckpts = list_checkpoints(run_dir)
+    for i, ckpt in enumerate(ckpts):
+        print(f"  decoding the test split at stop {ckpt['fraction']:.2f} ({i + 1}/{len(ckpts)})", flush=True)
         result = evaluate_checkpoint(run, ckpt["step"], "test")
         rows.append(
             {
@@ -141,6 +143,11 @@ def main(argv=None) -> None:
     rows = aggregate(per_seed)
     print(f"\ntest EM on {cfg.data.test_size:,} held-out problems, seeds {args.seeds}:")
     print(format_table(rows, len(seeds)))
+    for seed, table in per_seed.items():  # where the missing EM is: by operand length
+        for row in table:
+            if row["fraction"] in (0.62, 1.0):
+                by = "  ".join(f"{k}:{v:.2f}" for k, v in row["test_em_by_difficulty"].items())
+                print(f"seed {seed}, stop {row['fraction']:.2f}, test EM by digits of the longer operand: {by}")
     summary = {
         "config": dataclasses.replace(cfg, out_dir=args.out).to_dict(),
         "seeds": seeds,
