@@ -67,3 +67,9 @@ def test_bad_pacing_arguments_name_the_field(make, field):
     with pytest.raises(ConfigError) as err:
         make()
     assert err.value.field == field
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    assert doctest.testmod(pacing).failed == 0
