@@ -22,8 +22,10 @@ import sys
 
 from framework import __version__
 from framework.config import (
+    CURRICULA,
     DEFAULT_STOPS,
     OPERAND_FORMATS,
+    PACINGS,
     PRESETS,
     SCHEDULES,
     TASKS,
@@ -71,7 +73,25 @@ _TRAIN_FLAGS = {
     "seed": ("run", "seed", int),
     "out": ("run", "out_dir", str),
     "init_from": ("run", "init_from", str),
+    "curriculum": ("run", "curriculum", str),
+    "curriculum_arg": ("run", "curriculum_args", lambda pairs: _kv(pairs, "curriculum_args")),
+    "pacing": ("run", "pacing", str),
+    "pacing_arg": ("run", "pacing_args", lambda pairs: _kv(pairs, "pacing_args")),
 }
+
+
+def _kv(pairs: list[str], field: str) -> dict:
+    """--x-arg k=v ... -> {k: v}, values read as JSON when they parse ('0.2' -> 0.2)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(field, f"{pair!r} is not key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 # Defaults shown in --help come from the dataclasses, so they cannot drift from what is used.
@@ -117,6 +137,11 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--init-from", help="start from RUN_DIR or RUN_DIR/checkpoints/STEP weights")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("curriculum (see curricula/ and the README)")
+    g.add_argument("--curriculum", help=f"{'|'.join(CURRICULA)}|module:attr (default {_R.curriculum})")
+    g.add_argument("--curriculum-arg", action="append", metavar="K=V", help="a curriculum argument (repeatable)")
+    g.add_argument("--pacing", help=f"{'|'.join(PACINGS)}|module:attr (default {_R.pacing})")
+    g.add_argument("--pacing-arg", action="append", metavar="K=V", help="a pacing argument (repeatable)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -189,9 +214,14 @@ def _cmd_train(args) -> int:
     from framework.data import prepare  # datasets, not jax: a bad file or column fails here
 
     splits = prepare(cfg.data)
-    from framework.train import train  # imports jax: only once config, data and source are good
+    from curricula.registry import sampler_factory  # imports jax, and the user's module if named
 
-    stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits)
+    sampler_fn = sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing, cfg.pacing_args,
+                                 cfg.budget_tokens)
+    from framework.train import train
+
+    stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits,
+                  sampler_fn=sampler_fn)
     print(_format_stops(stops))
     return 0
 

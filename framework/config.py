@@ -25,6 +25,9 @@ TASKS = ("addition", "multihop")
 SCHEDULES = ("cosine", "wsd", "constant")
 MLPS = ("gated", "gelu")
 OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.tasks.OPERAND_FORMATS
+# Mirror curricula.registry (which imports jax); anything else must be an import path "module:attr".
+CURRICULA = ("uniform", "easy-to-hard", "hard-to-easy", "seqlen-warmup", "self-paced", "replay-mix")
+PACINGS = ("constant", "linear", "root", "geometric", "steps")
 DEFAULT_STOPS = (0.25, 0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -131,6 +134,10 @@ class RunConfig:
     eval_batch_size: int = 256  # sequences per evaluation forward pass
     log_every: int = 25  # steps between metrics.jsonl lines (each forces one device sync)
     init_from: str | None = None  # start from this run directory / checkpoint's weights
+    curriculum: str = "uniform"  # which examples batches draw: CURRICULA or "module:attr"
+    curriculum_args: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the curriculum
+    pacing: str = "constant"  # tokens -> share of the data open: PACINGS or "module:attr"
+    pacing_args: dict = dataclasses.field(default_factory=dict)  # e.g. {"start": 0.2, "ramp": 0.5}
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
@@ -151,6 +158,12 @@ class RunConfig:
                 raise ConfigError("stops", f"fraction {f!r} is outside (0, 1]")
         if self.every_tokens is not None:
             _positive_int("every_tokens", self.every_tokens)
+        for field, value, known in (("curriculum", self.curriculum, CURRICULA), ("pacing", self.pacing, PACINGS)):
+            if value not in known and ":" not in str(value):
+                raise ConfigError(field, f"unknown {field} {value!r} (or give an import path 'module:attr')", known)
+        for field in ("curriculum_args", "pacing_args"):
+            if not isinstance(getattr(self, field), dict):
+                raise ConfigError(field, f"{getattr(self, field)!r} must be a mapping of keyword arguments")
         if os.path.isfile(self.out_dir):
             raise ConfigError("out", f"{self.out_dir} is a file; give a directory for the run")
 

@@ -115,11 +115,15 @@ def answer_tokens(batch: Batch) -> int:
 
 
 # -- samplers --------------------------------------------------------------------------------
-# A sampler decides which training examples each step draws. It is a pair of pure functions:
+# A sampler decides which training examples each step draws. It is a set of pure functions:
 #   init() -> state
 #   next(state, tokens_seen) -> (indices [batch_size] int, new_state)
-# `state` is a NamedTuple of numpy arrays, saved in every checkpoint, so a resumed run draws the
-# same batches as an uninterrupted one. `tokens_seen` is what a curriculum paces on.
+#   observe(state, indices, losses) -> new_state      optional: per-example losses of a step
+#   info(state, tokens_seen) -> {name: float}         optional: logged to metrics.jsonl
+# `state` is a NamedTuple (or tuple) of numpy arrays, saved in every checkpoint, so a resumed run
+# draws the same batches as an uninterrupted one. `tokens_seen` is what a curriculum paces on.
+# The trainer calls `observe` with step t's losses just before drawing step t + 2's batch, so the
+# host never waits on the step it has just dispatched.
 
 SamplerState = Any
 
@@ -127,6 +131,8 @@ SamplerState = Any
 class Sampler(NamedTuple):
     init: Callable[[], SamplerState]
     next: Callable[[SamplerState, int], tuple[np.ndarray, SamplerState]]
+    observe: Callable[[SamplerState, np.ndarray, np.ndarray], SamplerState] | None = None
+    info: Callable[[SamplerState, int], dict[str, float]] | None = None
 
 
 class EpochState(NamedTuple):

@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from curricula.registry import sampler_factory
 from framework import checkpoints, evaluate, schedules
 from framework.config import CONFIG_FILE, OptimConfig, RunConfig, load_run_config, resolve_init_from
 from framework.data import (
@@ -35,7 +36,6 @@ from framework.data import (
     counted_tokens,
     make_batch,
     prepare,
-    uniform_sampler,
 )
 from framework.errors import ConfigError
 from framework.model import build_model, forward
@@ -63,7 +63,7 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
     if resume:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
         for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "seed",
-                      "every_tokens", "init_from"):
+                      "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args"):
             if getattr(saved, field) != getattr(cfg, field):
                 raise ConfigError(field, f"differs from the run being resumed in {cfg.out_dir} "
                                   f"({getattr(saved, field)!r} there); resume with the same config")
@@ -117,14 +117,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, dropou
     def train_step(params, opt_state, batch: Batch, tokens_seen, key):
         def loss_fn(p):
             logits = forward(nnx.merge(graphdef, p), batch.inputs, key if dropout else None)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets)
-            return (ce * batch.loss_mask).sum() / jnp.maximum(batch.loss_mask.sum(), 1.0)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets) * batch.loss_mask
+            per_example = ce.sum(1) / jnp.maximum(batch.loss_mask.sum(1), 1.0)  # for loss-driven samplers
+            return ce.sum() / jnp.maximum(batch.loss_mask.sum(), 1.0), per_example
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         lr = schedule(tokens_seen)
         params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-        return params, opt_state, {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads),
+                                   "example_loss": jax.lax.stop_gradient(per_example)}
 
     return train_step
 
@@ -143,6 +145,7 @@ class Progress:
     wall_s: float = 0.0  # training wall time, summed over resumes
     rng: list[int] = dataclasses.field(default_factory=list)  # jax.random.key_data of the run key
     stopped: str | None = None  # why a stopping rule ended the run; a stopped run is finished
+    pending: list = dataclasses.field(default_factory=list)  # [(indices, losses)] a sampler has yet to observe
 
 
 def train(
@@ -161,8 +164,8 @@ def train(
       resume: continue from the newest checkpoint in `cfg.out_dir`.
       hooks: called with an `Event` after every step and every evaluation; one may raise
         `StopTraining` to end the run (a `stopped` checkpoint records why).
-      sampler_fn: `(train_split, batch_size, seed) -> Sampler`; uniform sampling by default. The
-        curricula issue plugs in here.
+      sampler_fn: `(train_split, batch_size, seed) -> Sampler`; by default the one that
+        `cfg.curriculum` and `cfg.pacing` name (uniform sampling unless configured).
       show_progress: a tqdm bar in tokens, with tokens/s and ETA.
       splits: `framework.data.prepare(cfg.data)`, if the caller already built it.
     """
@@ -170,9 +173,11 @@ def train(
     cfg.validate()
     if cfg.init_from:
         resolve_init_from(cfg)
+    sampler_fn = sampler_fn or sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
+                                               cfg.pacing_args, cfg.budget_tokens)
     splits = splits or prepare(cfg.data)
     train_split, val_split = splits["train"], splits["validation"]
-    sampler = (sampler_fn or _uniform)(train_split, cfg.batch_size, cfg.seed)
+    sampler = sampler_fn(train_split, cfg.batch_size, cfg.seed)
     if not resume:
         first = counted_tokens(make_batch(train_split, sampler.next(sampler.init(), 0)[0]))
         if first > cfg.budget_tokens:
@@ -250,6 +255,7 @@ def train(
             meta["reason"] = prog.stopped = reason
         else:  # hooks run before the save: a rule that fires here gets one `stopped` checkpoint
             emit(Event("eval", prog.step, prog.tokens, meta))
+        prog.pending = [(np.asarray(i).tolist(), np.asarray(x).tolist()) for i, x in pending]
         prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
         checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state,
                          sampler_state=sampler_state, progress=prog_json, metadata=meta)
@@ -258,8 +264,14 @@ def train(
         bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
                   f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
 
+    # (indices, per-example losses) of steps the sampler has not observed yet; saved at checkpoints.
+    pending: list[tuple[np.ndarray, Any]] = [(np.asarray(i), np.asarray(x, np.float32)) for i, x in prog.pending]
+
     try:
         while prog.next_stop < len(points):
+            if sampler.observe is not None and len(pending) == 2:  # step t - 2's losses: done by now
+                done_idx, done_losses = pending.pop(0)
+                sampler_state = sampler.observe(sampler_state, done_idx, np.asarray(done_losses))
             idx, next_sampler_state = sampler.next(sampler_state, prog.tokens)
             batch = make_batch(train_split, idx)
             n_tokens = counted_tokens(batch)
@@ -279,8 +291,11 @@ def train(
             prog.tokens += n_tokens
             prog.answer_tokens += answer_tokens(batch)
             sampler_state = next_sampler_state
+            if sampler.observe is not None:
+                pending.append((idx, m["example_loss"]))
             bar.update(n_tokens)
-            window.add(m, n_tokens, train_split.difficulty[idx])
+            window.add(m, n_tokens, train_split.difficulty[idx],
+                       sampler.info(sampler_state, prog.tokens) if sampler.info else {})
             if prog.step % cfg.log_every == 0:
                 log_train_line()
             emit(Event("step", prog.step, prog.tokens, {}))
@@ -295,10 +310,6 @@ def train(
     return checkpoints.list_checkpoints(cfg.out_dir)
 
 
-def _uniform(train_split, batch_size: int, seed: int) -> Sampler:
-    return uniform_sampler(len(train_split), batch_size, seed)
-
-
 class _Window:
     """Metrics of the steps since the last log line (device values read once per line)."""
 
@@ -306,13 +317,14 @@ class _Window:
         self.reset()
 
     def reset(self):
-        self.losses, self.last, self.tokens, self.difficulty = [], None, 0, []
+        self.losses, self.last, self.tokens, self.difficulty, self.sampler_info = [], None, 0, [], {}
         self.t0 = time.perf_counter()
 
-    def add(self, m, n_tokens: int, difficulty: np.ndarray) -> None:
+    def add(self, m, n_tokens: int, difficulty: np.ndarray, sampler_info: dict[str, float]) -> None:
         self.losses.append(m["loss"])
         self.last, self.tokens = m, self.tokens + n_tokens
         self.difficulty.append(difficulty)
+        self.sampler_info = sampler_info  # the latest: e.g. the curriculum's pacing fraction
 
     def flush(self, prog: Progress) -> dict[str, Any]:
         d = np.concatenate(self.difficulty)
@@ -326,6 +338,7 @@ class _Window:
             "tokens_per_s": round(self.tokens / (time.perf_counter() - self.t0), 1),
             "difficulty_mean": float(d.mean()),
             "difficulty_max": float(d.max()),
+            **{k: float(v) for k, v in self.sampler_info.items()},
         }
         self.reset()
         return line

@@ -1,0 +1,179 @@
+"""Curricula: percentile selection, each built-in's pool, state through checkpoints, resume, errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from curricula import pacing, registry, samplers
+from framework import checkpoints
+from framework.cli import main
+from framework.errors import ConfigError
+from framework.train import train
+from tests.conftest import tiny_config
+from tests.test_data import _split
+
+# Ten examples, difficulty 1,1,2,2,...,5,5 and prompt lengths growing with the index.
+SPLIT = _split([(f"{'9' * (i + 1)}+1=", "1") for i in range(10)])
+object.__setattr__(SPLIT, "difficulty", np.repeat(np.arange(1, 6), 2).astype(np.float64))
+
+
+def _drawn(sampler, steps=30, tokens=0):
+    state, seen = sampler.init(), set()
+    for _ in range(steps):
+        idx, state = sampler.next(state, tokens)
+        seen |= set(idx.tolist())
+    return seen
+
+
+def _make(name, fraction, **args):
+    return samplers.BUILT_IN[name](SPLIT, batch_size=4, seed=0, budget_tokens=1000,
+                                   pacing=pacing.constant(fraction), **args)
+
+
+@pytest.mark.parametrize(
+    "name, fraction, expected",
+    [
+        ("easy-to-hard", 0.4, {0, 1, 2, 3}),  # difficulties 1 and 2 are the easiest 40%
+        ("easy-to-hard", 0.01, {0, 1}),  # never empty: at least the easiest tie group
+        ("easy-to-hard", 1.0, set(range(10))),
+        ("hard-to-easy", 0.4, {6, 7, 8, 9}),
+        ("seqlen-warmup", 0.3, {0, 1, 2}),  # the three shortest prompts
+        ("uniform", 0.1, set(range(10))),  # pacing is ignored
+    ],
+)
+def test_each_curriculum_draws_from_the_right_pool(name, fraction, expected):
+    assert _drawn(_make(name, fraction)) == expected
+
+
+def test_replay_mix_keeps_a_share_of_every_batch_from_all_the_data():
+    sampler = _make("replay-mix", 0.2, share=0.5)
+    state, replayed, paced = sampler.init(), set(), set()
+    for _ in range(40):
+        idx, state = sampler.next(state, 0)
+        replayed |= set(idx[:2].tolist())
+        paced |= set(idx[2:].tolist())
+    assert paced == {0, 1} and replayed == set(range(10))
+
+
+def test_self_paced_excludes_examples_whose_loss_is_high():
+    sampler = _make("self-paced", 0.5)
+    state = sampler.init()
+    assert _drawn(sampler) == set(range(10))  # nothing observed yet: all eligible
+    state = sampler.observe(state, np.arange(10), np.arange(10, dtype=np.float32))  # loss = index
+    pool = set()
+    for _ in range(30):
+        idx, state = sampler.next(state, 0)
+        pool |= set(idx.tolist())
+    assert pool == {0, 1, 2, 3, 4}  # losses <= the median
+    assert sampler.info(state, 0)["self_paced_threshold"] == pytest.approx(4.5)
+
+
+@pytest.mark.parametrize("name, args", [("self-paced", {}), ("replay-mix", {"base": "self-paced"}),
+                                        ("easy-to-hard", {})])
+def test_curriculum_state_round_trips_through_a_checkpoint(tmp_path, name, args):
+    sampler = _make(name, 0.5, **args)
+    state = sampler.init()
+    for _ in range(3):
+        idx, state = sampler.next(state, 0)
+        if sampler.observe:
+            state = sampler.observe(state, idx, np.linspace(0, 1, len(idx), dtype=np.float32))
+    os.makedirs(tmp_path / "run")
+    mgr = checkpoints.open_manager(str(tmp_path / "run"))
+    checkpoints.save(mgr, 1, params={"w": np.zeros(2)}, opt_state={"m": np.zeros(2)}, sampler_state=state,
+                     progress={}, metadata={})
+    mgr.wait_until_finished()
+    restored = checkpoints.restore(mgr, 1, sampler=sampler.init()).sampler
+    mgr.close()
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.array_equal(a, b), state, restored)))
+    assert np.array_equal(sampler.next(state, 0)[0], sampler.next(restored, 0)[0])
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_resumed_loss_driven_curriculum_draws_the_same_batches(tmp_path):
+    common = dict(curriculum="replay-mix", curriculum_args={"base": "self-paced", "share": 0.25},
+                  pacing="linear", pacing_args={"start": 0.3, "ramp": 0.8}, log_every=3)
+    straight = tiny_config(tmp_path / "straight", **common)
+    train(straight, show_progress=False)
+    broken = tiny_config(tmp_path / "broken", **common)
+
+    def crash(event):
+        if event.kind == "step" and event.tokens > 0.6 * broken.budget_tokens:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(broken, hooks=[crash], show_progress=False)
+    train(broken, resume=True, show_progress=False)
+
+    def lines(cfg):
+        with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
+            return [{k: v for k, v in json.loads(ln).items() if k not in ("tokens_per_s", "wall_s")} for ln in f]
+
+    assert lines(straight) == lines(broken)
+    a, b = (checkpoints.list_checkpoints(c.out_dir)[-1] for c in (straight, broken))
+    assert a["tokens"] == b["tokens"] and a["val_loss"] == b["val_loss"]
+
+
+def half_the_budget_then_all(tokens_seen, budget_tokens, floor=0.25):
+    """A custom pacing function, imported by path in the tests below."""
+    return np.where(tokens_seen < budget_tokens / 2, floor, 1.0)
+
+
+def test_a_custom_pacing_function_by_import_path():
+    pace = registry.build_pacing("tests.test_curricula:half_the_budget_then_all", {"floor": 0.4}, 1000)
+    assert float(pace(np.float32(100))) == pytest.approx(0.4) and float(pace(np.float32(600))) == 1.0
+
+
+@pytest.mark.parametrize(
+    "kind, name, args, match",
+    [
+        ("pacing", "no_such_module_xyz:f", {}, "cannot import module 'no_such_module_xyz'"),
+        ("pacing", "curricula.pacing:nope", {}, "has no attribute 'nope'"),
+        ("pacing", "tests.test_curricula:half_the_budget_then_all", {"bogus": 1}, "cannot take these arguments"),
+        ("pacing", "linear", {"slope": 2}, "cannot take these arguments"),
+        ("pacing", "tests.test_curricula:half_the_budget_then_all", {"floor": 0.0}, r"fraction must be in \(0, 1\]"),
+        ("curriculum", "curricula.pacing:constant", {}, "cannot take these arguments"),
+        ("curriculum", "easy-to-hard", {"share": 0.5}, "cannot take these arguments"),
+        ("curriculum", "curricula.samplers:nothing", {}, "has no attribute"),
+    ],
+)
+def test_import_path_and_signature_errors_fail_at_start_up(kind, name, args, match):
+    with pytest.raises(ConfigError, match=match):
+        if kind == "pacing":
+            registry.build_pacing(name, args, 1000)
+        else:
+            registry.sampler_factory(name, args, "constant", {}, 1000)
+
+
+def test_unknown_names_list_the_built_ins(tmp_path):
+    with pytest.raises(ConfigError, match="easy-to-hard, hard-to-easy"):
+        tiny_config(tmp_path, curriculum="easiest-first").validate()
+    with pytest.raises(ConfigError, match="constant, linear, root, geometric, steps"):
+        tiny_config(tmp_path, pacing="cosine").validate()
+
+
+def test_cli_curriculum_logs_its_pacing_fraction(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    argv = ["train", "--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "2000",
+            "--val-size", "50", "--test-size", "50", "--batch-size", "32", "--budget-tokens", "12k",
+            "--curriculum", "easy-to-hard", "--pacing", "linear", "--pacing-arg", "start=0.3",
+            "--pacing-arg", "ramp=0.5", "--out", out, "--no-progress"]
+    assert main(argv) == 0
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lines = [json.loads(ln) for ln in f if '"train"' in ln]
+    fractions = [ln["pacing_fraction"] for ln in lines]
+    assert fractions[0] < 0.7 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert lines[0]["difficulty_max"] <= 2  # 3-digit addition: the easiest third early on
+    saved = json.load(open(os.path.join(out, "config.json")))
+    assert saved["pacing_args"] == {"start": 0.3, "ramp": 0.5}
+
+
+def test_config_name_lists_mirror_the_registry():
+    from framework import config
+
+    assert config.CURRICULA == tuple(registry.CURRICULA) and config.PACINGS == tuple(registry.PACINGS)
