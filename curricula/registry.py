@@ -3,6 +3,7 @@
     --curriculum easy-to-hard --pacing root --pacing-arg start=0.2 --pacing-arg ramp=0.5
     --curriculum my_pkg.curricula:shortest_first --curriculum-arg share=0.3
     --pacing my_pkg.pacing:warm --pacing-arg knee=0.4
+    --scorer model-loss --scorer-arg run_dir=runs/earlier --scorer-arg step=120 --scorer-percentile
 
 Built-in pacing functions take their ramp as a share of the token budget (`ramp=0.5`: all the
 data is open from half-way). A custom pacing function is any importable `f(tokens_seen,
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from curricula import pacing as P
+from curricula import scorers as S
 from curricula.samplers import BUILT_IN
 from framework.data import EncodedSplit, Sampler
 from framework.errors import ConfigError
@@ -34,6 +36,12 @@ PACINGS: dict[str, Callable[..., P.PacingFn]] = {
         [b * budget for b in boundaries], fractions),
 }
 CURRICULA = BUILT_IN
+SCORERS: dict[str, Callable[..., S.Scorer]] = {
+    "column": S.from_column,  # args: name
+    "prompt-length": S.prompt_length,
+    "answer-length": S.answer_length,
+    "model-loss": S.model_loss,  # args: run_dir, step
+}
 
 
 def import_object(spec: str, field: str) -> Any:
@@ -93,3 +101,18 @@ def sampler_factory(curriculum: str, curriculum_args: dict[str, Any], pacing: st
         return sampler
 
     return factory
+
+
+def rescore(train: EncodedSplit, scorer: str, args: dict[str, Any], as_percentile: bool) -> EncodedSplit:
+    """`train` with its difficulty replaced by a scorer's scores (computed once, map(batched=True))."""
+    import dataclasses
+
+    import datasets
+
+    make = SCORERS.get(scorer) or import_object(scorer, "scorer")
+    _check_call(make, "scorer_args", **args)
+    fn = make(**args)
+    ds = datasets.Dataset.from_dict({"prompt": train.prompts, "answer": train.answers,
+                                     "difficulty": train.difficulty.tolist()})
+    scored = S.score_dataset(ds, fn, column="difficulty", as_percentile=as_percentile)
+    return dataclasses.replace(train, difficulty=np.asarray(scored["difficulty"], np.float64))

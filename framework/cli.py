@@ -28,6 +28,7 @@ from framework.config import (
     PACINGS,
     PRESETS,
     SCHEDULES,
+    SCORERS,
     TASKS,
     DataConfig,
     ModelConfig,
@@ -77,6 +78,9 @@ _TRAIN_FLAGS = {
     "curriculum_arg": ("run", "curriculum_args", lambda pairs: _kv(pairs, "curriculum_args")),
     "pacing": ("run", "pacing", str),
     "pacing_arg": ("run", "pacing_args", lambda pairs: _kv(pairs, "pacing_args")),
+    "scorer": ("run", "scorer", str),
+    "scorer_arg": ("run", "scorer_args", lambda pairs: _kv(pairs, "scorer_args")),
+    "scorer_percentile": ("run", "scorer_percentile", bool),
 }
 
 
@@ -142,6 +146,10 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--curriculum-arg", action="append", metavar="K=V", help="a curriculum argument (repeatable)")
     g.add_argument("--pacing", help=f"{'|'.join(PACINGS)}|module:attr (default {_R.pacing})")
     g.add_argument("--pacing-arg", action="append", metavar="K=V", help="a pacing argument (repeatable)")
+    g.add_argument("--scorer", help=f"rescore the train split's difficulty: {'|'.join(SCORERS)}|module:attr")
+    g.add_argument("--scorer-arg", action="append", metavar="K=V", help="a scorer argument (repeatable)")
+    g.add_argument("--scorer-percentile", action="store_const", const=True,
+                   help="store scores as percentiles in (0, 1]")
     p.set_defaults(func=_cmd_train)
 
 

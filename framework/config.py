@@ -28,6 +28,7 @@ OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.tasks.
 # Mirror curricula.registry (which imports jax); anything else must be an import path "module:attr".
 CURRICULA = ("uniform", "easy-to-hard", "hard-to-easy", "seqlen-warmup", "self-paced", "replay-mix")
 PACINGS = ("constant", "linear", "root", "geometric", "steps")
+SCORERS = ("column", "prompt-length", "answer-length", "model-loss")
 DEFAULT_STOPS = (0.25, 0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -138,6 +139,9 @@ class RunConfig:
     curriculum_args: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the curriculum
     pacing: str = "constant"  # tokens -> share of the data open: PACINGS or "module:attr"
     pacing_args: dict = dataclasses.field(default_factory=dict)  # e.g. {"start": 0.2, "ramp": 0.5}
+    scorer: str | None = None  # rescore the train split's difficulty: SCORERS or "module:attr"; None: keep
+    scorer_args: dict = dataclasses.field(default_factory=dict)  # e.g. {"run_dir": "runs/a", "step": 120}
+    scorer_percentile: bool = False  # store the scores as percentiles in (0, 1] instead of raw
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
@@ -158,10 +162,13 @@ class RunConfig:
                 raise ConfigError("stops", f"fraction {f!r} is outside (0, 1]")
         if self.every_tokens is not None:
             _positive_int("every_tokens", self.every_tokens)
-        for field, value, known in (("curriculum", self.curriculum, CURRICULA), ("pacing", self.pacing, PACINGS)):
+        named = [("curriculum", self.curriculum, CURRICULA), ("pacing", self.pacing, PACINGS)]
+        if self.scorer is not None:
+            named.append(("scorer", self.scorer, SCORERS))
+        for field, value, known in named:
             if value not in known and ":" not in str(value):
                 raise ConfigError(field, f"unknown {field} {value!r} (or give an import path 'module:attr')", known)
-        for field in ("curriculum_args", "pacing_args"):
+        for field in ("curriculum_args", "pacing_args", "scorer_args"):
             if not isinstance(getattr(self, field), dict):
                 raise ConfigError(field, f"{getattr(self, field)!r} must be a mapping of keyword arguments")
         if os.path.isfile(self.out_dir):

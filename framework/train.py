@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from curricula.registry import sampler_factory
+from curricula.registry import rescore, sampler_factory
 from framework import checkpoints, evaluate, schedules
 from framework.config import CONFIG_FILE, OptimConfig, RunConfig, load_run_config, resolve_init_from
 from framework.data import (
@@ -63,7 +63,8 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
     if resume:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
         for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "seed",
-                      "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args"):
+                      "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args",
+                      "scorer", "scorer_args", "scorer_percentile"):
             if getattr(saved, field) != getattr(cfg, field):
                 raise ConfigError(field, f"differs from the run being resumed in {cfg.out_dir} "
                                   f"({getattr(saved, field)!r} there); resume with the same config")
@@ -177,6 +178,8 @@ def train(
                                                cfg.pacing_args, cfg.budget_tokens)
     splits = splits or prepare(cfg.data)
     train_split, val_split = splits["train"], splits["validation"]
+    if cfg.scorer:  # what the curriculum sorts by; validation and test keep the data's difficulty
+        train_split = rescore(train_split, cfg.scorer, cfg.scorer_args, cfg.scorer_percentile)
     sampler = sampler_fn(train_split, cfg.batch_size, cfg.seed)
     if not resume:
         first = counted_tokens(make_batch(train_split, sampler.next(sampler.init(), 0)[0]))
@@ -263,6 +266,7 @@ def train(
         log.flush()
         bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
                   f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
+        window.t0 = time.perf_counter()  # evaluation is not training time: keep it out of tokens/s
 
     # (indices, per-example losses) of steps the sampler has not observed yet; saved at checkpoints.
     pending: list[tuple[np.ndarray, Any]] = [(np.asarray(i), np.asarray(x, np.float32)) for i, x in prog.pending]
@@ -272,9 +276,11 @@ def train(
             if sampler.observe is not None and len(pending) == 2:  # step t - 2's losses: done by now
                 done_idx, done_losses = pending.pop(0)
                 sampler_state = sampler.observe(sampler_state, done_idx, np.asarray(done_losses))
+            data_t0 = time.perf_counter()
             idx, next_sampler_state = sampler.next(sampler_state, prog.tokens)
             batch = make_batch(train_split, idx)
             n_tokens = counted_tokens(batch)
+            window.data_s += time.perf_counter() - data_t0
             # Take every stopping point this batch would cross *before* running it.
             crossed = []
             while prog.next_stop < len(points) and prog.tokens + n_tokens > points[prog.next_stop].tokens:
@@ -318,6 +324,7 @@ class _Window:
 
     def reset(self):
         self.losses, self.last, self.tokens, self.difficulty, self.sampler_info = [], None, 0, [], {}
+        self.data_s = 0.0  # host time choosing and building batches (the step waits on it at most)
         self.t0 = time.perf_counter()
 
     def add(self, m, n_tokens: int, difficulty: np.ndarray, sampler_info: dict[str, float]) -> None:
@@ -328,6 +335,7 @@ class _Window:
 
     def flush(self, prog: Progress) -> dict[str, Any]:
         d = np.concatenate(self.difficulty)
+        elapsed = time.perf_counter() - self.t0
         line = {
             "step": prog.step,
             "tokens": prog.tokens,
@@ -335,7 +343,8 @@ class _Window:
             "loss": float(np.mean(jax.device_get(self.losses))),
             "lr": float(self.last["lr"]),
             "grad_norm": float(self.last["grad_norm"]),
-            "tokens_per_s": round(self.tokens / (time.perf_counter() - self.t0), 1),
+            "tokens_per_s": round(self.tokens / elapsed, 1),
+            "data_time_frac": round(self.data_s / elapsed, 4),  # share of wall time spent on data
             "difficulty_mean": float(d.mean()),
             "difficulty_max": float(d.max()),
             **{k: float(v) for k, v in self.sampler_info.items()},

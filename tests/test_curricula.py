@@ -177,3 +177,36 @@ def test_config_name_lists_mirror_the_registry():
     from framework import config
 
     assert config.CURRICULA == tuple(registry.CURRICULA) and config.PACINGS == tuple(registry.PACINGS)
+
+
+def test_rescore_replaces_the_train_difficulty_raw_or_as_percentiles():
+    raw = registry.rescore(SPLIT, "prompt-length", {}, as_percentile=False)
+    assert raw.difficulty.tolist() == [float(4 + i) for i in range(10)]  # "9+1=", "99+1=", ...
+    pct = registry.rescore(SPLIT, "prompt-length", {}, as_percentile=True)
+    assert pct.difficulty.tolist() == [(i + 1) / 10 for i in range(10)]
+    assert raw.prompts == SPLIT.prompts and np.array_equal(raw.tokens, SPLIT.tokens)
+
+
+@pytest.mark.parametrize(
+    "scorer, args, match",
+    [
+        ("column", {}, "missing a required argument: 'name'"),
+        ("no_such_module_xyz:score", {}, "cannot import module"),
+        ("model-loss", {"run_dir": "/nonexistent/run"}, "no run directory"),
+    ],
+)
+def test_scorer_errors_name_the_problem(scorer, args, match):
+    with pytest.raises(ConfigError, match=match):
+        registry.rescore(SPLIT, scorer, args, as_percentile=False)
+
+
+def test_transfer_scoring_drives_a_curriculum_end_to_end(trained_run, tmp_path):
+    src, stops = trained_run
+    cfg = tiny_config(tmp_path / "transfer", scorer="model-loss",
+                      scorer_args={"run_dir": src.out_dir, "step": stops[0]["step"]}, scorer_percentile=True,
+                      curriculum="easy-to-hard", pacing="linear", pacing_args={"start": 0.2, "ramp": 0.5})
+    result = train(cfg, show_progress=False)
+    assert result[-1]["fraction"] == 1.0
+    with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
+        first = next(json.loads(ln) for ln in f if '"train"' in ln)
+    assert first["difficulty_max"] <= 0.7  # percentiles of the earlier model's losses, easy ones first
