@@ -210,3 +210,25 @@ def test_transfer_scoring_drives_a_curriculum_end_to_end(trained_run, tmp_path):
     with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
         first = next(json.loads(ln) for ln in f if '"train"' in ln)
     assert first["difficulty_max"] <= 0.7  # percentiles of the earlier model's losses, easy ones first
+
+
+def test_the_custom_curriculum_example_runs_from_the_cli(tmp_path):
+    out = str(tmp_path / "carries")
+    argv = ["train", "--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "2000",
+            "--val-size", "50", "--test-size", "50", "--batch-size", "32", "--budget-tokens", "8k",
+            "--scorer", "experiments.custom_curriculum:carries",
+            "--curriculum", "experiments.custom_curriculum:fewest_carries_first", "--curriculum-arg", "replay=0.25",
+            "--pacing", "experiments.custom_curriculum:warm_then_all", "--pacing-arg", "knee=0.5",
+            "--out", out, "--no-progress"]
+    assert main(argv) == 0
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lines = [json.loads(ln) for ln in f if '"train"' in ln]
+    assert lines[0]["pacing_fraction"] == pytest.approx(0.3) and lines[-1]["pacing_fraction"] == 1.0
+    assert lines[-1]["difficulty_max"] == 3  # 3-digit sums: at most three carries, reached once all is open
+
+
+def test_carries_scorer_counts_carries_of_lsb_first_sums():
+    from experiments.custom_curriculum import carries
+
+    # 5+5 (one carry), 999+1 (three), 123+456 (none); prompts are LSB-first and zero-padded.
+    assert carries()({"prompt": ["500+500=", "999+100=", "321+654="]}) == [1.0, 3.0, 0.0]
