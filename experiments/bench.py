@@ -13,6 +13,7 @@ a shared 2-core machine mean little); on a GPU absolute throughput is added.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import tempfile
@@ -93,10 +94,42 @@ def bench_trained(run_dir: str) -> dict | None:
             **bench_eval(run.graphdef, run.params(), run.split("validation"))}
 
 
+def bench_data_time(budget_tokens: int = 200_000) -> list[dict]:
+    """Share of wall time the host spends choosing and building batches, per curriculum.
+
+    The demo's model and data, a short run each; the first log window (compilation) is left out.
+    """
+    import json
+
+    from experiments.demo import get_config
+    from framework.train import train
+
+    rows = []
+    variants = {
+        "uniform": ("uniform", {}, "constant", {}),
+        "easy-to-hard": ("easy-to-hard", {}, "linear", {"start": 0.2, "ramp": 0.5}),
+        "seqlen-warmup": ("seqlen-warmup", {}, "linear", {"start": 0.2, "ramp": 0.5}),
+        "self-paced": ("self-paced", {}, "linear", {"start": 0.5, "ramp": 0.5}),
+        "replay-mix": ("replay-mix", {"base": "self-paced"}, "linear", {"start": 0.5, "ramp": 0.5}),
+    }
+    with tempfile.TemporaryDirectory() as d:
+        for name, (curriculum, cargs, pacing, pargs) in variants.items():
+            cfg = get_config(os.path.join(d, name))
+            cfg = dataclasses.replace(cfg, budget_tokens=budget_tokens, stops=(1.0,), log_every=10,
+                                      curriculum=curriculum, curriculum_args=cargs, pacing=pacing, pacing_args=pargs)
+            train(cfg, show_progress=False)
+            with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
+                lines = [json.loads(ln) for ln in f if '"train"' in ln][1:]
+            rows.append({"curriculum": name, "data_frac": float(np.mean([ln["data_time_frac"] for ln in lines])),
+                         "data_frac_max": float(np.max([ln["data_time_frac"] for ln in lines]))})
+    return rows
+
+
 def main() -> None:
     splits = prepare(DataConfig(task="addition", max_digits=5, n_examples=6_000, val_size=1_000, test_size=500))
     rows = [bench_preset(p, splits["validation"], splits["train"]) for p in ("tiny", "small")]
     trained = bench_trained("runs/demo")
+    data_rows = bench_data_time()
     eval_rows = rows + ([trained] if trained else [])
     device = jax.devices()[0]
     on_gpu = device.platform == "gpu"
@@ -124,6 +157,16 @@ def main() -> None:
         "| preset | blocking save / train step (batch 128) |",
         "|---|---|",
         *[f"| {r['preset']} | {r['save_vs_step']:.2f}x |" for r in rows],
+        "",
+        "## Data: host time choosing and building batches, as a share of training wall time",
+        "",
+        "The demo's model and data (`small`, 8-digit addition, batch 128), 200k tokens per curriculum; "
+        "`data_time_frac` from metrics.jsonl, mean and worst log window (10 steps), compilation excluded. "
+        "This is an upper bound on how long the train step waits for data (JAX dispatch is asynchronous).",
+        "",
+        "| curriculum | mean | worst window |",
+        "|---|---|---|",
+        *[f"| {r['curriculum']} | {100 * r['data_frac']:.2f}% | {100 * r['data_frac_max']:.2f}% |" for r in data_rows],
     ]
     if on_gpu:
         lines += ["", "## Absolute times (GPU)", "", "| preset | train step ms | teacher-forced s | decode s |",
