@@ -54,6 +54,9 @@ class Event(NamedTuple):
 
 Hook = Callable[[Event], None]  # may raise StopTraining to end the run
 
+# metrics.jsonl fields measured by the clock: the only ones a resumed run may log differently.
+WALL_CLOCK_FIELDS = ("tokens_per_s", "data_time_frac", "wall_s")
+
 
 # == run directory =============================================================================
 
@@ -335,12 +338,13 @@ class _Window:
 
     def flush(self, prog: Progress) -> dict[str, Any]:
         d = np.concatenate(self.difficulty)
+        losses = jax.device_get(self.losses)  # waits for this window's steps: read the clock after
         elapsed = time.perf_counter() - self.t0
         line = {
             "step": prog.step,
             "tokens": prog.tokens,
             "answer_tokens": prog.answer_tokens,
-            "loss": float(np.mean(jax.device_get(self.losses))),
+            "loss": float(np.mean(losses)),
             "lr": float(self.last["lr"]),
             "grad_norm": float(self.last["grad_norm"]),
             "tokens_per_s": round(self.tokens / elapsed, 1),

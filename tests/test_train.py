@@ -15,7 +15,7 @@ from framework.errors import ConfigError
 from framework.model import build_model
 from framework.runs import open_run
 from framework.stopping import StopTraining, stop_points
-from framework.train import build_optimizer, train
+from framework.train import WALL_CLOCK_FIELDS, build_optimizer, train
 from tests.conftest import tiny_config
 
 
@@ -112,7 +112,7 @@ def test_resume_continues_exactly_where_the_run_was(tmp_path):
     a, b = _final_params(straight.out_dir), _final_params(broken.out_dir)
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
     def strip(lines):  # wall-clock fields differ between any two runs
-        return [{k: v for k, v in ln.items() if k not in ("tokens_per_s", "wall_s")} for ln in lines]
+        return [{k: v for k, v in ln.items() if k not in WALL_CLOCK_FIELDS} for ln in lines]
 
     assert strip(_train_lines(straight.out_dir)) == strip(_train_lines(broken.out_dir))
     assert [c["step"] for c in checkpoints.list_checkpoints(straight.out_dir)] == [
