@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import pytest
 
@@ -34,3 +36,32 @@ def trained_run(tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("runs") / "tiny")
     stops = train(cfg, show_progress=False)
     return cfg, stops
+
+
+class Crash(Exception):
+    """Stands in for a kill: raised from a hook, it ends `train` without any clean-up of ours."""
+
+
+def crash_then_resume(cfg: RunConfig, after_fraction: float = 0.6) -> list[dict]:
+    """Train `cfg`, crash once past `after_fraction` of the budget, resume; the checkpoints
+    that existed at the crash are returned."""
+    from framework import checkpoints
+    from framework.train import train
+
+    def crash(event):
+        if event.kind == "step" and event.tokens > after_fraction * cfg.budget_tokens:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(cfg, hooks=[crash], show_progress=False)
+    before = checkpoints.list_checkpoints(cfg.out_dir)
+    train(cfg, resume=True, show_progress=False)
+    return before
+
+
+def logged_lines(run_dir: str) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields, which differ between any two runs."""
+    from framework.train import WALL_CLOCK_FIELDS
+
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(ln).items() if k not in WALL_CLOCK_FIELDS} for ln in f if ln.strip()]

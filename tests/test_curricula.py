@@ -11,8 +11,8 @@ from curricula import pacing, registry, samplers
 from framework import checkpoints
 from framework.cli import main
 from framework.errors import ConfigError
-from framework.train import WALL_CLOCK_FIELDS, train
-from tests.conftest import tiny_config
+from framework.train import train
+from tests.conftest import crash_then_resume, logged_lines, tiny_config
 from tests.test_data import _split
 
 # Ten examples, difficulty 1,1,2,2,...,5,5 and prompt lengths growing with the index.
@@ -91,30 +91,15 @@ def test_curriculum_state_round_trips_through_a_checkpoint(tmp_path, name, args)
     assert np.array_equal(sampler.next(state, 0)[0], sampler.next(restored, 0)[0])
 
 
-class Crash(Exception):
-    pass
-
-
 def test_a_resumed_loss_driven_curriculum_draws_the_same_batches(tmp_path):
     common = dict(curriculum="replay-mix", curriculum_args={"base": "self-paced", "share": 0.25},
                   pacing="linear", pacing_args={"start": 0.3, "ramp": 0.8}, log_every=3)
     straight = tiny_config(tmp_path / "straight", **common)
     train(straight, show_progress=False)
     broken = tiny_config(tmp_path / "broken", **common)
+    crash_then_resume(broken)
 
-    def crash(event):
-        if event.kind == "step" and event.tokens > 0.6 * broken.budget_tokens:
-            raise Crash()
-
-    with pytest.raises(Crash):
-        train(broken, hooks=[crash], show_progress=False)
-    train(broken, resume=True, show_progress=False)
-
-    def lines(cfg):
-        with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
-            return [{k: v for k, v in json.loads(ln).items() if k not in WALL_CLOCK_FIELDS} for ln in f]
-
-    assert lines(straight) == lines(broken)
+    assert logged_lines(straight.out_dir) == logged_lines(broken.out_dir)
     a, b = (checkpoints.list_checkpoints(c.out_dir)[-1] for c in (straight, broken))
     assert a["tokens"] == b["tokens"] and a["val_loss"] == b["val_loss"]
 

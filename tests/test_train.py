@@ -15,8 +15,8 @@ from framework.errors import ConfigError
 from framework.model import build_model
 from framework.runs import open_run
 from framework.stopping import StopTraining, stop_points
-from framework.train import WALL_CLOCK_FIELDS, build_optimizer, train
-from tests.conftest import tiny_config
+from framework.train import build_optimizer, train
+from tests.conftest import Crash, crash_then_resume, logged_lines, tiny_config
 
 
 def _final_params(run_dir):
@@ -86,35 +86,19 @@ def test_checkpoint_round_trip_gives_equal_state(tmp_path):
     assert r.progress == {"step": 5, "tokens": 123}
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resume_continues_exactly_where_the_run_was(tmp_path):
     # Dropout on, and a periodic cadence, so RNG and sampler state both matter.
     model = dataclasses.replace(PRESETS["tiny"], dropout=0.1)
     common = dict(model=model, every_tokens=5_000, log_every=3)
     straight = tiny_config(tmp_path / "straight", **common)
     train(straight, show_progress=False)
-
     broken = tiny_config(tmp_path / "broken", **common)
-
-    def crash_after_first_stop(event):
-        if event.kind == "step" and event.tokens > 0.6 * broken.budget_tokens:
-            raise Crash()
-
-    with pytest.raises(Crash):
-        train(broken, hooks=[crash_after_first_stop], show_progress=False)
-    done_before = checkpoints.list_checkpoints(broken.out_dir)
+    done_before = crash_then_resume(broken)
     assert done_before[-1]["fraction"] <= 0.6
-    train(broken, resume=True, show_progress=False)
 
     a, b = _final_params(straight.out_dir), _final_params(broken.out_dir)
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
-    def strip(lines):  # wall-clock fields differ between any two runs
-        return [{k: v for k, v in ln.items() if k not in WALL_CLOCK_FIELDS} for ln in lines]
-
-    assert strip(_train_lines(straight.out_dir)) == strip(_train_lines(broken.out_dir))
+    assert logged_lines(straight.out_dir) == logged_lines(broken.out_dir)
     assert [c["step"] for c in checkpoints.list_checkpoints(straight.out_dir)] == [
         c["step"] for c in checkpoints.list_checkpoints(broken.out_dir)
     ]
