@@ -4,7 +4,8 @@
     python -m experiments.curriculum_vs_uniform --task multihop --seeds 0,1,2 --out runs/curricula
 
 Each variant trains the demo recipe (`experiments.demo.get_config`, or its multihop twin) with only
-the curriculum changed, then scores the test split at every stopping point with one teacher-forced
+the curriculum changed (easy-to-hard-gentle: half the data open from the start, all of it from a
+quarter of the budget), then scores the test split at every stopping point with one teacher-forced
 pass (strict EM: equal to greedy-decoded strict EM, tested in tests/test_model.py; on addition
 strict EM and normalized EM coincide). Finished runs are skipped, so an interrupted sweep resumes.
 Results go to OUT/TASK/results.json and a markdown table to stdout (copied into docs/results.md).
@@ -27,6 +28,7 @@ from framework.config import DataConfig, RunConfig
 VARIANTS = {
     "uniform": ("uniform", {}, "constant", {}),
     "easy-to-hard": ("easy-to-hard", {}, "linear", {"start": 0.2, "ramp": 0.5}),
+    "easy-to-hard-gentle": ("easy-to-hard", {}, "linear", {"start": 0.5, "ramp": 0.25}),
     "replay-mix": ("replay-mix", {"share": 0.5, "base": "easy-to-hard"}, "linear", {"start": 0.2, "ramp": 0.5}),
     "self-paced": ("self-paced", {}, "linear", {"start": 0.5, "ramp": 0.5}),
     "hard-to-easy": ("hard-to-easy", {}, "linear", {"start": 0.2, "ramp": 0.5}),
