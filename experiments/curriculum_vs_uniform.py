@@ -23,6 +23,7 @@ import numpy as np
 
 from experiments.demo import _T95, get_config
 from framework.config import DataConfig, RunConfig
+from framework.metrics import by_bucket
 
 # name -> (curriculum, curriculum_args, pacing, pacing_args). Pacing ramps over half the budget.
 VARIANTS = {
@@ -64,11 +65,8 @@ def run_variant(task: str, name: str, seed: int, out: str) -> dict:
     rows = []
     for c in list_checkpoints(run_dir):
         tf = evaluate.teacher_forced(run.graphdef, run.params(c["step"]), test, cfg.eval_batch_size)
-        by = {}
-        for d in np.unique(test.difficulty):
-            by[str(int(d))] = float(tf["correct"][test.difficulty == d].mean())
         rows.append({"fraction": c["fraction"], "tokens": c["tokens"], "val_em": c["val_em"],
-                     "test_em": tf["strict_em"], "test_em_by_difficulty": by})
+                     "test_em": tf["strict_em"], "test_em_by_difficulty": by_bucket(tf["correct"], test.difficulty)})
     return {"task": task, "variant": name, "seed": seed, "stops": rows}
 
 
