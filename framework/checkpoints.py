@@ -1,8 +1,10 @@
 """Stopping-point checkpoints with Orbax: one step directory per stopping point.
 
-Each checkpoint holds four items: `params`, `opt_state`, `sampler` (the data position) and
-`progress` (JSON: step, tokens, RNG, which stopping points are done), plus custom metadata
-`tokens, fraction, step, val_em, val_loss, wall_s, kind` that `recoup runs show` lists.
+Each checkpoint holds the items `params`, `opt_state`, `sampler` (the data position), `progress`
+(JSON: step, tokens, RNG, which stopping points are done) and, when the run keeps any, `averages`
+(the EMA / SWA running averages of the weights, `{name: {"total": tree, "weight": scalar}}`), plus
+custom metadata `tokens, fraction, step, val_em, val_loss, wall_s, kind, averages` that
+`recoup runs show` lists.
 
 Saving is asynchronous. Orbax writes into a temporary directory and renames it only when the
 write is complete, so a crash mid-save leaves the earlier checkpoints intact and no half-written
@@ -22,7 +24,7 @@ from absl import logging as absl_logging
 from framework.config import require_run_dir
 from framework.errors import ConfigError
 
-ITEMS = ("params", "opt_state", "sampler", "progress")
+ITEMS = ("params", "opt_state", "sampler", "progress", "averages")
 METRICS_FILE = "metrics.jsonl"
 
 # Orbax logs at INFO/WARNING on every open and partial restore; users need none of it.
@@ -47,18 +49,18 @@ def save(
     sampler_state,
     progress: dict[str, Any],
     metadata: dict[str, Any],
+    averages: dict[str, Any] | None = None,
 ) -> None:
     """Start an asynchronous save; `mgr.wait_until_finished()` before reading it back."""
-    mgr.save(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            sampler=ocp.args.StandardSave(_as_arrays(sampler_state)),
-            progress=ocp.args.JsonSave(progress),
-        ),
-        custom_metadata=metadata,
-    )
+    items = {
+        "params": ocp.args.StandardSave(params),
+        "opt_state": ocp.args.StandardSave(opt_state),
+        "sampler": ocp.args.StandardSave(_as_arrays(sampler_state)),
+        "progress": ocp.args.JsonSave(progress),
+    }
+    if averages:
+        items["averages"] = ocp.args.StandardSave(averages)
+    mgr.save(step, args=ocp.args.Composite(**items), custom_metadata=metadata)
 
 
 def restore(mgr: ocp.CheckpointManager, step: int, **targets) -> Any:

@@ -142,6 +142,8 @@ class RunConfig:
     scorer: str | None = None  # rescore the train split's difficulty: SCORERS or "module:attr"; None: keep
     scorer_args: dict = dataclasses.field(default_factory=dict)  # e.g. {"run_dir": "runs/a", "step": 120}
     scorer_percentile: bool = False  # store the scores as percentiles in (0, 1] instead of raw
+    ema_half_lives: tuple[int, ...] = ()  # keep an EMA of the weights per half-life in counted tokens
+    swa_start: float | None = None  # keep a running mean of the weights from this budget fraction on
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
@@ -171,6 +173,12 @@ class RunConfig:
         for field in ("curriculum_args", "pacing_args", "scorer_args"):
             if not isinstance(getattr(self, field), dict):
                 raise ConfigError(field, f"{getattr(self, field)!r} must be a mapping of keyword arguments")
+        for h in self.ema_half_lives:
+            _positive_int("ema_half_lives", h)
+        if len(set(self.ema_half_lives)) != len(self.ema_half_lives):
+            raise ConfigError("ema_half_lives", f"{list(self.ema_half_lives)} repeats a half-life")
+        if self.swa_start is not None and not (_is_number(self.swa_start) and 0.0 <= self.swa_start < 1.0):
+            raise ConfigError("swa_start", f"{self.swa_start!r} must be a budget fraction in [0, 1)")
         if os.path.isfile(self.out_dir):
             raise ConfigError("out", f"{self.out_dir} is a file; give a directory for the run")
 
@@ -185,6 +193,7 @@ class RunConfig:
         d["model"] = _from_fields(ModelConfig, d.get("model", {}), "model")
         d["optim"] = _from_fields(OptimConfig, d.get("optim", {}), "optim")
         d["stops"] = tuple(d.get("stops", DEFAULT_STOPS))
+        d["ema_half_lives"] = tuple(d.get("ema_half_lives", ()))
         return _from_fields(cls, d, "config")
 
     def dumps(self) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from flax import nnx
 
+from ensembles import averaging
 from framework import checkpoints, evaluate
 from framework.config import RunConfig, load_run_config
 from framework.data import EncodedSplit, prepare
@@ -39,12 +40,23 @@ class Run:
             raise ConfigError("split", f"unknown split {name!r}", SPLITS)
         return self.splits[name]
 
-    def params(self, step: int | None = None):
-        """Parameters of checkpoint `step` (newest when None)."""
+    def params(self, step: int | None = None, average: str | None = None):
+        """Parameters of checkpoint `step` (newest when None), or of the weight average named
+        `average` (e.g. "ema-50000", see `RunConfig.ema_half_lives`) kept up to that step."""
         step = checkpoints.resolve_step(self.run_dir, step)
         mgr = checkpoints.open_manager(self.run_dir)
         try:
-            return checkpoints.restore(mgr, step, params=self.abstract_params).params
+            if average is None:
+                return checkpoints.restore(mgr, step, params=self.abstract_params).params
+            kept = mgr.metadata(step).custom_metadata.get("averages") or []
+            if average not in kept:
+                raise ConfigError("average", f"checkpoint {step} of {self.run_dir} keeps no average "
+                                             f"{average!r}", kept or ["none: train with --ema-half-life / --swa-start"])
+            target = {name: averaging.init(self.abstract_params)._asdict() for name in kept}
+            state = averaging.RunningAverage(**checkpoints.restore(mgr, step, averages=target).averages[average])
+            if not float(state.weight) > 0:
+                raise ConfigError("average", f"{average} had not started by checkpoint {step} of {self.run_dir}")
+            return averaging.value(state, like=self.abstract_params)
         finally:
             mgr.close()
 
@@ -58,10 +70,6 @@ def open_run(run_dir: str) -> Run:
 def evaluate_checkpoint(run: Run, step: int | None = None, split: str = "test") -> dict[str, Any]:
     """Greedy-decoded EM, strict EM, F1 and EM per difficulty, plus teacher-forced strict EM."""
     step = checkpoints.resolve_step(run.run_dir, step)
-    data = run.split(split)
-    params = run.params(step)
-    predictions = evaluate.decode_split(run.graphdef, params, data, run.cfg.eval_batch_size)
-    tf = evaluate.teacher_forced(run.graphdef, params, data, run.cfg.eval_batch_size)
     meta = next(c for c in checkpoints.list_checkpoints(run.run_dir) if c["step"] == step)
     return {
         "run_dir": run.run_dir,
@@ -69,7 +77,12 @@ def evaluate_checkpoint(run: Run, step: int | None = None, split: str = "test") 
         "tokens": meta.get("tokens"),
         "fraction": meta.get("fraction"),
         "split": split,
-        **evaluate.score(predictions, data),
-        "teacher_forced_strict_em": tf["strict_em"],
-        "loss": tf["loss"],
+        **score_params(run.graphdef, run.params(step), run.split(split), run.cfg.eval_batch_size),
     }
+
+
+def score_params(graphdef, params, data: EncodedSplit, batch_size: int) -> dict[str, Any]:
+    """Decoded EM, strict EM, F1, EM per difficulty; teacher-forced strict EM and loss."""
+    tf = evaluate.teacher_forced(graphdef, params, data, batch_size)
+    decoded = evaluate.decode_split(graphdef, params, data, batch_size)
+    return {**evaluate.score(decoded, data), "teacher_forced_strict_em": tf["strict_em"], "loss": tf["loss"]}

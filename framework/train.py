@@ -26,6 +26,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from curricula.registry import rescore, sampler_factory
+from ensembles import averaging
 from framework import checkpoints, evaluate, schedules
 from framework.config import CONFIG_FILE, OptimConfig, RunConfig, load_run_config, resolve_init_from
 from framework.data import (
@@ -67,7 +68,7 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
         for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "seed",
                       "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args",
-                      "scorer", "scorer_args", "scorer_percentile"):
+                      "scorer", "scorer_args", "scorer_percentile", "ema_half_lives", "swa_start"):
             if getattr(saved, field) != getattr(cfg, field):
                 raise ConfigError(field, f"differs from the run being resumed in {cfg.out_dir} "
                                   f"({getattr(saved, field)!r} there); resume with the same config")
@@ -103,6 +104,14 @@ def build_optimizer(o: OptimConfig) -> optax.GradientTransformation:
         optax.scale_by_adam(b1=o.b1, b2=o.b2),
         optax.add_decayed_weights(o.weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
     )
+
+
+def average_rules(cfg: RunConfig) -> list[averaging.AverageRule]:
+    """The weight averages `cfg` asks the run to keep: one EMA per half-life, then SWA if set."""
+    rules = [averaging.ema(h) for h in cfg.ema_half_lives]
+    if cfg.swa_start is not None:
+        rules.append(averaging.swa(int(cfg.swa_start * cfg.budget_tokens)))
+    return rules
 
 
 def load_init_params(cfg: RunConfig):
@@ -198,6 +207,9 @@ def train(
     schedule = SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)
     train_step = make_train_step(graphdef, tx, schedule, cfg.model.dropout > 0)
     opt_state, sampler_state = tx.init(params), sampler.init()
+    rules = average_rules(cfg)
+    update_averages = averaging.make_update(rules)
+    averages = {r.name: averaging.init(params) for r in rules}  # shapes only: init_from does not change them
     key = jax.random.key(cfg.seed)
     prog = Progress(rng=np.asarray(jax.random.key_data(key)).tolist())
 
@@ -210,9 +222,12 @@ def train(
         _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
     if resuming:
         step = mgr.latest_step()
+        extra = {"averages": _as_dicts(averages)} if averages else {}
         r = checkpoints.restore(mgr, step, params=params, opt_state=opt_state,
-                                sampler=sampler_state, progress=None)
+                                sampler=sampler_state, progress=None, **extra)
         params, opt_state, sampler_state = r.params, r.opt_state, r.sampler
+        if averages:
+            averages = {name: averaging.RunningAverage(**a) for name, a in r.averages.items()}
         prog = Progress(**r.progress)
         key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
         _truncate_metrics(metrics_path, prog.step)
@@ -256,6 +271,7 @@ def train(
             "wall_s": round(prog.wall_s + time.perf_counter() - started, 3),
             "answer_tokens": prog.answer_tokens,
             "kind": kind,
+            "averages": list(averages),
         }
         if reason:
             meta["reason"] = prog.stopped = reason
@@ -263,8 +279,8 @@ def train(
             emit(Event("eval", prog.step, prog.tokens, meta))
         prog.pending = [(np.asarray(i).tolist(), np.asarray(x).tolist()) for i, x in pending]
         prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
-        checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state,
-                         sampler_state=sampler_state, progress=prog_json, metadata=meta)
+        checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state, sampler_state=sampler_state,
+                         progress=prog_json, metadata=meta, averages=_as_dicts(averages))
         log.write(json.dumps({"event": "eval", **meta}) + "\n")
         log.flush()
         bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
@@ -298,6 +314,8 @@ def train(
                                               np.float32(prog.tokens), step_key)
             prog.step += 1
             prog.tokens += n_tokens
+            if averages:
+                averages = update_averages(averages, params, np.float32(n_tokens), np.float32(prog.tokens))
             prog.answer_tokens += answer_tokens(batch)
             sampler_state = next_sampler_state
             if sampler.observe is not None:
@@ -317,6 +335,11 @@ def train(
         mgr.close()
         log.close()
     return checkpoints.list_checkpoints(cfg.out_dir)
+
+
+def _as_dicts(averages: dict[str, averaging.RunningAverage]) -> dict[str, dict]:
+    """Orbax stores plain dicts: `{name: {"total": tree, "weight": scalar}}`."""
+    return {name: a._asdict() for name, a in averages.items()}
 
 
 class _Window:
