@@ -1,12 +1,15 @@
 """The main job: train the `small` preset on 8-digit `addition`, checkpoint at the default stopping
-points, and print validation and test EM at each one.
+points (and every 5% of the budget), print validation and test EM at each one, then build the best
+ensemble within 62% of the tokens for inference-cost caps 1 and 3 and report its recovery.
 
     make demo                                   # = python -m experiments.demo --out runs/demo
     python -m experiments.demo --seeds 0,1,2,3,4 --out runs/demo-seeds   # the README's figures
 
-It writes `OUT/summary.json`: {"stops": [{"fraction", "tokens", "val_em", "test_em", ...}, ...]}
+It writes `OUT/summary.json`: {"stops": [{"fraction", "tokens", "val_em", "test_em", ...}, ...],
+"ensembles": [{"budget", "max_cost", "method", "members", "test_em", "recovery", "seed"}, ...]}
 (with several seeds: means, sample standard deviations and per-seed values). Test EM is
-greedy-decoded, SQuAD-normalized EM on 2,000 held-out problems that nothing was tuned on.
+greedy-decoded, SQuAD-normalized EM on 2,000 held-out problems that nothing was tuned on; the
+ensembles are chosen on the validation split only.
 """
 
 from __future__ import annotations
@@ -35,7 +38,48 @@ def get_config(out_dir: str = "runs/demo") -> RunConfig:
         optim=OptimConfig(schedule="cosine", peak_lr=3e-3, warmup_frac=0.15),
         batch_size=128,
         seed=0,
+        every_tokens=40_000,  # a checkpoint every 5% of the budget: members for latest-k and soups
+        ema_half_lives=(20_000, 80_000),  # kept during training, in every checkpoint
     )
+
+
+ENSEMBLE_BUDGET, ENSEMBLE_COSTS = 0.62, (1, 3)
+
+
+def ensemble_rows(run_dir: str, seed: int) -> list[dict]:
+    """The best ensemble within 62% of the tokens for each cost cap, chosen on validation."""
+    from ensembles.artifact import build
+
+    rows = []
+    for cost in ENSEMBLE_COSTS:
+        out = os.path.join(run_dir, "ensembles", f"budget{ENSEMBLE_BUDGET}-cost{cost}")
+        print(f"  choosing the best ensemble within {ENSEMBLE_BUDGET:.0%} of the tokens, cost <= {cost}x", flush=True)
+        m = build([run_dir], int(ENSEMBLE_BUDGET * load_budget(run_dir)), cost, out, log=lambda _: None)
+        rows.append({"seed": seed, "budget": ENSEMBLE_BUDGET, "max_cost": cost, "method": m["method"],
+                     "members": [f"{x['average'] or 'step'}@{x['step']}" for x in m["members"]],
+                     "inference_cost": m["inference_cost"], "training_tokens": m["training_tokens"],
+                     "val_em": m["validation"]["strict_em"], "test_em": m["test"]["em"],
+                     "single_at_budget_em": m["baselines"]["single_at_budget"]["em"],
+                     "single_full_em": m["baselines"]["single_full"]["em"], "recovery": m["recovery"],
+                     "dir": out})
+    return rows
+
+
+def load_budget(run_dir: str) -> int:
+    from framework.config import load_run_config
+
+    return load_run_config(run_dir).budget_tokens
+
+
+def format_ensembles(rows: list[dict]) -> str:
+    lines = [f"{'seed':>4} {'cost':>4} {'method':>9} {'test EM':>8} {'62% EM':>7} {'full EM':>8} {'recovery':>9}"
+             "  members"]
+    for r in rows:
+        rec = "n/a" if r["recovery"] is None else f"{r['recovery']:.0%}"
+        lines.append(f"{r['seed']:>4} {r['max_cost']:>4} {r['method']:>9} {r['test_em']:>8.3f} "
+                     f"{r['single_at_budget_em']:>7.3f} {r['single_full_em']:>8.3f} {rec:>9}  "
+                     + ", ".join(r["members"]))
+    return "\n".join(lines)
 
 
 def stop_table(run_dir: str) -> list[dict]:
@@ -45,7 +89,7 @@ def stop_table(run_dir: str) -> list[dict]:
 
     run = open_run(run_dir)
     rows = []
-    ckpts = list_checkpoints(run_dir)
+    ckpts = [c for c in list_checkpoints(run_dir) if c.get("kind") != "periodic"]  # the stopping points
     for i, ckpt in enumerate(ckpts):
         print(f"  decoding the test split at stop {ckpt['fraction']:.2f} ({i + 1}/{len(ckpts)})", flush=True)
         result = evaluate_checkpoint(run, ckpt["step"], "test")
@@ -131,13 +175,14 @@ def main(argv=None) -> None:
         print(f"removing the previous demo run in {args.out}")
         shutil.rmtree(args.out)
     t0 = time.perf_counter()
-    per_seed, train_s = {}, 0.0
+    per_seed, train_s, ens = {}, 0.0, []
     for seed in seeds:
         run_dir = args.out if len(seeds) == 1 else os.path.join(args.out, f"seed{seed}")
         t = time.perf_counter()
         train(dataclasses.replace(cfg, out_dir=run_dir, seed=seed))
         train_s += time.perf_counter() - t
         per_seed[seed] = stop_table(run_dir)
+        ens += ensemble_rows(run_dir, seed)
         if len(seeds) > 1:
             print(f"\nseed {seed}\n" + format_table(per_seed[seed], 1))
     rows = aggregate(per_seed)
@@ -148,6 +193,9 @@ def main(argv=None) -> None:
             if row["fraction"] in (0.62, 1.0):
                 by = "  ".join(f"{k}:{v:.2f}" for k, v in row["test_em_by_difficulty"].items())
                 print(f"seed {seed}, stop {row['fraction']:.2f}, test EM by digits of the longer operand: {by}")
+    print(f"\nbest ensemble within {ENSEMBLE_BUDGET:.0%} of the tokens, by inference-cost cap (test EM; "
+          "recovery = share of the gap to the full-budget model won back):")
+    print(format_ensembles(ens))
     summary = {
         "config": dataclasses.replace(cfg, out_dir=args.out).to_dict(),
         "seeds": seeds,
@@ -155,6 +203,7 @@ def main(argv=None) -> None:
         "total_seconds": round(time.perf_counter() - t0, 1),
         "stops": rows,
         "per_seed": {str(s): table for s, table in per_seed.items()},
+        "ensembles": ens,
     }
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "summary.json")

@@ -3,6 +3,8 @@
     recoup train --task addition --preset small --budget-tokens 2M --out runs/add
     recoup runs show runs/add [--json]
     recoup eval runs/add [--step N] [--split test] [--json]
+    recoup ensemble build runs/add [RUN_DIR...] --budget 0.62 --max-cost 1 --out runs/add-ens [--json]
+    recoup ensemble eval runs/add-ens [--split test] [--json]
 
 Bad input (a config field, a file, a column, a run directory, a step) is reported as one line
 naming the field and the allowed values, exit status 2, before anything is compiled or written.
@@ -81,6 +83,9 @@ _TRAIN_FLAGS = {
     "scorer": ("run", "scorer", str),
     "scorer_arg": ("run", "scorer_args", lambda pairs: _kv(pairs, "scorer_args")),
     "scorer_percentile": ("run", "scorer_percentile", bool),
+    "ema_half_life": ("run", "ema_half_lives",
+                      lambda s: tuple(parse_tokens(t, "ema_half_lives") for t in s.split(",") if t.strip())),
+    "swa_start": ("run", "swa_start", float),
 }
 
 
@@ -141,6 +146,10 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--init-from", help="start from RUN_DIR or RUN_DIR/checkpoints/STEP weights")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--ema-half-life", metavar="TOKENS[,TOKENS]",
+                   help="keep an EMA of the weights with this half-life in tokens (e.g. 50k), in every checkpoint")
+    g.add_argument("--swa-start", metavar="FRACTION",
+                   help="keep a running mean of the weights from this budget fraction on, saved in every checkpoint")
     g = p.add_argument_group("curriculum (see curricula/ and the README)")
     g.add_argument("--curriculum", help=f"{'|'.join(CURRICULA)}|module:attr (default {_R.curriculum})")
     g.add_argument("--curriculum-arg", action="append", metavar="K=V", help="a curriculum argument (repeatable)")
@@ -275,6 +284,75 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+# -- recoup ensemble build / eval ----------------------------------------------------------------
+
+ENSEMBLE_METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote")  # ensembles.select
+
+
+def _cmd_ensemble_build(args) -> int:
+    cfgs = [load_run_config(d) for d in args.run_dirs]  # each must be a run directory, before jax
+    if args.method not in ENSEMBLE_METHODS:
+        raise ConfigError("method", f"unknown method {args.method!r}", ENSEMBLE_METHODS)
+    if args.max_cost < 1:
+        raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
+    if os.path.isfile(args.out) or (os.path.isdir(args.out) and os.listdir(args.out)):
+        raise ConfigError("out", f"{args.out} exists and is not empty; choose a new directory for the ensemble")
+    from ensembles.artifact import build
+    from ensembles.select import parse_budget
+
+    budget = parse_budget(args.budget, cfgs[0].budget_tokens)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    manifest = build(args.run_dirs, budget, args.max_cost, args.out, args.method, log=log)
+    if args.json:
+        print(json.dumps({k: v for k, v in manifest.items() if k != "candidates"}, indent=2))
+        return 0
+    base, test = manifest["baselines"], manifest["test"]
+    print(f"\n{args.out}: {manifest['method']} of {len(manifest['members'])} member(s), cost "
+          f"{manifest['inference_cost']}x, {manifest['training_tokens']:,} training tokens")
+    print(f"  test EM {test['em']:.4f} (val strict EM {manifest['validation']['strict_em']:.4f})")
+    for key, name in (("single_at_budget", "single model at the budget"), ("single_full", "full-budget model")):
+        if key in base:
+            print(f"  {name}: test EM {base[key]['em']:.4f} (step {base[key]['step']}, {base[key]['tokens']:,} tokens)")
+    rec = manifest["recovery"]
+    print("  recovery: " + ("n/a (no full-budget checkpoint, or no gap to recover)" if rec is None else f"{rec:.1%}"))
+    return 0
+
+
+def _cmd_ensemble_eval(args) -> int:
+    from ensembles.artifact import evaluate_ensemble, load_manifest
+
+    load_manifest(args.ens_dir)  # a clear error before jax work
+    result = evaluate_ensemble(args.ens_dir, args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.ens_dir}: {result['method']}, cost {result['inference_cost']}x, {args.split} split, "
+              f"n={result['n']}")
+        print(f"  EM {result['em']:.4f}  strict EM {result['strict_em']:.4f}  F1 {result['f1']:.4f}  "
+              f"(teacher-forced strict EM {result['teacher_forced_strict_em']:.4f})")
+    return 0
+
+
+def _add_ensemble_parser(sub) -> None:
+    ens = sub.add_parser("ensemble", help="combine checkpoints into an ensemble under token and cost budgets")
+    ens_sub = ens.add_subparsers(dest="ensemble_command", metavar="COMMAND")
+    b = ens_sub.add_parser("build", help="select an ensemble on the validation split and write it")
+    b.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    b.add_argument("--budget", required=True,
+                   help="training-token budget: a fraction of the planned budget (0.62) or tokens (500k)")
+    b.add_argument("--max-cost", type=int, default=1,
+                   help="inference cost cap: 1 = weight averages only, k = output ensembles of up to k members")
+    b.add_argument("--method", default="auto", help=f"{'|'.join(ENSEMBLE_METHODS)} (default auto: the best)")
+    b.add_argument("--out", required=True, help="new directory for the ensemble")
+    b.add_argument("--json", action="store_true", help="print the manifest as JSON (progress goes to stderr)")
+    b.set_defaults(func=_cmd_ensemble_build)
+    e = ens_sub.add_parser("eval", help="greedy-decode an ensemble on a split and score it")
+    e.add_argument("ens_dir")
+    e.add_argument("--split", default="test", help="train|validation|test (default test)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_ensemble_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recoup", description="Win back the EM lost to early stopping.")
     parser.add_argument("--version", action="version", version=f"recoup {__version__}")
@@ -294,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="train|validation|test (default test)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_eval)
+    _add_ensemble_parser(sub)
     return parser
 
 

@@ -6,12 +6,15 @@ included, so one forward pass gives strict EM (tests check that it agrees with r
 Decoding is still what `recoup eval` reports, since normalized EM and F1 need the text.
 
 Both are jitted once per shape: batches are padded to a fixed batch size, prompts to a multiple
-of 8, and the whole decode loop is one `lax.while_loop` with a KV cache.
+of 8, and the whole decode loop is one `lax.while_loop` with a KV cache. The loop (`decode_loop`)
+and the host-side batching (`teacher_forced_with`, `decode_batches`) take the model as a function,
+so an output ensemble (ensembles/output.py) decodes and scores through the same code.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -26,12 +29,25 @@ from framework.model import forward
 from framework.tokenizer import BOS, EOS, PAD
 
 
+def answer_stats(scores: jax.Array, targets: jax.Array, loss_mask: jax.Array):
+    """Per-row answer loss, answer-token count and strict correctness from next-token scores.
+
+    `scores` [b, t, vocab] are logits or (possibly unnormalized) log-probabilities: the loss
+    normalizes them with a softmax, and strict correctness is their argmax, which is what greedy
+    decoding picks. A row is correct iff the argmax hits every answer target, EOS included.
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(scores, targets)
+    hit = (jnp.argmax(scores, -1) == targets) | (loss_mask == 0)
+    return (ce * loss_mask).sum(1), loss_mask.sum(1), hit.all(1)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _teacher_forced_batch(graphdef, params, inputs, targets, loss_mask):
-    logits = forward(nnx.merge(graphdef, params), inputs)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    hit = (jnp.argmax(logits, -1) == targets) | (loss_mask == 0)
-    return (ce * loss_mask).sum(1), loss_mask.sum(1), hit.all(1)
+    return answer_stats(forward(nnx.merge(graphdef, params), inputs), targets, loss_mask)
+
+
+# (inputs, targets, loss_mask) of one batch -> (loss sum [b], answer tokens [b], correct [b]).
+TeacherForcedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[jax.Array, jax.Array, jax.Array]]
 
 
 def teacher_forced(graphdef, params, split: EncodedSplit, batch_size: int) -> dict[str, Any]:
@@ -39,12 +55,17 @@ def teacher_forced(graphdef, params, split: EncodedSplit, batch_size: int) -> di
 
     Returns `strict_em`, `loss` (mean per answer token), and arrays `correct` [n], `example_loss` [n].
     """
+    return teacher_forced_with(functools.partial(_teacher_forced_batch, graphdef, params), split, batch_size)
+
+
+def teacher_forced_with(batch_fn: TeacherForcedFn, split: EncodedSplit, batch_size: int) -> dict[str, Any]:
+    """`teacher_forced` for any scorer of a batch (one model, an ensemble): same keys, same batching."""
     n = len(split)
     correct, loss_sum, count = np.zeros(n, bool), np.zeros(n), np.zeros(n)
     for start in range(0, n, batch_size):
         idx = _padded_indices(start, n, batch_size)
         b = make_batch(split, idx)
-        ls, cnt, ok = _teacher_forced_batch(graphdef, params, b.inputs, b.targets, b.loss_mask)
+        ls, cnt, ok = batch_fn(b.inputs, b.targets, b.loss_mask)
         k = min(batch_size, n - start)
         correct[start : start + k] = np.asarray(ok)[:k]
         loss_sum[start : start + k] = np.asarray(ls)[:k]
@@ -57,6 +78,58 @@ def teacher_forced(graphdef, params, split: EncodedSplit, batch_size: int) -> di
     }
 
 
+# (tokens [b, t], positions [b, t], mask [b, t, s], cache, cache_index) -> (scores [b, t, vocab], cache).
+# A Transformer is one; an ensemble's is its members' averaged log-probs with a cache per member.
+# Decoding takes the argmax of the scores.
+StepFn = Callable[[jax.Array, jax.Array, jax.Array, Any, jax.Array | int], tuple[jax.Array, Any]]
+
+
+def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logprob: bool = False):
+    """Greedy decoding of left-padded prompts as one `lax.while_loop`; call it inside `jax.jit`.
+
+    `cache` is the empty cache `step` expects, `prompts.shape[1] + max_new` long. Returns the
+    [batch, max_new] tokens (answer, EOS, PAD..), and with `with_logprob` also the per-row sum of
+    the chosen tokens' log-probabilities (log_softmax of the scores), EOS included, PAD excluded.
+    """
+    b, p = prompts.shape
+    s = p + max_new
+    valid = prompts != PAD
+    n_real = valid.sum(1)
+    key_valid = jnp.concatenate([valid, jnp.zeros((b, max_new), bool)], axis=1)
+    keys = jnp.arange(s)
+    mask = (keys[None, None, :] <= jnp.arange(p)[None, :, None]) & key_valid[:, None, :]
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+
+    def pick(scores):  # [b, vocab] -> the argmax, and its log-prob when asked for (else 0)
+        tok = jnp.argmax(scores, -1).astype(jnp.int32)
+        if not with_logprob:
+            return tok, jnp.zeros(b, jnp.float32)
+        return tok, jnp.take_along_axis(jax.nn.log_softmax(scores, -1), tok[:, None], -1)[:, 0]
+
+    scores, cache = step(prompts, positions, mask, cache, 0)
+    first, first_lp = pick(scores[:, -1])
+
+    def cond(carry):
+        t, _, _, _, _, done, _, _ = carry
+        return (t < max_new) & ~done.all()
+
+    def body(carry):
+        t, tok, tok_lp, cache, key_valid, done, out, total = carry
+        out = out.at[:, t].set(jnp.where(done, PAD, tok))
+        total = total + jnp.where(done, 0.0, tok_lp)
+        done = done | (tok == EOS)
+        key_valid = key_valid.at[:, p + t].set(True)
+        step_mask = ((keys <= p + t)[None, :] & key_valid)[:, None, :]
+        scores, cache = step(tok[:, None], (n_real + t)[:, None], step_mask, cache, p + t)
+        tok, tok_lp = pick(scores[:, 0])
+        return t + 1, tok, tok_lp, cache, key_valid, done, out, total
+
+    zeros = jnp.zeros(b, jnp.float32)
+    init = (0, first, first_lp, cache, key_valid, jnp.zeros(b, bool), jnp.full((b, max_new), PAD, jnp.int32), zeros)
+    *_, out, total = jax.lax.while_loop(cond, body, init)
+    return (out, total) if with_logprob else out
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def greedy_decode(graphdef, params, prompts: jax.Array, max_new: int) -> jax.Array:
     """Greedy continuation of left-padded prompts (each row `PAD.. BOS prompt`).
@@ -66,32 +139,15 @@ def greedy_decode(graphdef, params, prompts: jax.Array, max_new: int) -> jax.Arr
     same logits as the right-padded training layout.
     """
     model = nnx.merge(graphdef, params)
-    b, p = prompts.shape
-    s = p + max_new
-    valid = prompts != PAD
-    n_real = valid.sum(1)
-    key_valid = jnp.concatenate([valid, jnp.zeros((b, max_new), bool)], axis=1)
-    keys = jnp.arange(s)
-    mask = (keys[None, None, :] <= jnp.arange(p)[None, :, None]) & key_valid[:, None, :]
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-    logits, cache = model(prompts, positions, mask, model.init_cache(b, s), 0)
-    first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
+    return decode_loop(model, model.init_cache(prompts.shape[0], prompts.shape[1] + max_new), prompts, max_new)
 
-    def cond(carry):
-        t, _, _, _, done, _ = carry
-        return (t < max_new) & ~done.all()
 
-    def body(carry):
-        t, tok, cache, key_valid, done, out = carry
-        out = out.at[:, t].set(jnp.where(done, PAD, tok))
-        done = done | (tok == EOS)
-        key_valid = key_valid.at[:, p + t].set(True)
-        step_mask = ((keys <= p + t)[None, :] & key_valid)[:, None, :]
-        logits, cache = model(tok[:, None], (n_real + t)[:, None], step_mask, cache, p + t)
-        return t + 1, jnp.argmax(logits[:, 0], -1).astype(jnp.int32), cache, key_valid, done, out
-
-    init = (0, first, cache, key_valid, jnp.zeros(b, bool), jnp.full((b, max_new), PAD, jnp.int32))
-    return jax.lax.while_loop(cond, body, init)[-1]
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def greedy_decode_with_logprob(graphdef, params, prompts: jax.Array, max_new: int) -> tuple[jax.Array, jax.Array]:
+    """`greedy_decode`, plus each row's summed log-probability of the tokens it generated (EOS included)."""
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
+    return decode_loop(model, cache, prompts, max_new, with_logprob=True)
 
 
 def left_padded_prompts(prompts: list[str], multiple: int = 8) -> np.ndarray:
@@ -111,17 +167,29 @@ class Decoded(NamedTuple):
 
 def decode_split(graphdef, params, split: EncodedSplit, batch_size: int, slack: int = 4) -> Decoded:
     """Greedy answers for every prompt of a split."""
+    tokens = decode_batches(functools.partial(greedy_decode, graphdef, params), split, batch_size, slack)
+    return to_decoded(tokens)
+
+
+def decode_batches(decode_fn: Callable[[np.ndarray, int], Any], split: EncodedSplit, batch_size: int,
+                   slack: int = 4) -> Any:
+    """`decode_fn(prompts, max_new)` over a split in fixed-shape batches, outputs as numpy, padding rows dropped.
+
+    `decode_fn` returns an array or a tuple of arrays with the batch first (`greedy_decode`,
+    `greedy_decode_with_logprob`, an ensemble's decode); the same structure comes back with n rows.
+    """
     max_new = int(split.answer_lens.max()) + 1 + slack  # answer, EOS, and room to overshoot
     all_prompts = left_padded_prompts(split.prompts)  # one width for the whole split
-    texts, ended = [], []
-    for start in range(0, len(split), batch_size):
-        idx = _padded_indices(start, len(split), batch_size)
-        out = np.asarray(greedy_decode(graphdef, params, all_prompts[idx], max_new))
-        for row in out[: min(batch_size, len(split) - start)]:
-            text, done = tokenizer.decode_generated(row)
-            texts.append(text)
-            ended.append(done)
-    return Decoded(texts, ended)
+    n, parts = len(split), []
+    for start in range(0, n, batch_size):
+        parts.append(jax.tree.map(np.asarray, decode_fn(all_prompts[_padded_indices(start, n, batch_size)], max_new)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)  # only the last batch has padding rows
+
+
+def to_decoded(tokens: np.ndarray) -> Decoded:
+    """Answer texts, and whether each ended with EOS, from generated token rows [n, max_new]."""
+    rows = [tokenizer.decode_generated(row) for row in tokens]
+    return Decoded([text for text, _ in rows], [done for _, done in rows])
 
 
 def score(decoded: Decoded, split: EncodedSplit) -> dict[str, Any]:

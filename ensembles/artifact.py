@@ -1,0 +1,181 @@
+"""An ensemble as a directory: `manifest.json`, plus `params/` (Orbax) for a weight average.
+
+    recoup ensemble build runs/demo --budget 0.62 --max-cost 1 --out runs/demo-ens
+    recoup ensemble eval runs/demo-ens --split test --json
+
+The manifest records the members (run, step, tokens, weight, average), the method and how it
+combines, the budgets, validation EM (what selection saw), test EM, recovery and the recoup
+version. Output ensembles keep no weights of their own: they point at their members' checkpoints.
+
+Recovery, for a stop at fraction f of run R's budget:
+    recovery = (EM_ensemble(f) - EM_R(f)) / (EM_R(1.0) - EM_R(f))
+with EM_R(f) the test EM of R's latest checkpoint within the budget and EM_R(1.0) that of its
+full-budget checkpoint; None when R has no full-budget checkpoint or there is no gap to recover.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from ensembles.members import COMBINERS, Candidate, Member, ParamStore, run_members, weights_model
+from ensembles.select import SELECTION_SPLIT, select
+from framework import __version__, evaluate
+from framework.errors import ConfigError
+from framework.runs import score_params
+from framework.tasks import SPLITS
+
+MANIFEST = "manifest.json"
+FORMAT = "recoup-ensemble/1"
+
+
+# == evaluation ===============================================================================
+
+
+def evaluate_candidate(store: ParamStore, c: Candidate, split: str = "test") -> dict[str, Any]:
+    """Greedy-decoded EM, strict EM, F1 and EM per difficulty (as `recoup eval`), plus teacher-forced strict EM."""
+    run = store.run(c.members[0].run)
+    data = run.split(split)
+    combiner = COMBINERS[c.combine]
+    scores = evaluate.score(combiner.decode(store, c, data, run.cfg.eval_batch_size), data)
+    tf = combiner.teacher_forced(store, c, data, run.cfg.eval_batch_size)
+    return {**scores, "teacher_forced_strict_em": tf["strict_em"], "loss": tf.get("loss")}
+
+
+def recovery(em_ensemble: float, em_at_budget: float, em_full: float | None) -> float | None:
+    """Share of the full-budget gap won back; None without a full-budget EM or without a gap."""
+    if em_full is None or em_full - em_at_budget <= 0:
+        return None
+    return (em_ensemble - em_at_budget) / (em_full - em_at_budget)
+
+
+def baselines(store: ParamStore, run_dir: str, budget_tokens: int, split: str = "test") -> dict[str, Any]:
+    """The plain early-stopped model (latest checkpoint within budget) and the full-budget one."""
+    under = run_members(run_dir, budget_tokens)
+    full = [m for m in run_members(run_dir) if m.fraction == 1.0]
+    out: dict[str, Any] = {}
+    for key, m in (("single_at_budget", under[-1] if under else None), ("single_full", full[-1] if full else None)):
+        if m is not None:
+            r = evaluate_candidate(store, Candidate("single", (m,), (1.0,), "weights"), split)
+            out[key] = {"step": m.step, "tokens": m.tokens, "fraction": m.fraction, "em": r["em"],
+                        "strict_em": r["strict_em"]}
+    return out
+
+
+# == build ====================================================================================
+
+
+def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, method: str = "auto",
+          log=print) -> dict[str, Any]:
+    """Select on validation, write the ensemble, then score it and the baselines on test."""
+    if os.path.exists(os.path.join(out_dir, MANIFEST)):
+        raise ConfigError("out", f"{out_dir} already holds an ensemble; choose another --out")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ConfigError("out", f"{out_dir} is not empty; choose a new directory for the ensemble")
+    t0 = time.perf_counter()
+    store = ParamStore()
+    log(f"scoring candidates on the {SELECTION_SPLIT} split (budget {budget_tokens:,} tokens, max cost {max_cost})")
+    sel = select(run_dirs, budget_tokens, max_cost, method, store=store, log=log)
+    best = sel.best
+    log(f"chosen: {best.describe()} (val EM {sel.val_em:.3f}); decoding the test split")
+    test = evaluate_candidate(store, best, "test")
+    base = baselines(store, run_dirs[0], budget_tokens)
+    at, full = base.get("single_at_budget"), base.get("single_full")
+    rec = recovery(test["em"], at["em"], full["em"] if full else None) if at else None
+    first = store.run(run_dirs[0])
+    manifest = {
+        "format": FORMAT,
+        "recoup_version": __version__,
+        "method": best.method,
+        "combine": best.combine,
+        "members": [{**dataclasses.asdict(m), "run": os.path.abspath(m.run), "weight": w / sum(best.weights)}
+                    for m, w in zip(best.members, best.weights, strict=True)],
+        "budgets": {"tokens": budget_tokens, "fraction": budget_tokens / first.cfg.budget_tokens,
+                    "max_cost": max_cost},
+        "training_tokens": best.training_tokens,
+        "inference_cost": best.inference_cost,
+        "validation": {"strict_em": sel.val_em},
+        "test": test,
+        "baselines": base,
+        "recovery": rec,
+        "model": dataclasses.asdict(first.cfg.model),
+        "candidates": [{"method": c.method, "members": [m.label for m in c.members], "run": c.members[0].run,
+                        "inference_cost": c.inference_cost, "training_tokens": c.training_tokens, "val_em": s}
+                       for c, s in sel.scored],
+        "build_s": None,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    if best.combine == "weights":
+        _, params = weights_model(store, best)
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(os.path.abspath(os.path.join(out_dir, "params")), params)
+        ckptr.wait_until_finished()
+    manifest["build_s"] = round(time.perf_counter() - t0, 1)
+    _write_json(os.path.join(out_dir, MANIFEST), manifest)
+    return manifest
+
+
+def _write_json(path: str, obj) -> None:
+    """Write then rename, so a crash never leaves a half-written manifest."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+# == load and evaluate ========================================================================
+
+
+def load_manifest(ens_dir: str) -> dict[str, Any]:
+    path = os.path.join(ens_dir, MANIFEST)
+    if not os.path.isfile(path):
+        found = ", ".join(sorted(os.listdir(ens_dir))[:20]) if os.path.isdir(ens_dir) else "no such directory"
+        raise ConfigError("ensemble", f"{ens_dir} has no {MANIFEST}, so it is not a recoup ensemble (found: {found})")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError("ensemble", f"{path} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ConfigError("ensemble", f"{path} is not a {FORMAT} manifest")
+    if manifest.get("combine") not in COMBINERS or not manifest.get("members"):
+        raise ConfigError("ensemble", f"{path}: combine must be one of {', '.join(COMBINERS)} with members")
+    return manifest
+
+
+def candidate_of(manifest: dict[str, Any]) -> Candidate:
+    fields = {f.name for f in dataclasses.fields(Member)}
+    members = tuple(Member(**{k: v for k, v in m.items() if k in fields}) for m in manifest["members"])
+    weights = tuple(float(m["weight"]) for m in manifest["members"])
+    return Candidate(manifest["method"], members, weights, manifest["combine"])
+
+
+def evaluate_ensemble(ens_dir: str, split: str = "test") -> dict[str, Any]:
+    """The same fields as `recoup eval`'s JSON, for an ensemble directory."""
+    if split not in SPLITS:
+        raise ConfigError("split", f"unknown split {split!r}", SPLITS)
+    manifest = load_manifest(ens_dir)
+    c = candidate_of(manifest)
+    store = ParamStore()
+    if c.combine == "weights":  # the saved average, not a recomputation from the members
+        run = store.run(c.members[0].run)
+        params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(ens_dir, "params")),
+                                                    run.abstract_params)
+        result = score_params(run.graphdef, params, run.split(split), run.cfg.eval_batch_size)
+    else:
+        result = evaluate_candidate(store, c, split)
+    return {"run_dir": ens_dir, "step": None, "tokens": manifest["training_tokens"],
+            "fraction": manifest["budgets"]["fraction"], "split": split, **result,
+            "method": manifest["method"], "inference_cost": manifest["inference_cost"]}

@@ -1,0 +1,146 @@
+"""What an ensemble is made of, and how to turn it into predictions.
+
+A `Member` names one set of weights: a checkpoint of a run, or a weight average that the run kept
+during training up to that checkpoint (an EMA or SWA). A `Candidate` is members, their weights and
+how they are combined:
+
+- "weights": one model whose parameters are the weighted mean of the members' (cost 1);
+- "logits": the members' next-token log-probabilities averaged at every decoding step (cost k);
+- "vote": each member decodes, the most frequent answer wins (cost k).
+
+`Combiners` maps each of those names to its two evaluation functions, so nothing downstream
+branches on the name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ensembles import averaging, output
+from framework import checkpoints, evaluate
+from framework.config import SHAPE_FIELDS
+from framework.data import EncodedSplit
+from framework.errors import ConfigError
+from framework.runs import Run, open_run
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    run: str  # run directory
+    step: int  # checkpoint step
+    tokens: int  # training tokens the run had used at that checkpoint
+    fraction: float  # the checkpoint's stopping fraction of its run's planned budget
+    average: str | None = None  # a weight average kept during training ("ema-50000"); None: the checkpoint
+
+    @property
+    def label(self) -> str:
+        return f"{self.average or 'step'}@{self.step}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    method: str  # how it was chosen: single, latest-k, average, ema, swa, soup, logits, vote
+    members: tuple[Member, ...]
+    weights: tuple[float, ...]  # one per member (normalized when used)
+    combine: str  # "weights" | "logits" | "vote"
+
+    @property
+    def inference_cost(self) -> int:
+        """Forward passes per generated token, relative to one model."""
+        return 1 if self.combine == "weights" else len(self.members)
+
+    @property
+    def training_tokens(self) -> int:
+        """Tokens every run behind the members had to train: the furthest member of each run."""
+        furthest: dict[str, int] = {}
+        for m in self.members:
+            furthest[m.run] = max(furthest.get(m.run, 0), m.tokens)
+        return sum(furthest.values())
+
+    def describe(self) -> str:
+        return f"{self.method}[{', '.join(m.label for m in self.members)}]"
+
+
+class ParamStore:
+    """Loads members' weights once and keeps them (selection scores many candidates over few members)."""
+
+    def __init__(self):
+        self._runs: dict[str, Run] = {}
+        self._params: dict[Member, Any] = {}
+
+    def run(self, run_dir: str) -> Run:
+        if run_dir not in self._runs:
+            self._runs[run_dir] = open_run(run_dir)
+        return self._runs[run_dir]
+
+    def params(self, member: Member):
+        if member not in self._params:
+            self._params[member] = self.run(member.run).params(member.step, member.average)
+        return self._params[member]
+
+
+def weights_model(store: ParamStore, c: Candidate):
+    """(graphdef, averaged parameters) of a "weights" candidate."""
+    first = store.run(c.members[0].run)
+    return first.graphdef, averaging.average((store.params(m) for m in c.members), c.weights)
+
+
+def _stacked(store: ParamStore, c: Candidate):
+    first = store.run(c.members[0].run)
+    return first.graphdef, output.stack_params([store.params(m) for m in c.members])
+
+
+class Combiner(NamedTuple):
+    # (store, candidate, split, batch_size) -> teacher-forced dict with "strict_em" and "correct"
+    teacher_forced: Callable[[ParamStore, Candidate, EncodedSplit, int], dict[str, Any]]
+    # (store, candidate, split, batch_size) -> greedy answers
+    decode: Callable[[ParamStore, Candidate, EncodedSplit, int], evaluate.Decoded]
+
+
+def _vote_decode(store, c, split, batch_size):
+    first = store.run(c.members[0].run)
+    return output.vote(first.graphdef, [store.params(m) for m in c.members], split, batch_size)
+
+
+def _vote_teacher_forced(store, c, split, batch_size):
+    """A vote has no single distribution to teacher-force: score its decoded answers strictly."""
+    decoded = _vote_decode(store, c, split, batch_size)
+    s = evaluate.score(decoded, split)
+    return {"strict_em": s["strict_em"], "loss": None}
+
+
+COMBINERS: dict[str, Combiner] = {
+    "weights": Combiner(
+        lambda store, c, split, bs: evaluate.teacher_forced(*weights_model(store, c), split, bs),
+        lambda store, c, split, bs: evaluate.decode_split(*weights_model(store, c), split, bs),
+    ),
+    "logits": Combiner(
+        lambda store, c, split, bs: output.ensemble_teacher_forced(*_stacked(store, c), c.weights, split, bs),
+        lambda store, c, split, bs: output.decode_split_ensemble(*_stacked(store, c), c.weights, split, bs),
+    ),
+    "vote": Combiner(_vote_teacher_forced, _vote_decode),
+}
+
+
+def run_members(run_dir: str, budget_tokens: int | None = None) -> list[Member]:
+    """Every checkpoint of a run as a Member, oldest first (only those with tokens <= budget)."""
+    out = []
+    for c in checkpoints.list_checkpoints(run_dir):
+        if budget_tokens is None or c["tokens"] <= budget_tokens:
+            out.append(Member(run_dir, c["step"], c["tokens"], c["fraction"]))
+    return out
+
+
+def check_compatible(store: ParamStore, run_dirs: list[str]) -> None:
+    """Members must share a model shape (to average or stack) and a data config (one test split)."""
+    first = store.run(run_dirs[0]).cfg
+    for d in run_dirs[1:]:
+        cfg = store.run(d).cfg
+        if any(getattr(cfg.model, f) != getattr(first.model, f) for f in SHAPE_FIELDS):
+            raise ConfigError("runs", f"{d} has model {cfg.model}, {run_dirs[0]} has {first.model}; "
+                                      "ensemble members must share one model config")
+        if cfg.data != first.data:
+            raise ConfigError("runs", f"{d} was trained on other data than {run_dirs[0]} "
+                                      f"({cfg.data} vs {first.data}); members must share one data config")

@@ -1,0 +1,157 @@
+"""Choosing an ensemble under a training-token budget B and an inference-cost cap C.
+
+Only checkpoints with tokens <= B are candidates, and members drawn from several runs count the
+tokens of every run they come from (`Candidate.training_tokens <= B`). Every candidate is scored
+on the **validation** split; the test split is never read here (a test checks it), so the test EM
+that `recoup ensemble build` reports afterwards is an honest estimate.
+
+Candidate families (C = max_cost):
+- single: each checkpoint on its own (what plain early stopping ships: the latest one);
+- latest-k: uniform weight average of the k latest checkpoints (LAWA), k = 2..all;
+- ema / swa: the running averages a run kept during training, at its latest checkpoint;
+- soup: a greedy soup (Wortsman et al. 2022) over the checkpoints, best validation EM first;
+- logits: log-prob averaging of the k latest checkpoints, k = 2..C;
+- vote: majority vote of the k latest checkpoints, k = 3..C;
+- with several runs, logits and vote across runs too: one member per run, each stopped at B / k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from ensembles.members import COMBINERS, Candidate, Member, ParamStore, check_compatible, run_members
+from framework import checkpoints
+from framework.config import parse_tokens
+from framework.errors import ConfigError
+
+METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote")
+SELECTION_SPLIT = "validation"
+
+
+@dataclasses.dataclass
+class Selection:
+    best: Candidate
+    val_em: float
+    scored: list[tuple[Candidate, float]]  # every candidate tried, in the order tried
+
+
+def parse_budget(spec: str | float, planned_tokens: int) -> int:
+    """'0.62' (a fraction of the run's planned budget, <= 1) or a token count ('500k', '1.2M') -> tokens."""
+    try:
+        value = float(spec)
+    except (TypeError, ValueError):
+        return parse_tokens(str(spec), "budget")
+    if not value > 0:
+        raise ConfigError("budget", f"{spec!r} must be > 0: a fraction of the planned budget (0.62) or tokens (500k)")
+    return int(value * planned_tokens) if value <= 1 else int(value)
+
+
+def candidates(store: ParamStore, run_dirs: Sequence[str], budget_tokens: int, max_cost: int,
+               methods: Sequence[str]) -> list[Candidate]:
+    """Every candidate of the named families (soup excluded: it is built greedily by `select`)."""
+    out: list[Candidate] = []
+    for d in run_dirs:
+        ms = run_members(d, budget_tokens)
+        if not ms:
+            continue
+        latest = ms[-1]
+        if "single" in methods:
+            out += [Candidate("single", (m,), (1.0,), "weights") for m in ms]
+        if "latest-k" in methods:
+            out += [Candidate("latest-k", tuple(ms[-k:]), (1.0,) * k, "weights") for k in range(2, len(ms) + 1)]
+        if "average" in methods:
+            out.append(Candidate("average", tuple(ms), (1.0,) * len(ms), "weights"))
+        for name in _kept_averages(d, latest.step):
+            family = name.split("-")[0]  # "ema-50000" -> "ema"
+            if family in methods:
+                out.append(Candidate(family, (dataclasses.replace(latest, average=name),), (1.0,), "weights"))
+        for combine, k_min in (("logits", 2), ("vote", 3)):
+            if combine in methods:
+                out += [Candidate(combine, tuple(ms[-k:]), (1.0,) * k, combine)
+                        for k in range(k_min, min(max_cost, len(ms)) + 1)]
+    for k in range(2, min(max_cost, len(run_dirs)) + 1):  # across runs: each run stopped at B / k
+        per_run = [run_members(d, budget_tokens // k) for d in run_dirs[:k]]
+        if all(per_run):
+            members = tuple(ms[-1] for ms in per_run)
+            for combine, k_min in (("logits", 2), ("vote", 3)):
+                if combine in methods and k >= k_min:
+                    out.append(Candidate(combine, members, (1.0,) * k, combine))
+    return [c for c in out if c.inference_cost <= max_cost and c.training_tokens <= budget_tokens]
+
+
+def _kept_averages(run_dir: str, step: int) -> list[str]:
+    meta = next(c for c in checkpoints.list_checkpoints(run_dir) if c["step"] == step)
+    return list(meta.get("averages") or [])
+
+
+def greedy_soup(ranked: Sequence[Member], score: Callable[[Candidate], float]) -> tuple[Candidate, float]:
+    """Wortsman et al.'s greedy soup: from the best member down, keep each one whose addition to
+    the uniform average does not lower the validation score."""
+    soup = [ranked[0]]
+    best = score(Candidate("soup", tuple(soup), (1.0,), "weights"))
+    for m in ranked[1:]:
+        trial = Candidate("soup", (*soup, m), (1.0,) * (len(soup) + 1), "weights")
+        s = score(trial)
+        if s >= best:
+            soup, best = [*soup, m], s
+    return Candidate("soup", tuple(soup), (1.0,) * len(soup), "weights"), best
+
+
+def select(run_dirs: Sequence[str], budget_tokens: int, max_cost: int = 1, method: str = "auto",
+           store: ParamStore | None = None, log: Callable[[str], None] = print) -> Selection:
+    """The candidate with the best validation strict EM under the budgets.
+
+    Ties go to the cheaper candidate: lower inference cost, then fewer training tokens, then
+    fewer members.
+
+    Args:
+      run_dirs: runs of one model and data config (for example several seeds).
+      budget_tokens: B; only checkpoints with tokens <= B, summed over the runs a candidate uses.
+      max_cost: C >= 1; 1 allows weight averages only, k allows output ensembles of k members.
+      method: "auto" (every family) or one of METHODS.
+      store: a ParamStore to share loaded weights with the caller.
+      log: receives one progress line per candidate.
+    """
+    if method not in METHODS:
+        raise ConfigError("method", f"unknown method {method!r}", METHODS)
+    if not isinstance(max_cost, int) or isinstance(max_cost, bool) or max_cost < 1:
+        raise ConfigError("max_cost", f"{max_cost!r} must be an integer >= 1 (1: weight averages only)")
+    if method in ("logits", "vote") and max_cost < {"logits": 2, "vote": 3}[method]:
+        raise ConfigError("max_cost", f"--method {method} needs --max-cost of at least "
+                                      f"{ {'logits': 2, 'vote': 3}[method] }, got {max_cost}")
+    run_dirs = list(dict.fromkeys(run_dirs))
+    store = store or ParamStore()
+    check_compatible(store, run_dirs)
+    under = {d: run_members(d, budget_tokens) for d in run_dirs}
+    if not any(under.values()):
+        tokens = [c["tokens"] for c in checkpoints.list_checkpoints(run_dirs[0])]
+        raise ConfigError("budget", f"no checkpoint has at most {budget_tokens:,} tokens", tokens or ["no checkpoints"])
+    methods = [m for m in METHODS if m not in ("auto",)] if method == "auto" else [method]
+    val = store.run(run_dirs[0]).split(SELECTION_SPLIT)
+    batch = store.run(run_dirs[0]).cfg.eval_batch_size
+    scored: list[tuple[Candidate, float]] = []
+    cache: dict[Candidate, float] = {}
+
+    def score(c: Candidate) -> float:
+        if c not in cache:
+            cache[c] = float(COMBINERS[c.combine].teacher_forced(store, c, val, batch)["strict_em"])
+            scored.append((c, cache[c]))
+            log(f"  {c.describe():<60} cost {c.inference_cost}  {c.training_tokens:>11,} tokens  "
+                f"val EM {cache[c]:.3f}")
+        return cache[c]
+
+    for c in candidates(store, run_dirs, budget_tokens, max_cost, methods):
+        score(c)
+    if "soup" in methods:
+        singles = [m for d in run_dirs[:1] for m in under[d]]  # a soup averages one run's checkpoints
+        if singles:
+            ranked = sorted(singles, key=lambda m: -score(Candidate("single", (m,), (1.0,), "weights")))
+            greedy_soup(ranked, score)
+    allowed = [(c, s) for c, s in scored if c.method in methods]
+    if not allowed:
+        raise ConfigError("method", f"no {method} candidate fits budget {budget_tokens:,} tokens and "
+                                    f"max cost {max_cost}")
+    best, em = min(allowed, key=lambda cs: (-cs[1], cs[0].inference_cost, cs[0].training_tokens,
+                                            len(cs[0].members)))
+    return Selection(best, em, scored)
