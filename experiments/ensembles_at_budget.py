@@ -3,9 +3,10 @@
     python -m experiments.ensembles_at_budget --task addition --seeds 0,1,2 --out runs/ensembles   # ~35 min
 
 Each (schedule, seed) trains the demo recipe (`experiments.demo.get_config`: checkpoints every 5%
-of the budget, EMAs with half-lives of 20k and 80k tokens) with only the schedule changed, plus a
-SWA running mean from 25% of the budget. Then, within 62% of the planned tokens, each method is
-selected on the validation split (`ensembles.select`) and scored once on the test split:
+of the budget) with only the schedule changed, keeping EMAs with half-lives of 0.6%..10% of the
+budget (the "ema" method picks one on validation) and a SWA running mean from 25% of the budget.
+Then, within 62% of the planned tokens, each method is selected on the validation split
+(`ensembles.select`) and scored once on the test split:
 
     plain      the latest checkpoint within the budget (what early stopping ships)
     latest-k   uniform weight average of the k latest checkpoints, k chosen on validation
@@ -32,6 +33,7 @@ from experiments.curriculum_vs_uniform import base_config
 from experiments.demo import _T95
 
 BUDGET = 0.62
+EMA_HALF_LIVES = (0.00625, 0.0125, 0.025, 0.05, 0.1)  # of the budget: 5k..80k tokens on addition; chosen on validation
 SCHEDULES = ("cosine", "wsd", "constant")
 # name -> (ensembles.select method, max inference cost)
 METHODS = {"latest-k": ("latest-k", 1), "ema": ("ema", 1), "swa": ("swa", 1), "soup": ("soup", 1),
@@ -42,6 +44,7 @@ def run_config(task: str, schedule: str, seed: int, out: str):
     run_dir = os.path.join(out, task, f"{schedule}-seed{seed}")
     cfg = base_config(task, run_dir)
     return dataclasses.replace(cfg, seed=seed, swa_start=0.25, every_tokens=cfg.budget_tokens // 20,
+                               ema_half_lives=tuple(int(h * cfg.budget_tokens) for h in EMA_HALF_LIVES),
                                optim=dataclasses.replace(cfg.optim, schedule=schedule))
 
 
