@@ -130,8 +130,8 @@ def average(trees: Iterable[Params], weights: Sequence[float] | None = None) -> 
     state, first, n = None, None, 0
     for i, tree in enumerate(trees):
         w = 1.0 if weights is None else _weight(weights, i)
-        if first is None:
-            first, state = tree, init(tree)
+        if first is None:  # keep the first tree's shapes and dtypes, not its arrays
+            first, state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree), init(tree)
         else:
             check_same_shapes(first, tree, f"member {i}")
         state = _accumulate(state, tree, jnp.float32(w))

@@ -1,6 +1,6 @@
-"""Output-ensemble latency: one model, a k-member vmapped ensemble, and k sequential decodes.
+"""Ensemble benchmarks: output-ensemble decode latency against k, and weight averaging's time and memory.
 
-    python -m experiments.bench_ensembles
+    python -m experiments.bench_ensembles      # also part of `make bench`
 
 Greedy decoding of a fixed batch of 8-digit addition prompts on the demo's model shape. Weights
 are random (latency does not depend on what was learned); random weights almost never emit EOS,
@@ -94,5 +94,88 @@ def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 1
     return "\n".join(lines) + "\n"
 
 
+
+
+# == weight averaging: build time and peak memory against k =====================================
+
+# A model big enough that its parameters dominate the process's memory (~33M parameters, 134 MB).
+AVERAGING_MODEL = dict(d_model=512, n_layers=8, n_heads=8, d_ff=2048)
+
+
+def _averaging_worker(ckpt_dir: str, k: int, streamed: bool) -> dict:
+    """Average checkpoints 0..k-1 of `ckpt_dir` in this process; peak RSS growth and seconds."""
+    import resource
+
+    import orbax.checkpoint as ocp
+
+    from ensembles.averaging import average
+    from framework.config import ModelConfig
+
+    model = ModelConfig(**AVERAGING_MODEL)
+    abstract = nnx.split(nnx.eval_shape(lambda: build_model(model, 0)), nnx.Param)[1]
+    ckptr = ocp.StandardCheckpointer()
+    paths = [f"{ckpt_dir}/{i}" for i in range(k)]
+    with open("/proc/self/statm") as f:  # resident pages now: the process before any weights exist
+        before = int(f.read().split()[1]) * resource.getpagesize() / 1024
+    jax.block_until_ready(average([ckptr.restore(paths[0], abstract)]))  # compile and warm the reader
+    t = time.perf_counter()
+    trees = (ckptr.restore(p, abstract) for p in paths)
+    out = average(trees if streamed else list(trees))
+    jax.block_until_ready(out)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"k": k, "streamed": streamed, "seconds": seconds, "peak_mb": (peak - before) / 1024}
+
+
+def averaging_cost(ks=(1, 2, 4, 8)) -> str:
+    """A markdown section: time and peak memory of averaging k checkpoints, streamed vs all in memory.
+
+    Each measurement runs in a fresh process (peak RSS only grows within one), on random weights of
+    a ~33M-parameter model saved as k Orbax checkpoints.
+    """
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    import orbax.checkpoint as ocp
+
+    from framework.config import ModelConfig
+    from framework.model import count_params
+
+    model = ModelConfig(**AVERAGING_MODEL)
+    n_params = count_params(build_model(model, 0))
+    tree_mb = n_params * 4 / 2**20
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ckptr = ocp.StandardCheckpointer()
+        for i in range(max(ks)):
+            ckptr.save(f"{tmp}/{i}", nnx.split(build_model(model, i), nnx.Param)[1])
+        ckptr.wait_until_finished()
+        for streamed in (True, False):
+            for k in ks:
+                code = (f"import json; from experiments.bench_ensembles import _averaging_worker; "
+                        f"print(json.dumps(_averaging_worker({tmp!r}, {k}, {streamed})))")
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = {r["streamed"]: r["seconds"] for r in rows if r["k"] == 1}
+    lines = ["## Weight averaging: build time and peak memory against k", "",
+             f"Averaging k Orbax checkpoints of a {n_params / 1e6:.1f}M-parameter model ({tree_mb:.0f} MB of float32 "
+             "weights each), each measurement in a fresh process: peak resident memory above the process before "
+             "it loaded any weights (a warm-up average of one checkpoint included), and time relative to k = 1 "
+             "in the same mode. `ensembles.averaging.average` streams: it reads one "
+             "checkpoint at a time into a running sum. 'All in memory' loads the k trees first, for comparison.", "",
+             "| k | streamed: peak | streamed: time / k=1 | all in memory: peak | in memory: time / k=1 |",
+             "|---:|---:|---:|---:|---:|"]
+    for k in ks:
+        s = next(r for r in rows if r["k"] == k and r["streamed"])
+        m = next(r for r in rows if r["k"] == k and not r["streamed"])
+        lines.append(f"| {k} | {s['peak_mb']:.0f} MB ({s['peak_mb'] / tree_mb:.1f} trees) | "
+                     f"{s['seconds'] / base[True]:.2f} | {m['peak_mb']:.0f} MB "
+                     f"({m['peak_mb'] / tree_mb:.1f} trees) | {m['seconds'] / base[False]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     print(output_ensemble_latency())
+    print(averaging_cost())
