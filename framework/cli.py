@@ -26,6 +26,7 @@ from framework import __version__
 from framework.config import (
     CURRICULA,
     DEFAULT_STOPS,
+    HOP_ANSWERS,
     OPERAND_FORMATS,
     PACINGS,
     PRESETS,
@@ -57,6 +58,9 @@ _TRAIN_FLAGS = {
     "max_digits": ("data", "max_digits", int),
     "operand_format": ("data", "operand_format", str),
     "max_hops": ("data", "max_hops", int),
+    "kb_entities": ("data", "kb_entities", int),
+    "kb_relations": ("data", "kb_relations", int),
+    "hop_answer": ("data", "hop_answer", str),
     "n_examples": ("data", "n_examples", int),
     "val_size": ("data", "val_size", int),
     "test_size": ("data", "test_size", int),
@@ -119,6 +123,10 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--max-digits", help=f"addition: operands of 1..N digits (default {_D.max_digits})")
     g.add_argument("--operand-format", help=f"addition: {'|'.join(OPERAND_FORMATS)} (default {_D.operand_format})")
     g.add_argument("--max-hops", help=f"multihop: questions of 1..H hops (default {_D.max_hops})")
+    g.add_argument("--kb-entities", help=f"multihop: names in the knowledge base (default {_D.kb_entities})")
+    g.add_argument("--kb-relations", help=f"multihop: relations, 1..12 (default {_D.kb_relations})")
+    g.add_argument("--hop-answer", help=f"multihop: {'|'.join(HOP_ANSWERS)}, answer every hop or only the last "
+                                        f"(default {_D.hop_answer})")
     g.add_argument("--n-examples", help=f"examples generated for a built-in task (default {_D.n_examples})")
     g.add_argument("--val-size", help=f"validation prompts (default {_D.val_size})")
     g.add_argument("--test-size", help=f"test prompts (default {_D.test_size})")

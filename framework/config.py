@@ -25,6 +25,8 @@ TASKS = ("addition", "multihop")
 SCHEDULES = ("cosine", "wsd", "constant")
 MLPS = ("gated", "gelu")
 OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.tasks.OPERAND_FORMATS
+HOP_ANSWERS = ("chain", "final")  # mirrors framework.tasks.HOP_ANSWERS
+N_RELATIONS = 12  # len(framework.tasks.RELATIONS)
 # Mirror curricula.registry (which imports jax); anything else must be an import path "module:attr".
 CURRICULA = ("uniform", "easy-to-hard", "hard-to-easy", "seqlen-warmup", "self-paced", "replay-mix")
 PACINGS = ("constant", "linear", "root", "geometric", "steps")
@@ -43,6 +45,9 @@ class DataConfig:
     max_digits: int = 5  # addition: operands have 1..max_digits digits
     operand_format: str = "lsb-first"  # addition: lsb-first "75000" | padded "00057" | natural "57"
     max_hops: int = 3  # multihop: questions of 1..max_hops hops
+    kb_entities: int = 100  # multihop: invented names in the knowledge base
+    kb_relations: int = 4  # multihop: relations, each a function from entity to entity
+    hop_answer: str = "chain"  # multihop: "chain" "Kesu, Tomer" (every hop) | "final" "Tomer"
     n_examples: int = 30_000  # addition: problems generated; multihop: multi-hop compositions
     val_size: int = 500  # held-out prompts for validation EM at stopping points
     test_size: int = 2_000  # held-out prompts, never used for any choice
@@ -56,7 +61,14 @@ class DataConfig:
             raise ConfigError("task", f"unknown task {self.task!r}", TASKS)
         if self.operand_format not in OPERAND_FORMATS:
             raise ConfigError("data.operand_format", f"unknown format {self.operand_format!r}", OPERAND_FORMATS)
-        for name in ("max_digits", "max_hops", "n_examples", "val_size", "test_size", "max_seq_len"):
+        if self.hop_answer not in HOP_ANSWERS:
+            raise ConfigError("data.hop_answer", f"unknown answer format {self.hop_answer!r}", HOP_ANSWERS)
+        if isinstance(self.kb_entities, int) and self.kb_entities < 2:
+            raise ConfigError("data.kb_entities", f"{self.kb_entities} must be >= 2")
+        if isinstance(self.kb_relations, int) and not 1 <= self.kb_relations <= N_RELATIONS:
+            raise ConfigError("data.kb_relations", f"{self.kb_relations} must be in 1..{N_RELATIONS}")
+        for name in ("max_digits", "max_hops", "n_examples", "val_size", "test_size", "max_seq_len",
+                     "kb_entities", "kb_relations"):
             _positive_int(f"data.{name}", getattr(self, name))
         _seed("data.seed", self.seed)
 

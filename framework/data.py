@@ -190,6 +190,9 @@ def prepare(cfg: DataConfig) -> dict[str, EncodedSplit]:
         answer_col=cfg.answer_col,
         difficulty_col=cfg.difficulty_col,
         operand_format=cfg.operand_format,
+        kb_entities=cfg.kb_entities,
+        kb_relations=cfg.kb_relations,
+        hop_answer=cfg.hop_answer,
     )
     width = sequence_width(raw, max_len=cfg.max_seq_len)
     return {name: encode_split(raw[name], width) for name in tasks.SPLITS}

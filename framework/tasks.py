@@ -171,12 +171,27 @@ class KnowledgeBase:
     relations: tuple[str, ...]
     links: dict[str, dict[str, str]]  # links[relation][entity] -> target entity
 
-    def resolve(self, chain: tuple[str, ...], start: str) -> str:
-        """Follows `chain` as English reads it: ("teacher", "friend") is teacher(friend(start))."""
-        entity = start
+    def path(self, chain: tuple[str, ...], start: str) -> list[str]:
+        """Every entity met following `chain` as English reads it, innermost relation first:
+        ("teacher", "friend") from Alba is [friend(Alba), teacher(friend(Alba))]."""
+        out, entity = [], start
         for relation in reversed(chain):
             entity = self.links[relation][entity]
-        return entity
+            out.append(entity)
+        return out
+
+    def resolve(self, chain: tuple[str, ...], start: str) -> str:
+        """The answer: ("teacher", "friend") is teacher(friend(start))."""
+        return self.path(chain, start)[-1]
+
+
+# How a multi-hop answer is written: the whole chain of entities ("Kesu, Tomer": friend(Alba), then
+# its teacher), or only the final one ("Tomer"). The chain is what a small model learns at a modest
+# budget: every hop is a fact it is trained to recall, in the order it has to compose them.
+HOP_ANSWERS: dict[str, Callable[[list[str]], str]] = {
+    "chain": ", ".join,
+    "final": lambda path: path[-1],
+}
 
 
 def question(chain: tuple[str, ...], start: str) -> str:
@@ -184,7 +199,7 @@ def question(chain: tuple[str, ...], start: str) -> str:
     return f"Who is the {' of the '.join(chain)} of {start}?"
 
 
-def knowledge_base(seed: int, n_entities: int = 200, n_relations: int = 6) -> KnowledgeBase:
+def knowledge_base(seed: int, n_entities: int = 100, n_relations: int = 4) -> KnowledgeBase:
     """Generates the knowledge base that `multihop(..., seed, n_entities, n_relations)` asks about.
 
     Args:
@@ -216,8 +231,8 @@ def knowledge_base(seed: int, n_entities: int = 200, n_relations: int = 6) -> Kn
     return KnowledgeBase(entities, RELATIONS[:n_relations], links)
 
 
-def multihop(n_examples: int, max_hops: int, seed: int, n_entities: int = 200,
-             n_relations: int = 6) -> tuple[datasets.Dataset, datasets.Dataset]:
+def multihop(n_examples: int, max_hops: int, seed: int, n_entities: int = 100,
+             n_relations: int = 4, hop_answer: str = "chain") -> tuple[datasets.Dataset, datasets.Dataset]:
     """Questions over `knowledge_base(seed, ...)`: `"Who is the teacher of the friend of Alba?"`.
 
     Args:
@@ -225,16 +240,21 @@ def multihop(n_examples: int, max_hops: int, seed: int, n_entities: int = 200,
       max_hops: the longest relation chain, >= 1; difficulty = number of hops.
       seed: the generator seed (it also fixes the knowledge base).
       n_entities, n_relations: the size of the knowledge base.
+      hop_answer: how answers are written, a key of HOP_ANSWERS ("chain": every entity on the
+        way, "Kesu, Tomer"; "final": the last one only).
 
     Returns:
       `(facts, compositions)`: every single-hop question (n_entities * n_relations rows,
       difficulty 1), and distinct questions of 2..max_hops hops, the hop count drawn uniformly
       per row until a hop count's distinct questions run out (n_entities * n_relations**h of
-      them): with the defaults, all 7,200 two-hop questions are drawn and the rest are three-hop
-      (no rows when max_hops == 1).
+      them): with the defaults, all 1,600 two-hop questions, then three-hop ones up to
+      n_examples (6,400 exist; no rows when max_hops == 1).
     """
     _check_count("n_examples", n_examples, 0)
     _check_count("max_hops", max_hops, 1)
+    if hop_answer not in HOP_ANSWERS:
+        raise ConfigError("hop_answer", f"unknown answer format '{hop_answer}'", allowed=HOP_ANSWERS)
+    write = HOP_ANSWERS[hop_answer]
     kb = knowledge_base(seed, n_entities, n_relations)
     facts = [(question((r,), e), kb.links[r][e], 1) for e in kb.entities for r in kb.relations]
     rng = random.Random(f"multihop-{seed}")  # Random(seed) would replay the knowledge base draws
@@ -242,7 +262,7 @@ def multihop(n_examples: int, max_hops: int, seed: int, n_entities: int = 200,
     def draw(hops: int) -> tuple[str, str]:
         chain = tuple(rng.choice(kb.relations) for _ in range(hops))
         start = rng.choice(kb.entities)
-        return question(chain, start), kb.resolve(chain, start)
+        return question(chain, start), write(kb.path(chain, start))
 
     pools = {h: n_entities * n_relations**h for h in range(2, max_hops + 1)}
     return _to_dataset(facts), _to_dataset(_sample_unique(rng, n_examples, pools, draw))
@@ -259,11 +279,11 @@ def _check_split_sizes(n: int, what: str, val_size: int, test_size: int, min_tra
 
 
 def multihop_splits(n_examples: int, max_hops: int, seed: int, val_size: int, test_size: int,
-                    n_entities: int = 200, n_relations: int = 6) -> datasets.DatasetDict:
+                    n_entities: int = 100, n_relations: int = 4, hop_answer: str = "chain") -> datasets.DatasetDict:
     """Splits `multihop` so that validation and test measure composing facts the model knows.
 
     Args:
-      n_examples, max_hops, seed, n_entities, n_relations: as for `multihop`.
+      n_examples, max_hops, seed, n_entities, n_relations, hop_answer: as for `multihop`.
       val_size, test_size: compositions held out for validation and for test.
 
     Returns:
@@ -271,7 +291,7 @@ def multihop_splits(n_examples: int, max_hops: int, seed: int, val_size: int, te
       seen) plus the remaining compositions, shuffled; "validation" and "test" hold only
       held-out compositions (difficulty 2..max_hops).
     """
-    facts, compositions = multihop(n_examples, max_hops, seed, n_entities, n_relations)
+    facts, compositions = multihop(n_examples, max_hops, seed, n_entities, n_relations, hop_answer)
     _check_split_sizes(len(compositions), "multi-hop compositions", val_size, test_size, 0)
     rng = random.Random(f"split-{seed}")
     rows = _rows(compositions)
@@ -403,11 +423,13 @@ def load_file(path: str, prompt_col: str = "prompt", answer_col: str = "answer",
 
 # ---------------------------------------------------------------- entry point
 
-# Each builder takes (seed, n_examples, val_size, test_size, max_digits, max_hops, operand_format).
+# Each builder takes (seed, n_examples, val_size, test_size, options), options being build_splits'
+# task keyword arguments.
 _TASK_SPLITS: dict[str, Callable[..., datasets.DatasetDict]] = {
-    "addition": lambda seed, n, val, test, digits, _, fmt: split_by_prompt(
-        addition(n, digits, seed, fmt), val, test, seed),
-    "multihop": lambda seed, n, val, test, _, hops, __: multihop_splits(n, hops, seed, val, test),
+    "addition": lambda seed, n, val, test, o: split_by_prompt(
+        addition(n, o["max_digits"], seed, o["operand_format"]), val, test, seed),
+    "multihop": lambda seed, n, val, test, o: multihop_splits(
+        n, o["max_hops"], seed, val, test, o["kb_entities"], o["kb_relations"], o["hop_answer"]),
 }
 TASKS = tuple(_TASK_SPLITS)
 
@@ -415,7 +437,8 @@ TASKS = tuple(_TASK_SPLITS)
 def build_splits(task: str | None, data_path: str | None, *, seed: int, n_examples: int,
                  val_size: int, test_size: int, max_digits: int = 5, max_hops: int = 3,
                  prompt_col: str = "prompt", answer_col: str = "answer",
-                 difficulty_col: str | None = None, operand_format: str = "lsb-first") -> datasets.DatasetDict:
+                 difficulty_col: str | None = None, operand_format: str = "lsb-first", kb_entities: int = 100,
+                 kb_relations: int = 4, hop_answer: str = "chain") -> datasets.DatasetDict:
     """Builds the train/validation/test splits of a built-in task or of a user's file.
 
     Args:
@@ -427,6 +450,7 @@ def build_splits(task: str | None, data_path: str | None, *, seed: int, n_exampl
       val_size, test_size: held-out sizes (unique prompts; compositions for multihop).
       max_digits, max_hops: for addition and for multihop.
       operand_format: addition only, see `addition`.
+      kb_entities, kb_relations, hop_answer: multihop only, see `multihop`.
       prompt_col, answer_col, difficulty_col: files only, see `load_file`.
 
     Returns:
@@ -441,5 +465,6 @@ def build_splits(task: str | None, data_path: str | None, *, seed: int, n_exampl
         return split_by_prompt(ds, val_size, test_size, seed)
     if task not in _TASK_SPLITS:
         raise ConfigError("task", f"unknown task '{task}'", allowed=TASKS)
-    return _TASK_SPLITS[task](seed, n_examples, val_size, test_size, max_digits, max_hops,
-                              operand_format)
+    options = {"max_digits": max_digits, "max_hops": max_hops, "operand_format": operand_format,
+               "kb_entities": kb_entities, "kb_relations": kb_relations, "hop_answer": hop_answer}
+    return _TASK_SPLITS[task](seed, n_examples, val_size, test_size, options)

@@ -13,6 +13,8 @@ def test_name_lists_match_the_registries_they_mirror():
     # config.py keeps its own copies so that validating never imports datasets or jax.
     assert config.TASKS == tasks.TASKS
     assert config.OPERAND_FORMATS == tuple(tasks.OPERAND_FORMATS)
+    assert config.HOP_ANSWERS == tuple(tasks.HOP_ANSWERS)
+    assert config.N_RELATIONS == len(tasks.RELATIONS)
     assert config.SPLIT_NAMES == tasks.SPLITS
 
 
@@ -27,6 +29,12 @@ def _run(**kw):
         (_run(data=DataConfig(task=None)), "task", None),
         (_run(data=DataConfig(operand_format="roman")), "data.operand_format", "lsb-first, padded, natural"),
         (_run(data=DataConfig(max_digits=0)), "data.max_digits", None),
+        (_run(data=DataConfig(hop_answer="last")), "data.hop_answer", "chain, final"),
+        (_run(data=DataConfig(kb_relations=13)), "data.kb_relations", None),
+        (_run(data=DataConfig(kb_entities=1)), "data.kb_entities", None),
+        (_run(ema_half_lives=(0,)), "ema_half_lives", None),
+        (_run(ema_half_lives=(5, 5)), "ema_half_lives", None),
+        (_run(swa_start=1.0), "swa_start", None),
         (_run(model=ModelConfig(mlp="relu")), "model.mlp", "gated, gelu"),
         (_run(model=ModelConfig(n_heads=3)), "model.n_heads", None),
         (_run(model=ModelConfig(dropout=1.0)), "model.dropout", None),

@@ -180,7 +180,7 @@ def test_question_wording_and_order():
 
 @pytest.mark.parametrize("n_entities, n_relations, max_hops", [(200, 6, 3), (20, 2, 5), (5, 1, 2)])
 def test_multihop_answers_follow_the_knowledge_base(n_entities, n_relations, max_hops):
-    facts, comps = tasks.multihop(400, max_hops, 7, n_entities, n_relations)
+    facts, comps = tasks.multihop(400, max_hops, 7, n_entities, n_relations, hop_answer="final")
     kb = tasks.knowledge_base(7, n_entities, n_relations)
     assert len(facts) == n_entities * n_relations
     assert set(facts["difficulty"]) == {1}
@@ -196,6 +196,20 @@ def test_multihop_answers_follow_the_knowledge_base(n_entities, n_relations, max
     assert set(comps["difficulty"]) == set(range(2, max_hops + 1))
     # The (5, 1, 2) world has only 5 two-hop questions: the draw stops there.
     assert len(comps) == min(400, sum(n_entities * n_relations**h for h in range(2, max_hops + 1)))
+
+
+def test_multihop_chain_answers_name_every_hop_innermost_first():
+    kb = tasks.knowledge_base(3, 30, 3)
+    final = tasks.multihop(200, 3, 3, 30, 3, hop_answer="final")[1]
+    chain = tasks.multihop(200, 3, 3, 30, 3, hop_answer="chain")[1]
+    assert final["prompt"] == chain["prompt"]  # only the answers differ
+    for row, last in zip(chain, final["answer"], strict=True):
+        path = row["answer"].split(", ")
+        assert len(path) == row["difficulty"] and path[-1] == last
+        names, start = parse_question(row["prompt"])
+        assert path == kb.path(tuple(names), start)
+    with pytest.raises(ConfigError, match="hop_answer.*allowed: chain, final"):
+        tasks.multihop(10, 2, 0, hop_answer="reversed")
 
 
 def test_multihop_one_hop_has_no_compositions():
@@ -424,7 +438,7 @@ def test_build_splits_addition():
 def test_build_splits_multihop():
     splits = tasks.build_splits("multihop", None, seed=0, n_examples=200, val_size=30,
                                 test_size=40, max_hops=4)
-    assert [len(splits[s]) for s in tasks.SPLITS] == [200 * 6 + 130, 30, 40]
+    assert [len(splits[s]) for s in tasks.SPLITS] == [100 * 4 + 130, 30, 40]
     assert max(splits["test"]["difficulty"]) <= 4
     assert_disjoint(splits)
 
