@@ -19,21 +19,11 @@ import numpy as np
 from flax import nnx
 
 from ensembles.output import ensemble_greedy_decode, member_weights, stack_params
+from experiments.bench import _time
 from experiments.demo import get_config
 from framework import evaluate, tasks
 from framework.model import build_model
 from framework.tokenizer import PAD
-
-
-def _time(fn, repeats: int) -> float:
-    """Median seconds of `fn()` after one warm-up call (which compiles)."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 11, repeats: int = 5) -> str:
