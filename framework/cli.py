@@ -90,7 +90,15 @@ _TRAIN_FLAGS = {
     "ema_half_life": ("run", "ema_half_lives",
                       lambda s: tuple(parse_tokens(t, "ema_half_lives") for t in s.split(",") if t.strip())),
     "swa_start": ("run", "swa_start", float),
+    "stop_rule": ("run", "stop_rules", lambda specs: tuple(_stop_rule(s) for s in specs)),
+    "stop_combine": ("run", "stop_combine", str),
 }
+
+
+def _stop_rule(spec: str) -> dict:
+    """'patience:patience=3,min_delta=0.01' -> {"rule": "patience", "patience": 3, "min_delta": 0.01}."""
+    name, _, args = spec.partition(":")
+    return {"rule": name, **_kv([a for a in args.split(",") if a], "stop_rules")}
 
 
 def _kv(pairs: list[str], field: str) -> dict:
@@ -158,6 +166,10 @@ def _add_train_parser(sub) -> None:
                    help="keep an EMA of the weights with this half-life in tokens (e.g. 50k), in every checkpoint")
     g.add_argument("--swa-start", metavar="FRACTION",
                    help="keep a running mean of the weights from this budget fraction on, saved in every checkpoint")
+    g.add_argument("--stop-rule", action="append", metavar="RULE[:K=V,...]",
+                   help="stop early: patience|moving-average|grad-norm|paired-test|budget with arguments, e.g. "
+                        "patience:patience=3,min_delta=0.01 or budget:price=2 (repeatable; see --stop-combine)")
+    g.add_argument("--stop-combine", help="with several --stop-rule: stop when any fires (default) or all do")
     g = p.add_argument_group("curriculum (see curricula/ and the README)")
     g.add_argument("--curriculum", help=f"{'|'.join(CURRICULA)}|module:attr (default {_R.curriculum})")
     g.add_argument("--curriculum-arg", action="append", metavar="K=V", help="a curriculum argument (repeatable)")

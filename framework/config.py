@@ -156,6 +156,8 @@ class RunConfig:
     scorer_percentile: bool = False  # store the scores as percentiles in (0, 1] instead of raw
     ema_half_lives: tuple[int, ...] = ()  # keep an EMA of the weights per half-life in counted tokens
     swa_start: float | None = None  # keep a running mean of the weights from this budget fraction on
+    stop_rules: tuple = ()  # stopping rules, e.g. ({"rule": "patience", "patience": 3},): framework.stopping_rules
+    stop_combine: str = "any"  # stop when "any" rule fires, or only when "all" fire at one evaluation
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
@@ -191,6 +193,9 @@ class RunConfig:
             raise ConfigError("ema_half_lives", f"{list(self.ema_half_lives)} repeats a half-life")
         if self.swa_start is not None and not (_is_number(self.swa_start) and 0.0 <= self.swa_start < 1.0):
             raise ConfigError("swa_start", f"{self.swa_start!r} must be a budget fraction in [0, 1)")
+        from framework.stopping_rules import build as build_stop_rule  # pure Python: checks names and arguments
+
+        build_stop_rule(self.stop_rules, self.stop_combine)
         if os.path.isfile(self.out_dir):
             raise ConfigError("out", f"{self.out_dir} is a file; give a directory for the run")
 
@@ -206,6 +211,7 @@ class RunConfig:
         d["optim"] = _from_fields(OptimConfig, d.get("optim", {}), "optim")
         d["stops"] = tuple(d.get("stops", DEFAULT_STOPS))
         d["ema_half_lives"] = tuple(d.get("ema_half_lives", ()))
+        d["stop_rules"] = tuple(d.get("stop_rules", ()))
         return _from_fields(cls, d, "config")
 
     def dumps(self) -> str:

@@ -42,6 +42,8 @@ from framework.errors import ConfigError
 from framework.model import build_model, forward
 from framework.runs import open_run
 from framework.stopping import StopPoint, StopTraining, stop_points
+from framework.stopping_rules import Observation
+from framework.stopping_rules import build as build_stop_rule
 
 
 class Event(NamedTuple):
@@ -68,7 +70,8 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
         for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "seed",
                       "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args",
-                      "scorer", "scorer_args", "scorer_percentile", "ema_half_lives", "swa_start"):
+                      "scorer", "scorer_args", "scorer_percentile", "ema_half_lives", "swa_start",
+                      "stop_rules", "stop_combine"):
             if getattr(saved, field) != getattr(cfg, field):
                 raise ConfigError(field, f"differs from the run being resumed in {cfg.out_dir} "
                                   f"({getattr(saved, field)!r} there); resume with the same config")
@@ -159,6 +162,7 @@ class Progress:
     rng: list[int] = dataclasses.field(default_factory=list)  # jax.random.key_data of the run key
     stopped: str | None = None  # why a stopping rule ended the run; a stopped run is finished
     pending: list = dataclasses.field(default_factory=list)  # [(indices, losses)] a sampler has yet to observe
+    rules: Any = None  # the stopping rules' state (JSON), framework.stopping_rules
 
 
 def train(
@@ -211,7 +215,8 @@ def train(
     update_averages = averaging.make_update(rules)
     averages = {r.name: averaging.init(params) for r in rules}  # shapes only: init_from does not change them
     key = jax.random.key(cfg.seed)
-    prog = Progress(rng=np.asarray(jax.random.key_data(key)).tolist())
+    rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)
+    prog = Progress(rng=np.asarray(jax.random.key_data(key)).tolist(), rules=rule.init() if rule else None)
 
     mgr = checkpoints.open_manager(cfg.out_dir)
     metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
@@ -242,6 +247,7 @@ def train(
                disable=not show_progress, desc=os.path.basename(os.path.normpath(cfg.out_dir)),
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
     started, window = time.perf_counter(), _Window()
+    last_line: dict[str, Any] = {}  # the latest train log line: the gradient norm a rule may watch
 
     def emit(event: Event) -> None:
         for hook in hooks:
@@ -249,10 +255,11 @@ def train(
 
     def log_train_line() -> None:
         line = window.flush(prog)
+        last_line.update(line)
         log.write(json.dumps({"event": "train", **line}) + "\n")
         bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", refresh=False)
 
-    def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None) -> None:
+    def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None, restored: int | None = None) -> None:
         """Evaluate, let hooks see it (a rule may stop the run here), then save."""
         if window.losses:  # close the log window here, so a resumed run logs the same lines
             log_train_line()
@@ -273,9 +280,24 @@ def train(
             "kind": kind,
             "averages": list(averages),
         }
+        if averages:  # how good each weight average is now: for stopping rules and for reading the run
+            meta["average_val_em"] = {
+                name: evaluate.teacher_forced(graphdef, averaging.value(a, like=params), val_split,
+                                              cfg.eval_batch_size)["strict_em"]
+                for name, a in averages.items() if float(a.weight) > 0}
         if reason:
             meta["reason"] = prog.stopped = reason
-        else:  # hooks run before the save: a rule that fires here gets one `stopped` checkpoint
+            if restored is not None:
+                meta["restored_best_step"] = restored
+        else:  # rules and hooks run before the save: one that fires here gets one `stopped` checkpoint
+            if rule is not None:
+                obs = Observation(prog.step, prog.tokens, prog.tokens / cfg.budget_tokens, tf["strict_em"],
+                                  tf["loss"], last_line.get("grad_norm"), tuple(int(c) for c in tf["correct"]),
+                                  max(meta.get("average_val_em", {}).values(), default=None))
+                prog.rules, decision = rule.update(prog.rules, obs)
+                meta["stopping"] = rule.report(prog.rules)
+                if decision.stop:
+                    raise StopTraining(decision.reason)
             emit(Event("eval", prog.step, prog.tokens, meta))
         prog.pending = [(np.asarray(i).tolist(), np.asarray(x).tolist()) for i, x in pending]
         prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
@@ -328,7 +350,13 @@ def train(
             emit(Event("step", prog.step, prog.tokens, {}))
     except StopTraining as stop:
         bar.write(f"stopped at step {prog.step}: {stop}")
-        checkpoint([], "stopped", reason=str(stop) or "a stopping rule fired")
+        best = rule.best_step(prog.rules) if rule is not None else None
+        if best is not None and best != prog.step:  # restore-best, whichever rule (or hook) stopped the run
+            mgr.wait_until_finished()
+            params = checkpoints.restore(mgr, best, params=params).params
+            bar.write(f"  restoring the best evaluation's weights (step {best}) into the stopped checkpoint")
+        checkpoint([], "stopped", reason=str(stop) or "a stopping rule fired",
+                   restored=best if best is not None and best != prog.step else None)
     finally:
         bar.close()
         mgr.wait_until_finished()
