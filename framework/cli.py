@@ -5,6 +5,7 @@
     recoup eval runs/add [--step N] [--split test] [--json]
     recoup ensemble build runs/add [RUN_DIR...] --budget 0.62 --max-cost 1 --out runs/add-ens [--json]
     recoup ensemble eval runs/add-ens [--split test] [--json]
+    recoup cooldown runs/add --from 0.62 --tokens 0.05 [--out DIR]
 
 Bad input (a config field, a file, a column, a run directory, a step) is reported as one line
 naming the field and the allowed values, exit status 2, before anything is compiled or written.
@@ -304,6 +305,32 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+# -- recoup cooldown ------------------------------------------------------------------------------
+
+
+def _cmd_cooldown(args) -> int:
+    from framework.cooldown import cooldown_config
+
+    cfg = cooldown_config(args.run_dir, args.from_, args.tokens, args.out)
+    from framework.train import train
+
+    print(f"cooldown of {args.run_dir} from {cfg.optim.decay_start:,} tokens: learning rate "
+          f"{cfg.optim.peak_lr:.2e} -> 0 over {cfg.budget_tokens - cfg.optim.decay_start:,} tokens, into {cfg.out_dir}")
+    print(_format_stops(train(cfg, show_progress=not args.no_progress)))
+    return 0
+
+
+def _add_cooldown_parser(sub) -> None:
+    c = sub.add_parser("cooldown", help="branch from a stopping checkpoint and decay the learning rate to 0")
+    c.add_argument("run_dir")
+    c.add_argument("--from", dest="from_", required=True, help="the stopping fraction to branch from, e.g. 0.62")
+    c.add_argument("--tokens", required=True,
+                   help="extra tokens: a fraction of the run's budget (0.05) or a count (40k); they count")
+    c.add_argument("--out", help="new run directory (default RUN_DIR-cooldownF+T)")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_cmd_cooldown)
+
+
 # -- recoup ensemble build / eval ----------------------------------------------------------------
 
 ENSEMBLE_METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote")  # ensembles.select
@@ -393,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_eval)
     _add_ensemble_parser(sub)
+    _add_cooldown_parser(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from framework.errors import ConfigError
 
 TASKS = ("addition", "multihop")
-SCHEDULES = ("cosine", "wsd", "constant")
+SCHEDULES = ("cosine", "wsd", "constant", "cooldown")
 MLPS = ("gated", "gelu")
 OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.tasks.OPERAND_FORMATS
 HOP_ANSWERS = ("chain", "final")  # mirrors framework.tasks.HOP_ANSWERS
@@ -110,6 +110,7 @@ class OptimConfig:
     warmup_frac: float = 0.05  # share of the budget spent warming up linearly from 0
     decay_frac: float = 0.2  # wsd only: share of the budget spent decaying linearly to 0
     end_lr_frac: float = 0.0  # cosine only: final learning rate as a share of the peak
+    decay_start: int = 0  # cooldown only: counted tokens where the linear decay from peak_lr to 0 begins
     weight_decay: float = 0.1  # decoupled weight decay on matrices (not norms or biases)
     clip_norm: float = 1.0  # global gradient-norm clip
     b1: float = 0.9
@@ -158,6 +159,7 @@ class RunConfig:
     swa_start: float | None = None  # keep a running mean of the weights from this budget fraction on
     stop_rules: tuple = ()  # stopping rules, e.g. ({"rule": "patience", "patience": 3},): framework.stopping_rules
     stop_combine: str = "any"  # stop when "any" rule fires, or only when "all" fire at one evaluation
+    branch_from: str | None = None  # RUN_DIR/checkpoints/STEP: start from its full training state (cooldown)
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
@@ -193,6 +195,10 @@ class RunConfig:
             raise ConfigError("ema_half_lives", f"{list(self.ema_half_lives)} repeats a half-life")
         if self.swa_start is not None and not (_is_number(self.swa_start) and 0.0 <= self.swa_start < 1.0):
             raise ConfigError("swa_start", f"{self.swa_start!r} must be a budget fraction in [0, 1)")
+        if self.optim.schedule == "cooldown" and not (
+                isinstance(self.optim.decay_start, int) and 0 <= self.optim.decay_start < self.budget_tokens):
+            raise ConfigError("optim.decay_start", f"{self.optim.decay_start!r} must be a token count in "
+                                                   f"[0, budget_tokens={self.budget_tokens})")
         from framework.stopping_rules import build as build_stop_rule  # pure Python: checks names and arguments
 
         build_stop_rule(self.stop_rules, self.stop_combine)
@@ -295,13 +301,15 @@ def load_run_config(run_dir: str) -> RunConfig:
         raise ConfigError("run_dir", f"{path} is not a valid recoup config ({e})") from None
 
 
-def resolve_init_from(cfg: RunConfig) -> tuple[str, int | None]:
-    """Check `cfg.init_from` without jax: (source run directory, step or None for the newest).
+def resolve_init_from(cfg: RunConfig, field: str = "init_from") -> tuple[str, int | None]:
+    """Check `cfg.init_from` (or `cfg.branch_from`) without jax: (source run directory, step or
+    None for the newest).
 
     Accepts RUN_DIR or RUN_DIR/checkpoints/STEP. The source must exist, have a checkpoint, and
     hold a model of the same shape (dropout may differ: it is not a parameter).
     """
-    path = os.path.normpath(cfg.init_from)
+    given = getattr(cfg, field)
+    path = os.path.normpath(given)
     run_dir, step = path, None
     parent, leaf = os.path.split(path)
     if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
@@ -309,12 +317,12 @@ def resolve_init_from(cfg: RunConfig) -> tuple[str, int | None]:
     source = load_run_config(run_dir)
     for name in SHAPE_FIELDS:
         if getattr(source.model, name) != getattr(cfg.model, name):
-            raise ConfigError("init_from", f"{cfg.init_from} holds a model with {name}="
+            raise ConfigError(field, f"{given} holds a model with {name}="
                               f"{getattr(source.model, name)!r}, this run has {getattr(cfg.model, name)!r}")
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
     if not steps or (step is not None and step not in steps):
-        raise ConfigError("init_from", f"no checkpoint {'' if step is None else step} in {run_dir}",
+        raise ConfigError(field, f"no checkpoint {'' if step is None else step} in {run_dir}",
                           steps or ["none yet"])
     return run_dir, step
 

@@ -56,3 +56,9 @@ def warmup_constant(budget: int, peak: float, warmup_frac: float = 0.05) -> Sche
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
     )
+
+
+def cooldown(budget: int, peak: float, decay_start: int) -> Schedule:
+    """`peak` until `decay_start` tokens, then linear to 0 at `budget` (the cooldown of a branch
+    taken from a stopping point: WSD's decay phase on its own)."""
+    return optax.linear_schedule(peak, 0.0, max(budget - decay_start, 1), transition_begin=decay_start)

@@ -71,7 +71,7 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
         for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "seed",
                       "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args",
                       "scorer", "scorer_args", "scorer_percentile", "ema_half_lives", "swa_start",
-                      "stop_rules", "stop_combine"):
+                      "stop_rules", "stop_combine", "branch_from"):
             if getattr(saved, field) != getattr(cfg, field):
                 raise ConfigError(field, f"differs from the run being resumed in {cfg.out_dir} "
                                   f"({getattr(saved, field)!r} there); resume with the same config")
@@ -93,6 +93,7 @@ SCHEDULE_BUILDERS: dict[str, Callable[[OptimConfig, int], schedules.Schedule]] =
     "cosine": lambda o, b: schedules.warmup_cosine(b, o.peak_lr, o.warmup_frac, o.end_lr_frac),
     "wsd": lambda o, b: schedules.warmup_stable_decay(b, o.peak_lr, o.warmup_frac, o.decay_frac),
     "constant": lambda o, b: schedules.warmup_constant(b, o.peak_lr, o.warmup_frac),
+    "cooldown": lambda o, b: schedules.cooldown(b, o.peak_lr, o.decay_start),
 }
 
 
@@ -190,6 +191,8 @@ def train(
     cfg.validate()
     if cfg.init_from:
         resolve_init_from(cfg)
+    if cfg.branch_from:
+        resolve_init_from(cfg, "branch_from")
     sampler_fn = sampler_fn or sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
                                                cfg.pacing_args, cfg.budget_tokens)
     splits = splits or prepare(cfg.data)
@@ -223,6 +226,20 @@ def train(
     resuming = resume and mgr.latest_step() is not None
     if cfg.init_from and not resuming:  # a resumed run's weights come from its own checkpoint
         params = load_init_params(cfg)
+    if cfg.branch_from and not resuming:  # the source's whole state: weights, optimizer, data, counters
+        src_dir, src_step = resolve_init_from(cfg, "branch_from")
+        src = checkpoints.open_manager(src_dir)
+        src_step = src.latest_step() if src_step is None else src_step
+        r = checkpoints.restore(src, src_step, params=params, opt_state=opt_state, sampler=sampler_state,
+                                progress=None)
+        src.close()
+        params, opt_state, sampler_state = r.params, r.opt_state, r.sampler
+        p = r.progress
+        prog = dataclasses.replace(prog, step=p["step"], tokens=p["tokens"], answer_tokens=p["answer_tokens"],
+                                   rng=p["rng"], pending=p["pending"])
+        key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
+        prog.next_stop = sum(q.tokens <= prog.tokens for q in points)  # stops already behind the branch
+        print(f"branching from {cfg.branch_from}: step {prog.step}, {prog.tokens:,} tokens")
     if resume and not resuming:
         _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
     if resuming:

@@ -212,3 +212,48 @@ def test_cli_stop_rule_flags(tmp_path, capsys):
     assert cfg["stop_rules"] == [{"rule": "patience", "patience": 1, "min_delta": 0.5},
                                  {"rule": "budget", "price": 1000}]
     assert cfg["stop_combine"] == "all"
+
+
+# == cooldown =================================================================================
+
+
+def test_cooldown_branches_from_a_stop_decays_to_zero_and_counts_its_tokens(trained_run, tmp_path, capsys):
+    import json
+
+    from framework import checkpoints
+    from framework.cli import main
+
+    cfg, stops = trained_run
+    half = next(c for c in stops if c["fraction"] == 0.5)
+    out = tmp_path / "cool"
+    assert main(["cooldown", cfg.out_dir, "--from", "0.5", "--tokens", "0.1", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    cool = checkpoints.list_checkpoints(str(out))
+    assert len(cool) == 1
+    extra = int(0.1 * cfg.budget_tokens)
+    assert half["tokens"] < cool[0]["tokens"] <= half["tokens"] + extra  # the source's count continues
+    assert cool[0]["step"] > half["step"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [x["lr"] for x in lines if x["event"] == "train"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["optim"]["schedule"] == "cooldown" and saved["optim"]["decay_start"] == half["tokens"]
+    from framework.train import SCHEDULE_BUILDERS
+
+    start_lr = float(SCHEDULE_BUILDERS["cosine"](cfg.optim, cfg.budget_tokens)(half["tokens"]))
+    assert saved["optim"]["peak_lr"] == pytest.approx(start_lr)  # it starts where the source was
+    assert len(lrs) >= 2 and lrs == sorted(lrs, reverse=True) and lrs[0] < start_lr  # and decays
+    for line in (x for x in lines if x["event"] == "train"):  # linearly to 0 at the end
+        assert line["lr"] <= start_lr * (1 - (line["tokens"] - half["tokens"] - 2_000) / extra) + 1e-9
+    assert saved["branch_from"].endswith(f"checkpoints/{half['step']}")
+
+
+def test_cooldown_bad_input_is_one_clear_line(trained_run, tmp_path, capsys):
+    from framework.cli import main
+
+    cfg, _ = trained_run
+    for args, message in [(["--from", "0.1", "--tokens", "0.05"], "from: no checkpoint"),
+                          (["--from", "half", "--tokens", "0.05"], "from: 'half' is not a budget fraction"),
+                          (["--from", "0.5", "--tokens", "0"], "tokens: '0' gives no extra tokens")]:
+        assert main(["cooldown", cfg.out_dir, *args, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()

@@ -1,0 +1,66 @@
+"""Cooldown: from a stopping checkpoint, decay the learning rate to zero over a few more tokens.
+
+    recoup cooldown runs/a --from 0.62 --tokens 0.05      # -> runs/a-cooldown0.62+0.05
+
+WSD-style (Hägele et al. 2024): a run stopped while its learning rate is still high has not
+settled; a short linear decay to zero often buys back much of what the rest of the schedule
+would have. The cooldown is a new run directory that *branches* from the checkpoint (weights,
+optimizer, data position, token count, RNG: `RunConfig.branch_from`), so its tokens continue the
+source's count: a cooldown of 5% of B from 0.62 ends at 0.67·B tokens, and every report compares it
+with ensembles at what it really cost. Its own budget is where it ends (fraction 1.0 of itself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from framework.checkpoints import list_checkpoints
+from framework.config import RunConfig, load_run_config, parse_tokens
+from framework.errors import ConfigError
+
+
+def pick_checkpoint(run_dir: str, spec: str) -> dict:
+    """The checkpoint labelled with fraction `spec`, else the latest with tokens <= spec * budget."""
+    cfg = load_run_config(run_dir)
+    try:
+        f = float(spec)
+    except ValueError:
+        raise ConfigError("from", f"{spec!r} is not a budget fraction such as 0.62") from None
+    ckpts = list_checkpoints(run_dir)
+    labelled = [c for c in ckpts if abs(c["fraction"] - f) < 1e-9 and c.get("kind") != "stopped"]
+    if labelled:
+        return labelled[-1]
+    under = [c for c in ckpts if c["tokens"] <= f * cfg.budget_tokens]
+    if not under:
+        raise ConfigError("from", f"no checkpoint of {run_dir} within {f} of its budget",
+                          [round(c["fraction"], 3) for c in ckpts] or ["no checkpoints"])
+    return under[-1]
+
+
+def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str | None = None) -> RunConfig:
+    """The RunConfig of a cooldown branch (validated; nothing is written)."""
+    src = load_run_config(run_dir)
+    ckpt = pick_checkpoint(run_dir, from_spec)
+    try:
+        value = float(tokens_spec)
+        extra = int(value * src.budget_tokens) if value <= 1 else int(value)
+    except ValueError:
+        extra = parse_tokens(tokens_spec, "tokens")
+    if extra <= 0:
+        raise ConfigError("tokens", f"{tokens_spec!r} gives no extra tokens: give a fraction of the budget (0.05) "
+                                    "or a count (40k)")
+    lr = float(_schedule(src)(ckpt["tokens"]))
+    out = out_dir or f"{run_dir.rstrip('/')}-cooldown{ckpt['fraction']:g}+{tokens_spec}"
+    cfg = dataclasses.replace(
+        src, out_dir=out, budget_tokens=ckpt["tokens"] + extra, stops=(1.0,), every_tokens=None,
+        branch_from=f"{run_dir.rstrip('/')}/checkpoints/{ckpt['step']}", init_from=None,
+        ema_half_lives=(), swa_start=None, stop_rules=(),
+        optim=dataclasses.replace(src.optim, schedule="cooldown", peak_lr=lr, decay_start=ckpt["tokens"]))
+    cfg.validate()
+    return cfg
+
+
+def _schedule(cfg: RunConfig):
+    from framework.train import SCHEDULE_BUILDERS  # jax: only once the input is known good
+
+    return SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)
