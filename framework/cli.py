@@ -6,6 +6,7 @@
     recoup ensemble build runs/add [RUN_DIR...] --budget 0.62 --max-cost 1 --out runs/add-ens [--json]
     recoup ensemble eval runs/add-ens [--split test] [--json]
     recoup cooldown runs/add --from 0.62 --tokens 0.05 [--out DIR]
+    recoup tune-stopping runs/a runs/b --price 2 [--json]
 
 Bad input (a config field, a file, a column, a run directory, a step) is reported as one line
 naming the field and the allowed values, exit status 2, before anything is compiled or written.
@@ -331,6 +332,39 @@ def _add_cooldown_parser(sub) -> None:
     c.set_defaults(func=_cmd_cooldown)
 
 
+# -- recoup tune-stopping -------------------------------------------------------------------------
+
+
+def _cmd_tune_stopping(args) -> int:
+    from framework.tune import describe, tune
+
+    result = tune(args.run_dirs, args.price)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "ranked"} | {"ranked": result["ranked"][:10]},
+                         indent=2))
+        return 0
+    best = result["best"]
+    print(f"price {args.price} EM points per million tokens, {len(args.run_dirs)} run(s), "
+          f"{len(result['ranked'])} settings replayed")
+    print(f"best: {describe(best['rules'])}")
+    print(f"  saves {best['mean_tokens_saved_frac']:.1%} of the tokens on average "
+          f"(mean {best['mean_tokens']:,.0f} tokens), loses {100 * best['mean_em_lost']:.2f} validation EM points; "
+          f"mean J = {best['mean_j']:.2f}")
+    print(f"{'mean J':>8} {'saved':>7} {'EM lost':>8}  rule")
+    for r in result["ranked"][:8]:
+        print(f"{r['mean_j']:>8.2f} {r['mean_tokens_saved_frac']:>7.1%} {100 * r['mean_em_lost']:>8.2f}  "
+              f"{describe(r['rules'])}")
+    return 0
+
+
+def _add_tune_parser(sub) -> None:
+    t = sub.add_parser("tune-stopping", help="replay stopping rules over finished runs and pick the best for a price")
+    t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    t.add_argument("--price", type=float, required=True, help="EM points one million training tokens is worth")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_cmd_tune_stopping)
+
+
 # -- recoup ensemble build / eval ----------------------------------------------------------------
 
 ENSEMBLE_METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote")  # ensembles.select
@@ -421,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_eval)
     _add_ensemble_parser(sub)
     _add_cooldown_parser(sub)
+    _add_tune_parser(sub)
     return parser
 
 

@@ -265,6 +265,7 @@ def train(
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
     started, window = time.perf_counter(), _Window()
     last_line: dict[str, Any] = {}  # the latest train log line: the gradient norm a rule may watch
+    fired: dict[str, Any] = {}  # the evaluation at which a stopping rule fired
 
     def emit(event: Event) -> None:
         for hook in hooks:
@@ -306,6 +307,8 @@ def train(
             meta["reason"] = prog.stopped = reason
             if restored is not None:
                 meta["restored_best_step"] = restored
+            if fired:  # what the rule saw when it fired (the saved weights may be the restored best)
+                meta["fired_evaluation"] = dict(fired)
         else:  # rules and hooks run before the save: one that fires here gets one `stopped` checkpoint
             if rule is not None:
                 obs = Observation(prog.step, prog.tokens, prog.tokens / cfg.budget_tokens, tf["strict_em"],
@@ -314,13 +317,15 @@ def train(
                 prog.rules, decision = rule.update(prog.rules, obs)
                 meta["stopping"] = rule.report(prog.rules)
                 if decision.stop:
+                    fired.update(val_em=tf["strict_em"], val_loss=tf["loss"], **_packed(tf["correct"]),
+                                 average_val_em=meta.get("average_val_em", {}))
                     raise StopTraining(decision.reason)
             emit(Event("eval", prog.step, prog.tokens, meta))
         prog.pending = [(np.asarray(i).tolist(), np.asarray(x).tolist()) for i, x in pending]
         prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
         checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state, sampler_state=sampler_state,
                          progress=prog_json, metadata=meta, averages=_as_dicts(averages))
-        log.write(json.dumps({"event": "eval", **meta}) + "\n")
+        log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"])}) + "\n")
         log.flush()
         bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
                   f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
@@ -380,6 +385,11 @@ def train(
         mgr.close()
         log.close()
     return checkpoints.list_checkpoints(cfg.out_dir)
+
+
+def _packed(correct) -> dict[str, Any]:
+    """Per-example validation correctness as hex bits: what `recoup tune-stopping` replays paired tests on."""
+    return {"val_n": len(correct), "val_correct": np.packbits(np.asarray(correct, bool)).tobytes().hex()}
 
 
 def _as_dicts(averages: dict[str, averaging.RunningAverage]) -> dict[str, dict]:

@@ -178,6 +178,13 @@ def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(t
     with open(f"{cfg.out_dir}/metrics.jsonl") as f:
         assert sum('"kind": "stopped"' in line for line in f) == 1
     assert checkpoints.list_checkpoints(cfg.out_dir) == stops
+    # Replaying the same rule over the logs reproduces the live decision, per-example data included.
+    from framework import tune
+
+    evals = tune.load_evaluations(cfg.out_dir)
+    assert all(len(e.correct) == cfg.data.val_size for e in evals)
+    outcome = tune.replay(list(cfg.stop_rules), "any", evals)
+    assert outcome.tokens == last["tokens"] and outcome.reason == last["reason"]
 
 
 def test_rule_state_survives_a_crash_and_the_resumed_run_stops_at_the_same_step(tmp_path):
@@ -257,3 +264,52 @@ def test_cooldown_bad_input_is_one_clear_line(trained_run, tmp_path, capsys):
         assert main(["cooldown", cfg.out_dir, *args, "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
+
+
+# == offline tuning ===========================================================================
+
+
+def _fake_run(tmp_path, name, ems, every=100_000, budget=1_000_000):
+    """A run directory whose metrics.jsonl holds a hand-made learning curve."""
+    import dataclasses
+
+    from tests.conftest import tiny_config
+
+    d = tmp_path / name
+    d.mkdir()
+    cfg = dataclasses.replace(tiny_config(d), budget_tokens=budget)
+    (d / "config.json").write_text(cfg.dumps())
+    lines = []
+    for i, em in enumerate(ems):
+        lines.append({"event": "train", "step": i * 10 + 5, "grad_norm": 1.0 / (i + 1)})
+        lines.append({"event": "eval", "kind": "periodic", "step": (i + 1) * 10, "tokens": (i + 1) * every,
+                      "val_em": em, "val_loss": 1 - em})
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return str(d)
+
+
+def test_tune_stopping_picks_the_rule_that_pays_and_replay_is_deterministic(tmp_path):
+    from framework import tune
+
+    curve = [0.1, 0.5, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]  # flat from 40% of the budget
+    runs = [_fake_run(tmp_path, f"r{i}", curve) for i in range(2)]
+    result = tune.tune(runs, price=5.0)
+    best = result["best"]
+    assert best["rules"] and best["mean_em_lost"] == 0.0  # stops on the plateau, loses nothing...
+    assert best["mean_tokens_saved_frac"] >= 0.4  # ...and saves at least 40% of the tokens
+    assert tune.tune(runs, price=5.0) == result
+    free = tune.tune(runs, price=0.0)["best"]  # tokens cost nothing: stopping cannot beat the full run
+    assert free["mean_j"] == pytest.approx(90.0)
+
+
+def test_tune_stopping_cli(tmp_path, capsys):
+    from framework.cli import main
+
+    run = _fake_run(tmp_path, "r", [0.2, 0.6, 0.7, 0.7, 0.7, 0.7])
+    assert main(["tune-stopping", run, "--price", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "best:" in out and "saves" in out
+    assert main(["tune-stopping", run, "--price", "10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["best"]["mean_tokens_saved_frac"] > 0
+    assert main(["tune-stopping", str(tmp_path / "nope"), "--price", "1"]) == 2
+    assert "no run directory" in capsys.readouterr().err
