@@ -7,6 +7,7 @@
     recoup ensemble eval runs/add-ens [--split test] [--json]
     recoup cooldown runs/add --from 0.62 --tokens 0.05 [--out DIR]
     recoup tune-stopping runs/a runs/b --price 2 [--json]
+    recoup report runs/a runs/b [runs/a-cooldown0.62+0.05] --out runs/report
 
 Bad input (a config field, a file, a column, a run directory, a step) is reported as one line
 naming the field and the allowed values, exit status 2, before anything is compiled or written.
@@ -365,6 +366,27 @@ def _add_tune_parser(sub) -> None:
     t.set_defaults(func=_cmd_tune_stopping)
 
 
+# -- recoup report --------------------------------------------------------------------------------
+
+
+def _cmd_report(args) -> int:
+    from framework.report import write_report
+
+    prices = [float(x) for x in args.prices.split(",")] if args.prices else [0.5, 2.0, 10.0]
+    write_report(args.run_dirs, args.out, prices, args.max_cost)
+    print(f"wrote {args.out}/report.md and {args.out}/em_vs_tokens.png")
+    return 0
+
+
+def _add_report_parser(sub) -> None:
+    r = sub.add_parser("report", help="EM against tokens for every stop, average, ensemble and cooldown; Pareto front")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", required=True, help="directory for report.md, report.json and em_vs_tokens.png")
+    r.add_argument("--max-cost", type=int, default=3, help="largest output ensemble considered (default 3)")
+    r.add_argument("--prices", help="EM points per million tokens for 'what to ship' (default 0.5,2,10)")
+    r.set_defaults(func=_cmd_report)
+
+
 # -- recoup ensemble build / eval ----------------------------------------------------------------
 
 ENSEMBLE_METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote")  # ensembles.select
@@ -456,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ensemble_parser(sub)
     _add_cooldown_parser(sub)
     _add_tune_parser(sub)
+    _add_report_parser(sub)
     return parser
 
 
