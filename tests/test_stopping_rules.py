@@ -155,7 +155,7 @@ def _rule_run(out_dir, **kw):
     from tests.conftest import tiny_config
 
     # Tiny runs stay at val EM ~0: patience on EM fires two evaluations after the first one.
-    return tiny_config(out_dir, every_tokens=3_000, stop_rules=({"rule": "patience", "patience": 2},), **kw)
+    return tiny_config(out_dir, **{"every_tokens": 3_000, "stop_rules": ({"rule": "patience", "patience": 2},), **kw})
 
 
 def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(tmp_path):
@@ -313,3 +313,26 @@ def test_tune_stopping_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["best"]["mean_tokens_saved_frac"] > 0
     assert main(["tune-stopping", str(tmp_path / "nope"), "--price", "1"]) == 2
     assert "no run directory" in capsys.readouterr().err
+
+
+def test_restore_best_applies_when_a_hook_rather_than_the_rule_stops_the_run(tmp_path):
+    import jax
+
+    from framework.runs import open_run
+    from framework.stopping import StopTraining
+    from framework.train import train
+
+    # A rule that never fires and whose "best" is surely the first evaluation: the highest loss.
+    rule = {"rule": "patience", "patience": 50, "metric": "val_loss", "mode": "max"}
+    cfg = _rule_run(tmp_path / "h", stop_rules=(rule,))
+
+    def stop_late(event):
+        if event.kind == "eval" and event.tokens > 0.5 * cfg.budget_tokens:
+            raise StopTraining("operator asked to stop")
+
+    stops = train(cfg, hooks=[stop_late], show_progress=False)
+    last = stops[-1]
+    assert last["reason"] == "operator asked to stop" and last["restored_best_step"] == stops[0]["step"]
+    run = open_run(cfg.out_dir)
+    same = jax.tree.map(lambda a, b: bool((a == b).all()), run.params(stops[0]["step"]), run.params(last["step"]))
+    assert all(jax.tree.leaves(same))
