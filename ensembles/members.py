@@ -15,6 +15,7 @@ branches on the name.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -64,11 +65,14 @@ class Candidate:
 
 
 class ParamStore:
-    """Loads members' weights once and keeps them (selection scores many candidates over few members)."""
+    """Loads members' weights and keeps the `max_trees` most recently used (selection scores many
+    candidates over few members; the bound keeps host memory flat for large models: `average`
+    streams whatever is not kept straight from disk)."""
 
-    def __init__(self):
+    def __init__(self, max_trees: int = 16):
         self._runs: dict[str, Run] = {}
-        self._params: dict[Member, Any] = {}
+        self._params: OrderedDict[Member, Any] = OrderedDict()
+        self.max_trees = max_trees
 
     def run(self, run_dir: str) -> Run:
         if run_dir not in self._runs:
@@ -76,9 +80,14 @@ class ParamStore:
         return self._runs[run_dir]
 
     def params(self, member: Member):
-        if member not in self._params:
-            self._params[member] = self.run(member.run).params(member.step, member.average)
-        return self._params[member]
+        if member in self._params:
+            self._params.move_to_end(member)
+            return self._params[member]
+        tree = self.run(member.run).params(member.step, member.average)
+        self._params[member] = tree
+        if len(self._params) > self.max_trees:
+            self._params.popitem(last=False)
+        return tree
 
 
 def weights_model(store: ParamStore, c: Candidate):

@@ -156,3 +156,14 @@ def test_ensemble_build_bad_input_is_one_clear_line(ens_runs, tmp_path, capsys, 
 def test_ensemble_eval_of_a_non_ensemble_is_a_clear_error(ens_runs, capsys):
     assert main(["ensemble", "eval", ens_runs[0].out_dir]) == 2
     assert "has no manifest.json, so it is not a recoup ensemble" in capsys.readouterr().err
+
+
+def test_param_store_keeps_only_the_most_recently_used_trees(ens_runs):
+    store = ParamStore(max_trees=2)
+    members = artifact.run_members(ens_runs[0].out_dir)[:3]
+    first = store.params(members[0])
+    store.params(members[1])
+    assert store.params(members[0]) is first  # kept, and now the most recent
+    store.params(members[2])  # evicts members[1], the least recently used
+    assert store.params(members[0]) is first
+    assert len(store._params) == 2 and members[1] not in store._params
