@@ -116,8 +116,10 @@ def test_build_from_specs_and_clear_errors():
 def test_curve_fit_recovers_a_known_curve():
     t = np.linspace(0.1, 2.0, 12) * 1e6
     em = 0.95 - 0.2 * (t / 1e6) ** -0.7
-    fit = fit_curve(t, em)
-    assert (fit.a, fit.b, fit.c) == pytest.approx((0.95, 0.2, 0.7), rel=1e-3)
+    fit = fit_curve(t, em, curve="power")
+    assert fit.params == pytest.approx((0.95, 0.2, 0.7), rel=1e-3)
+    em = 0.98 / (1 + np.exp(-3.0 * (np.log(t / 1e6) - np.log(0.6))))
+    assert fit_curve(t, em, curve="logistic").params == pytest.approx((0.98, 3.0, np.log(0.6)), rel=1e-3)
 
 
 @pytest.mark.parametrize("a, b, c, price", [(0.95, 0.2, 0.7, 5.0), (0.99, 0.4, 1.0, 10.0), (0.9, 0.1, 0.5, 2.0)])
@@ -129,15 +131,33 @@ def test_budget_rule_stops_within_one_evaluation_of_the_known_optimum(a, b, c, p
     for i in range(budget // every):
         t = (i + 1) * every
         obs.append(sr.Observation(i, t, t / budget, a - b * (t / 1e6) ** -c, 1.0))
-    rule = budget_rule(price=price, start=0.0)
+    rule = budget_rule(price=price, start=0.0, curve="power")
     at, state, reason = run_rule(rule, obs)
     assert at is not None, f"never stopped (optimum at {t_star:,.0f} tokens)"
     stopped = obs[at].tokens
     assert abs(stopped - t_star) <= every, (stopped, t_star)
-    assert reason.startswith("budget: the fitted curve gains") and "predicts EM" in reason
+    assert reason.startswith("budget: the fitted power curve gains") and "predicts EM" in reason
     fit = rule.report(state)["budget_fit"]
     assert fit["em_at_budget"] == pytest.approx(a - b * (budget / 1e6) ** -c, abs=1e-3)
     assert math.isfinite(fit["gain_se"])
+
+
+@pytest.mark.parametrize("a, k, m, price", [(0.99, 4.0, np.log(1.2), 20.0), (0.95, 2.5, np.log(0.8), 5.0)])
+def test_budget_rule_on_an_emerging_skill_waits_through_the_flat_start_and_stops_near_the_optimum(a, k, m, price):
+    """A logistic in log-tokens: EM ~0 for a long time, then a jump, then a plateau (like addition)."""
+    budget, every = 4_000_000, 50_000
+    ts = np.arange(1, budget // every + 1) * every
+
+    def em(t):
+        return a / (1 + np.exp(-k * (np.log(t / 1e6) - m)))
+
+    slope = 100 * (em(ts * 1.0001) - em(ts * 0.9999)) / (0.0002 * ts / 1e6)
+    peak = int(np.argmax(slope))
+    t_star = ts[peak + int(np.argmax(slope[peak:] < price))]  # the first point past the peak below the price
+    obs = [sr.Observation(i, int(t), t / budget, float(em(t)), 1.0) for i, t in enumerate(ts)]
+    at, state, reason = run_rule(budget_rule(price=price, start=0.0), obs)
+    assert at is not None and abs(obs[at].tokens - t_star) <= 2 * every, (obs[at].tokens, t_star)
+    assert "logistic" in reason
 
 
 def test_budget_rule_fits_the_better_of_the_model_and_its_averages():
