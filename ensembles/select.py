@@ -81,8 +81,11 @@ def candidates(store: ParamStore, run_dirs: Sequence[str], budget_tokens: int, m
 
 
 def _kept_averages(run_dir: str, step: int) -> list[str]:
+    """The weight averages a checkpoint holds that had started by then (a SWA before its start is empty)."""
     meta = next(c for c in checkpoints.list_checkpoints(run_dir) if c["step"] == step)
-    return list(meta.get("averages") or [])
+    if "average_val_em" in meta:  # recorded for every average with weight > 0
+        return [n for n in meta.get("averages") or [] if n in meta["average_val_em"]]
+    return [n for n in meta.get("averages") or [] if not (n.startswith("swa-") and int(n[4:]) >= meta["tokens"])]
 
 
 def greedy_soup(ranked: Sequence[Member], score: Callable[[Candidate], float]) -> tuple[Candidate, float]:

@@ -167,3 +167,10 @@ def test_param_store_keeps_only_the_most_recently_used_trees(ens_runs):
     store.params(members[2])  # evicts members[1], the least recently used
     assert store.params(members[0]) is first
     assert len(store._params) == 2 and members[1] not in store._params
+
+
+def test_a_swa_that_has_not_started_is_no_candidate(ens_runs):
+    run = ens_runs[0].out_dir  # SWA from 25% of the budget: not started at the first (25%) checkpoint
+    first = artifact.run_members(run)[0]
+    cands = select.candidates(ParamStore(), [run], first.tokens, 1, ["ema", "swa"])
+    assert [c.members[0].average for c in cands] == ["ema-4000"]
