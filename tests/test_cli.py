@@ -74,7 +74,7 @@ def _write(path, text):
         (["--task", "addition", "--budget-tokens", "1M", "--stops", "0,0.5"], ["stops", "outside (0, 1]"]),
         (["--task", "addition", "--budget-tokens", "1M", "--preset", "huge"], ["preset", "tiny, small"]),
         (["--task", "addition", "--budget-tokens", "1M", "--schedule", "linear"],
-         ["schedule", "cosine, wsd, constant"]),
+         ["schedule", "cosine, wsd, constant, cooldown"]),
         (["--task", "addition", "--budget-tokens", "1M", "--batch-size", "two"], ["batch-size", "cannot parse"]),
         (["--task", "addition"], ["budget-tokens", "required"]),
         (["--task", "addition", "--budget-tokens", "1M", "--seed", "-1"], ["seed", "integer >= 0"]),

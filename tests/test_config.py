@@ -38,7 +38,7 @@ def _run(**kw):
         (_run(model=ModelConfig(mlp="relu")), "model.mlp", "gated, gelu"),
         (_run(model=ModelConfig(n_heads=3)), "model.n_heads", None),
         (_run(model=ModelConfig(dropout=1.0)), "model.dropout", None),
-        (_run(optim=OptimConfig(schedule="step")), "optim.schedule", "cosine, wsd, constant"),
+        (_run(optim=OptimConfig(schedule="step")), "optim.schedule", "cosine, wsd, constant, cooldown"),
         (_run(optim=OptimConfig(peak_lr=0)), "optim.peak_lr", None),
         (_run(optim=OptimConfig(schedule="wsd", warmup_frac=0.5, decay_frac=0.6)), "optim.decay_frac", None),
         (_run(stops=(0.5, 0.0)), "stops", None),
