@@ -23,11 +23,10 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from ensembles.members import COMBINERS, Candidate, Member, ParamStore, run_members, weights_model
+from ensembles.members import COMBINERS, Candidate, Member, ParamStore, run_members
 from ensembles.select import SELECTION_SPLIT, select
 from framework import __version__, evaluate
 from framework.errors import ConfigError
-from framework.runs import score_params
 from framework.tasks import SPLITS
 
 MANIFEST = "manifest.json"
@@ -37,14 +36,19 @@ FORMAT = "recoup-ensemble/1"
 # == evaluation ===============================================================================
 
 
-def evaluate_candidate(store: ParamStore, c: Candidate, split: str = "test") -> dict[str, Any]:
-    """Greedy-decoded EM, strict EM, F1 and EM per difficulty (as `recoup eval`), plus teacher-forced strict EM."""
+def evaluate_candidate(store: ParamStore, c: Candidate, split: str = "test", model: tuple | None = None
+                       ) -> dict[str, Any]:
+    """Greedy-decoded EM, strict EM, F1 and EM per difficulty (as `recoup eval`), plus teacher-forced
+    strict EM (a vote's is its decoded strict EM). `model`: the combiner's prepared pieces, when the
+    caller already has them (a saved average); built from the members otherwise."""
     run = store.run(c.members[0].run)
-    data = run.split(split)
-    combiner = COMBINERS[c.combine]
-    scores = evaluate.score(combiner.decode(store, c, data, run.cfg.eval_batch_size), data)
-    tf = combiner.teacher_forced(store, c, data, run.cfg.eval_batch_size)
-    return {**scores, "teacher_forced_strict_em": tf["strict_em"], "loss": tf.get("loss")}
+    data, combiner, bs = run.split(split), COMBINERS[c.combine], run.cfg.eval_batch_size
+    model = combiner.prepare(store, c) if model is None else model
+    scores = evaluate.score(combiner.decode(model, data, bs), data)
+    if combiner.teacher_forced is None:
+        return {**scores, "teacher_forced_strict_em": scores["strict_em"], "loss": None}
+    tf = combiner.teacher_forced(model, data, bs)
+    return {**scores, "teacher_forced_strict_em": tf["strict_em"], "loss": tf["loss"]}
 
 
 def recovery(em_ensemble: float, em_at_budget: float, em_full: float | None) -> float | None:
@@ -83,7 +87,8 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
     sel = select(run_dirs, budget_tokens, max_cost, method, store=store, log=log)
     best = sel.best
     log(f"chosen: {best.describe()} (val EM {sel.val_em:.3f}); decoding the test split")
-    test = evaluate_candidate(store, best, "test")
+    model = COMBINERS[best.combine].prepare(store, best)  # built once: scored, then saved if an average
+    test = evaluate_candidate(store, best, "test", model)
     base = baselines(store, run_dirs[0], budget_tokens)
     at, full = base.get("single_at_budget"), base.get("single_full")
     rec = recovery(test["em"], at["em"], full["em"] if full else None) if at else None
@@ -111,7 +116,7 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
     }
     os.makedirs(out_dir, exist_ok=True)
     if best.combine == "weights":
-        _, params = weights_model(store, best)
+        _, params = model
         ckptr = ocp.StandardCheckpointer()
         ckptr.save(os.path.abspath(os.path.join(out_dir, "params")), params)
         ckptr.wait_until_finished()
@@ -169,13 +174,12 @@ def evaluate_ensemble(ens_dir: str, split: str = "test") -> dict[str, Any]:
     manifest = load_manifest(ens_dir)
     c = candidate_of(manifest)
     store = ParamStore()
+    model = None
     if c.combine == "weights":  # the saved average, not a recomputation from the members
         run = store.run(c.members[0].run)
-        params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(ens_dir, "params")),
-                                                    run.abstract_params)
-        result = score_params(run.graphdef, params, run.split(split), run.cfg.eval_batch_size)
-    else:
-        result = evaluate_candidate(store, c, split)
+        model = run.graphdef, ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(ens_dir, "params")),
+                                                                 run.abstract_params)
+    result = evaluate_candidate(store, c, split, model)
     return {"run_dir": ens_dir, "step": None, "tokens": manifest["training_tokens"],
             "fraction": manifest["budgets"]["fraction"], "split": split, **result,
             "method": manifest["method"], "inference_cost": manifest["inference_cost"]}

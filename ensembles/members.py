@@ -98,39 +98,44 @@ def weights_model(store: ParamStore, c: Candidate):
 
 def _stacked(store: ParamStore, c: Candidate):
     first = store.run(c.members[0].run)
-    return first.graphdef, output.stack_params([store.params(m) for m in c.members])
+    return first.graphdef, output.stack_params([store.params(m) for m in c.members]), c.weights
+
+
+def _members(store: ParamStore, c: Candidate):
+    first = store.run(c.members[0].run)
+    return first.graphdef, [store.params(m) for m in c.members]
 
 
 class Combiner(NamedTuple):
-    # (store, candidate, split, batch_size) -> teacher-forced dict with "strict_em" and "correct"
-    teacher_forced: Callable[[ParamStore, Candidate, EncodedSplit, int], dict[str, Any]]
-    # (store, candidate, split, batch_size) -> greedy answers
-    decode: Callable[[ParamStore, Candidate, EncodedSplit, int], evaluate.Decoded]
-
-
-def _vote_decode(store, c, split, batch_size):
-    first = store.run(c.members[0].run)
-    return output.vote(first.graphdef, [store.params(m) for m in c.members], split, batch_size)
-
-
-def _vote_teacher_forced(store, c, split, batch_size):
-    """A vote has no single distribution to teacher-force: score its decoded answers strictly."""
-    decoded = _vote_decode(store, c, split, batch_size)
-    s = evaluate.score(decoded, split)
-    return {"strict_em": s["strict_em"], "loss": None}
+    # (store, candidate) -> the model's pieces, built once per evaluation (an average is computed once)
+    prepare: Callable[[ParamStore, Candidate], tuple]
+    # (prepared, split, batch_size) -> greedy answers
+    decode: Callable[[tuple, EncodedSplit, int], evaluate.Decoded]
+    # (prepared, split, batch_size) -> teacher-forced dict with "strict_em" and "loss"; None for a
+    # vote, which has no single distribution to teacher-force: its strict EM is its decode's
+    teacher_forced: Callable[[tuple, EncodedSplit, int], dict[str, Any]] | None
 
 
 COMBINERS: dict[str, Combiner] = {
-    "weights": Combiner(
-        lambda store, c, split, bs: evaluate.teacher_forced(*weights_model(store, c), split, bs),
-        lambda store, c, split, bs: evaluate.decode_split(*weights_model(store, c), split, bs),
-    ),
-    "logits": Combiner(
-        lambda store, c, split, bs: output.ensemble_teacher_forced(*_stacked(store, c), c.weights, split, bs),
-        lambda store, c, split, bs: output.decode_split_ensemble(*_stacked(store, c), c.weights, split, bs),
-    ),
-    "vote": Combiner(_vote_teacher_forced, _vote_decode),
+    "weights": Combiner(weights_model,
+                        lambda m, split, bs: evaluate.decode_split(*m, split, bs),
+                        lambda m, split, bs: evaluate.teacher_forced(*m, split, bs)),
+    "logits": Combiner(_stacked,
+                       lambda m, split, bs: output.decode_split_ensemble(*m, split, bs),
+                       lambda m, split, bs: output.ensemble_teacher_forced(*m, split, bs)),
+    "vote": Combiner(_members, lambda m, split, bs: output.vote(*m, split, bs), None),
 }
+
+
+def strict_em(store: ParamStore, c: Candidate, split: str) -> float:
+    """Strict EM of a candidate on a split: one teacher-forced pass where there is one (equal to
+    greedy decoding's strict EM), else (a vote) its decoded answers."""
+    run = store.run(c.members[0].run)
+    data, combiner = run.split(split), COMBINERS[c.combine]
+    model = combiner.prepare(store, c)
+    if combiner.teacher_forced is not None:
+        return float(combiner.teacher_forced(model, data, run.cfg.eval_batch_size)["strict_em"])
+    return float(evaluate.score(combiner.decode(model, data, run.cfg.eval_batch_size), data)["strict_em"])
 
 
 def run_members(run_dir: str, budget_tokens: int | None = None) -> list[Member]:

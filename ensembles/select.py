@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from ensembles.members import COMBINERS, Candidate, Member, ParamStore, check_compatible, run_members
+from ensembles.members import Candidate, Member, ParamStore, check_compatible, run_members, strict_em
 from framework import checkpoints
 from framework.config import parse_tokens
 from framework.errors import ConfigError
@@ -131,14 +131,12 @@ def select(run_dirs: Sequence[str], budget_tokens: int, max_cost: int = 1, metho
         tokens = [c["tokens"] for c in checkpoints.list_checkpoints(run_dirs[0])]
         raise ConfigError("budget", f"no checkpoint has at most {budget_tokens:,} tokens", tokens or ["no checkpoints"])
     methods = [m for m in METHODS if m not in ("auto",)] if method == "auto" else [method]
-    val = store.run(run_dirs[0]).split(SELECTION_SPLIT)
-    batch = store.run(run_dirs[0]).cfg.eval_batch_size
     scored: list[tuple[Candidate, float]] = []
     cache: dict[Candidate, float] = {}
 
     def score(c: Candidate) -> float:
         if c not in cache:
-            cache[c] = float(COMBINERS[c.combine].teacher_forced(store, c, val, batch)["strict_em"])
+            cache[c] = strict_em(store, c, SELECTION_SPLIT)
             scored.append((c, cache[c]))
             log(f"  {c.describe():<60} cost {c.inference_cost}  {c.training_tokens:>11,} tokens  "
                 f"val EM {cache[c]:.3f}")

@@ -45,7 +45,7 @@ class Point(NamedTuple):
 
 def collect(run_dirs: list[str], max_cost: int = 3, log=print) -> list[Point]:
     # jax: only after the inputs are checked
-    from ensembles.members import Candidate, ParamStore, run_members
+    from ensembles.members import Candidate, ParamStore, run_members, strict_em
     from ensembles.select import select
 
     points, store = [], ParamStore()
@@ -56,7 +56,7 @@ def collect(run_dirs: list[str], max_cost: int = 3, log=print) -> list[Point]:
             src_dir, src_step = cfg.branch_from.split("/checkpoints/")
             f = next(x.fraction for x in run_members(src_dir) if x.step == int(src_step))  # where it branched
             c = Candidate("cooldown", (m,), (1.0,), "weights")
-            points.append(Point(run, "cooldown", f, m.tokens, _tf_em(store, c), 1, c.describe()))
+            points.append(Point(run, "cooldown", f, m.tokens, strict_em(store, c, "test"), 1, c.describe()))
             continue
         for f in sorted(set(cfg.stops) | {1.0}):
             budget = int(f * cfg.budget_tokens)
@@ -71,16 +71,9 @@ def collect(run_dirs: list[str], max_cost: int = 3, log=print) -> list[Point]:
                 choices.append(("output", select([run], budget, max_cost, "logits", store=store,
                                                  log=lambda _: None).best))
             for kind, c in choices:
-                points.append(Point(run, kind, f, c.training_tokens, _tf_em(store, c), c.inference_cost, c.describe()))
+                em = strict_em(store, c, "test")
+                points.append(Point(run, kind, f, c.training_tokens, em, c.inference_cost, c.describe()))
     return points
-
-
-def _tf_em(store, c) -> float:
-    """Test strict EM from one teacher-forced pass (decoding every point would dominate the report)."""
-    from ensembles.members import COMBINERS
-
-    run = store.run(c.members[0].run)
-    return float(COMBINERS[c.combine].teacher_forced(store, c, run.split("test"), run.cfg.eval_batch_size)["strict_em"])
 
 
 def aggregate(points: list[Point]) -> list[dict]:
