@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from framework.checkpoints import METRICS_FILE
-from framework.config import require_run_dir
+from framework.config import load_run_config
 from framework.errors import ConfigError
 from framework.stopping_rules import Observation, build
 
@@ -31,7 +31,7 @@ from framework.stopping_rules import Observation, build
 def load_evaluations(run_dir: str) -> list[Observation]:
     """The evaluations a run logged, each with the latest grad norm: a `stopped` line counts as the
     evaluation at which its rule fired (a stop from a hook, with no such evaluation, is skipped)."""
-    require_run_dir(run_dir)
+    budget = load_run_config(run_dir).budget_tokens  # also says clearly if it is not a run directory
     path = os.path.join(run_dir, METRICS_FILE)
     out, grad = [], None
     with open(path) as f:
@@ -53,18 +53,12 @@ def load_evaluations(run_dir: str) -> list[Observation]:
                 if rec.get("val_correct") is not None:
                     bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["val_correct"]), np.uint8))
                     correct = tuple(int(b) for b in bits[: rec["val_n"]])  # packbits pads to bytes
-                out.append(Observation(rec["step"], rec["tokens"], rec["tokens"] / _budget(run_dir),
+                out.append(Observation(rec["step"], rec["tokens"], rec["tokens"] / budget,
                                        rec["val_em"], rec["val_loss"], grad, correct,
                                        max(rec.get("average_val_em", {}).values(), default=None)))
     if not out:
         raise ConfigError("run_dir", f"{run_dir} has no evaluations in {METRICS_FILE}")
     return out
-
-
-def _budget(run_dir: str) -> int:
-    from framework.config import load_run_config
-
-    return load_run_config(run_dir).budget_tokens
 
 
 class Outcome(NamedTuple):
