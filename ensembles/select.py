@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from ensembles.members import Candidate, Member, ParamStore, check_compatible, run_members, strict_em
 from framework import checkpoints
-from framework.config import parse_tokens
+from framework.config import parse_share_or_tokens
 from framework.errors import ConfigError
 
 METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote")
@@ -39,12 +39,12 @@ class Selection:
 def parse_budget(spec: str | float, planned_tokens: int) -> int:
     """'0.62' (a fraction of the run's planned budget, <= 1) or a token count ('500k', '1.2M') -> tokens."""
     try:
-        value = float(spec)
+        positive = float(spec) > 0
     except (TypeError, ValueError):
-        return parse_tokens(str(spec), "budget")
-    if not value > 0:
+        positive = True  # a count such as '500k': parse_tokens checks it
+    if not positive:
         raise ConfigError("budget", f"{spec!r} must be > 0: a fraction of the planned budget (0.62) or tokens (500k)")
-    return int(value * planned_tokens) if value <= 1 else int(value)
+    return parse_share_or_tokens(spec, planned_tokens, "budget")
 
 
 def candidates(store: ParamStore, run_dirs: Sequence[str], budget_tokens: int, max_cost: int,

@@ -253,6 +253,17 @@ def parse_tokens(text: str | int, field: str = "budget_tokens") -> int:
     return int(round(float(m.group(1)) * _UNITS[m.group(2)]))
 
 
+def parse_share_or_tokens(spec: str | float, planned_tokens: int, field: str) -> int:
+    """'0.62' (a share of `planned_tokens`, <= 1) or a token count ('40000', '500k', '1.2M') -> tokens."""
+    try:
+        value = float(spec)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):  # not a number: a count such as '500k', or an error naming `field`
+        return parse_tokens(str(spec), field)
+    return int(value * planned_tokens) if value <= 1 else int(value)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from framework.checkpoints import list_checkpoints
-from framework.config import RunConfig, load_run_config, parse_tokens
+from framework.config import RunConfig, load_run_config, parse_share_or_tokens
 from framework.errors import ConfigError
 
 
@@ -41,11 +41,7 @@ def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str
     """The RunConfig of a cooldown branch (validated; nothing is written)."""
     src = load_run_config(run_dir)
     ckpt = pick_checkpoint(run_dir, from_spec)
-    try:
-        value = float(tokens_spec)
-        extra = int(value * src.budget_tokens) if value <= 1 else int(value)
-    except ValueError:
-        extra = parse_tokens(tokens_spec, "tokens")
+    extra = parse_share_or_tokens(tokens_spec, src.budget_tokens, "tokens")
     if extra <= 0:
         raise ConfigError("tokens", f"{tokens_spec!r} gives no extra tokens: give a fraction of the budget (0.05) "
                                     "or a count (40k)")
