@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from ensembles.artifact import recovery
 from experiments.curriculum_vs_uniform import base_config
 from experiments.demo import _T95
 
@@ -73,10 +74,6 @@ def _mean_sd(values) -> str:
         return f"{v.mean():.3f}"
     half = _T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f} (±{half:.3f})"
-
-
-def recovery(em, at, full):
-    return None if full - at <= 0 else (em - at) / (full - at)
 
 
 def table(results: list[dict]) -> str:
