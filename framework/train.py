@@ -230,11 +230,8 @@ def train(
         src_dir, src_step = resolve_init_from(cfg, "branch_from")
         src = checkpoints.open_manager(src_dir)
         src_step = src.latest_step() if src_step is None else src_step
-        r = checkpoints.restore(src, src_step, params=params, opt_state=opt_state, sampler=sampler_state,
-                                progress=None)
+        params, opt_state, sampler_state, _, p = _restore_state(src, src_step, params, opt_state, sampler_state, {})
         src.close()
-        params, opt_state, sampler_state = r.params, r.opt_state, r.sampler
-        p = r.progress
         prog = dataclasses.replace(prog, step=p["step"], tokens=p["tokens"], answer_tokens=p["answer_tokens"],
                                    rng=p["rng"], pending=p["pending"])
         key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
@@ -243,14 +240,9 @@ def train(
     if resume and not resuming:
         _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
     if resuming:
-        step = mgr.latest_step()
-        extra = {"averages": _as_dicts(averages)} if averages else {}
-        r = checkpoints.restore(mgr, step, params=params, opt_state=opt_state,
-                                sampler=sampler_state, progress=None, **extra)
-        params, opt_state, sampler_state = r.params, r.opt_state, r.sampler
-        if averages:
-            averages = {name: averaging.RunningAverage(**a) for name, a in r.averages.items()}
-        prog = Progress(**r.progress)
+        params, opt_state, sampler_state, averages, p = _restore_state(
+            mgr, mgr.latest_step(), params, opt_state, sampler_state, averages)
+        prog = Progress(**p)
         key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
         _truncate_metrics(metrics_path, prog.step)
         if prog.stopped:
@@ -385,6 +377,17 @@ def train(
         mgr.close()
         log.close()
     return checkpoints.list_checkpoints(cfg.out_dir)
+
+
+def _restore_state(mgr, step: int, params, opt_state, sampler_state, averages: dict):
+    """(params, opt_state, sampler_state, averages, progress dict) of checkpoint `step`, restored into
+    the given targets; the averages only when there are any to restore."""
+    extra = {"averages": _as_dicts(averages)} if averages else {}
+    r = checkpoints.restore(mgr, step, params=params, opt_state=opt_state, sampler=sampler_state, progress=None,
+                            **extra)
+    if averages:
+        averages = {name: averaging.RunningAverage(**a) for name, a in r.averages.items()}
+    return r.params, r.opt_state, r.sampler, averages, r.progress
 
 
 def _packed(correct) -> dict[str, Any]:
