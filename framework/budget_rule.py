@@ -130,7 +130,7 @@ def budget_rule(price: float, value: float = 1.0, curve: str = "logistic", z: fl
     """
     _check_number("price", price, 0.0)
     _check_number("value", value, 0.0)
-    _check_choice("curve", curve, tuple(CURVES))
+    _check_choice("stop_rules.curve", curve, tuple(CURVES))
     _check_number("z", z, 0.0)
     _check_int("min_points", min_points, 3)
     _check_fraction("start", start)

@@ -69,8 +69,8 @@ def patience(metric: str = "val_em", patience: int = 3, min_delta: float = 0.0, 
       metric: "val_em" or "val_loss".
       mode: "max", "min", or "auto" (max for EM, min for loss).
     """
-    _check_choice("metric", metric, METRICS)
-    _check_choice("mode", mode, ("auto", "max", "min"))
+    _check_choice("stop_rules.metric", metric, METRICS)
+    _check_choice("stop_rules.mode", mode, ("auto", "max", "min"))
     _check_int("patience", patience, 1)
     _check_number("min_delta", min_delta, 0.0)
     _check_fraction("start", start)
@@ -108,7 +108,7 @@ def moving_average(window: int = 3, patience: int = 2, min_delta: float = 0.0, m
     """Patience on the mean of the last `window` values of `metric`: one noisy evaluation neither
     stops the run nor resets the count."""
     _check_int("window", window, 1)
-    _check_choice("metric", metric, METRICS)
+    _check_choice("stop_rules.metric", metric, METRICS)
     inner = _patience_rule(metric, patience, min_delta, start=start, restore_best=False)
 
     def init():
@@ -291,8 +291,7 @@ def _sign(metric: str, mode: str) -> int:
 
 def _check_choice(field: str, value, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"stop_rules.{field}" if field != "stop_combine" else field,
-                          f"unknown value {value!r}", allowed)
+        raise ConfigError(field, f"unknown value {value!r}", allowed)
 
 
 def _check_int(field: str, value, minimum: int) -> None:
