@@ -46,29 +46,23 @@ def get_config(out_dir: str = "runs/demo") -> RunConfig:
 ENSEMBLE_BUDGET, ENSEMBLE_COSTS = 0.62, (1, 3)
 
 
-def ensemble_rows(run_dir: str, seed: int) -> list[dict]:
+def ensemble_rows(run_dir: str, seed: int, budget_tokens: int) -> list[dict]:
     """The best ensemble within 62% of the tokens for each cost cap, chosen on validation."""
-    from ensembles.artifact import build
+    from ensembles.artifact import build, candidate_of
 
     rows = []
     for cost in ENSEMBLE_COSTS:
         out = os.path.join(run_dir, "ensembles", f"budget{ENSEMBLE_BUDGET}-cost{cost}")
         print(f"  choosing the best ensemble within {ENSEMBLE_BUDGET:.0%} of the tokens, cost <= {cost}x", flush=True)
-        m = build([run_dir], int(ENSEMBLE_BUDGET * load_budget(run_dir)), cost, out, log=lambda _: None)
+        m = build([run_dir], int(ENSEMBLE_BUDGET * budget_tokens), cost, out, log=lambda _: None)
         rows.append({"seed": seed, "budget": ENSEMBLE_BUDGET, "max_cost": cost, "method": m["method"],
-                     "members": [f"{x['average'] or 'step'}@{x['step']}" for x in m["members"]],
+                     "members": [x.label for x in candidate_of(m).members],
                      "inference_cost": m["inference_cost"], "training_tokens": m["training_tokens"],
                      "val_em": m["validation"]["strict_em"], "test_em": m["test"]["em"],
                      "single_at_budget_em": m["baselines"]["single_at_budget"]["em"],
                      "single_full_em": m["baselines"]["single_full"]["em"], "recovery": m["recovery"],
                      "dir": out})
     return rows
-
-
-def load_budget(run_dir: str) -> int:
-    from framework.config import load_run_config
-
-    return load_run_config(run_dir).budget_tokens
 
 
 def format_ensembles(rows: list[dict]) -> str:
@@ -182,7 +176,7 @@ def main(argv=None) -> None:
         train(dataclasses.replace(cfg, out_dir=run_dir, seed=seed))
         train_s += time.perf_counter() - t
         per_seed[seed] = stop_table(run_dir)
-        ens += ensemble_rows(run_dir, seed)
+        ens += ensemble_rows(run_dir, seed, cfg.budget_tokens)
         if len(seeds) > 1:
             print(f"\nseed {seed}\n" + format_table(per_seed[seed], 1))
     rows = aggregate(per_seed)
