@@ -174,3 +174,9 @@ def test_a_swa_that_has_not_started_is_no_candidate(ens_runs):
     first = artifact.run_members(run)[0]
     cands = select.candidates(ParamStore(), [run], first.tokens, 1, ["ema", "swa"])
     assert [c.members[0].average for c in cands] == ["ema-4000"]
+
+
+def test_the_cli_method_names_mirror_selection():
+    from framework import cli
+
+    assert cli.ENSEMBLE_METHODS == select.METHODS  # the CLI checks them before importing jax
