@@ -79,6 +79,7 @@ _TRAIN_FLAGS = {
     "budget_tokens": ("run", "budget_tokens", lambda s: parse_tokens(s, "budget_tokens")),
     "stops": ("run", "stops", parse_stops),
     "every_tokens": ("run", "every_tokens", lambda s: parse_tokens(s, "every_tokens")),
+    "train_until": ("run", "train_until", float),
     "batch_size": ("run", "batch_size", int),
     "seed": ("run", "seed", int),
     "out": ("run", "out_dir", str),
@@ -159,6 +160,8 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--budget-tokens", help="planned budget in counted tokens: 2000000, 2M, 500k")
     g.add_argument("--stops", help=f"stopping fractions (default {','.join(map(str, DEFAULT_STOPS))})")
     g.add_argument("--every-tokens", help="also checkpoint every N tokens")
+    g.add_argument("--train-until", help="end training at this budget fraction, e.g. 0.62: the schedule still "
+                                         "plans for --budget-tokens (default 1.0)")
     g.add_argument("--batch-size", help=f"sequences per step (default {_R.batch_size})")
     g.add_argument("--seed", help=f"training seed (default {_R.seed})")
     g.add_argument("--out", help="run directory")

@@ -143,6 +143,7 @@ class RunConfig:
     preset: str | None = "small"  # name of the model preset, recorded for humans
     batch_size: int = 128  # sequences per training step
     stops: tuple[float, ...] = DEFAULT_STOPS  # stopping points as fractions of budget_tokens
+    train_until: float = 1.0  # end training at this budget fraction; the schedule still plans for budget_tokens
     every_tokens: int | None = None  # also checkpoint every this many tokens (None: off)
     seed: int = 0  # training seed: initialization, data order, dropout
     eval_batch_size: int = 256  # sequences per evaluation forward pass
@@ -178,6 +179,8 @@ class RunConfig:
         for f in self.stops:
             if not (isinstance(f, int | float) and 0.0 < f <= 1.0) or math.isnan(f):
                 raise ConfigError("stops", f"fraction {f!r} is outside (0, 1]")
+        if not (_is_number(self.train_until) and 0.0 < self.train_until <= 1.0):
+            raise ConfigError("train_until", f"{self.train_until!r} must be a budget fraction in (0, 1]")
         if self.every_tokens is not None:
             _positive_int("every_tokens", self.every_tokens)
         named = [("curriculum", self.curriculum, CURRICULA), ("pacing", self.pacing, PACINGS)]

@@ -48,7 +48,7 @@ def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str
     lr = float(_schedule(src)(ckpt["tokens"]))
     out = out_dir or f"{run_dir.rstrip('/')}-cooldown{ckpt['fraction']:g}+{tokens_spec}"
     cfg = dataclasses.replace(
-        src, out_dir=out, budget_tokens=ckpt["tokens"] + extra, stops=(1.0,), every_tokens=None,
+        src, out_dir=out, budget_tokens=ckpt["tokens"] + extra, stops=(1.0,), train_until=1.0, every_tokens=None,
         branch_from=f"{run_dir.rstrip('/')}/checkpoints/{ckpt['step']}", init_from=None,
         ema_half_lives=(), swa_start=None, stop_rules=(),
         optim=dataclasses.replace(src.optim, schedule="cooldown", peak_lr=lr, decay_start=ckpt["tokens"]))

@@ -24,15 +24,18 @@ class StopTraining(Exception):  # noqa: N818  (the MaxText name; it is a signal,
     """Raised by a hook to end the run now; the message is recorded as the reason."""
 
 
-def stop_points(budget: int, fractions, every_tokens: int | None = None) -> list[StopPoint]:
-    """All stopping points of a run, sorted by tokens; 1.0 (the budget) is always the last.
+def stop_points(budget: int, fractions, every_tokens: int | None = None, until: float = 1.0) -> list[StopPoint]:
+    """All stopping points of a run, sorted by tokens; `until` (1.0: the budget) is always the last.
 
     >>> [p.tokens for p in stop_points(1000, (0.5,), every_tokens=400)]
     [400, 500, 800, 1000]
+    >>> [(p.tokens, p.kind) for p in stop_points(1000, (0.5, 0.75), every_tokens=400, until=0.62)]
+    [(400, 'periodic'), (500, 'stop'), (620, 'stop')]
     """
+    end = round(until * budget)
     points = {round(f * budget): StopPoint(round(f * budget), float(f), "stop") for f in fractions}
-    points[budget] = StopPoint(budget, 1.0, "stop")
+    points[end] = StopPoint(end, float(until), "stop")
     if every_tokens:
-        for t in range(every_tokens, budget, every_tokens):
+        for t in range(every_tokens, end, every_tokens):
             points.setdefault(t, StopPoint(t, t / budget, "periodic"))
-    return [points[t] for t in sorted(points)]
+    return [points[t] for t in sorted(points) if t <= end]

@@ -68,7 +68,7 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
     config_path = os.path.join(cfg.out_dir, CONFIG_FILE)
     if resume:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
-        for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "seed",
+        for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "train_until", "seed",
                       "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args",
                       "scorer", "scorer_args", "scorer_percentile", "ema_half_lives", "swa_start",
                       "stop_rules", "stop_combine", "branch_from"):
@@ -206,7 +206,7 @@ def train(
             raise ConfigError("budget_tokens", f"{cfg.budget_tokens:,} is less than one batch "
                               f"({first:,} tokens at batch_size {cfg.batch_size}): nothing would train")
     _prepare_run_dir(cfg, resume)
-    points = stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens)
+    points = stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens, cfg.train_until)
 
     model = build_model(cfg.model, cfg.seed)
     graphdef, params = nnx.split(model, nnx.Param)
@@ -252,7 +252,7 @@ def train(
         print(f"resuming {cfg.out_dir} from step {prog.step} ({prog.tokens:,} tokens)")
 
     log = open(metrics_path, "a")
-    bar = tqdm(total=cfg.budget_tokens, initial=prog.tokens, unit="tok", unit_scale=True,
+    bar = tqdm(total=points[-1].tokens, initial=prog.tokens, unit="tok", unit_scale=True,
                disable=not show_progress, desc=os.path.basename(os.path.normpath(cfg.out_dir)),
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
     started, window = time.perf_counter(), _Window()

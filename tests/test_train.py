@@ -64,6 +64,9 @@ def test_stop_points_schedule():
     assert [(p.tokens, p.kind) for p in pts] == [
         (250, "stop"), (300, "periodic"), (500, "stop"), (600, "periodic"), (900, "periodic"), (1000, "stop")
     ]
+    until = stop_points(1000, (0.25, 0.5, 0.75), every_tokens=300, until=0.62)  # ends at 0.62, a stop of its own
+    assert [(p.tokens, p.fraction, p.kind) for p in until] == [
+        (250, 0.25, "stop"), (300, 0.3, "periodic"), (500, 0.5, "stop"), (600, 0.6, "periodic"), (620, 0.62, "stop")]
 
 
 def test_checkpoint_round_trip_gives_equal_state(tmp_path):
@@ -240,3 +243,22 @@ def test_init_from_accepts_another_dropout_and_checks_shapes_without_jax(trained
     assert resolve_init_from(cfg) == (os.path.normpath(src.out_dir), None)
     with pytest.raises(ConfigError, match="init_from.*no checkpoint 123"):
         resolve_init_from(dataclasses.replace(cfg, init_from=os.path.join(src.out_dir, "checkpoints", "123")))
+
+
+def test_train_until_ends_early_on_the_full_budget_schedule(trained_run, tmp_path):
+    """A run planned for the budget but ended at 0.5 equals the full run's 0.5 checkpoint, bit for bit:
+    the schedule still plans for budget_tokens, and nothing is trained past the end."""
+    cfg, stops = trained_run
+    short = train(dataclasses.replace(cfg, out_dir=str(tmp_path / "half"), train_until=0.5), show_progress=False)
+    assert [(s["fraction"], s["step"]) for s in short] == [(0.5, stops[0]["step"])]
+    full_half = open_run(cfg.out_dir).params(stops[0]["step"])
+    mine = open_run(str(tmp_path / "half")).params(short[0]["step"])
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(full_half), jax.tree.leaves(mine), strict=True))
+    lines = _train_lines(str(tmp_path / "half"))
+    assert max(ln["tokens"] for ln in lines) == short[0]["tokens"]
+
+
+def test_train_until_must_be_a_budget_fraction(tmp_path):
+    for bad in (0, 1.5, "half", float("nan")):
+        with pytest.raises(ConfigError, match="train_until"):
+            tiny_config(tmp_path, train_until=bad).validate()
