@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo flagship test bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)  ## train `small` on addition, print EM at every stopping point
-	$(BIN)/python -m experiments.demo --out runs/demo
+demo: $(STAMP)  ## the flagship, quick: addition, 2 seeds, every lever at 62% of the tokens (<= 10 min)
+	$(BIN)/python -m experiments.early_stop_recovery --quick
+
+flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, writes docs/results.md (<= 2 h)
+	$(BIN)/python -m experiments.early_stop_recovery
 
 test: $(STAMP)  ## the default test suite (slow checks excluded)
 	$(BIN)/python -m pytest -q

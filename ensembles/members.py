@@ -19,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+
 from ensembles import averaging, output
 from framework import checkpoints, evaluate
 from framework.config import SHAPE_FIELDS
@@ -65,14 +67,18 @@ class Candidate:
 
 
 class ParamStore:
-    """Loads members' weights and keeps the `max_trees` most recently used (selection scores many
-    candidates over few members; the bound keeps host memory flat for large models: `average`
-    streams whatever is not kept straight from disk)."""
+    """Loads members' weights and keeps the most recently used within `max_bytes` (and `max_trees`,
+    if given). Selection scores many candidates over the same members: latest-k over 20
+    checkpoints touches every one of them per candidate, so a bound below the members in play
+    reloads each from disk again and again. Bounding bytes rather than trees keeps host memory
+    flat for large models (`average` streams whatever is not kept straight from disk) without
+    thrashing on small ones."""
 
-    def __init__(self, max_trees: int = 16):
+    def __init__(self, max_trees: int | None = None, max_bytes: int = 2 << 30):
         self._runs: dict[str, Run] = {}
         self._params: OrderedDict[Member, Any] = OrderedDict()
-        self.max_trees = max_trees
+        self._bytes: dict[Member, int] = {}
+        self.max_trees, self.max_bytes = max_trees, max_bytes
 
     def run(self, run_dir: str) -> Run:
         if run_dir not in self._runs:
@@ -85,8 +91,11 @@ class ParamStore:
             return self._params[member]
         tree = self.run(member.run).params(member.step, member.average)
         self._params[member] = tree
-        if len(self._params) > self.max_trees:
-            self._params.popitem(last=False)
+        self._bytes[member] = sum(x.nbytes for x in jax.tree.leaves(tree))
+        while len(self._params) > 1 and (sum(self._bytes.values()) > self.max_bytes
+                                         or (self.max_trees is not None and len(self._params) > self.max_trees)):
+            old, _ = self._params.popitem(last=False)
+            del self._bytes[old]
         return tree
 
 

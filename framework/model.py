@@ -152,3 +152,11 @@ def forward(model: Transformer, inputs: jax.Array, dropout_key: jax.Array | None
 
 def count_params(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def training_flops(cfg: ModelConfig, n_params: int, tokens: float, mean_seq_len: float) -> float:
+    """Training FLOPs of `tokens` counted tokens: 6·N per token for the weight matmuls (forward and
+    backward), plus causal attention's scores and mixing, 6·L·d·s̄ per token (2·2·d·s̄/2 forward, ×3
+    with the backward pass), where s̄ is the mean training sequence length. N counts every
+    parameter, the embedding table included (a slight over-count: its lookup is not a matmul)."""
+    return float(tokens) * (6.0 * n_params + 6.0 * cfg.n_layers * cfg.d_model * mean_seq_len)

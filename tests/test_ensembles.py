@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from ensembles import artifact, select
@@ -180,3 +181,12 @@ def test_the_cli_method_names_mirror_selection():
     from framework import cli
 
     assert cli.ENSEMBLE_METHODS == select.METHODS  # the CLI checks them before importing jax
+
+
+def test_param_store_bounds_the_bytes_it_keeps(ens_runs):
+    members = artifact.run_members(ens_runs[0].out_dir)[:3]
+    one = sum(x.nbytes for x in jax.tree.leaves(ParamStore().params(members[0])))
+    store = ParamStore(max_bytes=2 * one)  # room for two trees
+    for m in members:
+        store.params(m)
+    assert list(store._params) == members[1:]

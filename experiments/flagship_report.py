@@ -1,0 +1,278 @@
+"""Tables, targets and the plot of the flagship (`experiments.early_stop_recovery`).
+
+`summarize` turns the per-seed rows into means with 95% t-intervals, recovery against the plain
+recipe of the same seed, and the three targets of the flagship; `write_docs` writes them into a
+marked section of docs/results.md (and the README's headline), so those numbers always come from
+the last full run and never from a hand copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from ensembles.artifact import recovery
+from experiments.demo import _T95
+from framework.report import pareto
+
+# variant -> (label, family); the order of every table
+VARIANTS = {
+    "full": ("plain recipe, full budget (cosine, final checkpoint)", "single"),
+    "plain": ("plain recipe stopped at 0.62", "single"),
+    "latest-k": ("cosine + latest-k weight average", "average"),
+    "ema": ("cosine + EMA", "average"),
+    "soup": ("cosine + greedy soup", "average"),
+    "logits-3": ("cosine + log-prob ensemble of <= 3", "output"),
+    "vote-5": ("cosine + vote of <= 5", "output"),
+    "cosine-cooldown": ("cosine + cooldown 0.62 -> 0.67", "cooldown"),
+    "wsd-plain": ("WSD/constant LR stopped at 0.62", "wsd"),
+    "wsd-ema": ("WSD/constant LR + EMA", "wsd"),
+    "wsd-logits-3": ("WSD/constant LR + log-prob ensemble of <= 3", "output"),
+    "wsd-cooldown-in-budget": ("WSD: constant to 0.55, cooldown to 0.62", "cooldown"),
+    "wsd-cooldown": ("WSD: constant to 0.62, cooldown to 0.67", "cooldown"),
+    "curriculum-plain": ("best curriculum stopped at 0.62", "curriculum"),
+    "curriculum-ema": ("best curriculum + EMA", "curriculum"),
+}
+STYLE = {"single": ("tab:gray", "o"), "average": ("tab:blue", "s"), "output": ("tab:orange", "^"),
+         "cooldown": ("tab:green", "D"), "wsd": ("tab:purple", "P"), "curriculum": ("tab:brown", "v"),
+         "controller": ("black", "X")}
+ONE_X_IN_BUDGET = ("plain", "latest-k", "ema", "soup", "wsd-plain", "wsd-ema", "wsd-cooldown-in-budget",
+                   "curriculum-plain", "curriculum-ema")  # the 1x-cost models that stay within 0.62 of the tokens
+THREE_X_IN_BUDGET = ("logits-3", "wsd-logits-3")
+BEGIN, END = "<!-- flagship:begin (written by experiments.early_stop_recovery) -->", "<!-- flagship:end -->"
+
+
+def label(variant: str) -> str:
+    if variant.startswith("controller-"):
+        return f"controller, price {variant.split('-')[1]} EM points per budget"
+    return VARIANTS[variant][0]
+
+
+def family(variant: str) -> str:
+    return "controller" if variant.startswith("controller-") else VARIANTS[variant][1]
+
+
+def _ci(values) -> float:
+    v = np.asarray(values, float)
+    return float(_T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def aggregate(seed_results: list[dict]) -> list[dict]:
+    """One row per variant: means over seeds, the test EM's sd and 95% t half-width, recovery and the
+    paired difference from the same seed's full-budget plain recipe."""
+    by_variant: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+    for s in seed_results:
+        ref = {r["variant"]: r for r in s["rows"]}
+        for r in s["rows"]:
+            by_variant[r["variant"]].append((r, ref))
+    out = []
+    order = list(VARIANTS) + sorted(v for v in by_variant if v not in VARIANTS)
+    for v in (v for v in order if v in by_variant):
+        rows = [r for r, _ in by_variant[v]]
+        test = [r["test_em"] for r in rows]
+        deltas = [r["test_em"] - ref["full"]["test_em"] for r, ref in by_variant[v]]
+        recs = [recovery(r["test_em"], ref["plain"]["test_em"], ref["full"]["test_em"]) for r, ref in by_variant[v]]
+        recs = [x for x in recs if x is not None]
+        out.append({
+            "variant": v, "label": label(v), "family": family(v), "n": len(rows),
+            "test_em": float(np.mean(test)), "test_em_sd": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
+            "test_em_ci95": _ci(test), "test_em_per_seed": test, "val_em": float(np.mean([r["val_em"] for r in rows])),
+            "fraction": float(np.mean([r["fraction"] for r in rows])),
+            "tokens": float(np.mean([r["tokens"] for r in rows])), "flops": float(np.mean([r["flops"] for r in rows])),
+            "inference_cost": max(r["inference_cost"] for r in rows),
+            "recovery": float(np.mean(recs)) if recs else None, "recovery_per_seed": recs,
+            "delta_vs_full": float(np.mean(deltas)), "delta_vs_full_ci95": _ci(deltas),
+            "what": [r["what"] for r in rows],
+        })
+    return out
+
+
+def targets(rows: list[dict]) -> dict[str, Any]:
+    """The flagship's three targets, each chosen on validation and judged on test means."""
+    by = {r["variant"]: r for r in rows}
+    full = by["full"]
+    out: dict[str, Any] = {"full_test_em": full["test_em"]}
+    ones = [by[v] for v in ONE_X_IN_BUDGET if v in by]
+    best = max(ones, key=lambda r: r["val_em"])
+    out["best_1x"] = {"variant": best["variant"], "test_em": best["test_em"], "ci95": best["test_em_ci95"],
+                      "recovery": best["recovery"], "delta_vs_full": best["delta_vs_full"],
+                      "delta_ci95": best["delta_vs_full_ci95"], "met": best["test_em"] >= full["test_em"]}
+    threes = [by[v] for v in THREE_X_IN_BUDGET if v in by]
+    best3 = max(threes, key=lambda r: r["val_em"])
+    out["best_3x"] = {"variant": best3["variant"], "test_em": best3["test_em"], "ci95": best3["test_em_ci95"],
+                      "delta_vs_full": best3["delta_vs_full"], "delta_ci95": best3["delta_vs_full_ci95"],
+                      "met": best3["test_em"] > full["test_em"]}
+    ctrl = []
+    for r in rows:
+        if r["family"] == "controller":
+            saved, lost = 1 - r["fraction"], full["test_em"] - r["test_em"]
+            ctrl.append({"variant": r["variant"], "tokens_saved": saved, "em_lost": lost,
+                         "met": saved >= 0.30 and lost <= 0.01})
+    out["controller"] = {"prices": ctrl, "met": any(c["met"] for c in ctrl)}
+    return out
+
+
+def aggregate_curve(seed_results: list[dict]) -> list[dict]:
+    """The plain recipe's checkpoint and its best EMA at every stop: mean test EM and 95% half-width."""
+    out = []
+    for i, first in enumerate(seed_results[0]["curve"]):
+        at = [s["curve"][i] for s in seed_results]
+        row = {"fraction": first["fraction"], "tokens": float(np.mean([a["tokens"] for a in at]))}
+        for key in ("single", "ema"):
+            values = [a[key] for a in at]
+            row[key], row[key + "_ci95"] = float(np.mean(values)), _ci(values)
+        out.append(row)
+    return out
+
+
+def summarize(seed_results: list[dict], command: str, wall_s: float) -> dict[str, Any]:
+    tasks = {}
+    for task in dict.fromkeys(s["task"] for s in seed_results):
+        runs = [s for s in seed_results if s["task"] == task]
+        rows = aggregate(runs)
+        tasks[task] = {"budget_tokens": runs[0]["budget_tokens"], "seeds": [s["seed"] for s in runs],
+                       "seconds": round(sum(s["seconds"] for s in runs), 1),
+                       "train_seconds": round(sum(s["train_seconds"] for s in runs), 1),
+                       "rows": rows, "curve": aggregate_curve(runs), "targets": targets(rows)}
+    return {"command": command, "wall_s": round(wall_s, 1), "tasks": tasks, "per_seed": seed_results}
+
+
+# == text =====================================================================================
+
+
+def _em(r: dict) -> str:
+    return f"{r['test_em']:.3f} ± {r['test_em_ci95']:.3f}"
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{x:.0%}"
+
+
+def task_table(rows: list[dict]) -> str:
+    lines = ["| variant | test EM (95% CI) | Δ vs full (95% CI) | recovery | tokens (of B) | training FLOPs | "
+             "inference cost |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {_em(r)} | {r['delta_vs_full']:+.3f} ± {r['delta_vs_full_ci95']:.3f} | "
+                     f"{_pct(r['recovery'])} | {r['fraction']:.2f} | {r['flops']:.2e} | {r['inference_cost']}x |")
+    return "\n".join(lines)
+
+
+def targets_text(task: str, t: dict) -> str:
+    b1, b3, c = t["best_1x"], t["best_3x"], t["controller"]
+    yes = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
+    ctrl = "; ".join(f"price {x['variant'].split('-')[1]}: saves {x['tokens_saved']:.0%} of the tokens, "
+                     f"loses {100 * x['em_lost']:+.1f} EM points" for x in c["prices"])
+    return "\n".join([
+        f"- 1x at 62% ≥ full budget: {yes(b1['met'])}. Best 1x model within 0.62 of the tokens (chosen on "
+        f"validation): {label(b1['variant'])}, test EM {b1['test_em']:.3f} ± {b1['ci95']:.3f} against "
+        f"{t['full_test_em']:.3f} at the full budget (Δ {b1['delta_vs_full']:+.3f} ± {b1['delta_ci95']:.3f}, "
+        f"recovery {_pct(b1['recovery'])}).",
+        f"- 3x output ensemble at 62% > full budget: {yes(b3['met'])}. Best (chosen on validation): "
+        f"{label(b3['variant'])}, {b3['test_em']:.3f} ± {b3['ci95']:.3f} (Δ {b3['delta_vs_full']:+.3f} ± "
+        f"{b3['delta_ci95']:.3f}).",
+        f"- controller saves ≥ 30% of the tokens and loses ≤ 1 point at some price: {yes(c['met'])}. {ctrl}.",
+    ])
+
+
+def headline(summary: dict) -> str:
+    lines = []
+    for task, t in summary["tasks"].items():
+        lines += [f"\n{task}: {len(t['seeds'])} seeds, budget B = {t['budget_tokens']:,} tokens; test strict EM, "
+                  "mean ± 95% t half-width", ""]
+        w = max(len(r["label"]) for r in t["rows"])
+        lines.append(f"{'variant':<{w}}  {'test EM':>15}  {'vs full':>7}  {'recov':>6}  {'tokens':>6}  cost")
+        for r in t["rows"]:
+            lines.append(f"{r['label']:<{w}}  {_em(r):>15}  {r['delta_vs_full']:+7.3f}  {_pct(r['recovery']):>6}  "
+                         f"{r['fraction']:>6.2f}  {r['inference_cost']}x")
+        lines += ["", targets_text(task, t["targets"])]
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = summary["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.4), dpi=120, squeeze=False)
+    for ax, (task, t) in zip(axes[0], tasks.items(), strict=True):
+        b = t["budget_tokens"]
+        for key, fam, name in (("single", "single", "plain recipe, every stop"), ("ema", "average", "+ EMA")):
+            color, marker = STYLE[fam]
+            ax.errorbar([c["tokens"] / b for c in t["curve"]], [c[key] for c in t["curve"]],
+                        yerr=[c[key + "_ci95"] for c in t["curve"]], color=color, marker=marker, markersize=3,
+                        linewidth=1, alpha=0.6, capsize=2, label=name)
+        seen = set()
+        for r in t["rows"]:
+            fam = r["family"]
+            color, marker = STYLE[fam]
+            ax.errorbar(r["fraction"], r["test_em"], yerr=r["test_em_ci95"], color=color, marker=marker,
+                        capsize=2, linestyle="none", alpha=0.85, label=None if fam in seen else fam)
+            seen.add(fam)
+        ones = [{"tokens": r["fraction"], "em": r["test_em"]} for r in t["rows"] if r["inference_cost"] == 1]
+        ones += [{"tokens": c["tokens"] / b, "em": max(c["single"], c["ema"])} for c in t["curve"]]
+        front = pareto(ones)
+        ax.step([r["tokens"] for r in front], [r["em"] for r in front], where="post", color="black",
+                linestyle="--", linewidth=1, label="Pareto front (1x cost)")
+        ax.axvline(0.62, color="red", linewidth=0.8, alpha=0.5)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{task} ({len(t['seeds'])} seeds)")
+        ax.set_xlabel("training tokens (share of the planned budget)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test exact match (mean, 95% CI)")
+    axes[0][-1].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def section(summary: dict, plot_name: str) -> str:
+    minutes = summary["wall_s"] / 60
+    per_task = ", ".join(f"{task} {t['seconds'] / 60:.0f} min" for task, t in summary["tasks"].items())
+    lines = [BEGIN, "## The flagship: 38% fewer tokens, and the EM won back", "", "```bash",
+             summary["command"], "```", "",
+             f"Last run: {minutes:.0f} min on this machine, of which scoring and training per task from "
+             f"scratch: {per_task} (reused runs count 0 s of training; see `seconds` in `summary.json`).",
+             "Every figure is test-split strict EM, mean ± 95% t half-width over seeds; Δ is the paired "
+             "difference from the same seed's full-budget plain recipe; recovery = (EM − EM at 0.62) / "
+             "(EM at 1.0 − EM at 0.62) of the plain recipe, per seed, averaged. Tokens are the training "
+             "tokens a variant used, as a share of the planned budget B (cooldowns count theirs); FLOPs "
+             "= 6·N·T + causal attention. k, half-lives, soups, the best recipe and the controller's "
+             "stop were chosen on validation only.", "", f"![EM against training tokens]({plot_name})", ""]
+    for task, t in summary["tasks"].items():
+        lines += [f"### {task} ({len(t['seeds'])} seeds: {', '.join(map(str, t['seeds']))}; "
+                  f"B = {t['budget_tokens']:,} tokens)", "", targets_text(task, t["targets"]), "",
+                  task_table(t["rows"]), "", "The plain recipe along the budget (test EM, mean ± 95% half-width):", "",
+                  "| stop | " + " | ".join(f"{c['fraction']:g}" for c in t["curve"]) + " |",
+                  "|---|" + "---|" * len(t["curve"]),
+                  *(f"| {name} | " + " | ".join(f"{c[key]:.3f} ± {c[key + '_ci95']:.3f}" for c in t["curve"]) + " |"
+                    for key, name in (("single", "checkpoint"), ("ema", "best EMA"))), ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def _replace_block(text: str, block: str, begin: str, end: str, after: str) -> str:
+    """Swap the marked block; insert it after the first line matching `after` when it is absent."""
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text)
+    m = re.search(after, text, re.M)
+    at = m.end() if m else 0
+    return text[:at] + "\n\n" + block + "\n" + text[at:]
+
+
+def write_docs(summary: dict, results_path: str, plot_dir: str) -> None:
+    """The flagship section at the top of `results_path`, and the plot beside it."""
+    plot_name = "flagship_em_vs_tokens.png"
+    plot(summary, os.path.join(plot_dir, plot_name))
+    text = open(results_path).read() if os.path.isfile(results_path) else "# Results\n"
+    text = _replace_block(text, section(summary, plot_name), BEGIN, END, r"^# .*$")
+    tmp = results_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, results_path)
