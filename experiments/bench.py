@@ -84,7 +84,7 @@ def bench_preset(name: str, split, train_split) -> dict:
 
 
 def bench_trained(run_dir: str) -> dict | None:
-    """The same comparison on the final checkpoint of a finished demo run, if there is one."""
+    """The same comparison on the final checkpoint of a finished run (the demo's plain recipe), if there is one."""
     if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         return None
     from framework.runs import open_run
@@ -128,7 +128,7 @@ def bench_data_time(budget_tokens: int = 200_000) -> list[dict]:
 def main() -> None:
     splits = prepare(DataConfig(task="addition", max_digits=5, n_examples=6_000, val_size=1_000, test_size=500))
     rows = [bench_preset(p, splits["validation"], splits["train"]) for p in ("tiny", "small")]
-    trained = bench_trained("runs/demo")
+    trained = bench_trained("runs/demo/addition/cosine-seed0")  # the plain recipe of `make demo`
     data_rows = bench_data_time()
     eval_rows = rows + ([trained] if trained else [])
     device = jax.devices()[0]

@@ -1,8 +1,10 @@
-"""The main job: train the `small` preset on 8-digit `addition`, checkpoint at the default stopping
+"""The demo recipe: train the `small` preset on 8-digit `addition`, checkpoint at the default stopping
 points (and every 5% of the budget), print validation and test EM at each one, then build the best
 ensemble within 62% of the tokens for inference-cost caps 1 and 3 and report its recovery.
+`get_config` is the recipe every experiment starts from; the main job (`make demo`) is the
+flagship, `experiments.early_stop_recovery --quick`.
 
-    make demo                                   # = python -m experiments.demo --out runs/demo
+    python -m experiments.demo                  # -> runs/recipe
     python -m experiments.demo --seeds 0,1,2,3,4 --out runs/demo-seeds   # the README's figures
 
 It writes `OUT/summary.json`: {"stops": [{"fraction", "tokens", "val_em", "test_em", ...}, ...],
@@ -26,7 +28,7 @@ import numpy as np
 from framework.config import PRESETS, DataConfig, OptimConfig, RunConfig
 
 
-def get_config(out_dir: str = "runs/demo") -> RunConfig:
+def get_config(out_dir: str = "runs/recipe") -> RunConfig:
     return RunConfig(
         out_dir=out_dir,
         # Tuned on validation EM (seeds 0-2) so the full budget is learned and 0.62 is not yet:
@@ -147,7 +149,7 @@ def _written_by_demo(path: str) -> bool:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--out", default="runs/recipe")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     parser.add_argument("--budget-tokens", type=int, default=None, help="override the planned budget")
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")

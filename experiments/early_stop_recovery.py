@@ -223,7 +223,9 @@ def score_seed(dirs: dict[str, str], budget_tokens: int, vote: bool = True, log=
                       "ema": strict_em(store, sel.best, "test"), "ema_tokens": sel.best.training_tokens})
     # The controller: the budget rule, replayed on the plain recipe's logged validation curve, says
     # when to stop; it ships the better on validation of the checkpoint there and its best EMA.
-    evaluations = load_evaluations(dirs["cosine"])
+    # It watches the checkpoints' own validation EM: runs trained before averages were logged with
+    # each evaluation would otherwise be judged on a different curve than newer ones.
+    evaluations = [o._replace(average_em=None) for o in load_evaluations(dirs["cosine"])]
     for k in PRICES_PER_BUDGET:
         price = k / (budget_tokens / 1e6)  # EM points per million tokens
         out = replay([{"rule": "budget", "price": price}], "any", evaluations)
@@ -303,7 +305,8 @@ def main(argv=None) -> None:
         json.dump(summary, f, indent=2)
     print(flagship_report.headline(summary))
     if docs:
-        flagship_report.write_docs(summary, docs, plot_dir=os.path.dirname(docs) or ".")
+        readme = "README.md" if args.docs is None and os.path.isfile("README.md") else None
+        flagship_report.write_docs(summary, docs, plot_dir=os.path.dirname(docs) or ".", readme_path=readme)
         print(f"wrote {docs}")
     print(f"wrote {path} ({summary['wall_s']:.0f} s)")
 

@@ -44,6 +44,8 @@ ONE_X_IN_BUDGET = ("plain", "latest-k", "ema", "soup", "wsd-plain", "wsd-ema", "
                    "curriculum-plain", "curriculum-ema")  # the 1x-cost models that stay within 0.62 of the tokens
 THREE_X_IN_BUDGET = ("logits-3", "wsd-logits-3")
 BEGIN, END = "<!-- flagship:begin (written by experiments.early_stop_recovery) -->", "<!-- flagship:end -->"
+README_BEGIN = "<!-- headline:begin (written by experiments.early_stop_recovery) -->"
+README_END = "<!-- headline:end -->"
 
 
 def label(variant: str) -> str:
@@ -266,13 +268,37 @@ def _replace_block(text: str, block: str, begin: str, end: str, after: str) -> s
     return text[:at] + "\n\n" + block + "\n" + text[at:]
 
 
-def write_docs(summary: dict, results_path: str, plot_dir: str) -> None:
-    """The flagship section at the top of `results_path`, and the plot beside it."""
+def readme_block(summary: dict, plot_path: str) -> str:
+    """The README's headline: per task, the plain recipe against the best 1x and 3x models at 62%."""
+    lines = [README_BEGIN, "", "| task (seeds) | full budget | stopped at 0.62 | best 1x at 0.62 (chosen on "
+             "validation) | best 3x at 0.62 | recovery (1x) | controller: tokens saved, EM lost |",
+             "|---|---|---|---|---|---|---|"]
+    for task, t in summary["tasks"].items():
+        by, tg = {r["variant"]: r for r in t["rows"]}, t["targets"]
+        b1, b3 = by[tg["best_1x"]["variant"]], by[tg["best_3x"]["variant"]]
+        ctrl = ", ".join(f"{c['tokens_saved']:.0%} / {100 * c['em_lost']:+.1f}" for c in tg["controller"]["prices"])
+        lines.append(f"| {task} ({len(t['seeds'])}) | {_em(by['full'])} | {_em(by['plain'])} | {_em(b1)} "
+                     f"({b1['label']}) | {_em(b3)} ({b3['label']}) | {_pct(b1['recovery'])} | {ctrl} |")
+    lines += ["", f"![EM against training tokens]({plot_path})", "", README_END]
+    return "\n".join(lines)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def write_docs(summary: dict, results_path: str, plot_dir: str, readme_path: str | None = None) -> None:
+    """The flagship section at the top of `results_path`, the plot beside it, and (if given) the
+    headline block of the README, which must already hold the markers."""
     plot_name = "flagship_em_vs_tokens.png"
     plot(summary, os.path.join(plot_dir, plot_name))
     text = open(results_path).read() if os.path.isfile(results_path) else "# Results\n"
-    text = _replace_block(text, section(summary, plot_name), BEGIN, END, r"^# .*$")
-    tmp = results_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, results_path)
+    _write_text(results_path, _replace_block(text, section(summary, plot_name), BEGIN, END, r"^# .*$"))
+    if readme_path:
+        text = open(readme_path).read()
+        if README_BEGIN not in text:
+            raise SystemExit(f"{readme_path} has no {README_BEGIN} marker for the headline")
+        rel = os.path.relpath(os.path.join(plot_dir, plot_name), os.path.dirname(os.path.abspath(readme_path)))
+        _write_text(readme_path, _replace_block(text, readme_block(summary, rel), README_BEGIN, README_END, ""))

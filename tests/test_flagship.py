@@ -68,12 +68,15 @@ def test_targets_are_chosen_on_validation_and_judged_on_test():
 def test_docs_section_is_replaced_in_place_and_keeps_the_rest(tmp_path):
     seeds = [_seed(s, 0.9, 0.6, 0.7, 0.8, 0.85, 0.7, 0.9) for s in (0, 1)]
     summary = flagship_report.summarize(seeds, command="python -m experiments.early_stop_recovery", wall_s=60)
-    path = tmp_path / "results.md"
+    path, readme = tmp_path / "results.md", tmp_path / "README.md"
     path.write_text("# Results\n\nintro\n\n## Older section\n\nkept\n")
-    flagship_report.write_docs(summary, str(path), str(tmp_path))
-    first = path.read_text()
-    flagship_report.write_docs(summary, str(path), str(tmp_path))
+    markers = f"{flagship_report.README_BEGIN}\n{flagship_report.README_END}"
+    readme.write_text(f"# x\n\n## Headline\n\n{markers}\n\n## Rest\n")
+    flagship_report.write_docs(summary, str(path), str(tmp_path), str(readme))
+    first, first_readme = path.read_text(), readme.read_text()
+    flagship_report.write_docs(summary, str(path), str(tmp_path), str(readme))
     assert path.read_text() == first and first.count(flagship_report.BEGIN) == 1
+    assert readme.read_text() == first_readme and "| addition (2) |" in first_readme and "## Rest" in first_readme
     assert first.index("python -m experiments.early_stop_recovery") < first.index("## Older section")
     assert "kept" in first and (tmp_path / "flagship_em_vs_tokens.png").stat().st_size > 10_000
 
