@@ -72,7 +72,8 @@ def aggregate(seed_results: list[dict]) -> list[dict]:
         for r in s["rows"]:
             by_variant[r["variant"]].append((r, ref))
     out = []
-    order = list(VARIANTS) + sorted(v for v in by_variant if v not in VARIANTS)
+    others = sorted((v for v in by_variant if v not in VARIANTS), key=lambda v: (len(v), v))  # prices ascending
+    order = list(VARIANTS) + others
     for v in (v for v in order if v in by_variant):
         rows = [r for r, _ in by_variant[v]]
         test = [r["test_em"] for r in rows]
@@ -195,39 +196,57 @@ def headline(summary: dict) -> str:
 
 
 def plot(summary: dict, path: str) -> None:
+    """Per task: EM against tokens with the Pareto front (top), and every variant's EM with its
+    95% interval against the full-budget model's (bottom: most variants sit at 0.62 of the tokens)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = summary["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.4), dpi=120, squeeze=False)
-    for ax, (task, t) in zip(axes[0], tasks.items(), strict=True):
-        b = t["budget_tokens"]
-        for key, fam, name in (("single", "single", "plain recipe, every stop"), ("ema", "average", "+ EMA")):
+    n_rows = max(len(t["rows"]) for t in tasks.values())
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.6 * len(tasks), 4.2 + 0.28 * n_rows), dpi=110,
+                             squeeze=False, gridspec_kw={"height_ratios": [4.2, 0.28 * n_rows]})
+    for col, (task, t) in enumerate(tasks.items()):
+        ax, bx, b = axes[0][col], axes[1][col], t["budget_tokens"]
+        for key, fam, name in (("single", "single", "plain recipe, every stop"), ("ema", "average", "+ best EMA")):
             color, marker = STYLE[fam]
             ax.errorbar([c["tokens"] / b for c in t["curve"]], [c[key] for c in t["curve"]],
                         yerr=[c[key + "_ci95"] for c in t["curve"]], color=color, marker=marker, markersize=3,
-                        linewidth=1, alpha=0.6, capsize=2, label=name)
+                        linewidth=1, alpha=0.7, capsize=2, label=name)
         seen = set()
         for r in t["rows"]:
-            fam = r["family"]
-            color, marker = STYLE[fam]
-            ax.errorbar(r["fraction"], r["test_em"], yerr=r["test_em_ci95"], color=color, marker=marker,
-                        capsize=2, linestyle="none", alpha=0.85, label=None if fam in seen else fam)
-            seen.add(fam)
+            color, marker = STYLE[r["family"]]
+            ax.plot(r["fraction"], r["test_em"], color=color, marker=marker, linestyle="none", alpha=0.85,
+                    label=None if r["family"] in seen else r["family"])
+            seen.add(r["family"])
         ones = [{"tokens": r["fraction"], "em": r["test_em"]} for r in t["rows"] if r["inference_cost"] == 1]
         ones += [{"tokens": c["tokens"] / b, "em": max(c["single"], c["ema"])} for c in t["curve"]]
         front = pareto(ones)
         ax.step([r["tokens"] for r in front], [r["em"] for r in front], where="post", color="black",
-                linestyle="--", linewidth=1, label="Pareto front (1x cost)")
+                linestyle="--", linewidth=1, label="Pareto front (1x cost, means)")
         ax.axvline(0.62, color="red", linewidth=0.8, alpha=0.5)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{task} ({len(t['seeds'])} seeds)")
-        ax.set_xlabel("training tokens (share of the planned budget)")
+        ax.set_title(f"{task} ({len(t['seeds'])} seeds, B = {b / 1e6:g}M tokens)")
+        ax.set_xlabel("training tokens (share of the planned budget B)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test exact match (mean, 95% CI)")
-    axes[0][-1].legend(loc="lower right", fontsize=7)
+        full = next(r for r in t["rows"] if r["variant"] == "full")
+        bx.axvspan(full["test_em"] - full["test_em_ci95"], full["test_em"] + full["test_em_ci95"], color="gray",
+                   alpha=0.2)
+        bx.axvline(full["test_em"], color="black", linewidth=1)
+        for i, r in enumerate(t["rows"]):
+            color, marker = STYLE[r["family"]]
+            bx.errorbar(r["test_em"], i, xerr=r["test_em_ci95"], color=color, marker=marker, capsize=2)
+        bx.set_yticks(range(len(t["rows"])))
+        bx.set_yticklabels([f"{r['variant']} ({r['fraction']:.2f} B, {r['inference_cost']}x)" for r in t["rows"]],
+                           fontsize=7)
+        bx.invert_yaxis()
+        lo = min(r["test_em"] - r["test_em_ci95"] for r in t["rows"])
+        bx.set_xlim(max(0.0, lo - 0.02), 1.005)
+        bx.set_xlabel("test exact match (gray: full-budget plain recipe, 95% CI)")
+        bx.grid(alpha=0.3, axis="x")
+    axes[0][0].set_ylabel("test exact match (mean)")
+    axes[0][0].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
