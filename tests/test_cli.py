@@ -81,6 +81,7 @@ def _write(path, text):
         (["--task", "addition", "--budget-tokens", "1M", "--weight-decay", "nan"], ["weight_decay", "number >= 0"]),
         (["--task", "addition", "--budget-tokens", "1M", "--lr", "inf"], ["peak_lr", "number > 0"]),
         (["--data", "/nonexistent/dir/x.jsonl", "--budget-tokens", "1M"], ["data", "not found", "/nonexistent"]),
+        (["--task", "addition", "--budget-tokens", "1M", "--train-until", "1.5"], ["train_until", "in (0, 1]"]),
     ],
 )
 def test_bad_config_fails_with_a_clear_message(argv, expected, tmp_path, capsys):
