@@ -253,12 +253,11 @@ def plot(summary: dict, path: str) -> None:
 
 
 def section(summary: dict, plot_name: str) -> str:
-    minutes = summary["wall_s"] / 60
     per_task = ", ".join(f"{task} {t['seconds'] / 60:.0f} min" for task, t in summary["tasks"].items())
     lines = [BEGIN, "## The flagship: 38% fewer tokens, and the EM won back", "", "```bash",
              summary["command"], "```", "",
-             f"Last run: {minutes:.0f} min on this machine, of which scoring and training per task from "
-             f"scratch: {per_task} (reused runs count 0 s of training; see `seconds` in `summary.json`).",
+             f"Time on this 2-core machine, summed over the seeds when they were computed (training and "
+             f"scoring; a run reused from an earlier sweep counts no training): {per_task}.",
              "Every figure is test-split strict EM, mean ± 95% t half-width over seeds; Δ is the paired "
              "difference from the same seed's full-budget plain recipe; recovery = (EM − EM at 0.62) / "
              "(EM at 1.0 − EM at 0.62) of the plain recipe, per seed, averaged. Tokens are the training "
@@ -266,8 +265,11 @@ def section(summary: dict, plot_name: str) -> str:
              "= 6·N·T + causal attention. k, half-lives, soups, the best recipe and the controller's "
              "stop were chosen on validation only.", "", f"![EM against training tokens]({plot_name})", ""]
     for task, t in summary["tasks"].items():
+        from experiments.early_stop_recovery import BEST_CURRICULUM
+
         lines += [f"### {task} ({len(t['seeds'])} seeds: {', '.join(map(str, t['seeds']))}; "
-                  f"B = {t['budget_tokens']:,} tokens)", "", targets_text(task, t["targets"]), "",
+                  f"B = {t['budget_tokens']:,} tokens; best curriculum: {BEST_CURRICULUM.get(task, '?')})", "",
+                  targets_text(task, t["targets"]), "",
                   task_table(t["rows"]), "", "The plain recipe along the budget (test EM, mean ± 95% half-width):", "",
                   "| stop | " + " | ".join(f"{c['fraction']:g}" for c in t["curve"]) + " |",
                   "|---|" + "---|" * len(t["curve"]),
