@@ -137,6 +137,10 @@ def summarize(seed_results: list[dict], command: str, wall_s: float) -> dict[str
     for task in dict.fromkeys(s["task"] for s in seed_results):
         runs = [s for s in seed_results if s["task"] == task]
         rows = aggregate(runs)
+        from experiments.early_stop_recovery import BEST_CURRICULUM
+
+        for r in rows:  # name the curriculum: it differs by task
+            r["label"] = r["label"].replace("best curriculum", f"best curriculum ({BEST_CURRICULUM.get(task, '?')})")
         tasks[task] = {"budget_tokens": runs[0]["budget_tokens"], "seeds": [s["seed"] for s in runs],
                        "seconds": round(sum(s["seconds"] for s in runs), 1),
                        "train_seconds": round(sum(s["train_seconds"] for s in runs), 1),
