@@ -61,12 +61,13 @@ class Plan(NamedTuple):
     swa: bool
     every: float = 0.05  # a checkpoint every this share of B: the members of latest-k, soups and ensembles
     cooldowns: tuple[str, ...] = tuple(COOLDOWNS)
+    in_budget_from: str = "0.55"  # where the in-budget cooldown starts: a checkpoint there (see `every`)
     vote: bool = True  # the vote decodes every member: the slowest variant to score
 
 
 # Quick: the levers that matter most, sized for <= 10 minutes on 2 cores (the full run has them all).
 QUICK = Plan(("addition",), (0, 1), curriculum=False, ema_half_lives=(0.025, 0.1), swa=False, every=0.1,
-             cooldowns=("wsd-cooldown-in-budget",), vote=False)
+             cooldowns=("wsd-cooldown-in-budget",), vote=False, in_budget_from="0.5")
 FULL = Plan(("addition", "multihop", "byo"), (0, 1, 2, 3, 4), curriculum=True,
             ema_half_lives=EMA_HALF_LIVES, swa=True)
 
@@ -251,6 +252,8 @@ def run_seed(task: str, seed: int, out: str, plan: Plan, log=print) -> dict[str,
     dirs = {name: cfg.out_dir for name, cfg in cfgs.items()}
     for variant in plan.cooldowns:
         src, frm, extra = COOLDOWNS[variant]
+        if variant == "wsd-cooldown-in-budget":  # decay from the plan's checkpoint so as to end at BUDGET
+            frm, extra = plan.in_budget_from, f"{BUDGET - float(plan.in_budget_from):.2f}"
         dirs[variant], s = ensure_cooldown(dirs[src], frm, extra, log)
         train_s += s
     log(f"  scoring {task} seed {seed}")

@@ -32,7 +32,7 @@ VARIANTS = {
     "wsd-plain": ("WSD/constant LR stopped at 0.62", "wsd"),
     "wsd-ema": ("WSD/constant LR + EMA", "wsd"),
     "wsd-logits-3": ("WSD/constant LR + log-prob ensemble of <= 3", "output"),
-    "wsd-cooldown-in-budget": ("WSD: constant to 0.55, cooldown to 0.62", "cooldown"),
+    "wsd-cooldown-in-budget": ("WSD: constant, then a cooldown ending at 0.62", "cooldown"),
     "wsd-cooldown": ("WSD: constant to 0.62, cooldown to 0.67", "cooldown"),
     "curriculum-plain": ("best curriculum stopped at 0.62", "curriculum"),
     "curriculum-ema": ("best curriculum + EMA", "curriculum"),

@@ -85,7 +85,7 @@ def test_one_tiny_seed_end_to_end(tmp_path, monkeypatch):
     """Every run, cooldown and variant of one (task, seed), on the tiny model: rows for each, cached."""
     tiny = lambda task, out_dir, data_dir: tiny_config(out_dir, stops=(0.5, 0.62, 1.0))  # noqa: E731
     monkeypatch.setattr(early_stop_recovery, "task_config", tiny)
-    plan = early_stop_recovery.QUICK._replace(ema_half_lives=(0.05,), every=0.125)
+    plan = early_stop_recovery.QUICK._replace(ema_half_lives=(0.05,), every=0.125)  # a checkpoint at 0.5
     result = early_stop_recovery.run_seed("addition", 0, str(tmp_path), plan, log=lambda _: None)
     rows = {r["variant"]: r for r in result["rows"]}
     expected = {"full", "plain", "latest-k", "ema", "soup", "logits-3", "wsd-plain", "wsd-ema",
@@ -95,6 +95,7 @@ def test_one_tiny_seed_end_to_end(tmp_path, monkeypatch):
     for v in ("plain", "latest-k", "ema", "soup", "wsd-plain", "wsd-ema", "wsd-cooldown-in-budget"):
         assert rows[v]["fraction"] <= 0.62 and rows[v]["inference_cost"] == 1, v
     assert rows["logits-3"]["inference_cost"] in (2, 3) and rows["wsd-logits-3"]["fraction"] <= 0.62
+    assert 0.57 < rows["wsd-cooldown-in-budget"]["fraction"] <= 0.62  # from 0.5 (not 0.55, absent here) to 0.62
     assert all(0.0 <= r["test_em"] <= 1.0 and r["flops"] > 0 for r in rows.values())
     again = early_stop_recovery.run_seed("addition", 0, str(tmp_path), plan, log=lambda _: None)
     assert again == result  # scored seeds are cached, runs reused
