@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from experiments.demo import _T95, get_config
+from experiments.demo import ci95_half_width, get_config
 from framework.config import DataConfig, RunConfig
 from framework.metrics import by_bucket
 
@@ -82,8 +82,7 @@ def table(results: list[dict], task: str, variants: list[str]) -> str:
         cells = []
         for i in range(len(fractions)):
             v = np.array([r["stops"][i]["test_em"] for r in runs])
-            half = _T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
-            cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} (±{half:.3f})")
+            cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} (±{ci95_half_width(v):.3f})")
         lines.append(f"| {name} (n={len(runs)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -106,6 +106,12 @@ def stop_table(run_dir: str) -> list[dict]:
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 
 
+def ci95_half_width(values) -> float:
+    """Half-width of the two-sided 95% t-interval of the mean over seeds (0 for one seed)."""
+    v = np.asarray(values, float)
+    return float(_T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
 def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
     """Mean, sample standard deviation and a 95% t-interval over seeds, per stopping fraction."""
     rows = []
@@ -116,7 +122,7 @@ def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
             values = [r[key] for r in at]
             row[key] = float(np.mean(values))
             row[key + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        half = _T95.get(len(at) - 1, 1.96) * row["test_em_std"] / np.sqrt(len(at)) if len(at) > 1 else 0.0
+        half = ci95_half_width([r["test_em"] for r in at])
         row["test_em_ci95"] = [max(0.0, row["test_em"] - half), min(1.0, row["test_em"] + half)]  # EM is in [0, 1]
         row["test_em_per_seed"] = [r["test_em"] for r in at]
         rows.append(row)

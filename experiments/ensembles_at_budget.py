@@ -31,7 +31,7 @@ import numpy as np
 
 from ensembles.artifact import recovery
 from experiments.curriculum_vs_uniform import base_config
-from experiments.demo import _T95
+from experiments.demo import ci95_half_width
 
 BUDGET = 0.62
 EMA_HALF_LIVES = (0.00625, 0.0125, 0.025, 0.05, 0.1)  # of the budget: 5k..80k tokens on addition; chosen on validation
@@ -72,8 +72,7 @@ def _mean_sd(values) -> str:
     v = np.asarray(values, float)
     if len(v) < 2:
         return f"{v.mean():.3f}"
-    half = _T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f} (±{half:.3f})"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f} (±{ci95_half_width(v):.3f})"
 
 
 def table(results: list[dict]) -> str:
