@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -46,9 +48,9 @@ PRICES_PER_BUDGET = (2, 8, 32)  # the controller's prices: EM points that the wh
 ROWS_VERSION = 1  # bump when what a scored seed holds changes: cached seeds are then rescored
 
 
-COOLDOWNS = {  # variant -> (source run, from fraction, extra tokens as a share of B)
+COOLDOWNS = {  # variant -> (source run, from fraction, extra tokens as a share of B); the full size's
     "cosine-cooldown": ("cosine", "0.62", "0.05"),
-    "wsd-cooldown-in-budget": ("wsd", "0.55", "0.07"),
+    "wsd-cooldown-in-budget": ("wsd", "0.55", "0.07"),  # ends at BUDGET
     "wsd-cooldown": ("wsd", "0.62", "0.05"),
 }
 
@@ -60,14 +62,13 @@ class Plan(NamedTuple):
     ema_half_lives: tuple[float, ...]  # of B
     swa: bool
     every: float = 0.05  # a checkpoint every this share of B: the members of latest-k, soups and ensembles
-    cooldowns: tuple[str, ...] = tuple(COOLDOWNS)
-    in_budget_from: str = "0.55"  # where the in-budget cooldown starts: a checkpoint there (see `every`)
+    cooldowns: dict = COOLDOWNS  # as COOLDOWNS; each "from" must be a checkpoint of the plan (see `every`)
     vote: bool = True  # the vote decodes every member: the slowest variant to score
 
 
 # Quick: the levers that matter most, sized for <= 10 minutes on 2 cores (the full run has them all).
 QUICK = Plan(("addition",), (0, 1), curriculum=False, ema_half_lives=(0.025, 0.1), swa=False, every=0.1,
-             cooldowns=("wsd-cooldown-in-budget",), vote=False, in_budget_from="0.5")
+             cooldowns={"wsd-cooldown-in-budget": ("wsd", "0.5", "0.12")}, vote=False)
 FULL = Plan(("addition", "multihop", "byo"), (0, 1, 2, 3, 4), curriculum=True,
             ema_half_lives=EMA_HALF_LIVES, swa=True)
 
@@ -156,27 +157,27 @@ def ensure_cooldown(src_dir: str, from_frac: str, extra: str, log=print) -> tupl
 # == scoring ==================================================================================
 
 
-def _row(store, variant: str, c, budget_tokens: int, flops_per_token: float, val_em: float | None = None,
+def _row(em, variant: str, c, budget_tokens: int, flops_per_token: float, val_em: float | None = None,
          **extra) -> dict[str, Any]:
-    from ensembles.members import strict_em
-
-    val = strict_em(store, c, "validation") if val_em is None else val_em
+    """`em(candidate, split)`: strict EM, memoized by the caller."""
     return {"variant": variant, "tokens": c.training_tokens, "fraction": c.training_tokens / budget_tokens,
             "flops": flops_per_token * c.training_tokens, "inference_cost": c.inference_cost,
-            "val_em": val, "test_em": strict_em(store, c, "test"), "what": c.describe(), **extra}
+            "val_em": em(c, "validation") if val_em is None else val_em, "test_em": em(c, "test"),
+            "what": c.describe(), **extra}
 
 
 def _flops_per_token(run_dir: str) -> float:
     import jax
     import numpy as np
 
+    from framework.data import counted_tokens, make_batch
     from framework.model import training_flops
     from framework.runs import open_run
 
     run = open_run(run_dir)
     train_split = run.split("train")
     n_params = sum(x.size for x in jax.tree.leaves(run.abstract_params))
-    mean_len = float(np.mean(1 + train_split.prompt_lens + train_split.answer_lens))  # counted tokens per row
+    mean_len = counted_tokens(make_batch(train_split, np.arange(len(train_split)))) / len(train_split)
     return training_flops(run.cfg.model, n_params, 1, mean_len)
 
 
@@ -188,17 +189,18 @@ def score_seed(dirs: dict[str, str], budget_tokens: int, vote: bool = True, log=
     from framework.tune import load_evaluations, replay
 
     store, b62 = ParamStore(), int(BUDGET * budget_tokens)
+    em = functools.cache(lambda c, split: strict_em(store, c, split))  # variants share candidates (0.62, 1.0)
     fpt = _flops_per_token(dirs["cosine"])
     quiet = lambda _: None  # noqa: E731
     rows = []
 
     def single(variant, run_dir, budget=None):
         m = run_members(run_dir, budget)[-1]
-        rows.append(_row(store, variant, Candidate("single", (m,), (1.0,), "weights"), budget_tokens, fpt))
+        rows.append(_row(em, variant, Candidate("single", (m,), (1.0,), "weights"), budget_tokens, fpt))
 
     def chosen(variant, run_dir, budget, cost, method):
         sel = select([run_dir], budget, cost, method, store=store, log=quiet)
-        rows.append(_row(store, variant, sel.best, budget_tokens, fpt, sel.val_em))
+        rows.append(_row(em, variant, sel.best, budget_tokens, fpt, sel.val_em))
 
     single("full", dirs["cosine"])
     single("plain", dirs["cosine"], b62)
@@ -220,8 +222,8 @@ def score_seed(dirs: dict[str, str], budget_tokens: int, vote: bool = True, log=
         m = run_members(dirs["cosine"], budget)[-1]
         sel = select([dirs["cosine"]], budget, 1, "ema", store=store, log=quiet)
         curve.append({"fraction": f, "tokens": m.tokens,
-                      "single": strict_em(store, Candidate("single", (m,), (1.0,), "weights"), "test"),
-                      "ema": strict_em(store, sel.best, "test"), "ema_tokens": sel.best.training_tokens})
+                      "single": em(Candidate("single", (m,), (1.0,), "weights"), "test"),
+                      "ema": em(sel.best, "test"), "ema_tokens": sel.best.training_tokens})
     # The controller: the budget rule, replayed on the plain recipe's logged validation curve, says
     # when to stop; it ships the better on validation of the checkpoint there and its best EMA.
     # It watches the checkpoints' own validation EM: runs trained before averages were logged with
@@ -232,8 +234,8 @@ def score_seed(dirs: dict[str, str], budget_tokens: int, vote: bool = True, log=
         out = replay([{"rule": "budget", "price": price}], "any", evaluations)
         ema = select([dirs["cosine"]], out.tokens, 1, "ema", store=store, log=quiet)
         last = Candidate("single", (run_members(dirs["cosine"], out.tokens)[-1],), (1.0,), "weights")
-        best, val = max([(last, strict_em(store, last, "validation")), (ema.best, ema.val_em)], key=lambda x: x[1])
-        rows.append(_row(store, f"controller-{k}", best, budget_tokens, fpt, val,
+        best, val = max([(last, em(last, "validation")), (ema.best, ema.val_em)], key=lambda x: x[1])
+        rows.append(_row(em, f"controller-{k}", best, budget_tokens, fpt, val,
                          price=price, stopped_at=out.tokens, reason=out.reason))
     return rows, curve
 
@@ -241,24 +243,22 @@ def score_seed(dirs: dict[str, str], budget_tokens: int, vote: bool = True, log=
 def run_seed(task: str, seed: int, out: str, plan: Plan, log=print) -> dict[str, Any]:
     """Train (or reuse) and score one (task, seed); the scored rows are cached in OUT/TASK/seedN.json."""
     cfgs = run_configs(task, seed, out, plan)
+    runs = sorted(cfgs) + sorted(plan.cooldowns)
     cache = os.path.join(out, task, f"seed{seed}.json")
     if os.path.isfile(cache):
         with open(cache) as f:
             saved = json.load(f)
-        if saved.get("version") == ROWS_VERSION and saved.get("runs") == sorted(cfgs) + sorted(plan.cooldowns):
+        if saved.get("version") == ROWS_VERSION and saved.get("runs") == runs:
             return saved
     t0 = time.perf_counter()
     train_s = sum(ensure_trained(cfg, log) for cfg in cfgs.values())
     dirs = {name: cfg.out_dir for name, cfg in cfgs.items()}
-    for variant in plan.cooldowns:
-        src, frm, extra = COOLDOWNS[variant]
-        if variant == "wsd-cooldown-in-budget":  # decay from the plan's checkpoint so as to end at BUDGET
-            frm, extra = plan.in_budget_from, f"{BUDGET - float(plan.in_budget_from):.2f}"
+    for variant, (src, frm, extra) in plan.cooldowns.items():
         dirs[variant], s = ensure_cooldown(dirs[src], frm, extra, log)
         train_s += s
     log(f"  scoring {task} seed {seed}")
     rows, curve = score_seed(dirs, cfgs["cosine"].budget_tokens, plan.vote, log)
-    result = {"version": ROWS_VERSION, "task": task, "seed": seed, "runs": sorted(cfgs) + sorted(plan.cooldowns),
+    result = {"version": ROWS_VERSION, "task": task, "seed": seed, "runs": runs,
               "budget_tokens": cfgs["cosine"].budget_tokens, "train_seconds": round(train_s, 1),
               "seconds": round(time.perf_counter() - t0, 1), "dirs": dirs, "rows": rows, "curve": curve}
     with open(cache + ".tmp", "w") as f:
@@ -300,9 +300,10 @@ def main(argv=None) -> None:
         for seed in plan.seeds:
             print(f"{task} seed {seed} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
             seeds.append(run_seed(task, seed, out, plan))
-    command = "make demo" if args.quick and out == "runs/demo" else "python -m experiments.early_stop_recovery " + \
-        " ".join(a for a in (argv if argv is not None else __import__("sys").argv[1:]))
-    summary = flagship_report.summarize(seeds, command=command.strip(), wall_s=time.perf_counter() - t0)
+    given = sys.argv[1:] if argv is None else argv
+    command = "make demo" if args.quick and out == "runs/demo" else \
+        " ".join(["python -m experiments.early_stop_recovery", *given])
+    summary = flagship_report.summarize(seeds, command=command, wall_s=time.perf_counter() - t0)
     path = os.path.join(out, "summary.json")
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)

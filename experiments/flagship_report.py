@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ensembles.artifact import recovery
-from experiments.demo import _T95
+from experiments.demo import ci95_half_width as _ci
+from experiments.early_stop_recovery import BEST_CURRICULUM
 from framework.report import pareto
 
 # variant -> (label, family); the order of every table
@@ -48,24 +49,20 @@ README_BEGIN = "<!-- headline:begin (written by experiments.early_stop_recovery)
 README_END = "<!-- headline:end -->"
 
 
-def label(variant: str) -> str:
+def label(variant: str, task: str) -> str:
     if variant.startswith("controller-"):
         return f"controller, price {variant.split('-')[1]} EM points per budget"
-    return VARIANTS[variant][0]
+    return VARIANTS[variant][0].replace("best curriculum", f"best curriculum ({BEST_CURRICULUM.get(task, '?')})")
 
 
 def family(variant: str) -> str:
     return "controller" if variant.startswith("controller-") else VARIANTS[variant][1]
 
 
-def _ci(values) -> float:
-    v = np.asarray(values, float)
-    return float(_T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
-
-
 def aggregate(seed_results: list[dict]) -> list[dict]:
     """One row per variant: means over seeds, the test EM's sd and 95% t half-width, recovery and the
     paired difference from the same seed's full-budget plain recipe."""
+    task = seed_results[0]["task"]
     by_variant: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
     for s in seed_results:
         ref = {r["variant"]: r for r in s["rows"]}
@@ -81,7 +78,7 @@ def aggregate(seed_results: list[dict]) -> list[dict]:
         recs = [recovery(r["test_em"], ref["plain"]["test_em"], ref["full"]["test_em"]) for r, ref in by_variant[v]]
         recs = [x for x in recs if x is not None]
         out.append({
-            "variant": v, "label": label(v), "family": family(v), "n": len(rows),
+            "variant": v, "label": label(v, task), "family": family(v), "n": len(rows),
             "test_em": float(np.mean(test)), "test_em_sd": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
             "test_em_ci95": _ci(test), "test_em_per_seed": test, "val_em": float(np.mean([r["val_em"] for r in rows])),
             "fraction": float(np.mean([r["fraction"] for r in rows])),
@@ -137,10 +134,6 @@ def summarize(seed_results: list[dict], command: str, wall_s: float) -> dict[str
     for task in dict.fromkeys(s["task"] for s in seed_results):
         runs = [s for s in seed_results if s["task"] == task]
         rows = aggregate(runs)
-        from experiments.early_stop_recovery import BEST_CURRICULUM
-
-        for r in rows:  # name the curriculum: it differs by task
-            r["label"] = r["label"].replace("best curriculum", f"best curriculum ({BEST_CURRICULUM.get(task, '?')})")
         tasks[task] = {"budget_tokens": runs[0]["budget_tokens"], "seeds": [s["seed"] for s in runs],
                        "seconds": round(sum(s["seconds"] for s in runs), 1),
                        "train_seconds": round(sum(s["train_seconds"] for s in runs), 1),
@@ -175,11 +168,11 @@ def targets_text(task: str, t: dict) -> str:
                      f"loses {100 * x['em_lost']:+.1f} EM points" for x in c["prices"])
     return "\n".join([
         f"- 1x at 62% ≥ full budget: {yes(b1['met'])}. Best 1x model within 0.62 of the tokens (chosen on "
-        f"validation): {label(b1['variant'])}, test EM {b1['test_em']:.3f} ± {b1['ci95']:.3f} against "
+        f"validation): {label(b1['variant'], task)}, test EM {b1['test_em']:.3f} ± {b1['ci95']:.3f} against "
         f"{t['full_test_em']:.3f} at the full budget (Δ {b1['delta_vs_full']:+.3f} ± {b1['delta_ci95']:.3f}, "
         f"recovery {_pct(b1['recovery'])}).",
         f"- 3x output ensemble at 62% > full budget: {yes(b3['met'])}. Best (chosen on validation): "
-        f"{label(b3['variant'])}, {b3['test_em']:.3f} ± {b3['ci95']:.3f} (Δ {b3['delta_vs_full']:+.3f} ± "
+        f"{label(b3['variant'], task)}, {b3['test_em']:.3f} ± {b3['ci95']:.3f} (Δ {b3['delta_vs_full']:+.3f} ± "
         f"{b3['delta_ci95']:.3f}).",
         f"- controller saves ≥ 30% of the tokens and loses ≤ 1 point at some price: {yes(c['met'])}. {ctrl}.",
     ])
@@ -269,8 +262,6 @@ def section(summary: dict, plot_name: str) -> str:
              "= 6·N·T + causal attention. k, half-lives, soups, the best recipe and the controller's "
              "stop were chosen on validation only.", "", f"![EM against training tokens]({plot_name})", ""]
     for task, t in summary["tasks"].items():
-        from experiments.early_stop_recovery import BEST_CURRICULUM
-
         lines += [f"### {task} ({len(t['seeds'])} seeds: {', '.join(map(str, t['seeds']))}; "
                   f"B = {t['budget_tokens']:,} tokens; best curriculum: {BEST_CURRICULUM.get(task, '?')})", "",
                   targets_text(task, t["targets"]), "",
