@@ -76,6 +76,7 @@ class ParamStore:
 
     def __init__(self, max_trees: int | None = None, max_bytes: int = 2 << 30):
         self._runs: dict[str, Run] = {}
+        self._metadata: dict[str, dict[int, dict]] = {}
         self._params: OrderedDict[Member, Any] = OrderedDict()
         self._bytes: dict[Member, int] = {}
         self.max_trees, self.max_bytes = max_trees, max_bytes
@@ -84,6 +85,12 @@ class ParamStore:
         if run_dir not in self._runs:
             self._runs[run_dir] = open_run(run_dir)
         return self._runs[run_dir]
+
+    def metadata(self, run_dir: str, step: int) -> dict:
+        """What training recorded with checkpoint `step` (tokens, val_em, average_val_em, ...)."""
+        if run_dir not in self._metadata:
+            self._metadata[run_dir] = {c["step"]: c for c in checkpoints.list_checkpoints(run_dir)}
+        return self._metadata[run_dir][step]
 
     def params(self, member: Member):
         if member in self._params:
@@ -136,9 +143,25 @@ COMBINERS: dict[str, Combiner] = {
 }
 
 
+def logged_val_em(store: ParamStore, c: Candidate) -> float | None:
+    """The validation strict EM that training recorded for this very model when it saved it: a
+    checkpoint's `val_em`, or a kept average's `average_val_em`. None for anything training did not
+    score (a mix of members, an output ensemble, an average of a run that predates that record).
+    Training scores with the same function, split and batch size on the same float32 weights, so
+    the figure is the one `strict_em` would compute (a test checks it); reading it skips a pass."""
+    if c.combine != "weights" or len(c.members) != 1:
+        return None
+    m = c.members[0]
+    meta = store.metadata(m.run, m.step)
+    return meta.get("val_em") if m.average is None else meta.get("average_val_em", {}).get(m.average)
+
+
 def strict_em(store: ParamStore, c: Candidate, split: str) -> float:
     """Strict EM of a candidate on a split: one teacher-forced pass where there is one (equal to
-    greedy decoding's strict EM), else (a vote) its decoded answers."""
+    greedy decoding's strict EM), else (a vote) its decoded answers. On the validation split a
+    figure that training already recorded for the same weights is read, not recomputed."""
+    if split == "validation" and (logged := logged_val_em(store, c)) is not None:
+        return float(logged)
     run = store.run(c.members[0].run)
     data, combiner = run.split(split), COMBINERS[c.combine]
     model = combiner.prepare(store, c)

@@ -190,3 +190,29 @@ def test_param_store_bounds_the_bytes_it_keeps(ens_runs):
     for m in members:
         store.params(m)
     assert list(store._params) == members[1:]
+
+
+def test_validation_em_that_training_logged_is_read_not_recomputed(ens_runs, monkeypatch):
+    from ensembles import members
+    from framework import evaluate
+
+    store, run_dir = ParamStore(), ens_runs[0].out_dir
+    run = store.run(run_dir)
+    for m in members.run_members(run_dir):
+        meta = store.metadata(run_dir, m.step)
+        single = Candidate("single", (m,), (1.0,), "weights")
+        again = evaluate.teacher_forced(run.graphdef, store.params(m), run.split("validation"), run.cfg.eval_batch_size)
+        assert members.logged_val_em(store, single) == again["strict_em"] == meta["val_em"]
+        assert again["loss"] == meta["val_loss"]  # the same weights, split and batching: bit for bit
+        for name, logged in meta.get("average_val_em", {}).items():
+            avg = Candidate("ema", (Member(run_dir, m.step, m.tokens, m.fraction, name),), (1.0,), "weights")
+            model = members.weights_model(store, avg)
+            assert logged == evaluate.teacher_forced(*model, run.split("validation"), run.cfg.eval_batch_size)[
+                "strict_em"]
+            assert members.logged_val_em(store, avg) == logged
+    two = Candidate("latest-k", tuple(members.run_members(run_dir)[-2:]), (1.0, 1.0), "weights")
+    assert members.logged_val_em(store, two) is None  # never scored by training: computed
+    monkeypatch.setattr(evaluate, "teacher_forced", lambda *a, **k: pytest.fail("recomputed a logged figure"))
+    last = members.run_members(run_dir)[-1]
+    assert members.strict_em(store, Candidate("single", (last,), (1.0,), "weights"), "validation") == \
+        store.metadata(run_dir, last.step)["val_em"]
