@@ -122,6 +122,13 @@ def ensemble_greedy_decode(graphdef, stacked_params: Params, weights: jax.Array 
     Returns:
       [batch, max_new] token ids: the answer, then EOS, then PAD.
     """
+    step, cache = ensemble_step(graphdef, stacked_params, weights, prompts.shape[0], prompts.shape[1] + max_new)
+    return evaluate.decode_loop(step, cache, prompts, max_new)
+
+
+def ensemble_step(graphdef, stacked_params: Params, weights: jax.Array | None, batch: int, length: int):
+    """(step, empty cache) of the averaged-log-prob ensemble for `evaluate.decode_loop` (inside jit):
+    the members run vmapped, each with its own KV cache, all fed the same (ensemble) token."""
     k = n_members(stacked_params)
     w = jnp.full(k, 1.0 / k) if weights is None else jnp.asarray(weights, jnp.float32)
     if w.shape != (k,):
@@ -138,9 +145,8 @@ def ensemble_greedy_decode(graphdef, stacked_params: Params, weights: jax.Array 
         logits, cache = members(stacked_params, tokens, positions, mask, cache, index)
         return average_logprobs(logits, w), cache
 
-    b, length = prompts.shape[0], prompts.shape[1] + max_new
-    cache = jax.vmap(lambda p: nnx.merge(graphdef, p).init_cache(b, length))(stacked_params)
-    return evaluate.decode_loop(step, cache, prompts, max_new)
+    cache = jax.vmap(lambda p: nnx.merge(graphdef, p).init_cache(batch, length))(stacked_params)
+    return step, cache
 
 
 def decode_split_ensemble(graphdef, stacked: Params, weights, split: EncodedSplit, batch_size: int,

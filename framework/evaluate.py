@@ -84,12 +84,19 @@ def teacher_forced_with(batch_fn: TeacherForcedFn, split: EncodedSplit, batch_si
 StepFn = Callable[[jax.Array, jax.Array, jax.Array, Any, jax.Array | int], tuple[jax.Array, Any]]
 
 
-def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logprob: bool = False):
-    """Greedy decoding of left-padded prompts as one `lax.while_loop`; call it inside `jax.jit`.
+def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logprob: bool = False,
+                sampling: tuple[jax.Array, jax.Array] | None = None, limits: jax.Array | None = None):
+    """Greedy (or sampled) decoding of left-padded prompts as one `lax.while_loop`; call it inside `jax.jit`.
 
     `cache` is the empty cache `step` expects, `prompts.shape[1] + max_new` long. Returns the
     [batch, max_new] tokens (answer, EOS, PAD..), and with `with_logprob` also the per-row sum of
     the chosen tokens' log-probabilities (log_softmax of the scores), EOS included, PAD excluded.
+
+    `sampling` = (temperature [b], keys [b, 2]): a row with temperature > 0 samples from
+    softmax(scores / temperature), its t-th token with `fold_in(key, t)`, so what a row draws
+    does not depend on the rows batched with it; a row at 0 takes the argmax, as without
+    `sampling`. `limits` [b] (each <= max_new) ends a row after that many tokens: the loop stops
+    as soon as every row has ended or hit its limit. Both are arrays, so they never recompile.
     """
     b, p = prompts.shape
     s = p + max_new
@@ -99,15 +106,22 @@ def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logp
     keys = jnp.arange(s)
     mask = (keys[None, None, :] <= jnp.arange(p)[None, :, None]) & key_valid[:, None, :]
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    limits = jnp.full(b, max_new) if limits is None else limits
 
-    def pick(scores):  # [b, vocab] -> the argmax, and its log-prob when asked for (else 0)
+    def pick(scores, t):  # [b, vocab] -> the chosen token, and its log-prob when asked for (else 0)
         tok = jnp.argmax(scores, -1).astype(jnp.int32)
+        if sampling is not None:
+            temperature, row_keys = sampling
+            hot = temperature > 0
+            scaled = scores / jnp.where(hot, temperature, 1.0)[:, None]
+            drawn = jax.vmap(lambda k, x: jax.random.categorical(jax.random.fold_in(k, t), x))(row_keys, scaled)
+            tok = jnp.where(hot, drawn.astype(jnp.int32), tok)
         if not with_logprob:
             return tok, jnp.zeros(b, jnp.float32)
         return tok, jnp.take_along_axis(jax.nn.log_softmax(scores, -1), tok[:, None], -1)[:, 0]
 
     scores, cache = step(prompts, positions, mask, cache, 0)
-    first, first_lp = pick(scores[:, -1])
+    first, first_lp = pick(scores[:, -1], 0)
 
     def cond(carry):
         t, _, _, _, _, done, _, _ = carry
@@ -117,11 +131,11 @@ def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logp
         t, tok, tok_lp, cache, key_valid, done, out, total = carry
         out = out.at[:, t].set(jnp.where(done, PAD, tok))
         total = total + jnp.where(done, 0.0, tok_lp)
-        done = done | (tok == EOS)
+        done = done | (tok == EOS) | (t + 1 >= limits)
         key_valid = key_valid.at[:, p + t].set(True)
         step_mask = ((keys <= p + t)[None, :] & key_valid)[:, None, :]
         scores, cache = step(tok[:, None], (n_real + t)[:, None], step_mask, cache, p + t)
-        tok, tok_lp = pick(scores[:, 0])
+        tok, tok_lp = pick(scores[:, 0], t + 1)
         return t + 1, tok, tok_lp, cache, key_valid, done, out, total
 
     zeros = jnp.zeros(b, jnp.float32)
