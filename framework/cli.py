@@ -459,6 +459,48 @@ def _add_ensemble_parser(sub) -> None:
     e.set_defaults(func=_cmd_ensemble_eval)
 
 
+def _int_list(text: str, field: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(field, f"{text!r} must be comma-separated integers, e.g. 1,8,32") from None
+
+
+def _cmd_serve(args) -> int:
+    from framework.generation import Buckets
+    from framework.server import serve
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError("port", f"{args.port} must be from 1 to 65535")
+    if args.max_wait_ms < 0 or args.max_queue < 1:
+        raise ConfigError("max_wait_ms" if args.max_wait_ms < 0 else "max_queue",
+                          "--max-wait-ms must be >= 0 and --max-queue >= 1")
+    buckets = Buckets(_int_list(args.batch_buckets, "batch_buckets"), _int_list(args.prompt_buckets, "prompt_buckets"),
+                      _int_list(args.new_token_buckets, "new_buckets")).validate()
+    serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue)
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="serve ensembles and checkpoints over the OpenAI completions API")
+    s.add_argument("paths", nargs="+", metavar="ENS_OR_RUN_DIR",
+                   help="ensemble directories (recoup ensemble build) or run directories (latest checkpoint); "
+                        "each is served under its directory name")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $RECOUP_API_KEY, if set)")
+    s.add_argument("--batch-buckets", default="1,8,32",
+                   help="batch sizes compiled; the largest is the most rows per forward pass (default 1,8,32)")
+    s.add_argument("--prompt-buckets", default="32,128",
+                   help="prompt lengths compiled, BOS included; the largest is the longest prompt (default 32,128)")
+    s.add_argument("--new-token-buckets", default="16,64",
+                   help="new-token counts compiled; the largest caps max_tokens (default 16,64)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch (default 5)")
+    s.add_argument("--max-queue", type=int, default=4096, help="rows that may wait before requests get 429")
+    s.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recoup", description="Win back the EM lost to early stopping.")
     parser.add_argument("--version", action="version", version=f"recoup {__version__}")
@@ -482,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cooldown_parser(sub)
     _add_tune_parser(sub)
     _add_report_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 

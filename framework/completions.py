@@ -1,0 +1,124 @@
+"""The OpenAI completions API, as recoup serves it: request checking and response bodies.
+
+Every check names the field and what is allowed, and becomes a 4xx with OpenAI's error body
+(`{"error": {"message", "type", "param", "code"}}`), so clients written for that API report it
+as they would any other. Differences from OpenAI, all stated in the README: `temperature`
+defaults to 0 (greedy: these models answer exact-match questions), `n` is 1, and there is no
+streaming, `logprobs` or `echo`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from framework.generation import Buckets, Completion, Row, ServedModel, encode_prompt
+
+MAX_STOPS = 4  # as OpenAI
+MAX_PROMPTS = 64  # prompts in one request (a list); each is one row of a batch
+# Accepted and ignored when they ask for what recoup does anyway; anything else is refused by name.
+NEUTRAL = {"n": 1, "stream": False, "echo": False, "logprobs": None, "best_of": 1, "top_p": 1,
+           "presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None, "user": None,
+           "stream_options": None}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class CompletionRequest(NamedTuple):
+    model: ServedModel
+    rows: list[Row]
+    stops: list[str]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def parse(body: Any, models: Mapping[str, ServedModel], buckets: Buckets) -> CompletionRequest:
+    """Check a decoded JSON body against the served models and the compiled shapes."""
+    if not isinstance(body, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    for name, value in body.items():
+        if name in NEUTRAL:
+            if value != NEUTRAL[name] and not (value is None or (name == "logit_bias" and value == {})):
+                raise APIError(400, f"{name}={value!r} is not supported (recoup serves {name}={NEUTRAL[name]!r})",
+                               name, "unsupported_parameter")
+        elif name not in ("model", "prompt", "max_tokens", "temperature", "seed", "stop"):
+            raise APIError(400, f"unrecognized request argument supplied: {name}", name, "unknown_parameter")
+    model_id = body.get("model")
+    if not isinstance(model_id, str):
+        raise APIError(400, "model is required: a string, one of " + ", ".join(models), "model")
+    if model_id not in models:
+        raise APIError(404, f"the model {model_id!r} does not exist; served: {', '.join(models)}", "model",
+                       "model_not_found")
+    model = models[model_id]
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise APIError(400, "prompt is required: a non-empty string or a non-empty list of strings", "prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise APIError(400, f"prompt has {len(prompts)} strings; at most {MAX_PROMPTS} per request", "prompt")
+    if any(p == "" for p in prompts):
+        raise APIError(400, "prompt must not be empty", "prompt")
+    max_new = min(buckets.new[-1], model.context - 1)
+    max_tokens = body.get("max_tokens", 16)
+    if max_tokens is None:
+        max_tokens = 16
+    if not _is_int(max_tokens) or not 1 <= max_tokens <= max_new:
+        raise APIError(400, f"max_tokens must be an integer from 1 to {max_new}, got {max_tokens!r}", "max_tokens")
+    temperature = body.get("temperature", 0.0)
+    temperature = 0.0 if temperature is None else temperature
+    if not _is_number(temperature) or not 0 <= temperature <= 2:
+        raise APIError(400, f"temperature must be a number from 0 to 2 (0: greedy), got {temperature!r}",
+                       "temperature")
+    seed = body.get("seed")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
+        raise APIError(400, f"seed must be a non-negative integer, got {seed!r}", "seed")
+    stop = body.get("stop")
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
+        raise APIError(400, f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them", "stop")
+    rows = []
+    seed = uuid.uuid4().int % 2**63 if seed is None else seed  # unseeded sampling differs between requests
+    for i, text in enumerate(prompts):
+        tokens = encode_prompt(text)
+        limit = min(buckets.prompt[-1], model.context - 1)
+        if len(tokens) > limit:
+            raise APIError(400, f"prompt{'' if len(prompts) == 1 else f'[{i}]'} is {len(tokens)} tokens "
+                                f"(BOS included); this server takes at most {limit}", "prompt",
+                           "context_length_exceeded")
+        if len(tokens) + max_tokens > model.context:
+            raise APIError(400, f"this model's maximum context length is {model.context} tokens; the prompt "
+                                f"({len(tokens)}) plus max_tokens ({max_tokens}) is more", "max_tokens",
+                           "context_length_exceeded")
+        rows.append(Row(tokens, max_tokens, float(temperature), (seed + i) % 2**63))
+    return CompletionRequest(model, rows, stops)
+
+
+def response(req: CompletionRequest, completions: list[Completion]) -> dict[str, Any]:
+    prompt_tokens = sum(len(r.prompt) for r in req.rows)
+    completion_tokens = sum(c.completion_tokens for c in completions)
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": req.model.id,
+        "choices": [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                    for i, c in enumerate(completions)],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }

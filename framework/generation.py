@@ -1,0 +1,234 @@
+"""Generation for the server: a served model answers a batch of prompts in one of a few fixed shapes.
+
+A served model is a run's latest checkpoint, a saved weight average (one forward pass), or an
+output ensemble (its members vmapped: log-prob averaging, or a vote). `generate` pads a batch to
+the smallest bucket that holds it (rows, prompt length, new tokens), so a server that compiled
+every bucket at start-up (`warm_up`) never compiles while answering. Temperature, seed and
+max_tokens are per-row arrays: they never change a shape.
+
+    model = load("runs/demo-ens")
+    warm_up(model, Buckets())
+    [c] = generate(model, [Row(encode_prompt("12+34="), max_tokens=8)], Buckets())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ensembles import output
+from ensembles.members import ParamStore
+from framework import evaluate, tokenizer
+from framework.errors import ConfigError
+from framework.runs import open_run
+from framework.tokenizer import BOS, PAD
+
+
+class Buckets(NamedTuple):
+    """The shapes a server compiles: every (batch, prompt, new) combination, each list ascending."""
+
+    batch: tuple[int, ...] = (1, 8, 32)  # rows per forward pass; the largest is the maximum batch size
+    prompt: tuple[int, ...] = (32, 128)  # prompt tokens, BOS included
+    new: tuple[int, ...] = (16, 64)  # tokens generated
+
+    def validate(self) -> Buckets:
+        for name, sizes in self._asdict().items():
+            if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
+                raise ConfigError(f"{name}_buckets", f"{list(sizes)} must be positive integers in ascending order")
+        return self
+
+    @property
+    def shapes(self) -> list[tuple[int, int, int]]:
+        return [(b, p, m) for b in self.batch for p in self.prompt for m in self.new]
+
+
+def fit(n: int, sizes: Sequence[int]) -> int:
+    """The smallest bucket that holds n."""
+    return next(s for s in sizes if s >= n)
+
+
+class Row(NamedTuple):
+    prompt: tuple[int, ...]  # BOS + prompt tokens (`encode_prompt`)
+    max_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    seed: int = 0  # the sampling key of this row: its draws do not depend on its batch
+
+
+class Completion(NamedTuple):
+    text: str
+    finish_reason: str  # "stop": EOS or a stop string; "length": max_tokens reached
+    completion_tokens: int  # tokens generated, EOS included
+
+
+def encode_prompt(text: str) -> tuple[int, ...]:
+    return (BOS, *tokenizer.encode(text))
+
+
+# == models =====================================================================================
+
+
+@dataclasses.dataclass
+class ServedModel:
+    id: str
+    path: str
+    combine: str  # "weights" (one forward pass), "logits" or "vote" (k members)
+    graphdef: Any
+    params: Any  # one parameter tree, or the members' stacked on a leading axis
+    weights: np.ndarray | None  # [k] member weights of an output ensemble
+    context: int  # the longest sequence the model was trained on: prompt + generated tokens
+    info: dict[str, Any]  # what /v1/models shows
+
+    @property
+    def inference_cost(self) -> int:
+        return 1 if self.weights is None else len(self.weights)
+
+
+def load(path: str, model_id: str | None = None) -> ServedModel:
+    """An ensemble directory (manifest.json) or a run directory (config.json: its latest checkpoint)."""
+    from ensembles import artifact
+
+    path = os.path.normpath(path)
+    model_id = model_id or os.path.basename(os.path.abspath(path))
+    if os.path.isfile(os.path.join(path, artifact.MANIFEST)):
+        manifest = artifact.load_manifest(path)
+        c = artifact.candidate_of(manifest)
+        store = ParamStore()
+        run = store.run(c.members[0].run)
+        info = {"kind": "ensemble", "method": c.method, "members": [m.label for m in c.members],
+                "training_tokens": manifest.get("training_tokens"), "inference_cost": c.inference_cost}
+        if c.combine == "weights":
+            params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "params")),
+                                                        run.abstract_params)
+            weights = None
+        else:
+            params = output.stack_params([store.params(m) for m in c.members])
+            weights = output.member_weights(c.weights, len(c.members))
+        return ServedModel(model_id, path, c.combine, run.graphdef, params, weights, run.cfg.data.max_seq_len, info)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        from framework import checkpoints
+
+        run = open_run(path)
+        step = checkpoints.resolve_step(path, None)
+        info = {"kind": "checkpoint", "step": step, "inference_cost": 1}
+        return ServedModel(model_id, path, "weights", run.graphdef, run.params(step), None,
+                           run.cfg.data.max_seq_len, info)
+    raise ConfigError("model", f"{path} is neither a recoup ensemble (no manifest.json) nor a run directory "
+                               "(no config.json)")
+
+
+# == decoding ===================================================================================
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _decode_one(graphdef, params, weights, prompts, temperature, keys, limits, max_new):
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
+    return evaluate.decode_loop(model, cache, prompts, max_new, sampling=(temperature, keys), limits=limits)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _decode_logits(graphdef, stacked, weights, prompts, temperature, keys, limits, max_new):
+    step, cache = output.ensemble_step(graphdef, stacked, weights, prompts.shape[0], prompts.shape[1] + max_new)
+    return evaluate.decode_loop(step, cache, prompts, max_new, sampling=(temperature, keys), limits=limits)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _decode_members(graphdef, stacked, weights, prompts, temperature, keys, limits, max_new):
+    """Every member decodes alone (vmapped), each drawing with its own keys: tokens and log-probs [k, b, ...]."""
+
+    def member(params, i):
+        model = nnx.merge(graphdef, params)
+        cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
+        member_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+        return evaluate.decode_loop(model, cache, prompts, max_new, with_logprob=True,
+                                    sampling=(temperature, member_keys), limits=limits)
+
+    return jax.vmap(member)(stacked, jnp.arange(weights.shape[0]))
+
+
+def _majority(out) -> np.ndarray:
+    """The vote: per row, the tokens of the member answer (text, ended) that most members gave
+    (ties to the highest mean log-prob, as `output.majority`)."""
+    tokens, logprob = (np.asarray(x) for x in out)  # [k, b, max_new], [k, b]
+    answers = [[tokenizer.decode_generated(row) for row in member] for member in tokens]
+    winners = output.majority(answers, logprob)
+    return np.stack([tokens[next(k for k in range(len(answers)) if answers[k][i] == w), i]
+                     for i, w in enumerate(winners)])
+
+
+# combine -> (jitted decode, host-side finish to [b, max_new] tokens)
+DECODERS = {"weights": (_decode_one, np.asarray), "logits": (_decode_logits, np.asarray),
+            "vote": (_decode_members, _majority)}
+
+
+def generate(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[Completion]:
+    """Decode `rows` (at most the largest batch bucket, each fitting the prompt and new buckets)."""
+    b = fit(len(rows), buckets.batch)
+    p = fit(max(len(r.prompt) for r in rows), buckets.prompt)
+    m = fit(max(r.max_tokens for r in rows), buckets.new)
+    padded = list(rows) + [rows[0]._replace(max_tokens=1)] * (b - len(rows))  # filler rows end at once
+    prompts = np.full((b, p), PAD, np.int32)
+    for i, r in enumerate(padded):
+        prompts[i, p - len(r.prompt):] = r.prompt
+    temperature = np.array([r.temperature for r in padded], np.float32)
+    # Raw threefry keys [hi, lo] of each row's 64-bit seed, built on the host: no JAX call per request.
+    keys = np.array([[(r.seed >> 32) & 0xFFFFFFFF, r.seed & 0xFFFFFFFF] for r in padded], np.uint32)
+    limits = np.array([r.max_tokens for r in padded], np.int32)
+    decode, finish = DECODERS[model.combine]
+    weights = np.ones(1, np.float32) if model.weights is None else model.weights
+    tokens = finish(decode(model.graphdef, model.params, weights, prompts, temperature, keys, limits, m))
+    return [_completion(tokens[i, :r.max_tokens]) for i, r in enumerate(rows)]
+
+
+def _completion(tokens: np.ndarray) -> Completion:
+    text, ended = tokenizer.decode_generated(tokens)
+    n = int(np.count_nonzero(tokens != PAD))
+    special_stop = not ended and n < len(tokens)  # sampled a PAD/BOS: nothing sensible follows
+    return Completion(text, "stop" if ended or special_stop else "length", n)
+
+
+def apply_stop(c: Completion, stops: Sequence[str]) -> Completion:
+    """Cut the text at the earliest stop string (not included), as the OpenAI API does."""
+    cuts = [i for i in (c.text.find(s) for s in stops) if i >= 0]
+    return c._replace(text=c.text[:min(cuts)], finish_reason="stop") if cuts else c
+
+
+def warm_up(model: ServedModel, buckets: Buckets, log=print) -> int:
+    """Compile every bucket shape once (sampling included: temperature is an array). Returns the count."""
+    filler = tokenizer.encode(" ")[0]
+    for b, p, m in buckets.shapes:  # rows that need exactly this shape, sampled (the greedy path is the same program)
+        generate(model, [Row((BOS,) + (filler,) * (p - 1), m, 1.0)] * b, buckets)
+    log(f"  {model.id}: compiled {len(buckets.shapes)} shapes")
+    return len(buckets.shapes)
+
+
+# == compilations ===============================================================================
+
+_compiles = 0
+_lock = threading.Lock()
+
+
+def _on_event(event: str, duration: float, **_) -> None:
+    global _compiles
+    if event == "/jax/core/compile/backend_compile_duration":
+        with _lock:
+            _compiles += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def compilations() -> int:
+    """XLA compilations in this process so far (every jitted shape compiled counts once)."""
+    return _compiles
+

@@ -1,0 +1,205 @@
+"""`recoup serve`: ensembles and checkpoints over the OpenAI completions API (FastAPI + uvicorn).
+
+    recoup serve runs/demo-ens runs/demo/addition/cosine-seed0 --port 8000
+    curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \
+         -d '{"model": "demo-ens", "prompt": "12345678+87654321=", "max_tokens": 12}'
+
+Endpoints: POST /v1/completions, GET /v1/models, GET /health (503 while loading and compiling,
+200 when ready), GET /metrics (Prometheus text). Requests are micro-batched (`batcher`) and padded
+to the compiled buckets (`generation`), so after start-up no request compiles.
+
+One process, one worker: JAX owns the accelerator and the compiled programs in this process, and
+batching across requests only works where the requests meet. More workers would each load every
+model, compile every bucket and compete for one device's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from framework import completions, generation
+from framework.batcher import MicroBatcher, QueueFull
+from framework.completions import APIError
+from framework.errors import ConfigError
+from framework.generation import Buckets, ServedModel
+
+API_KEY_ENV = "RECOUP_API_KEY"
+DEFAULT_BUCKETS = Buckets()
+KNOWN = ("/v1/completions", "/v1/models", "/health", "/metrics")  # metric labels; anything else is "other"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self, max_batch: int):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("recoup_requests_total", "HTTP requests", ["endpoint", "status"], registry=r)
+        self.latency = Histogram("recoup_request_latency_seconds", "Request latency", ["endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("recoup_batch_size", "Rows per forward pass", registry=r,
+                                    buckets=[b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_batch])
+        self.tokens = Counter("recoup_generated_tokens_total", "Tokens generated", ["model"], registry=r)
+        self.compilations = Gauge("recoup_compilations", "XLA compilations in this process", registry=r)
+        self.compilations.set_function(generation.compilations)
+        self.waiting = Gauge("recoup_queue_rows", "Rows waiting for a batch", registry=r)
+
+
+class State:
+    """What the routes share: the models once loaded, the batcher, the metrics and readiness."""
+
+    def __init__(self, paths: Sequence[str], buckets: Buckets, max_wait_ms: float, api_key: str | None,
+                 max_queue: int, log=print):
+        self.paths, self.buckets, self.api_key, self.log = list(paths), buckets.validate(), api_key, log
+        self.models: dict[str, ServedModel] = {}
+        self.ready = threading.Event()
+        self.failed: str | None = None
+        self.metrics = Metrics(buckets.batch[-1])
+        self.batcher = MicroBatcher(self._run_batch, buckets.batch[-1], max_wait_ms, max_queue, self._on_batch)
+        self.metrics.waiting.set_function(lambda: self.batcher.waiting)
+
+    def load(self) -> None:
+        """Load every model and compile every bucket (on a thread: /health answers 503 meanwhile)."""
+        try:
+            t = time.perf_counter()
+            models = load_models(self.paths)
+            for m in models.values():
+                generation.warm_up(m, self.buckets, self.log)
+            self.models = models
+            self.ready.set()
+            self.log(f"ready: {', '.join(models)} ({time.perf_counter() - t:.0f} s to load and compile)")
+        except Exception as e:  # noqa: BLE001 - reported by /health and the log; the process stays up
+            self.failed = f"{type(e).__name__}: {e}"
+            self.log(f"recoup serve: loading failed: {self.failed}")
+
+    def _run_batch(self, model_id: str, rows: list[generation.Row]) -> list[generation.Completion]:
+        return generation.generate(self.models[model_id], rows, self.buckets)
+
+    def _on_batch(self, model_id: str, rows: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(rows)
+
+
+def load_models(paths: Sequence[str]) -> dict[str, ServedModel]:
+    models: dict[str, ServedModel] = {}
+    for path in paths:
+        m = generation.load(path)
+        if m.id in models:
+            raise ConfigError("model", f"{path} and {models[m.id].path} would both be served as {m.id!r}; "
+                                       "serve them from directories with different names")
+        models[m.id] = m
+    return models
+
+
+def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wait_ms: float = 5.0,
+               api_key: str | None = None, max_queue: int = 4096, log=print) -> FastAPI:
+    state = State(paths, buckets, max_wait_ms, api_key, max_queue, log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.batcher.start()
+        threading.Thread(target=state.load, name="recoup-load", daemon=True).start()
+        yield
+        await state.batcher.stop()
+
+    app = FastAPI(title="recoup", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.recoup = state
+
+    def error(e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    def check_key(request: Request) -> None:
+        if state.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and secrets.compare_digest(given[7:].encode(), state.api_key.encode())):
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", None,
+                           "invalid_api_key", "authentication_error")
+
+    def check_ready() -> None:
+        if state.failed:
+            raise APIError(503, f"the server failed to load its models: {state.failed}", None, None, "server_error")
+        if not state.ready.is_set():
+            raise APIError(503, "the server is loading and compiling its models; retry shortly (see /health)",
+                           None, "loading", "server_error")
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        t = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception as e:  # noqa: BLE001 - never a bare 500 page: an OpenAI-style body, and logged
+            log(f"recoup serve: {request.url.path}: {type(e).__name__}: {e}")
+            response = error(APIError(500, f"internal error: {type(e).__name__}", kind="server_error"))
+        endpoint = request.url.path if request.url.path in KNOWN else "other"
+        state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - t)
+        return response
+
+    @app.post("/v1/completions")
+    async def create_completion(request: Request):
+        try:
+            check_key(request)
+            check_ready()
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise APIError(400, f"the request body is not valid JSON ({e})") from None
+            req = completions.parse(body, state.models, state.buckets)
+            try:
+                done = await state.batcher.submit(req.model.id, req.rows)
+            except QueueFull as e:
+                raise APIError(429, str(e), None, "queue_full", "rate_limit_error") from None
+            done = [generation.apply_stop(c, req.stops) for c in done]
+            state.metrics.tokens.labels(req.model.id).inc(sum(c.completion_tokens for c in done))
+            return completions.response(req, done)
+        except APIError as e:
+            return error(e)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        try:
+            check_key(request)
+            check_ready()
+        except APIError as e:
+            return error(e)
+        return {"object": "list", "data": [
+            {"id": m.id, "object": "model", "created": int(os.path.getmtime(m.path)), "owned_by": "recoup",
+             "combine": m.combine, "context_length": m.context, **m.info} for m in state.models.values()]}
+
+    @app.get("/health")
+    async def health():
+        if state.failed:
+            return JSONResponse({"status": "failed", "error": state.failed}, status_code=503)
+        if not state.ready.is_set():
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ok", "models": list(state.models)}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(paths: Sequence[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          buckets: Buckets = DEFAULT_BUCKETS, max_wait_ms: float = 5.0, max_queue: int = 4096) -> None:
+    import uvicorn
+
+    for path in paths:  # a missing directory is a clear error before anything starts
+        if not os.path.isdir(path):
+            raise ConfigError("model", f"{path} is not a directory (an ensemble or a run directory)")
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    app = create_app(paths, buckets, max_wait_ms, api_key, max_queue)
+    print(f"recoup serve: http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'}); "
+          "loading and compiling, /health says when ready", flush=True)
+    uvicorn.run(app, host=host, port=port, workers=1, log_level="warning")
+

@@ -1,0 +1,298 @@
+"""`recoup serve`: a real server on a loopback port, real HTTP clients (httpx, and the openai package)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from ensembles import artifact
+from ensembles.members import COMBINERS, ParamStore
+from framework import generation
+from framework.completions import APIError, parse
+from framework.generation import Buckets, Completion, Row, apply_stop
+from tests.conftest import tiny_config
+
+BUCKETS = Buckets(batch=(1, 4), prompt=(16, 32), new=(4, 16))
+
+
+class LiveServer:
+    """uvicorn on 127.0.0.1 and a free port, in a thread of this process."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        return self
+
+    def wait_ready(self, timeout=180.0):
+        deadline = time.monotonic() + timeout
+        while httpx.get(self.url + "/health").status_code != 200:
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.1)
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny run, a latest-k weight average and a 3-member log-prob ensemble of it, all served."""
+    from framework.server import create_app
+    from framework.train import train
+
+    root = tmp_path_factory.mktemp("serve")
+    # trained long enough that answers differ from prompt to prompt (at 24k tokens most are "11")
+    cfg = tiny_config(root / "tiny-run", stops=(0.25, 0.5, 0.75, 1.0), budget_tokens=120_000)
+    train(cfg, show_progress=False)
+    avg = artifact.build([cfg.out_dir], cfg.budget_tokens, 1, str(root / "avg"), "latest-k", log=lambda _: None)
+    ens = artifact.build([cfg.out_dir], cfg.budget_tokens, 3, str(root / "ens3"), "logits", log=lambda _: None)
+    vote = artifact.build([cfg.out_dir], cfg.budget_tokens, 3, str(root / "vote3"), "vote", log=lambda _: None)
+    assert avg["combine"] == "weights" and ens["combine"] == "logits" and len(ens["members"]) >= 2
+    assert vote["combine"] == "vote" and len(vote["members"]) == 3
+    app = create_app([cfg.out_dir, str(root / "avg"), str(root / "ens3"), str(root / "vote3")], BUCKETS,
+                     max_wait_ms=20, log=lambda _: None)
+    with LiveServer(app) as server:
+        server.wait_ready()
+        yield server, cfg, root
+
+
+def _complete(url, **body):
+    r = httpx.post(url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _eval_decodes(ens_dir):
+    """What `recoup ensemble eval` decodes for the test split (its greedy answers), and max_new."""
+    manifest = artifact.load_manifest(ens_dir)
+    c = artifact.candidate_of(manifest)
+    store = ParamStore()
+    run = store.run(c.members[0].run)
+    split = run.split("test")
+    decoded = COMBINERS[c.combine].decode(COMBINERS[c.combine].prepare(store, c), split, run.cfg.eval_batch_size)
+    return split.prompts, decoded, int(split.answer_lens.max()) + 1 + 4
+
+
+@pytest.mark.parametrize("name", ["avg", "ens3", "vote3"])
+def test_answers_equal_ensemble_eval_decodes(served, name):
+    server, _, root = served
+    prompts, decoded, max_new = _eval_decodes(str(root / name))
+    n = 12
+    body = _complete(server.url, model=name, prompt=list(prompts[:n]), max_tokens=max_new)
+    assert body["object"] == "text_completion" and body["model"] == name
+    texts = [c["text"] for c in body["choices"]]
+    assert texts == decoded.texts[:n]
+    assert len(set(texts)) > 3, texts  # the model answers differently to different prompts
+    for c, ended in zip(body["choices"], decoded.ended[:n], strict=True):
+        assert c["finish_reason"] == ("stop" if ended else "length") and c["logprobs"] is None
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == sum(len(p.encode()) + 1 for p in prompts[:n])
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > usage["prompt_tokens"]
+
+
+@pytest.mark.parametrize("temperature", [0, 0.9])
+def test_batched_answers_equal_one_by_one(served, temperature):
+    server, _, root = served
+    prompts, _, _ = _eval_decodes(str(root / "avg"))
+    prompts = list(prompts[:8])
+    one = [_complete(server.url, model="ens3", prompt=p, max_tokens=10, temperature=temperature, seed=7)
+           ["choices"][0]["text"] for p in prompts]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent requests share batches
+        together = list(pool.map(lambda p: _complete(server.url, model="ens3", prompt=p, max_tokens=10,
+                                                     temperature=temperature, seed=7)["choices"][0]["text"], prompts))
+    assert together == one
+    if temperature:  # a seed makes sampling repeatable, and the draw is not the greedy answer everywhere
+        greedy = [_complete(server.url, model="ens3", prompt=p, max_tokens=10)["choices"][0]["text"] for p in prompts]
+        assert greedy != one
+
+
+def test_no_request_compiles_after_warm_up(served):
+    server, _, _ = served
+    before = generation.compilations()
+    for model in ("tiny-run", "avg", "ens3", "vote3"):
+        for prompt in ("1+2=", "123+456=", ["7+8=", "99+1=", "5+5="], "12345678901234567890+1="):
+            for max_tokens, temperature in ((1, 0), (4, 0.5), (16, 0), (9, 1.5)):
+                _complete(server.url, model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+                          stop="0")
+    assert generation.compilations() == before
+    metrics = httpx.get(server.url + "/metrics").text
+    assert f"recoup_compilations {float(before)}" in metrics
+    assert 'recoup_requests_total{endpoint="/v1/completions",status="200"}' in metrics
+    assert "recoup_batch_size_bucket" in metrics and "recoup_generated_tokens_total" in metrics
+    assert "recoup_request_latency_seconds_bucket" in metrics
+
+
+BAD = [  # (raw body or JSON object, status, words the message must contain)
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    ({"model": "nope", "prompt": "1+1="}, 404, "does not exist"),
+    ({"prompt": "1+1="}, 400, "model is required"),
+    ({"model": "avg"}, 400, "prompt is required"),
+    ({"model": "avg", "prompt": ""}, 400, "must not be empty"),
+    ({"model": "avg", "prompt": []}, 400, "prompt"),
+    ({"model": "avg", "prompt": ["1+1=", 5]}, 400, "prompt"),
+    ({"model": "avg", "prompt": "9" * 40}, 400, "at most 32"),
+    ({"model": "avg", "prompt": "1+1=", "max_tokens": 0}, 400, "max_tokens must be an integer from 1 to 16"),
+    ({"model": "avg", "prompt": "1+1=", "max_tokens": 17}, 400, "max_tokens"),
+    ({"model": "avg", "prompt": "1+1=", "max_tokens": "5"}, 400, "max_tokens"),
+    ({"model": "avg", "prompt": "1+1=", "max_tokens": True}, 400, "max_tokens"),
+    ({"model": "avg", "prompt": "1+1=", "temperature": -1}, 400, "temperature"),
+    ({"model": "avg", "prompt": "1+1=", "temperature": "hot"}, 400, "temperature"),
+    ({"model": "avg", "prompt": "1+1=", "seed": -3}, 400, "seed"),
+    ({"model": "avg", "prompt": "1+1=", "stop": 5}, 400, "stop"),
+    ({"model": "avg", "prompt": "1+1=", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"model": "avg", "prompt": "1+1=", "n": 2}, 400, "n=2 is not supported"),
+    ({"model": "avg", "prompt": "1+1=", "stream": True}, 400, "stream"),
+    ({"model": "avg", "prompt": "1+1=", "frobnicate": 1}, 400, "unrecognized request argument supplied: frobnicate"),
+]
+
+
+@pytest.mark.parametrize("body,status,words", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_input_is_a_4xx_with_an_openai_error_body(served, body, status, words):
+    server, _, _ = served
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
+        else {"json": body}
+    r = httpx.post(server.url + "/v1/completions", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert words in err["message"] and err["type"] == "invalid_request_error"
+    assert httpx.get(server.url + "/health").status_code == 200  # the server is still up
+
+
+def test_models_lists_every_served_model(served):
+    server, _, _ = served
+    data = httpx.get(server.url + "/v1/models").json()["data"]
+    by_id = {m["id"]: m for m in data}
+    assert set(by_id) == {"tiny-run", "avg", "ens3", "vote3"}
+    assert by_id["ens3"]["combine"] == "logits" and by_id["ens3"]["inference_cost"] >= 2
+    assert by_id["avg"]["combine"] == "weights" and by_id["tiny-run"]["kind"] == "checkpoint"
+
+
+def test_32_concurrent_clients_get_answers_and_no_errors(served):
+    server, _, root = served
+    prompts, decoded, _ = _eval_decodes(str(root / "avg"))
+    expected = dict(zip(prompts, decoded.texts, strict=True))
+
+    def client(i):
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            out = []
+            for j in range(4):
+                p = prompts[(i * 4 + j) % len(prompts)]
+                r = c.post("/v1/completions", json={"model": "avg", "prompt": p, "max_tokens": 9})
+                out.append((p, r.status_code, r.json()["choices"][0]["text"] if r.status_code == 200 else r.text))
+            return out
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = [x for xs in pool.map(client, range(32)) for x in xs]
+    assert len(results) == 128 and all(status == 200 for _, status, _ in results)
+    assert all(text == expected[p] for p, _, text in results)
+
+
+def test_a_client_that_disconnects_does_not_wedge_the_server(served):
+    server, _, _ = served
+    for _ in range(3):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(server.url + "/v1/completions", json={"model": "ens3", "prompt": ["1+2="] * 4,
+                                                             "max_tokens": 16}, timeout=0.001)
+    assert _complete(server.url, model="ens3", prompt="1+2=", max_tokens=4)["choices"][0]["text"] is not None
+
+
+def test_health_is_503_until_loaded_and_the_api_key_is_checked(trained_run, monkeypatch):
+    from framework.server import create_app
+
+    cfg, _ = trained_run
+    gate = threading.Event()
+    real = generation.warm_up
+    monkeypatch.setattr(generation, "warm_up", lambda *a, **k: gate.wait(60) and real(*a, **k))
+    app = create_app([cfg.out_dir], Buckets((1,), (16,), (4,)), api_key="s3cret", log=lambda _: None)
+    with LiveServer(app) as server:
+        assert httpx.get(server.url + "/health").status_code == 503
+        r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "1+1="},
+                       headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 503 and "loading" in r.json()["error"]["message"]
+        gate.set()
+        server.wait_ready()
+        body = {"model": "tiny", "prompt": "1+1=", "max_tokens": 4}
+        assert httpx.post(server.url + "/v1/completions", json=body).status_code == 401
+        wrong = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+        ok = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and len(ok.json()["choices"]) == 1
+        assert httpx.get(server.url + "/v1/models").status_code == 401
+
+
+def test_recoup_serve_answers_the_openai_client(trained_run):
+    """The CLI in its own process, on loopback, answering the official `openai` package unchanged."""
+    import openai
+
+    cfg, _ = trained_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RECOUP_API_KEY": "k3y", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "serve", cfg.out_dir, "--port", str(port),
+                             "--batch-buckets", "1,2", "--prompt-buckets", "16", "--new-token-buckets", "8"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                pass
+            assert time.monotonic() < deadline, "recoup serve never became ready"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k3y")
+        out = client.completions.create(model="tiny", prompt=["1+2=", "3+4="], max_tokens=6, temperature=0)
+        assert [c.index for c in out.choices] == [0, 1] and out.usage.prompt_tokens == 10
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="other", prompt="1+2=", max_tokens=4)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong").completions.create(model="tiny", prompt="1")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# == no server ================================================================================
+
+
+def test_stop_strings_cut_the_text_at_the_earliest_one():
+    c = Completion("12+34=46", "length", 8)
+    assert apply_stop(c, ["=", "+"]) == Completion("12", "stop", 8)
+    assert apply_stop(c, ["x"]) == c
+
+
+def test_buckets_and_the_request_limits_are_checked():
+    with pytest.raises(Exception, match="ascending"):
+        Buckets((8, 1), (16,), (4,)).validate()
+    model = generation.ServedModel("m", ".", "weights", None, None, None, context=20, info={})
+    with pytest.raises(APIError, match="maximum context length is 20"):
+        parse({"model": "m", "prompt": "1" * 10, "max_tokens": 12}, {"m": model}, Buckets((1,), (32,), (16,)))
+    req = parse({"model": "m", "prompt": ["1", "2"], "seed": 5, "temperature": 1}, {"m": model},
+                Buckets((1,), (32,), (16,)))
+    assert [r.seed for r in req.rows] == [5, 6] and req.rows[0] == Row((1, 52), 16, 1.0, 5)
+    assert np.all([r.max_tokens == 16 for r in req.rows])
