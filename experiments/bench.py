@@ -169,8 +169,9 @@ def main() -> None:
         *[f"| {r['curriculum']} | {100 * r['data_frac']:.2f}% | {100 * r['data_frac_max']:.2f}% |" for r in data_rows],
     ]
     from experiments.bench_ensembles import averaging_cost, output_ensemble_latency
+    from experiments.bench_serving import serving_benchmark
 
-    lines += ["", output_ensemble_latency(), averaging_cost()]
+    lines += ["", output_ensemble_latency(), averaging_cost(), serving_benchmark()]
     if on_gpu:
         lines += ["", "## Absolute times (GPU)", "", "| preset | train step ms | teacher-forced s | decode s |",
                   "|---|---|---|---|",
