@@ -74,6 +74,11 @@ def parse(body: Any, models: Mapping[str, ServedModel], buckets: Buckets) -> Com
         raise APIError(400, f"prompt has {len(prompts)} strings; at most {MAX_PROMPTS} per request", "prompt")
     if any(p == "" for p in prompts):
         raise APIError(400, "prompt must not be empty", "prompt")
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") that JSON allows but UTF-8 does not
+            raise APIError(400, f"prompt is not valid Unicode text ({e.reason} at {e.start})", "prompt") from None
     max_new = min(buckets.new[-1], model.context - 1)
     max_tokens = body.get("max_tokens", 16)
     if max_tokens is None:

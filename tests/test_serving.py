@@ -150,6 +150,8 @@ BAD = [  # (raw body or JSON object, status, words the message must contain)
     ({"model": "avg", "prompt": ""}, 400, "must not be empty"),
     ({"model": "avg", "prompt": []}, 400, "prompt"),
     ({"model": "avg", "prompt": ["1+1=", 5]}, 400, "prompt"),
+    (b'{"model": "avg", "prompt": "1+\\ud800="}', 400, "not valid Unicode"),
+    (b'{"model": "avg", "prompt": "1+1=", "temperature": NaN}', 400, "temperature"),
     ({"model": "avg", "prompt": "9" * 40}, 400, "at most 32"),
     ({"model": "avg", "prompt": "1+1=", "max_tokens": 0}, 400, "max_tokens must be an integer from 1 to 16"),
     ({"model": "avg", "prompt": "1+1=", "max_tokens": 17}, 400, "max_tokens"),
