@@ -85,6 +85,16 @@ async def _level(url: str, model: str, prompts: list[str], concurrency: int, sec
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
 
 
+def _machine() -> str:
+    import platform
+
+    import jax
+
+    d = jax.devices()[0]
+    return f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on {d.platform} " \
+           f"({d.device_kind})."
+
+
 def _compilations(metrics_text: str) -> float:
     lines = metrics_text.splitlines()
     return next(float(line.split()[-1]) for line in lines if line.startswith("recoup_compilations "))
@@ -133,7 +143,7 @@ def serving_benchmark(run_dir: str = RUN, out: str = OUT, concurrencies=(1, 8, 3
         proc.wait(30)
     after = "none" if compiles_at_end == compiles_at_ready else f"{compiles_at_end - compiles_at_ready:g} (a bug)"
     label = {"avg": "weight average (latest-k, 1x)", "ens3": "log-prob ensemble of 3 (3x)"}
-    lines = [SECTION, "",
+    lines = [SECTION, "", _machine(), "",
              f"`python -m experiments.bench_serving`: the demo's plain run served as a weight average and a 3-member "
              f"log-prob ensemble; greedy, max_tokens {MAX_TOKENS}, test-split prompts, each level for {seconds:g} s "
              f"after start-up ({ready_s:.0f} s to load and compile; compilations while serving: {after}). "
