@@ -58,6 +58,7 @@ class State:
 
     def __init__(self, paths: Sequence[str], buckets: Buckets, max_wait_ms: float, api_key: str | None,
                  max_queue: int, log=print):
+        check_servable(paths)
         self.paths, self.buckets, self.api_key, self.log = list(paths), buckets.validate(), api_key, log
         self.models: dict[str, ServedModel] = {}
         self.ready = threading.Event()
@@ -87,15 +88,26 @@ class State:
         self.metrics.batch_size.observe(rows)
 
 
-def load_models(paths: Sequence[str]) -> dict[str, ServedModel]:
-    models: dict[str, ServedModel] = {}
+def check_servable(paths: Sequence[str]) -> None:
+    """What cannot be served is a clear error before anything loads: each path an ensemble or a run
+    directory, each served under a name (its directory's) that no other path has."""
+    ids: dict[str, str] = {}
     for path in paths:
-        m = generation.load(path)
-        if m.id in models:
-            raise ConfigError("model", f"{path} and {models[m.id].path} would both be served as {m.id!r}; "
-                                       "serve them from directories with different names")
-        models[m.id] = m
-    return models
+        if not os.path.isdir(path):
+            raise ConfigError("model", f"{path} is not a directory (an ensemble or a run directory)")
+        if not any(os.path.isfile(os.path.join(path, f)) for f in ("manifest.json", "config.json")):
+            raise ConfigError("model", f"{path} is neither a recoup ensemble (no manifest.json) nor a run "
+                                       "directory (no config.json)")
+        name = os.path.basename(os.path.abspath(path))
+        if name in ids:
+            raise ConfigError("model", f"{path} and {ids[name]} would both be served as {name!r}; serve them "
+                                       "from directories with different names")
+        ids[name] = path
+
+
+def load_models(paths: Sequence[str]) -> dict[str, ServedModel]:
+    models = [generation.load(path) for path in paths]
+    return {m.id: m for m in models}
 
 
 def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wait_ms: float = 5.0,
@@ -194,9 +206,6 @@ def serve(paths: Sequence[str], host: str = "127.0.0.1", port: int = 8000, api_k
           buckets: Buckets = DEFAULT_BUCKETS, max_wait_ms: float = 5.0, max_queue: int = 4096) -> None:
     import uvicorn
 
-    for path in paths:  # a missing directory is a clear error before anything starts
-        if not os.path.isdir(path):
-            raise ConfigError("model", f"{path} is not a directory (an ensemble or a run directory)")
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     app = create_app(paths, buckets, max_wait_ms, api_key, max_queue)
     print(f"recoup serve: http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'}); "

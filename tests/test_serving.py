@@ -282,6 +282,22 @@ def test_recoup_serve_answers_the_openai_client(trained_run):
 # == no server ================================================================================
 
 
+def test_serve_refuses_what_it_cannot_serve_before_starting(trained_run, tmp_path, capsys):
+    from framework.cli import main
+
+    cfg, _ = trained_run
+    other = tmp_path / "x" / os.path.basename(cfg.out_dir)
+    other.mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    for args, words in (([str(tmp_path / "missing")], "is not a directory"),
+                        ([str(tmp_path)], "neither a recoup ensemble"),
+                        ([cfg.out_dir, str(other)], "would both be served as"),
+                        ([cfg.out_dir, "--port", "70000"], "port"),
+                        ([cfg.out_dir, "--batch-buckets", "8,1"], "ascending")):
+        assert main(["serve", *args]) == 2
+        assert words in capsys.readouterr().err
+
+
 def test_stop_strings_cut_the_text_at_the_earliest_one():
     c = Completion("12+34=46", "length", 8)
     assert apply_stop(c, ["=", "+"]) == Completion("12", "stop", 8)
