@@ -81,6 +81,7 @@ _TRAIN_FLAGS = {
     "every_tokens": ("run", "every_tokens", lambda s: parse_tokens(s, "every_tokens")),
     "train_until": ("run", "train_until", float),
     "batch_size": ("run", "batch_size", int),
+    "mesh": ("run", "mesh_shape", lambda s: _mesh(s)),
     "seed": ("run", "seed", int),
     "out": ("run", "out_dir", str),
     "init_from": ("run", "init_from", str),
@@ -97,6 +98,14 @@ _TRAIN_FLAGS = {
     "stop_rule": ("run", "stop_rules", lambda specs: tuple(_stop_rule(s) for s in specs)),
     "stop_combine": ("run", "stop_combine", str),
 }
+
+
+def _mesh(text: str) -> tuple[int, int]:
+    try:
+        data, fsdp = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError("mesh_shape", f"{text!r} must be DATA,FSDP device counts, e.g. -1,1 or 2,4") from None
+    return data, fsdp
 
 
 def _stop_rule(spec: str) -> dict:
@@ -163,6 +172,9 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--train-until", help="end training at this budget fraction, e.g. 0.62: the schedule still "
                                          "plans for --budget-tokens (default 1.0)")
     g.add_argument("--batch-size", help=f"sequences per step (default {_R.batch_size})")
+    g.add_argument("--mesh", metavar="DATA,FSDP",
+                   help="devices of the training mesh: data-parallel x FSDP (default -1,1: data parallel over "
+                        "every device; 2,4: 2 replicas of parameters split 4 ways)")
     g.add_argument("--seed", help=f"training seed (default {_R.seed})")
     g.add_argument("--out", help="run directory")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -161,6 +161,9 @@ class RunConfig:
     stop_rules: tuple = ()  # stopping rules, e.g. ({"rule": "patience", "patience": 3},): framework.stopping_rules
     stop_combine: str = "any"  # stop when "any" rule fires, or only when "all" fire at one evaluation
     branch_from: str | None = None  # RUN_DIR/checkpoints/STEP: start from its full training state (cooldown)
+    # (data, fsdp) devices of the training mesh; -1: every device the fsdp axis leaves. Not part of
+    # what a run is: a run may resume on another device count (framework.sharding).
+    mesh_shape: tuple[int, int] = (-1, 1)
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
@@ -207,6 +210,11 @@ class RunConfig:
         build_stop_rule(self.stop_rules, self.stop_combine)
         if os.path.isfile(self.out_dir):
             raise ConfigError("out", f"{self.out_dir} is a file; give a directory for the run")
+        m = self.mesh_shape
+        if not (isinstance(m, tuple) and len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)
+                and (m[0] == -1 or m[0] >= 1) and m[1] >= 1):
+            raise ConfigError("mesh_shape", f"{m!r} must be (data, fsdp) device counts: data >= 1 or -1 "
+                                            "(every device left), fsdp >= 1")
 
     # -- serialization: config.json in every run directory ---------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +229,7 @@ class RunConfig:
         d["stops"] = tuple(d.get("stops", DEFAULT_STOPS))
         d["ema_half_lives"] = tuple(d.get("ema_half_lives", ()))
         d["stop_rules"] = tuple(d.get("stop_rules", ()))
+        d["mesh_shape"] = tuple(d.get("mesh_shape", (-1, 1)))
         return _from_fields(cls, d, "config")
 
     def dumps(self) -> str:

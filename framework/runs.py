@@ -13,7 +13,7 @@ from typing import Any
 from flax import nnx
 
 from ensembles import averaging
-from framework import checkpoints, evaluate
+from framework import checkpoints, evaluate, sharding
 from framework.config import RunConfig, load_run_config
 from framework.data import EncodedSplit, prepare
 from framework.errors import ConfigError
@@ -64,7 +64,8 @@ class Run:
 def open_run(run_dir: str) -> Run:
     cfg = load_run_config(run_dir)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model, 0)), nnx.Param)
-    return Run(run_dir, cfg, graphdef, abstract)
+    # On one device, whatever mesh trained the run: Orbax reads each array into the target's sharding.
+    return Run(run_dir, cfg, graphdef, sharding.on_one_device(abstract))
 
 
 def evaluate_checkpoint(run: Run, step: int | None = None, split: str = "test") -> dict[str, Any]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from curricula.registry import rescore, sampler_factory
 from ensembles import averaging
-from framework import checkpoints, evaluate, schedules
+from framework import checkpoints, evaluate, schedules, sharding
 from framework.config import CONFIG_FILE, OptimConfig, RunConfig, load_run_config, resolve_init_from
 from framework.data import (
     Batch,
@@ -189,6 +189,8 @@ def train(
     """
     # Everything that can be wrong with the input is checked before the run directory is touched.
     cfg.validate()
+    mesh = sharding.make_mesh(cfg.mesh_shape)
+    sharding.check_batch(mesh, cfg.batch_size)
     if cfg.init_from:
         resolve_init_from(cfg)
     if cfg.branch_from:
@@ -210,13 +212,15 @@ def train(
 
     model = build_model(cfg.model, cfg.seed)
     graphdef, params = nnx.split(model, nnx.Param)
+    params = sharding.place(params, mesh)  # everything on the device below is laid out on the mesh
     tx = build_optimizer(cfg.optim)
     schedule = SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)
     train_step = make_train_step(graphdef, tx, schedule, cfg.model.dropout > 0)
-    opt_state, sampler_state = tx.init(params), sampler.init()
+    opt_state, sampler_state = sharding.place(tx.init(params), mesh), sampler.init()
     rules = average_rules(cfg)
     update_averages = averaging.make_update(rules)
-    averages = {r.name: averaging.init(params) for r in rules}  # shapes only: init_from does not change them
+    # shapes only: init_from does not change them
+    averages = {r.name: sharding.place(averaging.init(params), mesh) for r in rules}
     key = jax.random.key(cfg.seed)
     rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)
     prog = Progress(rng=np.asarray(jax.random.key_data(key)).tolist(), rules=rule.init() if rule else None)
@@ -225,7 +229,7 @@ def train(
     metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
     resuming = resume and mgr.latest_step() is not None
     if cfg.init_from and not resuming:  # a resumed run's weights come from its own checkpoint
-        params = load_init_params(cfg)
+        params = sharding.place(load_init_params(cfg), mesh)
     if cfg.branch_from and not resuming:  # the source's whole state: weights, optimizer, data, counters
         src_dir, src_step = resolve_init_from(cfg, "branch_from")
         src = checkpoints.open_manager(src_dir)
@@ -346,7 +350,7 @@ def train(
             if prog.next_stop == len(points):
                 break
             step_key = jax.random.fold_in(key, prog.step)
-            params, opt_state, m = train_step(params, opt_state, batch,
+            params, opt_state, m = train_step(params, opt_state, sharding.put_batch(batch, mesh),
                                               np.float32(prog.tokens), step_key)
             prog.step += 1
             prog.tokens += n_tokens
