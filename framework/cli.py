@@ -180,6 +180,11 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--init-from", help="start from RUN_DIR or RUN_DIR/checkpoints/STEP weights")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("several processes (jax.distributed; or RECOUP_COORDINATOR, RECOUP_NUM_PROCESSES, "
+                             "RECOUP_PROCESS_ID)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same for every process")
+    g.add_argument("--num-processes", type=int, help="how many processes train together")
+    g.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (0 writes the run files)")
     g.add_argument("--ema-half-life", metavar="TOKENS[,TOKENS]",
                    help="keep an EMA of the weights with this half-life in tokens (e.g. 50k), in every checkpoint")
     g.add_argument("--swa-start", metavar="FRACTION",
@@ -269,6 +274,9 @@ def _cmd_train(args) -> int:
     from framework.data import prepare  # datasets, not jax: a bad file or column fails here
 
     splits = prepare(cfg.data)
+    from framework import sharding  # before any other JAX work: joins the other processes, if any
+
+    sharding.initialize(args.coordinator, args.num_processes, args.process_id)
     from curricula.registry import sampler_factory  # imports jax, and the user's module if named
 
     sampler_fn = sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing, cfg.pacing_args,

@@ -12,6 +12,7 @@ targets on the new one and Orbax reads each array into that sharding (4 devices 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
@@ -96,3 +97,50 @@ def host_local(tree):
     if jax.process_count() == 1:
         return tree
     return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+
+
+# == several processes (hosts) ==================================================================
+
+ENV = ("RECOUP_COORDINATOR", "RECOUP_NUM_PROCESSES", "RECOUP_PROCESS_ID")
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """`jax.distributed.initialize` from the arguments or RECOUP_COORDINATOR / RECOUP_NUM_PROCESSES /
+    RECOUP_PROCESS_ID; nothing when neither names a coordinator. Call it before any other JAX work.
+    Every process then builds the same global batch and feeds only its own rows (`put_batch`)."""
+    coordinator = coordinator or os.environ.get(ENV[0])
+    if not coordinator:
+        return False
+    try:
+        num_processes = int(num_processes if num_processes is not None else os.environ[ENV[1]])
+        process_id = int(process_id if process_id is not None else os.environ[ENV[2]])
+    except (KeyError, ValueError):
+        raise ConfigError("num_processes", f"a coordinator ({coordinator}) needs the process count and this "
+                                           f"process's id: --num-processes/--process-id or {ENV[1]}/{ENV[2]}") from None
+    if not 0 <= process_id < num_processes:
+        raise ConfigError("process_id", f"{process_id} must be in [0, {num_processes})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
+
+
+def is_primary() -> bool:
+    """The process that writes run files (config.json, metrics.jsonl) and prints progress."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gather_rows(x):
+    """A row-split global array as one host array holding every process's rows."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(x, tiled=True)

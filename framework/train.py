@@ -64,7 +64,8 @@ WALL_CLOCK_FIELDS = ("tokens_per_s", "data_time_frac", "wall_s")
 # == run directory =============================================================================
 
 
-def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
+def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True) -> None:
+    """Check (every process) and create (the primary, `write`) the run directory."""
     config_path = os.path.join(cfg.out_dir, CONFIG_FILE)
     if resume:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
@@ -81,6 +82,8 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool) -> None:
     ):
         raise ConfigError("out", f"{cfg.out_dir} already holds checkpoints; pass --resume to "
                           "continue it, or choose another --out")
+    if not write:
+        return
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(config_path, "w") as f:
         f.write(cfg.dumps())
@@ -207,7 +210,11 @@ def train(
         if first > cfg.budget_tokens:
             raise ConfigError("budget_tokens", f"{cfg.budget_tokens:,} is less than one batch "
                               f"({first:,} tokens at batch_size {cfg.batch_size}): nothing would train")
-    _prepare_run_dir(cfg, resume)
+    _prepare_run_dir(cfg, resume, write=sharding.is_primary())
+    sharding.barrier("run directory ready")
+    if mesh.size > 1 and sharding.is_primary():
+        print(f"training on {mesh.size} {mesh.devices.flat[0].platform} devices in {jax.process_count()} "
+              f"process(es): mesh data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']}", flush=True)
     points = stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens, cfg.train_until)
 
     model = build_model(cfg.model, cfg.seed)
@@ -242,22 +249,25 @@ def train(
         prog.next_stop = sum(q.tokens <= prog.tokens for q in points)  # stops already behind the branch
         print(f"branching from {cfg.branch_from}: step {prog.step}, {prog.tokens:,} tokens")
     if resume and not resuming:
-        _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
+        if sharding.is_primary():
+            _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
     if resuming:
         params, opt_state, sampler_state, averages, p = _restore_state(
             mgr, mgr.latest_step(), params, opt_state, sampler_state, averages)
         prog = Progress(**p)
         key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
-        _truncate_metrics(metrics_path, prog.step)
+        if sharding.is_primary():
+            _truncate_metrics(metrics_path, prog.step)
         if prog.stopped:
             print(f"{cfg.out_dir} was stopped at step {prog.step} ({prog.stopped}); nothing to resume")
             mgr.close()
             return checkpoints.list_checkpoints(cfg.out_dir)
         print(f"resuming {cfg.out_dir} from step {prog.step} ({prog.tokens:,} tokens)")
 
-    log = open(metrics_path, "a")
+    log = open(metrics_path if sharding.is_primary() else os.devnull, "a")
     bar = tqdm(total=points[-1].tokens, initial=prog.tokens, unit="tok", unit_scale=True,
-               disable=not show_progress, desc=os.path.basename(os.path.normpath(cfg.out_dir)),
+               disable=not (show_progress and sharding.is_primary()),
+               desc=os.path.basename(os.path.normpath(cfg.out_dir)),
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
     started, window = time.perf_counter(), _Window()
     last_line: dict[str, Any] = {}  # the latest train log line: the gradient norm a rule may watch
@@ -277,7 +287,8 @@ def train(
         """Evaluate, let hooks see it (a rule may stop the run here), then save."""
         if window.losses:  # close the log window here, so a resumed run logs the same lines
             log_train_line()
-        tf = evaluate.teacher_forced(graphdef, params, val_split, cfg.eval_batch_size)
+        # Every process scores its own full replica (the same figures): evaluation stays single-device code.
+        tf = evaluate.teacher_forced(graphdef, sharding.host_local(params), val_split, cfg.eval_batch_size)
         # Label with the largest configured stop crossed (not a periodic point crossed with it);
         # the tokens fit under every crossed threshold, all listed in `fractions`.
         configured = [p.fraction for p in crossed if p.kind == "stop"]
@@ -296,7 +307,7 @@ def train(
         }
         if averages:  # how good each weight average is now: for stopping rules and for reading the run
             meta["average_val_em"] = {
-                name: evaluate.teacher_forced(graphdef, averaging.value(a, like=params), val_split,
+                name: evaluate.teacher_forced(graphdef, sharding.host_local(averaging.value(a, like=params)), val_split,
                                               cfg.eval_batch_size)["strict_em"]
                 for name, a in averages.items() if float(a.weight) > 0}
         if reason:
@@ -359,7 +370,7 @@ def train(
             prog.answer_tokens += answer_tokens(batch)
             sampler_state = next_sampler_state
             if sampler.observe is not None:
-                pending.append((idx, m["example_loss"]))
+                pending.append((idx, sharding.gather_rows(m["example_loss"])))
             bar.update(n_tokens)
             window.add(m, n_tokens, train_split.difficulty[idx],
                        sampler.info(sampler_state, prog.tokens) if sampler.info else {})

@@ -68,3 +68,41 @@ def test_recoup_train_refuses_a_mesh_this_machine_cannot_hold(tmp_path, capsys):
     assert "mesh_shape" in capsys.readouterr().err and not os.path.exists(tmp_path / "r")
     assert main([*args, "--mesh", "two"]) == 2
     assert "DATA,FSDP" in capsys.readouterr().err
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path):
+    """`recoup train` in two processes on localhost (jax.distributed, one CPU device each, gloo)
+    ends with the parameters one process ends with; only process 0 writes the run's files."""
+    import socket
+
+    from framework.cli import main
+    from framework.runs import open_run
+
+    flags = ["train", "--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "3000",
+             "--val-size", "100", "--test-size", "100", "--batch-size", "32", "--budget-tokens", "24k",
+             "--stops", "0.5", "--no-progress"]
+    assert main([*flags, "--out", str(tmp_path / "one"), "--mesh", "1,1"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "framework.cli", *flags, "--out", str(tmp_path / "two"),
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    assert "training on 2 cpu devices in 2 process(es)" in outs[0] and "training on" not in outs[1]
+    one, two = open_run(str(tmp_path / "one")), open_run(str(tmp_path / "two"))
+    assert two.cfg.mesh_shape == (-1, 1)
+    import jax
+    import numpy as np
+
+    a, b = one.params(), two.params()
+    diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    assert diff <= TOLERANCE, diff
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in lines if '"event": "train"' in x]
+    assert steps == sorted(set(steps)) and len(steps) > 2  # written once, by process 0
