@@ -170,8 +170,9 @@ def main() -> None:
     ]
     from experiments.bench_ensembles import averaging_cost, output_ensemble_latency
     from experiments.bench_serving import serving_benchmark
+    from experiments.bench_training import training_benchmark
 
-    lines += ["", output_ensemble_latency(), averaging_cost(), serving_benchmark()]
+    lines += ["", output_ensemble_latency(), averaging_cost(), serving_benchmark(), training_benchmark()]
     if on_gpu:
         lines += ["", "## Absolute times (GPU)", "", "| preset | train step ms | teacher-forced s | decode s |",
                   "|---|---|---|---|",

@@ -58,7 +58,7 @@ class Event(NamedTuple):
 Hook = Callable[[Event], None]  # may raise StopTraining to end the run
 
 # metrics.jsonl fields measured by the clock: the only ones a resumed run may log differently.
-WALL_CLOCK_FIELDS = ("tokens_per_s", "data_time_frac", "wall_s")
+WALL_CLOCK_FIELDS = ("tokens_per_s", "data_time_frac", "wall_s", "save_s")
 
 
 # == run directory =============================================================================
@@ -330,9 +330,11 @@ def train(
             emit(Event("eval", prog.step, prog.tokens, meta))
         prog.pending = [(np.asarray(i).tolist(), np.asarray(x).tolist()) for i, x in pending]
         prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
+        save_t0 = time.perf_counter()
         checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state, sampler_state=sampler_state,
                          progress=prog_json, metadata=meta, averages=_as_dicts(averages))
-        log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"])}) + "\n")
+        save_s = round(time.perf_counter() - save_t0, 4)  # the blocking part: the write goes on beside training
+        log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"]), "save_s": save_s}) + "\n")
         log.flush()
         bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
                   f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")

@@ -1,0 +1,172 @@
+"""Training-loop benchmark: recoup's `train` against a minimal hand-written loop, in one run.
+
+    python -m experiments.bench_training    # this section only, spliced into docs/benchmarks.md
+    make bench                              # every benchmark
+
+The demo's model and batch (`small`, 8-digit addition, batch 128). Measured here, in the same process:
+
+- tokens/s of `framework.train.train` (steady state: its log windows after the first, which holds
+  the compilation; data, step and logging included, evaluations excluded) against a hand-written
+  jax + flax.nnx + optax loop of the same model and batch size (optax.adamw with clipping and a
+  warmup-cosine schedule, uniform draws built on the host each step), timed after a warm-up.
+  Alternated twice; the better of each is compared.
+- model FLOP utilization: achieved training FLOP/s (6 x parameters x tokens + causal attention,
+  `framework.model.training_flops`) over the peak matmul FLOP/s of this machine, measured with a
+  large jitted matmul (float32 on a CPU, bfloat16 on a GPU).
+- checkpoint overhead at the default cadence (the default stops, asynchronous saves): the blocking
+  part of every save (`save_s` in metrics.jsonl) over the run's wall time; and
+  the share of step time spent choosing and building batches (`data_time_frac`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+SECTION = "## Training loop: recoup against a hand-written loop, MFU, checkpoint and data overhead"
+TOKENS = 240_000  # per timed run: ~60 steps of the demo's batch
+
+
+def _config(out_dir: str, **overrides):
+    from experiments.demo import get_config
+
+    cfg = get_config(out_dir)
+    return dataclasses.replace(cfg, every_tokens=None, ema_half_lives=(), log_every=10, **overrides)
+
+
+def hand_written_tokens_per_s(cfg, train_split, steps: int = 50, warmup: int = 5) -> float:
+    """What a user would write: one jitted step, AdamW with clipping and the same schedule, host batches."""
+    from framework.data import counted_tokens, make_batch
+    from framework.model import build_model, forward
+
+    graphdef, params = nnx.split(build_model(cfg.model, cfg.seed), nnx.Param)
+    o = cfg.optim
+    schedule = optax.warmup_cosine_decay_schedule(0.0, o.peak_lr, 10, 1000)
+    tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                     optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, inputs, targets, mask):
+        def loss_fn(p):
+            logits = forward(nnx.merge(graphdef, p), inputs)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * mask
+            return ce.sum() / jnp.maximum(mask.sum(), 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(cfg.seed)
+    tokens, loss = 0, None
+    for i in range(warmup + steps):
+        if i == warmup:
+            jax.block_until_ready(loss)
+            t0, tokens = time.perf_counter(), 0
+        b = make_batch(train_split, rng.integers(0, len(train_split), cfg.batch_size))
+        tokens += counted_tokens(b)
+        params, opt_state, loss = step(params, opt_state, b.inputs, b.targets, b.loss_mask)
+    jax.block_until_ready(loss)
+    return tokens / (time.perf_counter() - t0)
+
+
+def _train_lines(run_dir: str) -> tuple[list[dict], list[dict]]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        lines = [json.loads(x) for x in f if x.strip()]
+    return [x for x in lines if x["event"] == "train"], [x for x in lines if x["event"] == "eval"]
+
+
+def recoup_tokens_per_s(out_dir: str) -> float:
+    from framework.train import train
+
+    cfg = _config(out_dir, budget_tokens=TOKENS, stops=(1.0,))
+    train(cfg, show_progress=False)
+    windows = _train_lines(out_dir)[0][1:]  # the first window holds the compilation
+    tokens = np.diff([w["tokens"] for w in _train_lines(out_dir)[0]])
+    return float(tokens.sum() / sum(t / w["tokens_per_s"] for t, w in zip(tokens, windows, strict=True)))
+
+
+def peak_matmul_flops(n: int | None = None, repeats: int = 10) -> tuple[float, str]:
+    on_gpu = jax.devices()[0].platform == "gpu"
+    dtype, n = (jnp.bfloat16, n or 8192) if on_gpu else (jnp.float32, n or 2048)
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(f(a))
+    t = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a)
+    jax.block_until_ready(out)
+    return 2 * n**3 * repeats / (time.perf_counter() - t), f"{n}x{n} {jnp.dtype(dtype).name} matmul"
+
+
+def checkpoint_and_data_overhead(out_dir: str) -> dict:
+    """The default cadence: the config's default stops, asynchronous saves."""
+    from framework.config import DEFAULT_STOPS
+    from framework.train import train
+
+    cfg = _config(out_dir, budget_tokens=TOKENS, stops=DEFAULT_STOPS)
+    t = time.perf_counter()
+    train(cfg, show_progress=False)
+    wall = time.perf_counter() - t
+    train_lines, evals = _train_lines(out_dir)
+    blocking = sum(e["save_s"] for e in evals)
+    return {"saves": len(evals), "save_share": blocking / wall, "wall_s": wall,
+            "data_share": float(np.mean([x["data_time_frac"] for x in train_lines[1:]])),
+            "data_worst": float(np.max([x["data_time_frac"] for x in train_lines[1:]]))}
+
+
+def training_benchmark() -> str:
+    from experiments.bench_serving import _machine
+    from framework.data import counted_tokens, make_batch, prepare
+    from framework.model import training_flops
+
+    cfg = _config("unused")
+    train_split = prepare(cfg.data)["train"]
+    hand, ours = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(2):  # alternated, so drift in the machine's speed hits both
+            hand.append(hand_written_tokens_per_s(cfg, train_split))
+            ours.append(recoup_tokens_per_s(os.path.join(d, f"recoup{i}")))
+            print(f"hand-written {hand[-1]:,.0f} tok/s, recoup {ours[-1]:,.0f} tok/s", flush=True)
+        overhead = checkpoint_and_data_overhead(os.path.join(d, "cadence"))
+    from framework.model import build_model
+
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(build_model(cfg.model, 0), nnx.Param)))
+    mean_len = counted_tokens(make_batch(train_split, np.arange(len(train_split)))) / len(train_split)
+    flops_per_token = training_flops(cfg.model, n_params, 1, mean_len)
+    peak, how = peak_matmul_flops()
+    best_hand, best_ours = max(hand), max(ours)
+    ratio = best_ours / best_hand
+    lines = [SECTION, "", _machine(), "",
+             f"`python -m experiments.bench_training`: the demo's model ({n_params:,} parameters) and batch "
+             f"(128 sequences, {mean_len:.1f} counted tokens each on average), {TOKENS:,} tokens per timed run; "
+             "each loop timed twice, alternating, best of each.", "",
+             "| measure | value | target |", "|---|---|---|",
+             f"| recoup `train` / hand-written loop, tokens/s | {ratio:.3f} ({best_ours:,.0f} / {best_hand:,.0f}) "
+             f"| >= 0.95: {'met' if ratio >= 0.95 else '**not met**'} |",
+             f"| model FLOP utilization (recoup, {flops_per_token / 1e6:.2f} MFLOP per token; peak from a {how}) "
+             f"| {best_ours * flops_per_token / peak:.1%} | GPU goal >= 40% (H100, >= 100M parameters) |",
+             f"| checkpoint saves, blocking part, share of wall time ({overhead['saves']} saves at the default "
+             f"stops) | {overhead['save_share']:.2%} | <= 3%: "
+             f"{'met' if overhead['save_share'] <= 0.03 else '**not met**'} |",
+             f"| time choosing and building batches, share of step time (mean / worst window) | "
+             f"{overhead['data_share']:.2%} / {overhead['data_worst']:.2%} | < 5%: "
+             f"{'met' if overhead['data_share'] < 0.05 else '**not met**'} |", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from experiments.bench_serving import splice
+
+    section = training_benchmark()
+    print(section)
+    splice(section)
