@@ -158,11 +158,12 @@ def serving_benchmark(run_dir: str = RUN, out: str = OUT, concurrencies=(1, 8, 3
 
 
 def splice(section: str, path: str = "docs/benchmarks.md") -> None:
-    """Replace this benchmark's section of `path` (or append it)."""
+    """Replace the section of `path` with `section`'s heading (its first line), or append it."""
     text = open(path).read() if os.path.isfile(path) else "# Benchmarks\n"
-    start = text.find(SECTION)
+    heading = section.splitlines()[0]
+    start = text.find(heading + "\n")
     if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + section.rstrip("\n") + ("\n" + text[end:] if end >= 0 else "\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section
