@@ -314,3 +314,15 @@ def test_buckets_and_the_request_limits_are_checked():
                 Buckets((1,), (32,), (16,)))
     assert [r.seed for r in req.rows] == [5, 6] and req.rows[0] == Row((1, 52), 16, 1.0, 5)
     assert np.all([r.max_tokens == 16 for r in req.rows])
+
+
+def test_benchmark_sections_are_spliced_by_their_own_heading(tmp_path):
+    from experiments.bench_serving import splice
+
+    path = str(tmp_path / "b.md")
+    splice("## A\n\nold a\n", path)
+    splice("## B\n\nold b\n", path)
+    splice("## A\n\nnew a\n", path)
+    text = open(path).read()
+    assert text.count("## A") == 1 and text.count("## B") == 1 and "new a" in text and "old b" in text
+    assert "old a" not in text
