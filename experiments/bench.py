@@ -173,6 +173,8 @@ def main() -> None:
     from experiments.bench_training import training_benchmark
 
     lines += ["", output_ensemble_latency(), averaging_cost(), serving_benchmark(), training_benchmark()]
+    if on_gpu:  # the scale-out issue's GPU figures: >= 100M parameters in bfloat16
+        lines += ["", training_benchmark("base", batch_size=512, tokens=3_000_000)]
     if on_gpu:
         lines += ["", "## Absolute times (GPU)", "", "| preset | train step ms | teacher-forced s | decode s |",
                   "|---|---|---|---|",

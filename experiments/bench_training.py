@@ -36,11 +36,14 @@ SECTION = "## Training loop: recoup against a hand-written loop, MFU, checkpoint
 TOKENS = 240_000  # per timed run: ~60 steps of the demo's batch
 
 
-def _config(out_dir: str, **overrides):
+def _config(out_dir: str, preset: str = "small", batch_size: int = 128, **overrides):
+    """The demo's config (data, optimizer) with the model `preset` and batch size."""
     from experiments.demo import get_config
+    from framework.config import PRESETS
 
     cfg = get_config(out_dir)
-    return dataclasses.replace(cfg, every_tokens=None, ema_half_lives=(), log_every=10, **overrides)
+    return dataclasses.replace(cfg, every_tokens=None, ema_half_lives=(), log_every=10, model=PRESETS[preset],
+                               preset=preset, batch_size=batch_size, **overrides)
 
 
 def hand_written_tokens_per_s(cfg, train_split, steps: int = 50, warmup: int = 5) -> float:
@@ -85,10 +88,10 @@ def _train_lines(run_dir: str) -> tuple[list[dict], list[dict]]:
     return [x for x in lines if x["event"] == "train"], [x for x in lines if x["event"] == "eval"]
 
 
-def recoup_tokens_per_s(out_dir: str) -> float:
+def recoup_tokens_per_s(out_dir: str, preset: str, batch_size: int, tokens: int) -> float:
     from framework.train import train
 
-    cfg = _config(out_dir, budget_tokens=TOKENS, stops=(1.0,))
+    cfg = _config(out_dir, preset, batch_size, budget_tokens=tokens, stops=(1.0,))
     train(cfg, show_progress=False)
     windows = _train_lines(out_dir)[0][1:]  # the first window holds the compilation
     tokens = np.diff([w["tokens"] for w in _train_lines(out_dir)[0]])
@@ -108,12 +111,12 @@ def peak_matmul_flops(n: int | None = None, repeats: int = 10) -> tuple[float, s
     return 2 * n**3 * repeats / (time.perf_counter() - t), f"{n}x{n} {jnp.dtype(dtype).name} matmul"
 
 
-def checkpoint_and_data_overhead(out_dir: str) -> dict:
+def checkpoint_and_data_overhead(out_dir: str, preset: str, batch_size: int, tokens: int) -> dict:
     """The default cadence: the config's default stops, asynchronous saves."""
     from framework.config import DEFAULT_STOPS
     from framework.train import train
 
-    cfg = _config(out_dir, budget_tokens=TOKENS, stops=DEFAULT_STOPS)
+    cfg = _config(out_dir, preset, batch_size, budget_tokens=tokens, stops=DEFAULT_STOPS)
     t = time.perf_counter()
     train(cfg, show_progress=False)
     wall = time.perf_counter() - t
@@ -124,20 +127,20 @@ def checkpoint_and_data_overhead(out_dir: str) -> dict:
             "data_worst": float(np.max([x["data_time_frac"] for x in train_lines[1:]]))}
 
 
-def training_benchmark() -> str:
+def training_benchmark(preset: str = "small", batch_size: int = 128, tokens: int = TOKENS) -> str:
     from experiments.bench_serving import _machine
     from framework.data import counted_tokens, make_batch, prepare
     from framework.model import training_flops
 
-    cfg = _config("unused")
+    cfg = _config("unused", preset, batch_size)
     train_split = prepare(cfg.data)["train"]
     hand, ours = [], []
     with tempfile.TemporaryDirectory() as d:
         for i in range(2):  # alternated, so drift in the machine's speed hits both
             hand.append(hand_written_tokens_per_s(cfg, train_split))
-            ours.append(recoup_tokens_per_s(os.path.join(d, f"recoup{i}")))
+            ours.append(recoup_tokens_per_s(os.path.join(d, f"recoup{i}"), preset, batch_size, tokens))
             print(f"hand-written {hand[-1]:,.0f} tok/s, recoup {ours[-1]:,.0f} tok/s", flush=True)
-        overhead = checkpoint_and_data_overhead(os.path.join(d, "cadence"))
+        overhead = checkpoint_and_data_overhead(os.path.join(d, "cadence"), preset, batch_size, tokens)
     from framework.model import build_model
 
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(build_model(cfg.model, 0), nnx.Param)))
@@ -146,9 +149,14 @@ def training_benchmark() -> str:
     peak, how = peak_matmul_flops()
     best_hand, best_ours = max(hand), max(ours)
     ratio = best_ours / best_hand
-    lines = [SECTION, "", _machine(), "",
-             f"`python -m experiments.bench_training`: the demo's model ({n_params:,} parameters) and batch "
-             f"(128 sequences, {mean_len:.1f} counted tokens each on average), {TOKENS:,} tokens per timed run; "
+    default = (preset, batch_size, tokens) == ("small", 128, TOKENS)
+    flags = f" --preset {preset} --batch-size {batch_size} --tokens {tokens}"
+    command = "python -m experiments.bench_training" + ("" if default else flags)
+    heading = SECTION if default else f"{SECTION} ({preset}, {cfg.model.dtype}, batch {batch_size})"
+    lines = [heading, "", _machine(), "",
+             f"`{command}`: the `{preset}` model ({n_params:,} parameters, {cfg.model.dtype} compute), batch "
+             f"{batch_size} sequences of the demo's data ({mean_len:.1f} counted tokens each on average), "
+             f"{tokens:,} tokens per timed run; "
              "each loop timed twice, alternating, best of each.", "",
              "| measure | value | target |", "|---|---|---|",
              f"| recoup `train` / hand-written loop, tokens/s | {ratio:.3f} ({best_ours:,.0f} / {best_hand:,.0f}) "
@@ -165,8 +173,15 @@ def training_benchmark() -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+
     from experiments.bench_serving import splice
 
-    section = training_benchmark()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="small", help="model preset (GPU: base, ~106M parameters in bfloat16)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--tokens", type=int, default=TOKENS, help="tokens per timed run")
+    args = p.parse_args()
+    section = training_benchmark(args.preset, args.batch_size, args.tokens)
     print(section)
     splice(section)

@@ -70,6 +70,7 @@ _TRAIN_FLAGS = {
     "data_seed": ("data", "seed", int),
     "max_seq_len": ("data", "max_seq_len", int),
     "dropout": ("model", "dropout", float),
+    "dtype": ("model", "dtype", str),
     "schedule": ("optim", "schedule", str),
     "lr": ("optim", "peak_lr", float),
     "warmup": ("optim", "warmup_frac", float),
@@ -157,6 +158,7 @@ def _add_train_parser(sub) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", help=f"model size: {'|'.join(PRESETS)} (default {_R.preset})")
     g.add_argument("--dropout", help="residual dropout (default: the preset's)")
+    g.add_argument("--dtype", help="compute dtype: float32 or bfloat16 (parameters stay float32; default: preset)")
     g = p.add_argument_group("optimizer")
     g.add_argument("--schedule",
                    help=f"learning-rate schedule over the budget: {'|'.join(SCHEDULES)} (default {_O.schedule})")

@@ -73,6 +73,9 @@ class DataConfig:
         _seed("data.seed", self.seed)
 
 
+DTYPES = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     d_model: int = 128  # residual width
@@ -82,6 +85,7 @@ class ModelConfig:
     mlp: str = "gated"  # "gated" (SwiGLU) or "gelu"
     dropout: float = 0.0  # residual dropout during training
     rope_base: float = 10_000.0  # RoPE frequency base
+    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (parameters and softmax stay float32)
 
     def validate(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_ff"):
@@ -93,6 +97,8 @@ class ModelConfig:
             )
         if self.mlp not in MLPS:
             raise ConfigError("model.mlp", f"unknown MLP {self.mlp!r}", MLPS)
+        if self.dtype not in DTYPES:
+            raise ConfigError("model.dtype", f"unknown compute dtype {self.dtype!r}", DTYPES)
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout", f"{self.dropout} is outside [0, 1)")
 
@@ -100,6 +106,8 @@ class ModelConfig:
 PRESETS = {
     "tiny": ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64),  # tests: compiles in seconds
     "small": ModelConfig(d_model=128, n_layers=3, n_heads=4, d_ff=384),  # demo: ~0.6M parameters
+    # GPU benchmarks: ~106M parameters in bfloat16
+    "base": ModelConfig(d_model=768, n_layers=15, n_heads=12, d_ff=2048, dtype="bfloat16"),
 }
 
 

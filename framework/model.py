@@ -27,7 +27,7 @@ def rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
     angles = positions[..., None].astype(jnp.float32) * freq  # [b, t, half]
     sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
     x1, x2 = x[..., :half], x[..., half:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -41,8 +41,8 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.n_heads, self.rope_base = cfg.n_heads, cfg.rope_base
-        self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, use_bias=False, rngs=rngs)
-        self.out = nnx.Linear(cfg.d_model, cfg.d_model, use_bias=False, rngs=rngs)
+        self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, use_bias=False, dtype=cfg.dtype, rngs=rngs)
+        self.out = nnx.Linear(cfg.d_model, cfg.d_model, use_bias=False, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, x, positions, mask, cache=None, cache_index=0):
         b, t, d = x.shape
@@ -63,9 +63,9 @@ class GatedMLP(nnx.Module):
     """SwiGLU (Shazeer 2020)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.gate = nnx.Linear(cfg.d_model, cfg.d_ff, use_bias=False, rngs=rngs)
-        self.up = nnx.Linear(cfg.d_model, cfg.d_ff, use_bias=False, rngs=rngs)
-        self.down = nnx.Linear(cfg.d_ff, cfg.d_model, use_bias=False, rngs=rngs)
+        self.gate = nnx.Linear(cfg.d_model, cfg.d_ff, use_bias=False, dtype=cfg.dtype, rngs=rngs)
+        self.up = nnx.Linear(cfg.d_model, cfg.d_ff, use_bias=False, dtype=cfg.dtype, rngs=rngs)
+        self.down = nnx.Linear(cfg.d_ff, cfg.d_model, use_bias=False, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
@@ -73,8 +73,8 @@ class GatedMLP(nnx.Module):
 
 class GeluMLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.up = nnx.Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
-        self.down = nnx.Linear(cfg.d_ff, cfg.d_model, rngs=rngs)
+        self.up = nnx.Linear(cfg.d_model, cfg.d_ff, dtype=cfg.dtype, rngs=rngs)
+        self.down = nnx.Linear(cfg.d_ff, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.down(jax.nn.gelu(self.up(x)))
@@ -85,9 +85,9 @@ MLP_CLASSES = {"gated": GatedMLP, "gelu": GeluMLP}
 
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, mlp_cls, *, rngs: nnx.Rngs):
-        self.attn_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
+        self.attn_norm = nnx.RMSNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
         self.attn = Attention(cfg, rngs=rngs)
-        self.mlp_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
+        self.mlp_norm = nnx.RMSNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
         self.mlp = mlp_cls(cfg, rngs=rngs)
         self.rate = cfg.dropout
 
@@ -104,9 +104,9 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed = nnx.Embed(VOCAB_SIZE, cfg.d_model, rngs=rngs)
+        self.embed = nnx.Embed(VOCAB_SIZE, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
         self.blocks = nnx.List([Block(cfg, MLP_CLASSES[cfg.mlp], rngs=rngs) for _ in range(cfg.n_layers)])
-        self.final_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
+        self.final_norm = nnx.RMSNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(
         self,
@@ -126,7 +126,8 @@ class Transformer(nnx.Module):
         logits = self.embed.attend(self.final_norm(x))
         return logits.astype(jnp.float32), (None if cache is None else tuple(new_cache))
 
-    def init_cache(self, batch: int, length: int, dtype=jnp.float32) -> KVCache:
+    def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
+        dtype = dtype or self.cfg.dtype  # the keys and values the compute dtype produces
         head_dim = self.cfg.d_model // self.cfg.n_heads
         shape = (batch, length, self.cfg.n_heads, head_dim)
         return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks)

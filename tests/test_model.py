@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from framework import evaluate
@@ -98,3 +99,28 @@ def test_an_answer_without_eos_is_a_miss():
     both = evaluate.Decoded(texts=["51", "2"], ended=[True, False])
     result = evaluate.score(both, split)
     assert result["strict_em"] == 0.5 and result["em"] == 0.5 and result["f1"] == 1.0
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_decodes():
+    import dataclasses
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from framework.config import PRESETS, ModelConfig
+    from framework.errors import ConfigError
+    from framework.evaluate import greedy_decode, left_padded_prompts
+    from framework.model import build_model, forward
+
+    cfg = dataclasses.replace(PRESETS["tiny"], dtype="bfloat16")
+    model = build_model(cfg, 0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    assert {str(x.dtype) for x in jax.tree.leaves(params)} == {"float32"}
+    full = forward(build_model(PRESETS["tiny"], 0), np.ones((2, 8), np.int32))
+    half = forward(model, np.ones((2, 8), np.int32))
+    assert half.dtype == np.float32 and 0 < float(np.max(np.abs(half - full))) < 0.1  # bf16 rounding, same model
+    assert model.init_cache(1, 4)[0][0].dtype == jax.numpy.bfloat16
+    assert greedy_decode(graphdef, params, left_padded_prompts(["1+2="]), 4).shape == (1, 4)
+    with pytest.raises(ConfigError, match="model.dtype"):
+        ModelConfig(dtype="float16").validate()
