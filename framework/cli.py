@@ -83,6 +83,9 @@ _TRAIN_FLAGS = {
     "train_until": ("run", "train_until", float),
     "batch_size": ("run", "batch_size", int),
     "mesh": ("run", "mesh_shape", lambda s: _mesh(s)),
+    "nonfinite": ("run", "nonfinite", str),
+    "rollback_lr_factor": ("run", "rollback_lr_factor", float),
+    "max_rollbacks": ("run", "max_rollbacks", int),
     "seed": ("run", "seed", int),
     "out": ("run", "out_dir", str),
     "init_from": ("run", "init_from", str),
@@ -182,6 +185,10 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--init-from", help="start from RUN_DIR or RUN_DIR/checkpoints/STEP weights")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--nonfinite", help="on a non-finite loss (its update is always dropped): stop|skip|rollback "
+                                       f"(default {_R.nonfinite})")
+    g.add_argument("--rollback-lr-factor", help=f"rollback: learning rate multiplier (default {_R.rollback_lr_factor})")
+    g.add_argument("--max-rollbacks", help=f"rollback: at most this many, then stop (default {_R.max_rollbacks})")
     g = p.add_argument_group("several processes (jax.distributed; or RECOUP_COORDINATOR, RECOUP_NUM_PROCESSES, "
                              "RECOUP_PROCESS_ID)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same for every process")

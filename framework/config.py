@@ -74,6 +74,7 @@ class DataConfig:
 
 
 DTYPES = ("float32", "bfloat16")
+NONFINITE_POLICIES = ("stop", "skip", "rollback")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +173,13 @@ class RunConfig:
     # (data, fsdp) devices of the training mesh; -1: every device the fsdp axis leaves. Not part of
     # what a run is: a run may resume on another device count (framework.sharding).
     mesh_shape: tuple[int, int] = (-1, 1)
+    # A non-finite loss or gradient: its update is always dropped; then "stop" (a stopped checkpoint
+    # saying where), "skip" (go on, counted in metrics.jsonl) or "rollback" (reload the newest
+    # checkpoint, learning rate x rollback_lr_factor, at most max_rollbacks times, then stop).
+    # Read at each log line (every log_every steps), so acting costs no per-step host sync.
+    nonfinite: str = "stop"
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
@@ -218,6 +226,11 @@ class RunConfig:
         build_stop_rule(self.stop_rules, self.stop_combine)
         if os.path.isfile(self.out_dir):
             raise ConfigError("out", f"{self.out_dir} is a file; give a directory for the run")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError("nonfinite", f"unknown policy {self.nonfinite!r}", NONFINITE_POLICIES)
+        if not (_is_number(self.rollback_lr_factor) and 0.0 < self.rollback_lr_factor < 1.0):
+            raise ConfigError("rollback_lr_factor", f"{self.rollback_lr_factor!r} must be in (0, 1)")
+        _positive_int("max_rollbacks", self.max_rollbacks)
         m = self.mesh_shape
         if not (isinstance(m, tuple) and len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m)
                 and (m[0] == -1 or m[0] >= 1) and m[1] >= 1):

@@ -134,7 +134,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, dropou
     """One jitted update, compiled once per batch shape. `tokens_seen` is a traced scalar."""
 
     @jax.jit
-    def train_step(params, opt_state, batch: Batch, tokens_seen, key):
+    def train_step(params, opt_state, batch: Batch, tokens_seen, key, lr_scale=1.0):
         def loss_fn(p):
             logits = forward(nnx.merge(graphdef, p), batch.inputs, key if dropout else None)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets) * batch.loss_mask
@@ -142,16 +142,34 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, dropou
             return ce.sum() / jnp.maximum(batch.loss_mask.sum(), 1.0), per_example
 
         (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        lr = schedule(tokens_seen)
-        params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-        return params, opt_state, {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads),
-                                   "example_loss": jax.lax.stop_gradient(per_example)}
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        lr = schedule(tokens_seen) * lr_scale
+        grad_norm = optax.global_norm(grads)
+        # A non-finite loss or gradient never reaches the weights: that step's update is dropped
+        # here (no host sync); the loop applies the run's `nonfinite` policy when it reads the flag.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(lambda p, u: keep(p - lr * u, p), params, updates)
+        return params, jax.tree.map(keep, new_opt_state, opt_state), {
+            "loss": loss, "lr": lr, "grad_norm": grad_norm, "nonfinite": ~finite,
+            "example_loss": jax.lax.stop_gradient(per_example)}
 
     return train_step
 
 
 # == the loop =================================================================================
+
+
+class NonFiniteLoss(Exception):
+    """Some steps had a non-finite loss or gradient (their updates were dropped)."""
+
+    def __init__(self, steps: list[int]):
+        super().__init__(f"non-finite loss or gradient at step(s) {', '.join(map(str, steps))} (those updates "
+                         "were dropped: the weights are the last finite ones)")
+
+
+def _can_roll_back(cfg: RunConfig, prog, mgr) -> bool:
+    return cfg.nonfinite == "rollback" and prog.rollbacks < cfg.max_rollbacks and mgr.latest_step() is not None
 
 
 @dataclasses.dataclass
@@ -167,6 +185,9 @@ class Progress:
     stopped: str | None = None  # why a stopping rule ended the run; a stopped run is finished
     pending: list = dataclasses.field(default_factory=list)  # [(indices, losses)] a sampler has yet to observe
     rules: Any = None  # the stopping rules' state (JSON), framework.stopping_rules
+    lr_scale: float = 1.0  # times the schedule: lowered by each rollback after a non-finite loss
+    rollbacks: int = 0  # rollbacks so far (nonfinite="rollback")
+    skipped: int = 0  # updates dropped for a non-finite loss or gradient
 
 
 def train(
@@ -281,7 +302,13 @@ def train(
         line = window.flush(prog)
         last_line.update(line)
         log.write(json.dumps({"event": "train", **line}) + "\n")
-        bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", refresh=False)
+        if line["loss"] is not None:
+            bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", refresh=False)
+        if "nonfinite_steps" in line:
+            prog.skipped += len(line["nonfinite_steps"])
+            if cfg.nonfinite != "skip":
+                raise NonFiniteLoss(line["nonfinite_steps"])
+            bar.write(f"  non-finite loss at step(s) {line['nonfinite_steps']}: update(s) skipped")
 
     def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None, restored: int | None = None) -> None:
         """Evaluate, let hooks see it (a rule may stop the run here), then save."""
@@ -344,41 +371,61 @@ def train(
     pending: list[tuple[np.ndarray, Any]] = [(np.asarray(i), np.asarray(x, np.float32)) for i, x in prog.pending]
 
     try:
-        while prog.next_stop < len(points):
-            if sampler.observe is not None and len(pending) == 2:  # step t - 2's losses: done by now
-                done_idx, done_losses = pending.pop(0)
-                sampler_state = sampler.observe(sampler_state, done_idx, np.asarray(done_losses))
-            data_t0 = time.perf_counter()
-            idx, next_sampler_state = sampler.next(sampler_state, prog.tokens)
-            batch = make_batch(train_split, idx)
-            n_tokens = counted_tokens(batch)
-            window.data_s += time.perf_counter() - data_t0
-            # Take every stopping point this batch would cross *before* running it.
-            crossed = []
-            while prog.next_stop < len(points) and prog.tokens + n_tokens > points[prog.next_stop].tokens:
-                crossed.append(points[prog.next_stop])
-                prog.next_stop += 1
-            if crossed:
-                checkpoint(crossed, "stop" if any(p.kind == "stop" for p in crossed) else "periodic")
-            if prog.next_stop == len(points):
+        while True:  # one pass, or more when a rollback re-enters the loop from an earlier checkpoint
+            try:
+                while prog.next_stop < len(points):
+                    if sampler.observe is not None and len(pending) == 2:  # step t - 2's losses: done by now
+                        done_idx, done_losses = pending.pop(0)
+                        sampler_state = sampler.observe(sampler_state, done_idx, np.asarray(done_losses))
+                    data_t0 = time.perf_counter()
+                    idx, next_sampler_state = sampler.next(sampler_state, prog.tokens)
+                    batch = make_batch(train_split, idx)
+                    n_tokens = counted_tokens(batch)
+                    window.data_s += time.perf_counter() - data_t0
+                    # Take every stopping point this batch would cross *before* running it.
+                    crossed = []
+                    while prog.next_stop < len(points) and prog.tokens + n_tokens > points[prog.next_stop].tokens:
+                        crossed.append(points[prog.next_stop])
+                        prog.next_stop += 1
+                    if crossed:
+                        checkpoint(crossed, "stop" if any(p.kind == "stop" for p in crossed) else "periodic")
+                    if prog.next_stop == len(points):
+                        break
+                    step_key = jax.random.fold_in(key, prog.step)
+                    params, opt_state, m = train_step(params, opt_state, sharding.put_batch(batch, mesh),
+                                                      np.float32(prog.tokens), step_key, np.float32(prog.lr_scale))
+                    prog.step += 1
+                    prog.tokens += n_tokens
+                    if averages:
+                        averages = update_averages(averages, params, np.float32(n_tokens), np.float32(prog.tokens))
+                    prog.answer_tokens += answer_tokens(batch)
+                    sampler_state = next_sampler_state
+                    if sampler.observe is not None:
+                        pending.append((idx, sharding.gather_rows(m["example_loss"])))
+                    bar.update(n_tokens)
+                    window.add(m, n_tokens, train_split.difficulty[idx],
+                               sampler.info(sampler_state, prog.tokens) if sampler.info else {})
+                    if prog.step % cfg.log_every == 0:
+                        log_train_line()
+                    emit(Event("step", prog.step, prog.tokens, {}))
                 break
-            step_key = jax.random.fold_in(key, prog.step)
-            params, opt_state, m = train_step(params, opt_state, sharding.put_batch(batch, mesh),
-                                              np.float32(prog.tokens), step_key)
-            prog.step += 1
-            prog.tokens += n_tokens
-            if averages:
-                averages = update_averages(averages, params, np.float32(n_tokens), np.float32(prog.tokens))
-            prog.answer_tokens += answer_tokens(batch)
-            sampler_state = next_sampler_state
-            if sampler.observe is not None:
-                pending.append((idx, sharding.gather_rows(m["example_loss"])))
-            bar.update(n_tokens)
-            window.add(m, n_tokens, train_split.difficulty[idx],
-                       sampler.info(sampler_state, prog.tokens) if sampler.info else {})
-            if prog.step % cfg.log_every == 0:
-                log_train_line()
-            emit(Event("step", prog.step, prog.tokens, {}))
+            except NonFiniteLoss as bad:
+                if not _can_roll_back(cfg, prog, mgr):
+                    raise StopTraining(str(bad)) from None
+                mgr.wait_until_finished()
+                scale, rollbacks = prog.lr_scale * cfg.rollback_lr_factor, prog.rollbacks + 1
+                params, opt_state, sampler_state, averages, p = _restore_state(
+                    mgr, mgr.latest_step(), params, opt_state, sampler_state, averages)
+                prog = Progress(**{**p, "lr_scale": scale, "rollbacks": rollbacks})
+                key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
+                pending = [(np.asarray(i), np.asarray(x, np.float32)) for i, x in prog.pending]
+                log.close()
+                if sharding.is_primary():
+                    _truncate_metrics(metrics_path, prog.step)
+                log = open(metrics_path if sharding.is_primary() else os.devnull, "a")
+                window.reset()
+                bar.write(f"  {bad}; rolled back to step {prog.step} ({prog.tokens:,} tokens), learning rate "
+                          f"x{scale:g} (rollback {rollbacks} of {cfg.max_rollbacks})")
     except StopTraining as stop:
         bar.write(f"stopped at step {prog.step}: {stop}")
         best = rule.best_step(prog.rules) if rule is not None else None
@@ -425,24 +472,27 @@ class _Window:
 
     def reset(self):
         self.losses, self.last, self.tokens, self.difficulty, self.sampler_info = [], None, 0, [], {}
+        self.nonfinite = []  # per step: whether its update was dropped
         self.data_s = 0.0  # host time choosing and building batches (the step waits on it at most)
         self.t0 = time.perf_counter()
 
     def add(self, m, n_tokens: int, difficulty: np.ndarray, sampler_info: dict[str, float]) -> None:
         self.losses.append(m["loss"])
+        self.nonfinite.append(m["nonfinite"])
         self.last, self.tokens = m, self.tokens + n_tokens
         self.difficulty.append(difficulty)
         self.sampler_info = sampler_info  # the latest: e.g. the curriculum's pacing fraction
 
     def flush(self, prog: Progress) -> dict[str, Any]:
         d = np.concatenate(self.difficulty)
-        losses = jax.device_get(self.losses)  # waits for this window's steps: read the clock after
+        losses = np.asarray(jax.device_get(self.losses))  # waits for this window's steps: read the clock after
+        bad = np.asarray(jax.device_get(self.nonfinite), bool)
         elapsed = time.perf_counter() - self.t0
         line = {
             "step": prog.step,
             "tokens": prog.tokens,
             "answer_tokens": prog.answer_tokens,
-            "loss": float(np.mean(losses)),
+            "loss": float(np.mean(losses[~bad])) if (~bad).any() else None,
             "lr": float(self.last["lr"]),
             "grad_norm": float(self.last["grad_norm"]),
             "tokens_per_s": round(self.tokens / elapsed, 1),
@@ -451,6 +501,8 @@ class _Window:
             "difficulty_max": float(d.max()),
             **{k: float(v) for k, v in self.sampler_info.items()},
         }
+        if bad.any():  # which steps of the window (1-based step numbers) dropped their update
+            line["nonfinite_steps"] = [int(prog.step - len(bad) + 1 + i) for i in np.flatnonzero(bad)]
         self.reset()
         return line
 
