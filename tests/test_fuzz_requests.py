@@ -1,0 +1,68 @@
+"""Property-based fuzzing of completion requests: any JSON body ends in a request or a 4xx naming a field."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from framework.completions import APIError, CompletionRequest, parse
+from framework.generation import Buckets, ServedModel
+
+MODEL = ServedModel("m", ".", "weights", None, None, None, context=64, info={})
+MODELS = {"m": MODEL}
+BUCKETS = Buckets((1, 4), (16, 32), (8, 16))
+FIELDS = ["model", "prompt", "max_tokens", "temperature", "seed", "stop", "n", "stream", "echo", "logprobs",
+          "top_p", "user", "suffix", "logit_bias", "frobnicate"]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+plausible = {  # values near the valid ones, so that many bodies get far into the checks
+    "model": st.sampled_from(["m", "x", ""]) | json_values,
+    "prompt": st.text(max_size=40) | st.lists(st.text(max_size=20), max_size=5) | json_values,
+    "max_tokens": st.integers(-3, 70) | json_values,
+    "temperature": st.floats(-1, 3) | st.just(float("nan")) | json_values,
+    "seed": st.integers(-5, 2**64) | json_values,
+    "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=6) | json_values,
+}
+valid = st.fixed_dictionaries(
+    {"model": st.just("m"), "prompt": st.text(min_size=1, max_size=20)
+     | st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=4)},
+    optional={"max_tokens": st.integers(1, 16), "temperature": st.floats(0, 2), "seed": st.integers(0, 2**62),
+              "stop": st.text(min_size=1, max_size=3), "n": st.just(1), "stream": st.just(False)})
+one_field_off = st.tuples(valid, st.sampled_from(FIELDS), st.one_of(*plausible.values(), json_values)).map(
+    lambda t: {**t[0], t[1]: t[2]})
+bodies = (valid | one_field_off | json_values
+          | st.fixed_dictionaries({}, optional={f: plausible.get(f, json_values) for f in FIELDS}))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies)
+def test_any_body_is_a_request_or_a_4xx_that_names_the_problem(body):
+    try:
+        req = parse(body, MODELS, BUCKETS)
+    except APIError as e:
+        assert 400 <= e.status < 500 and e.message
+        assert e.param is None or e.param in FIELDS or e.param in body, e.param
+        json.dumps(e.body())  # the error body is always serializable
+        return
+    assert isinstance(req, CompletionRequest) and req.rows
+    for row in req.rows:
+        assert 1 <= row.max_tokens <= BUCKETS.new[-1] and len(row.prompt) + row.max_tokens <= MODEL.context
+        assert len(row.prompt) <= BUCKETS.prompt[-1] and 0 <= row.temperature <= 2 and 0 <= row.seed < 2**63
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_are_json_or_a_clear_400(raw):
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # the server answers 400 "not valid JSON" (tests/test_serving.py)
+    try:
+        parse(body, MODELS, BUCKETS)
+    except APIError as e:
+        assert 400 <= e.status < 500
