@@ -160,6 +160,11 @@ def load_manifest(ens_dir: str) -> dict[str, Any]:
     return manifest
 
 
+def saved_average(ens_dir: str, run) -> Any:
+    """The parameters a weight-average ensemble saved at build time, on one device (`run`: a member's run)."""
+    return ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(ens_dir, "params")), run.abstract_params)
+
+
 def candidate_of(manifest: dict[str, Any]) -> Candidate:
     fields = {f.name for f in dataclasses.fields(Member)}
     members = tuple(Member(**{k: v for k, v in m.items() if k in fields}) for m in manifest["members"])
@@ -177,8 +182,7 @@ def evaluate_ensemble(ens_dir: str, split: str = "test") -> dict[str, Any]:
     model = None
     if c.combine == "weights":  # the saved average, not a recomputation from the members
         run = store.run(c.members[0].run)
-        model = run.graphdef, ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(ens_dir, "params")),
-                                                                 run.abstract_params)
+        model = run.graphdef, saved_average(ens_dir, run)
     result = evaluate_candidate(store, c, split, model)
     return {"run_dir": ens_dir, "step": None, "tokens": manifest["training_tokens"],
             "fraction": manifest["budgets"]["fraction"], "split": split, **result,

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from ensembles import output
@@ -93,12 +92,17 @@ class ServedModel:
         return 1 if self.weights is None else len(self.weights)
 
 
+def served_id(path: str) -> str:
+    """The id a directory is served under: its name."""
+    return os.path.basename(os.path.abspath(path))
+
+
 def load(path: str, model_id: str | None = None) -> ServedModel:
     """An ensemble directory (manifest.json) or a run directory (config.json: its latest checkpoint)."""
     from ensembles import artifact
 
     path = os.path.normpath(path)
-    model_id = model_id or os.path.basename(os.path.abspath(path))
+    model_id = model_id or served_id(path)
     if os.path.isfile(os.path.join(path, artifact.MANIFEST)):
         manifest = artifact.load_manifest(path)
         c = artifact.candidate_of(manifest)
@@ -107,9 +111,7 @@ def load(path: str, model_id: str | None = None) -> ServedModel:
         info = {"kind": "ensemble", "method": c.method, "members": [m.label for m in c.members],
                 "training_tokens": manifest.get("training_tokens"), "inference_cost": c.inference_cost}
         if c.combine == "weights":
-            params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "params")),
-                                                        run.abstract_params)
-            weights = None
+            params, weights = artifact.saved_average(path, run), None
         else:
             params = output.stack_params([store.params(m) for m in c.members])
             weights = output.member_weights(c.weights, len(c.members))

@@ -98,7 +98,7 @@ def check_servable(paths: Sequence[str]) -> None:
         if not any(os.path.isfile(os.path.join(path, f)) for f in ("manifest.json", "config.json")):
             raise ConfigError("model", f"{path} is neither a recoup ensemble (no manifest.json) nor a run "
                                        "directory (no config.json)")
-        name = os.path.basename(os.path.abspath(path))
+        name = generation.served_id(path)
         if name in ids:
             raise ConfigError("model", f"{path} and {ids[name]} would both be served as {name!r}; serve them "
                                        "from directories with different names")
