@@ -93,9 +93,9 @@ def recoup_tokens_per_s(out_dir: str, preset: str, batch_size: int, tokens: int)
 
     cfg = _config(out_dir, preset, batch_size, budget_tokens=tokens, stops=(1.0,))
     train(cfg, show_progress=False)
-    windows = _train_lines(out_dir)[0][1:]  # the first window holds the compilation
-    tokens = np.diff([w["tokens"] for w in _train_lines(out_dir)[0]])
-    return float(tokens.sum() / sum(t / w["tokens_per_s"] for t, w in zip(tokens, windows, strict=True)))
+    lines = _train_lines(out_dir)[0]
+    tokens = np.diff([w["tokens"] for w in lines])  # the tokens of every window but the first (compilation)
+    return float(tokens.sum() / sum(t / w["tokens_per_s"] for t, w in zip(tokens, lines[1:], strict=True)))
 
 
 def peak_matmul_flops(n: int | None = None, repeats: int = 10) -> tuple[float, str]:
@@ -129,8 +129,8 @@ def checkpoint_and_data_overhead(out_dir: str, preset: str, batch_size: int, tok
 
 def training_benchmark(preset: str = "small", batch_size: int = 128, tokens: int = TOKENS) -> str:
     from experiments.bench_serving import _machine
-    from framework.data import counted_tokens, make_batch, prepare
-    from framework.model import training_flops
+    from framework.data import mean_counted_tokens, prepare
+    from framework.model import build_model, count_params, training_flops
 
     cfg = _config("unused", preset, batch_size)
     train_split = prepare(cfg.data)["train"]
@@ -141,10 +141,8 @@ def training_benchmark(preset: str = "small", batch_size: int = 128, tokens: int
             ours.append(recoup_tokens_per_s(os.path.join(d, f"recoup{i}"), preset, batch_size, tokens))
             print(f"hand-written {hand[-1]:,.0f} tok/s, recoup {ours[-1]:,.0f} tok/s", flush=True)
         overhead = checkpoint_and_data_overhead(os.path.join(d, "cadence"), preset, batch_size, tokens)
-    from framework.model import build_model
-
-    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(build_model(cfg.model, 0), nnx.Param)))
-    mean_len = counted_tokens(make_batch(train_split, np.arange(len(train_split)))) / len(train_split)
+    n_params = count_params(build_model(cfg.model, 0))
+    mean_len = mean_counted_tokens(train_split)
     flops_per_token = training_flops(cfg.model, n_params, 1, mean_len)
     peak, how = peak_matmul_flops()
     best_hand, best_ours = max(hand), max(ours)

@@ -170,17 +170,14 @@ def _row(em, variant: str, c, budget_tokens: int, flops_per_token: float, val_em
 
 def _flops_per_token(run_dir: str) -> float:
     import jax
-    import numpy as np
 
-    from framework.data import counted_tokens, make_batch
+    from framework.data import mean_counted_tokens
     from framework.model import training_flops
     from framework.runs import open_run
 
     run = open_run(run_dir)
-    train_split = run.split("train")
     n_params = sum(x.size for x in jax.tree.leaves(run.abstract_params))
-    mean_len = counted_tokens(make_batch(train_split, np.arange(len(train_split)))) / len(train_split)
-    return training_flops(run.cfg.model, n_params, 1, mean_len)
+    return training_flops(run.cfg.model, n_params, 1, mean_counted_tokens(run.split("train")))
 
 
 def score_seed(dirs: dict[str, str], budget_tokens: int, vote: bool = True, log=print) -> tuple[list[dict], list[dict]]:

@@ -109,6 +109,11 @@ def counted_tokens(batch: Batch) -> int:
     return int(np.count_nonzero(batch.inputs != PAD))
 
 
+def mean_counted_tokens(split: EncodedSplit) -> float:
+    """Counted tokens per example of a split, on average (the s̄ of `model.training_flops`)."""
+    return counted_tokens(make_batch(split, np.arange(len(split)))) / len(split)
+
+
 def answer_tokens(batch: Batch) -> int:
     """Tokens the loss is computed on (answer bytes and the EOS)."""
     return int(batch.loss_mask.sum())
