@@ -105,11 +105,11 @@ _TRAIN_FLAGS = {
 
 
 def _mesh(text: str) -> tuple[int, int]:
-    try:
-        data, fsdp = (int(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError("mesh_shape", f"{text!r} must be DATA,FSDP device counts, e.g. -1,1 or 2,4") from None
-    return data, fsdp
+    what = "DATA,FSDP device counts, e.g. -1,1 or 2,4"
+    counts = _int_list(text, "mesh_shape", what)
+    if len(counts) != 2:
+        raise ConfigError("mesh_shape", f"{text!r} must be {what}")
+    return counts
 
 
 def _stop_rule(spec: str) -> dict:
@@ -488,11 +488,11 @@ def _add_ensemble_parser(sub) -> None:
     e.set_defaults(func=_cmd_ensemble_eval)
 
 
-def _int_list(text: str, field: str) -> tuple[int, ...]:
+def _int_list(text: str, field: str, what: str = "comma-separated integers, e.g. 1,8,32") -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise ConfigError(field, f"{text!r} must be comma-separated integers, e.g. 1,8,32") from None
+        raise ConfigError(field, f"{text!r} must be {what}") from None
 
 
 def _cmd_serve(args) -> int:

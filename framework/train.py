@@ -270,22 +270,20 @@ def train(
         prog.next_stop = sum(q.tokens <= prog.tokens for q in points)  # stops already behind the branch
         print(f"branching from {cfg.branch_from}: step {prog.step}, {prog.tokens:,} tokens")
     if resume and not resuming:
-        if sharding.is_primary():
-            _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
+        _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
     if resuming:
         params, opt_state, sampler_state, averages, p = _restore_state(
             mgr, mgr.latest_step(), params, opt_state, sampler_state, averages)
         prog = Progress(**p)
         key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
-        if sharding.is_primary():
-            _truncate_metrics(metrics_path, prog.step)
+        _truncate_metrics(metrics_path, prog.step)
         if prog.stopped:
             print(f"{cfg.out_dir} was stopped at step {prog.step} ({prog.stopped}); nothing to resume")
             mgr.close()
             return checkpoints.list_checkpoints(cfg.out_dir)
         print(f"resuming {cfg.out_dir} from step {prog.step} ({prog.tokens:,} tokens)")
 
-    log = open(metrics_path if sharding.is_primary() else os.devnull, "a")
+    log = _open_metrics(metrics_path)
     bar = tqdm(total=points[-1].tokens, initial=prog.tokens, unit="tok", unit_scale=True,
                disable=not (show_progress and sharding.is_primary()),
                desc=os.path.basename(os.path.normpath(cfg.out_dir)),
@@ -368,7 +366,7 @@ def train(
         window.t0 = time.perf_counter()  # evaluation is not training time: keep it out of tokens/s
 
     # (indices, per-example losses) of steps the sampler has not observed yet; saved at checkpoints.
-    pending: list[tuple[np.ndarray, Any]] = [(np.asarray(i), np.asarray(x, np.float32)) for i, x in prog.pending]
+    pending = _pending(prog)
 
     try:
         while True:  # one pass, or more when a rollback re-enters the loop from an earlier checkpoint
@@ -418,11 +416,10 @@ def train(
                     mgr, mgr.latest_step(), params, opt_state, sampler_state, averages)
                 prog = Progress(**{**p, "lr_scale": scale, "rollbacks": rollbacks})
                 key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
-                pending = [(np.asarray(i), np.asarray(x, np.float32)) for i, x in prog.pending]
+                pending = _pending(prog)
                 log.close()
-                if sharding.is_primary():
-                    _truncate_metrics(metrics_path, prog.step)
-                log = open(metrics_path if sharding.is_primary() else os.devnull, "a")
+                _truncate_metrics(metrics_path, prog.step)
+                log = _open_metrics(metrics_path)
                 window.reset()
                 bar.write(f"  {bad}; rolled back to step {prog.step} ({prog.tokens:,} tokens), learning rate "
                           f"x{scale:g} (rollback {rollbacks} of {cfg.max_rollbacks})")
@@ -507,9 +504,20 @@ class _Window:
         return line
 
 
+def _pending(prog: Progress) -> list[tuple[np.ndarray, Any]]:
+    """(indices, per-example losses) of steps the sampler has not observed yet, as saved in `prog`."""
+    return [(np.asarray(i), np.asarray(x, np.float32)) for i, x in prog.pending]
+
+
+def _open_metrics(path: str):
+    """metrics.jsonl for appending; the other processes of a multi-process run write nowhere."""
+    return open(path if sharding.is_primary() else os.devnull, "a")
+
+
 def _truncate_metrics(path: str, step: int) -> None:
-    """Drop metrics lines written after the checkpoint we resume from (they will be redone)."""
-    if not os.path.isfile(path):
+    """Drop metrics lines written after the checkpoint we resume from (they will be redone).
+    Only the primary process owns the file."""
+    if not sharding.is_primary() or not os.path.isfile(path):
         return
     with open(path) as f:
         keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
