@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any
@@ -25,11 +26,13 @@ import orbax.checkpoint as ocp
 
 from ensembles.members import COMBINERS, Candidate, Member, ParamStore, run_members
 from ensembles.select import SELECTION_SPLIT, select
-from framework import __version__, evaluate
+from framework import __version__, evaluate, integrity
 from framework.errors import ConfigError
+from framework.integrity import write_atomic
 from framework.tasks import SPLITS
 
 MANIFEST = "manifest.json"
+PARAMS_SEAL = "params.seal.json"  # sha256 of every file under params/, see framework.integrity
 FORMAT = "recoup-ensemble/1"
 
 
@@ -120,6 +123,7 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
         ckptr = ocp.StandardCheckpointer()
         ckptr.save(os.path.abspath(os.path.join(out_dir, "params")), params)
         ckptr.wait_until_finished()
+        integrity.seal(os.path.join(out_dir, "params"), os.path.join(out_dir, PARAMS_SEAL))
     manifest["build_s"] = round(time.perf_counter() - t0, 1)
     _write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
@@ -127,10 +131,7 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
 
 def _write_json(path: str, obj) -> None:
     """Write then rename, so a crash never leaves a half-written manifest."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, default=_json_default))
 
 
 def _json_default(x):
@@ -157,11 +158,27 @@ def load_manifest(ens_dir: str) -> dict[str, Any]:
         raise ConfigError("ensemble", f"{path} is not a {FORMAT} manifest")
     if manifest.get("combine") not in COMBINERS or not manifest.get("members"):
         raise ConfigError("ensemble", f"{path}: combine must be one of {', '.join(COMBINERS)} with members")
+    if not isinstance(manifest["members"], list):
+        raise ConfigError("ensemble", f"{path}: members must be a list")
+    for i, m in enumerate(manifest["members"]):  # each field read later, checked here: nothing odd reaches a path
+        ok = (isinstance(m, dict) and isinstance(m.get("run"), str) and m["run"]
+              and all(isinstance(m.get(k), int) and not isinstance(m.get(k), bool) for k in ("step", "tokens"))
+              and all(_is_number(m.get(k)) for k in ("fraction", "weight"))
+              and (m.get("average") is None or isinstance(m["average"], str)))
+        if not ok:
+            raise ConfigError("ensemble", f"{path}: member {i} must hold run (a path), step and tokens (integers), "
+                                          f"fraction and weight (numbers) and average (a name or null); it holds {m!r}")
     return manifest
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def saved_average(ens_dir: str, run) -> Any:
-    """The parameters a weight-average ensemble saved at build time, on one device (`run`: a member's run)."""
+    """The parameters a weight-average ensemble saved at build time, on one device (`run`: a member's run);
+    checked against their seal first (ensembles built before seals existed have none)."""
+    integrity.verify(os.path.join(ens_dir, "params"), os.path.join(ens_dir, PARAMS_SEAL))
     return ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(ens_dir, "params")), run.abstract_params)
 
 

@@ -171,9 +171,10 @@ def strict_em(store: ParamStore, c: Candidate, split: str) -> float:
 
 
 def run_members(run_dir: str, budget_tokens: int | None = None) -> list[Member]:
-    """Every checkpoint of a run as a Member, oldest first (only those with tokens <= budget)."""
+    """Every intact checkpoint of a run as a Member, oldest first (only those with tokens <= budget).
+    A checkpoint whose weights fail their seal is left out, and named on stderr."""
     out = []
-    for c in checkpoints.list_checkpoints(run_dir):
+    for c in checkpoints.list_checkpoints(run_dir, intact_only=True):
         if budget_tokens is None or c["tokens"] <= budget_tokens:
             out.append(Member(run_dir, c["step"], c["tokens"], c["fraction"]))
     return out

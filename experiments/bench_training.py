@@ -83,9 +83,10 @@ def hand_written_tokens_per_s(cfg, train_split, steps: int = 50, warmup: int = 5
 
 
 def _train_lines(run_dir: str) -> tuple[list[dict], list[dict]]:
+    """(train lines, save lines): the save lines time how long each checkpoint blocked training."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         lines = [json.loads(x) for x in f if x.strip()]
-    return [x for x in lines if x["event"] == "train"], [x for x in lines if x["event"] == "eval"]
+    return [x for x in lines if x["event"] == "train"], [x for x in lines if x["event"] == "save"]
 
 
 def recoup_tokens_per_s(out_dir: str, preset: str, batch_size: int, tokens: int) -> float:
@@ -120,9 +121,9 @@ def checkpoint_and_data_overhead(out_dir: str, preset: str, batch_size: int, tok
     t = time.perf_counter()
     train(cfg, show_progress=False)
     wall = time.perf_counter() - t
-    train_lines, evals = _train_lines(out_dir)
-    blocking = sum(e["save_s"] for e in evals)
-    return {"saves": len(evals), "save_share": blocking / wall, "wall_s": wall,
+    train_lines, saves = _train_lines(out_dir)
+    blocking = sum(e["save_s"] for e in saves)
+    return {"saves": len(saves), "save_share": blocking / wall, "wall_s": wall,
             "data_share": float(np.mean([x["data_time_frac"] for x in train_lines[1:]])),
             "data_worst": float(np.max([x["data_time_frac"] for x in train_lines[1:]]))}
 

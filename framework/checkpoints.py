@@ -8,12 +8,17 @@ custom metadata `tokens, fraction, step, val_em, val_loss, wall_s, kind, average
 
 Saving is asynchronous. Orbax writes into a temporary directory and renames it only when the
 write is complete, so a crash mid-save leaves the earlier checkpoints intact and no half-written
-step is ever listed.
+step is ever listed; the writer removes such leftovers when it next opens the run. Every finished
+step is then sealed with the sha256 of its files (`RUN/integrity/STEP.json`, see
+`framework.integrity`) and checked against it whenever it is read.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import sys
 from typing import Any
 
 import jax
@@ -21,23 +26,111 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
+from framework import integrity
 from framework.config import require_run_dir
 from framework.errors import ConfigError
+from framework.integrity import CorruptCheckpoint
 
 ITEMS = ("params", "opt_state", "sampler", "progress", "averages")
 METRICS_FILE = "metrics.jsonl"
 
-# Orbax logs at INFO/WARNING on every open and partial restore; users need none of it.
-absl_logging.set_verbosity(absl_logging.ERROR)
+# Orbax logs at INFO/WARNING on every open and partial restore, and a failed background save as
+# pages of tracebacks; users need none of it: a failed save is re-raised below as SaveFailed.
+absl_logging.set_verbosity(absl_logging.FATAL)
+
+
+class SaveFailed(ConfigError):
+    """A save could not be written (disk full, directory gone or read-only). The finished
+    checkpoints are untouched: Orbax only renames a step into place once it is complete."""
+
+    def __init__(self, run_dir: str, cause: BaseException):
+        # Orbax's writer tasks that failed the same way are reported by asyncio again when they are
+        # collected ("Task exception was never retrieved"), after this error: it says all of it.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        intact = _finished_steps(run_dir)
+        super().__init__("out", f"could not write to {run_dir}: {_reason(cause)}. The checkpoints saved "
+                                f"before it are intact (steps {intact or 'none'}); free space or fix the "
+                                "directory, then continue with --resume")
+
+
+def _reason(e: BaseException) -> str:
+    """The operating system's words for a write failure, found anywhere in the exception's chain."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"{seen.strerror}" + (f" ({seen.filename})" if seen.filename else "")
+        seen = seen.__cause__ or seen.__context__
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def checkpoint_dir(run_dir: str) -> str:
     return os.path.join(os.path.abspath(run_dir), "checkpoints")
 
 
-def open_manager(run_dir: str) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
+def step_dir(run_dir: str, step: int) -> str:
+    return os.path.join(checkpoint_dir(run_dir), str(step))
+
+
+def seal_path(run_dir: str, step: int) -> str:
+    return os.path.join(os.path.abspath(run_dir), "integrity", f"{step}.json")
+
+
+def open_manager(run_dir: str, writer: bool = False) -> ocp.CheckpointManager:
+    """The run's checkpoints. Only the training process is a `writer`: it removes the temporary
+    directories a killed save left behind (a reader doing so could delete a live run's save)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=writer)
     return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_names=ITEMS)
+
+
+def _run_dir_of(mgr: ocp.CheckpointManager) -> str:
+    return os.path.dirname(os.path.abspath(str(mgr.directory)))
+
+
+def _finished_steps(run_dir: str) -> list[int]:
+    """Steps Orbax has finalized (renamed from their temporary names), oldest first."""
+    d = checkpoint_dir(run_dir)
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def seal_finished(mgr: ocp.CheckpointManager) -> None:
+    """Wait for the save in flight, then seal every finished step that has no seal yet.
+    Raises SaveFailed if the save (or a seal) could not be written."""
+    run_dir = _run_dir_of(mgr)
+    try:
+        mgr.wait_until_finished()
+        if jax.process_index() != 0:  # one writer per run directory
+            return
+        for step in _finished_steps(run_dir):
+            if not os.path.isfile(seal_path(run_dir, step)):
+                integrity.seal(step_dir(run_dir, step), seal_path(run_dir, step))
+    except (OSError, ValueError) as e:  # tensorstore reports a failed write as a ValueError
+        raise SaveFailed(run_dir, e) from None
+
+
+def verify_step(run_dir: str, step: int, items=None) -> bool:
+    """Check checkpoint `step` (only `items`, when given) against its seal; False if it has none.
+    Raises CorruptCheckpoint naming the file at fault."""
+    return integrity.verify(step_dir(run_dir, step), seal_path(run_dir, step), items)
+
+
+def set_aside_corrupt(run_dir: str) -> list[str]:
+    """Before resuming: move corrupt checkpoints, newest first, to `RUN/corrupt/` until an intact
+    one is found (the new newest), so training re-creates them. Returns what was done, to print."""
+    notes = []
+    for step in reversed(_finished_steps(run_dir)):
+        try:
+            if not verify_step(run_dir, step):
+                integrity.seal(step_dir(run_dir, step), seal_path(run_dir, step))  # finalized, never sealed
+            return notes
+        except CorruptCheckpoint as bad:
+            dest = os.path.join(os.path.abspath(run_dir), "corrupt", f"{step}")
+            while os.path.exists(dest):
+                dest += "+"
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.move(step_dir(run_dir, step), dest)
+            os.replace(seal_path(run_dir, step), dest + ".seal.json")
+            notes.append(f"{bad}; moved it to {dest}")
+    return notes
 
 
 def save(
@@ -51,7 +144,9 @@ def save(
     metadata: dict[str, Any],
     averages: dict[str, Any] | None = None,
 ) -> None:
-    """Start an asynchronous save; `mgr.wait_until_finished()` before reading it back."""
+    """Start an asynchronous save; `mgr.wait_until_finished()` before reading it back. The save
+    before it is sealed first (it has finished by now unless saves come faster than they write)."""
+    seal_finished(mgr)
     items = {
         "params": ocp.args.StandardSave(params),
         "opt_state": ocp.args.StandardSave(opt_state),
@@ -60,14 +155,19 @@ def save(
     }
     if averages:
         items["averages"] = ocp.args.StandardSave(averages)
-    mgr.save(step, args=ocp.args.Composite(**items), custom_metadata=metadata)
+    try:
+        mgr.save(step, args=ocp.args.Composite(**items), custom_metadata=metadata)
+    except (OSError, ValueError) as e:
+        raise SaveFailed(_run_dir_of(mgr), e) from None
 
 
 def restore(mgr: ocp.CheckpointManager, step: int, **targets) -> Any:
     """Restore the named items into abstract targets, e.g. `restore(mgr, 7, params=abstract)`.
 
-    `progress` needs no target; pass `progress=None`.
+    `progress` needs no target; pass `progress=None`. The items read are checked against the
+    step's seal first: a corrupt checkpoint is a CorruptCheckpoint naming the file, not garbage.
     """
+    verify_step(_run_dir_of(mgr), step, targets)
     if "sampler" in targets:
         targets["sampler"] = _as_arrays(targets["sampler"])
     args = {
@@ -85,16 +185,45 @@ def _as_arrays(tree):
 # -- reading a run directory (CLI, eval, init_from) ------------------------------------------
 
 
-def list_checkpoints(run_dir: str) -> list[dict[str, Any]]:
-    """Metadata of every complete checkpoint of a run, oldest first."""
+def list_checkpoints(run_dir: str, intact_only: bool = False) -> list[dict[str, Any]]:
+    """Metadata of every complete checkpoint of a run, oldest first. `intact_only` leaves out the
+    checkpoints whose weights fail their seal, saying which on stderr (once per checkpoint)."""
     require_run_dir(run_dir)
     if not os.path.isdir(checkpoint_dir(run_dir)):
         return []
     mgr = open_manager(run_dir)
     try:
-        return [{"step": s, **(mgr.metadata(s).custom_metadata or {})} for s in mgr.all_steps()]
+        listed = []
+        for s in mgr.all_steps():
+            try:
+                listed.append({"step": s, **(mgr.metadata(s).custom_metadata or {})})
+            except (OSError, ValueError) as e:  # its metadata file cut short or garbled
+                bad = CorruptCheckpoint(step_dir(run_dir, s), "_CHECKPOINT_METADATA", f"is unreadable ({e})")
+                if not intact_only:
+                    raise bad from None
+                _say_skipped(bad)
     finally:
         mgr.close()
+    return [c for c in listed if _intact_weights(run_dir, c["step"])] if intact_only else listed
+
+
+_checked: dict[tuple[str, int], bool] = {}  # hashing is slow on big runs; selection lists members many times
+
+
+def _intact_weights(run_dir: str, step: int) -> bool:
+    key = (os.path.abspath(run_dir), step)
+    if key not in _checked:
+        try:
+            verify_step(run_dir, step, ("params", "averages"))
+            _checked[key] = True
+        except CorruptCheckpoint as bad:
+            _say_skipped(bad)
+            _checked[key] = False
+    return _checked[key]
+
+
+def _say_skipped(bad: CorruptCheckpoint) -> None:
+    print(f"skipping a checkpoint: {bad}", file=sys.stderr, flush=True)
 
 
 def resolve_step(run_dir: str, step: int | None) -> int:

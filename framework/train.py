@@ -39,6 +39,7 @@ from framework.data import (
     prepare,
 )
 from framework.errors import ConfigError
+from framework.integrity import write_atomic
 from framework.model import build_model, forward
 from framework.runs import open_run
 from framework.stopping import StopPoint, StopTraining, stop_points
@@ -59,6 +60,9 @@ Hook = Callable[[Event], None]  # may raise StopTraining to end the run
 
 # metrics.jsonl fields measured by the clock: the only ones a resumed run may log differently.
 WALL_CLOCK_FIELDS = ("tokens_per_s", "data_time_frac", "wall_s", "save_s")
+# Lines that record only the clock (how long each save blocked training). A kill can fall between
+# a checkpoint and its `save` line, so a resumed run may lack one: compare runs without them.
+CLOCK_EVENTS = ("save",)
 
 
 # == run directory =============================================================================
@@ -84,10 +88,12 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True) -> None:
                           "continue it, or choose another --out")
     if not write:
         return
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(config_path, "w") as f:
-        f.write(cfg.dumps())
-    open(os.path.join(cfg.out_dir, checkpoints.METRICS_FILE), "w").close()
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_atomic(config_path, cfg.dumps())  # a kill here leaves no half config to resume from
+        open(os.path.join(cfg.out_dir, checkpoints.METRICS_FILE), "w").close()
+    except OSError as e:
+        raise ConfigError("out", f"cannot write the run directory {cfg.out_dir}: {e.strerror or e}") from None
 
 
 # == model and optimizer ======================================================================
@@ -253,7 +259,11 @@ def train(
     rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)
     prog = Progress(rng=np.asarray(jax.random.key_data(key)).tolist(), rules=rule.init() if rule else None)
 
-    mgr = checkpoints.open_manager(cfg.out_dir)
+    if resume and sharding.is_primary():
+        for note in checkpoints.set_aside_corrupt(cfg.out_dir):
+            print(f"{note}; resuming from the newest intact checkpoint instead", flush=True)
+    sharding.barrier("corrupt checkpoints set aside")
+    mgr = checkpoints.open_manager(cfg.out_dir, writer=True)
     metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
     resuming = resume and mgr.latest_step() is not None
     if cfg.init_from and not resuming:  # a resumed run's weights come from its own checkpoint
@@ -355,12 +365,15 @@ def train(
             emit(Event("eval", prog.step, prog.tokens, meta))
         prog.pending = [(np.asarray(i).tolist(), np.asarray(x).tolist()) for i, x in pending]
         prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
+        # The log reaches the disk before the checkpoint can: once step S is saved, every line up to
+        # S is there, so a kill at any moment leaves nothing for a resumed run to miss or repeat.
+        log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"])}) + "\n")
+        log.flush()
         save_t0 = time.perf_counter()
         checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state, sampler_state=sampler_state,
                          progress=prog_json, metadata=meta, averages=_as_dicts(averages))
         save_s = round(time.perf_counter() - save_t0, 4)  # the blocking part: the write goes on beside training
-        log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"]), "save_s": save_s}) + "\n")
-        log.flush()
+        log.write(json.dumps({"event": "save", "step": prog.step, "tokens": prog.tokens, "save_s": save_s}) + "\n")
         bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
                   f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
         window.t0 = time.perf_counter()  # evaluation is not training time: keep it out of tokens/s
@@ -432,12 +445,28 @@ def train(
             bar.write(f"  restoring the best evaluation's weights (step {best}) into the stopped checkpoint")
         checkpoint([], "stopped", reason=str(stop) or "a stopping rule fired",
                    restored=best if best is not None and best != prog.step else None)
+    except OSError as e:  # the metrics file could not be written: the disk is full or gone
+        raise checkpoints.SaveFailed(cfg.out_dir, e) from None
     finally:
         bar.close()
-        mgr.wait_until_finished()
-        mgr.close()
-        log.close()
+        _close(mgr, log, cfg.out_dir, failing=sys.exc_info()[0] is not None)
     return checkpoints.list_checkpoints(cfg.out_dir)
+
+
+def _close(mgr, log, out_dir: str, failing: bool) -> None:
+    """Wait for the last save, seal it, close the files. When the run is already failing, a second
+    error here (the same full disk, reported again) must not hide the first."""
+    try:
+        try:
+            checkpoints.seal_finished(mgr)
+        finally:
+            try:
+                log.close()
+            finally:
+                mgr.close()
+    except (OSError, ValueError) as e:  # ConfigError (SaveFailed) is a ValueError too
+        if not failing:
+            raise e if isinstance(e, ConfigError) else checkpoints.SaveFailed(out_dir, e) from None
 
 
 def _restore_state(mgr, step: int, params, opt_state, sampler_state, averages: dict):
@@ -520,6 +549,16 @@ def _truncate_metrics(path: str, step: int) -> None:
     if not sharding.is_primary() or not os.path.isfile(path):
         return
     with open(path) as f:
-        keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    with open(path, "w") as f:
-        f.writelines(keep)
+        lines = [ln for ln in f if ln.strip()]
+    keep = []
+    for i, ln in enumerate(lines):
+        try:
+            record = json.loads(ln)
+        except ValueError:
+            if i == len(lines) - 1:  # a kill in the middle of writing the last line: it will be redone
+                break
+            raise ConfigError("resume", f"{path} line {i + 1} is not JSON; the metrics file was "
+                                        "edited or damaged, not cut short by a crash") from None
+        if record.get("step", 0) <= step:
+            keep.append(ln if ln.endswith("\n") else ln + "\n")
+    write_atomic(path, "".join(keep))  # a kill while truncating must not lose the lines kept

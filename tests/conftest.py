@@ -60,8 +60,18 @@ def crash_then_resume(cfg: RunConfig, after_fraction: float = 0.6) -> list[dict]
 
 
 def logged_lines(run_dir: str) -> list[dict]:
-    """metrics.jsonl without the wall-clock fields, which differ between any two runs."""
-    from framework.train import WALL_CLOCK_FIELDS
+    """metrics.jsonl without the wall-clock fields and lines, which differ between any two runs."""
+    from framework.train import CLOCK_EVENTS, WALL_CLOCK_FIELDS
 
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(ln).items() if k not in WALL_CLOCK_FIELDS} for ln in f if ln.strip()]
+        records = [json.loads(ln) for ln in f if ln.strip()]
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records
+            if r.get("event") not in CLOCK_EVENTS]
+
+
+def fuzz(examples: int):
+    """hypothesis settings: `examples` per property, or $RECOUP_FUZZ_EXAMPLES of them (make chaos)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=int(os.environ.get("RECOUP_FUZZ_EXAMPLES", examples)), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -1,0 +1,393 @@
+"""Chaos: the long reliability checks behind `make chaos`, written to docs/reliability.md.
+
+    make chaos                                   # everything below (~30 min on 2 CPU cores)
+    python -m experiments.chaos kills --kills 10 # one part: kills | corruption | disk | fuzz | serving
+
+- kills: `recoup train` killed with SIGKILL at random moments, again and again, resuming each
+  time; the final weights must equal an uninterrupted run's bit for bit, metrics.jsonl must hold
+  the same lines, and no half-written checkpoint may be left or listed.
+- corruption: every way of damaging a saved checkpoint is caught on load, naming the file;
+  `--resume` falls back to the newest intact checkpoint; `recoup ensemble build` skips it.
+- disk full: a save that cannot be written (a file-size limit stands in for a full disk: the
+  write itself fails with an OS error, as it would there) ends the run with a one-line error and
+  leaves the earlier checkpoints intact; `--resume` then finishes the run exactly.
+- fuzz: the hypothesis properties of tests/test_fuzz_inputs.py and tests/test_fuzz_requests.py
+  with many more examples each (RECOUP_FUZZ_EXAMPLES).
+- serving: experiments/chaos_serving.py, 2,000 requests at concurrency 32 with faults.
+
+The default test suite runs each of these once, small (tests/test_crash.py, tests/test_integrity.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from framework import checkpoints
+from framework.train import CLOCK_EVENTS, WALL_CLOCK_FIELDS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = "docs/reliability.md"
+# A tiny run that checkpoints often (so kills land in saves too), with dropout (so the RNG matters).
+TINY = ("--task addition --max-digits 3 --n-examples 3000 --val-size 100 --test-size 100 --preset tiny "
+        "--dropout 0.1 --schedule cosine --lr 3e-3 --batch-size 32 --stops 0.5,1.0 --no-progress").split()
+
+
+def train_argv(out_dir: str, budget: str = "400k", every: str = "10k", resume: bool = False) -> list[str]:
+    argv = [sys.executable, "-m", "framework.cli", "train", *TINY, "--budget-tokens", budget,
+            "--every-tokens", every, "--out", out_dir]
+    return argv + ["--resume"] if resume else argv
+
+
+def metrics_lines(run_dir: str) -> list[dict]:
+    """metrics.jsonl without what the clock decides (timings, save lines): equal across any two runs."""
+    with open(os.path.join(run_dir, checkpoints.METRICS_FILE)) as f:
+        records = [json.loads(ln) for ln in f if ln.strip()]
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records
+            if r.get("event") not in CLOCK_EVENTS]
+
+
+def final_params(run_dir: str):
+    from framework.runs import open_run
+
+    return open_run(run_dir).params()
+
+
+def same_params(a_dir: str, b_dir: str) -> bool:
+    a, b = final_params(a_dir), final_params(b_dir)
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+
+
+def leftovers(run_dir: str) -> list[str]:
+    """Anything in the checkpoint directory that is not a finished step: a half-written save."""
+    d = checkpoints.checkpoint_dir(run_dir)
+    return sorted(n for n in os.listdir(d) if not n.isdigit()) if os.path.isdir(d) else []
+
+
+def _count_lines(path: str) -> int:
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def kill_and_resume(out_dir: str, kills: int, seed: int, budget: str = "400k", every: str = "10k",
+                    log=print) -> dict:
+    """Train to the end, SIGKILLed `kills` times at random moments and resumed after each.
+
+    A kill comes either a random 0-6 s after launch (often during start-up or a resume) or once
+    1-8 more metrics lines have appeared, plus a random 0-0.3 s (mid-training, mid-save)."""
+    rng = random.Random(seed)
+    metrics = os.path.join(out_dir, checkpoints.METRICS_FILE)
+    killed_at = []
+    for i in range(kills + 1):
+        resume = os.path.isfile(os.path.join(out_dir, "config.json"))
+        proc = subprocess.Popen(train_argv(out_dir, budget, every, resume), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if i == kills:  # the last launch runs to the end
+            _, err = proc.communicate(timeout=900)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the final resume failed:\n{err.decode()[-3000:]}")
+            break
+        start_lines, t0 = _count_lines(metrics), time.time()
+        if rng.random() < 0.3:
+            deadline, wait_lines = t0 + rng.uniform(0, 6), None
+        else:
+            deadline, wait_lines = t0 + 300, start_lines + rng.randint(1, 8)
+        while time.time() < deadline and proc.poll() is None:
+            if wait_lines is not None and _count_lines(metrics) >= wait_lines:
+                time.sleep(rng.uniform(0, 0.3))
+                break
+            time.sleep(0.02)
+        if proc.poll() is not None:  # it finished (or failed) before the kill came: report, go on
+            if proc.returncode != 0:
+                raise RuntimeError(f"launch {i} failed:\n{proc.stderr.read().decode()[-3000:]}")
+            log(f"  launch {i}: finished before its kill")
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done = [c["step"] for c in checkpoints.list_checkpoints(out_dir)] if resume or os.path.isdir(
+            checkpoints.checkpoint_dir(out_dir)) else []
+        killed_at.append({"after_s": round(time.time() - t0, 2), "checkpoints": len(done),
+                          "metrics_lines": _count_lines(metrics), "half_written": leftovers(out_dir)})
+        log(f"  kill {len(killed_at)}: {killed_at[-1]}")
+    return {"kills": len(killed_at), "killed_at": killed_at}
+
+
+def check_against_straight(killed_dir: str, straight_dir: str) -> dict:
+    steps = [c["step"] for c in checkpoints.list_checkpoints(killed_dir)]
+    lines = metrics_lines(killed_dir)
+    keys = [(r["event"], r["step"]) for r in lines]
+    sealed = [checkpoints.verify_step(killed_dir, s) for s in steps]
+    return {
+        "bitwise_equal_params": same_params(killed_dir, straight_dir),
+        "metrics_equal": lines == metrics_lines(straight_dir),
+        "duplicate_lines": len(keys) - len(set(keys)),
+        "checkpoints_equal": steps == [c["step"] for c in checkpoints.list_checkpoints(straight_dir)],
+        "checkpoints": len(steps),
+        "all_sealed_and_intact": all(sealed),
+        "half_written_left": leftovers(killed_dir),
+    }
+
+
+def kills_section(work: str, kills: int, seed: int) -> tuple[str, bool]:
+    straight, killed = os.path.join(work, "straight"), os.path.join(work, "killed")
+    for d in (straight, killed):
+        shutil.rmtree(d, ignore_errors=True)
+    t = time.time()
+    subprocess.run(train_argv(straight), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    print(f"uninterrupted run: {time.time() - t:.0f} s", flush=True)
+    t = time.time()
+    k = kill_and_resume(killed, kills, seed)
+    c = check_against_straight(killed, straight)
+    ok = (c["bitwise_equal_params"] and c["metrics_equal"] and c["checkpoints_equal"] and not c["duplicate_lines"]
+          and c["all_sealed_and_intact"] and not c["half_written_left"])
+    mid_save = sum(bool(x["half_written"]) for x in k["killed_at"])
+    rows = "\n".join(f"| {i + 1} | {x['after_s']} | {x['checkpoints']} | {x['metrics_lines']} | "
+                     f"{', '.join(x['half_written']) or '-'} |" for i, x in enumerate(k["killed_at"]))
+    section = f"""## Kills: SIGKILL at random moments, resumed each time
+
+`python -m experiments.chaos kills --kills {kills} --seed {seed}` ({time.time() - t:.0f} s). A tiny run
+(400k tokens, a checkpoint every 10k tokens, dropout 0.1) was killed {k['kills']} times and resumed with
+`recoup train ... --resume` after each; then compared with the same run trained without interruption.
+
+| check | result |
+|---|---|
+| final parameters equal the uninterrupted run's, bit for bit | {c['bitwise_equal_params']} |
+| metrics.jsonl lines equal (timings and save lines aside) | {c['metrics_equal']} |
+| duplicated (event, step) lines | {c['duplicate_lines']} |
+| same checkpoints at the same steps | {c['checkpoints_equal']} ({c['checkpoints']}) |
+| every checkpoint sealed and matching its seal | {c['all_sealed_and_intact']} |
+| half-written saves left after the final resume | {c['half_written_left'] or 'none'} |
+| kills that landed mid-save (a temporary save directory existed) | {mid_save} |
+
+| kill | seconds after launch | finished checkpoints | metrics lines | half-written save at the kill |
+|---|---|---|---|---|
+{rows}
+
+Why bitwise: on one CPU device XLA's reductions run in a fixed order, and everything a step depends
+on (weights, optimizer moments, sampler position and its pending losses, RNG key, token counters)
+is in the checkpoint, so a resumed step computes exactly what the uninterrupted one did. On GPUs
+some XLA reductions are not deterministic by default: expect agreement to ~1e-6 there, not bits.
+"""
+    return section, ok
+
+
+# -- corruption ------------------------------------------------------------------------------
+
+
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x01]))  # one bit
+
+
+def _append(path: str) -> None:
+    with open(path, "ab") as f:
+        f.write(b"\0" * 16)
+
+
+DAMAGE = {"truncated to half": _truncate, "one bit flipped": _flip, "16 bytes appended": _append,
+          "deleted": os.remove}
+
+
+def _targets(step_dir: str) -> dict[str, str]:
+    """One file to damage per part of a checkpoint: the largest of each item, and the step's metadata."""
+    out = {"_CHECKPOINT_METADATA": os.path.join(step_dir, "_CHECKPOINT_METADATA")}
+    for item in sorted(os.listdir(step_dir)):
+        files = [os.path.join(h, n) for h, _, names in os.walk(os.path.join(step_dir, item)) for n in names]
+        if os.path.isdir(os.path.join(step_dir, item)) and files:
+            out[item] = max(files, key=os.path.getsize)
+    return out
+
+
+def corruption_section(work: str) -> tuple[str, bool]:
+    """Every damage x every part of the newest checkpoint: caught on load naming the file; resume
+    falls back to the checkpoint before it; ensemble build skips it (damaged weights only)."""
+    from ensembles.members import run_members
+    from framework.integrity import CorruptCheckpoint
+
+    base = os.path.join(work, "corrupt-base")
+    if not os.path.isdir(base) or not checkpoints.list_checkpoints(base):
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run(train_argv(base, budget="60k", every="20k"), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    steps = [c["step"] for c in checkpoints.list_checkpoints(base)]
+    rows, ok = [], True
+    for part in _targets(checkpoints.step_dir(base, steps[-1])):
+        for name, damage in DAMAGE.items():
+            run = os.path.join(work, "corrupt-case")
+            shutil.rmtree(run, ignore_errors=True)
+            shutil.copytree(base, run)
+            victim = _targets(checkpoints.step_dir(run, steps[-1]))[part]
+            damage(victim)
+            rel = os.path.relpath(victim, checkpoints.step_dir(run, steps[-1]))
+            try:
+                checkpoints.verify_step(run, steps[-1])
+                caught = "not caught"
+            except CorruptCheckpoint as e:
+                caught = "caught, names the file" if rel in str(e) else f"caught, but names {e.file}"
+            skipped = steps[-1] not in [m.step for m in run_members(run)]
+            moved = checkpoints.set_aside_corrupt(run)
+            fell_back = [c["step"] for c in checkpoints.list_checkpoints(run)] == steps[:-1] and len(moved) == 1
+            ok &= caught == "caught, names the file" and fell_back and skipped
+            rows.append(f"| {part} | {name} | {caught} | {'yes' if fell_back else 'NO'} | "
+                        f"{'yes' if skipped else 'NO'} |")
+            shutil.rmtree(run)
+    section = f"""## Corruption: damaged checkpoints are caught, named and routed around
+
+`python -m experiments.chaos corruption`. Each finished checkpoint is sealed with the size and
+sha256 of its files (`RUN/integrity/STEP.json`); every load checks the files it reads. For each part
+of the newest checkpoint of a tiny run and each kind of damage: is it caught on load, naming the
+file; does resume's check (`checkpoints.set_aside_corrupt`, what `recoup train --resume` runs) move it
+to `RUN/corrupt/` and resume from the checkpoint before; does `recoup ensemble build` leave it out
+(`ensembles.members.run_members`, which reads only intact checkpoints)?
+
+| part | damage | on load | resume falls back | ensemble build skips |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+{len(rows)} damaged checkpoints, {sum('names the file' in r for r in rows)} caught naming the file.
+Loading a damaged checkpoint directly (`recoup eval RUN --step S`, serving, `--init-from`) is an
+error: `checkpoint: RUN/checkpoints/S is corrupt: params/ocdbt.process_0/d/... has 44,127 bytes,
+88,255 when it was saved (truncated)`. A checkpoint saved before sealing existed is trusted as
+Orbax's atomic rename left it, and sealed when its run next resumes.
+"""
+    return section, ok
+
+
+# -- disk full ---------------------------------------------------------------------------------
+
+_FILL_DISK = """
+import resource, signal, sys
+import framework.train as t
+from framework.cli import main
+# From the second save on, every write past 50 kB fails with EFBIG, as on a full disk (ENOSPC).
+_save, calls = t.checkpoints.save, []
+def save(*args, **kwargs):
+    if calls:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
+    calls.append(1)
+    return _save(*args, **kwargs)
+t.checkpoints.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def disk_section(work: str) -> tuple[str, bool]:
+    full, straight = os.path.join(work, "disk-full"), os.path.join(work, "disk-straight")
+    for d in (full, straight):
+        shutil.rmtree(d, ignore_errors=True)
+    argv = train_argv(full, budget="60k", every="20k")
+    proc = subprocess.run([sys.executable, "-c", _FILL_DISK, *argv[3:]], cwd=ROOT, capture_output=True, text=True)
+    said = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    kept = [c["step"] for c in checkpoints.list_checkpoints(full)]
+    intact = all(checkpoints.verify_step(full, s) for s in kept)
+    subprocess.run(train_argv(full, budget="60k", every="20k", resume=True), cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(train_argv(straight, budget="60k", every="20k"), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    equal = same_params(full, straight)
+    ok = proc.returncode == 2 and "could not write" in said and len(kept) == 1 and intact and equal
+    section = f"""## Disk full during a save
+
+`python -m experiments.chaos disk`. `recoup train` on a tiny run, with every write past 50 kB made
+to fail (a file-size limit set after the first checkpoint: the write fails with an OS error inside
+Orbax's background writer, as it would with ENOSPC on a full disk; a tmpfs cannot be mounted
+without privileges, which CI does not have).
+
+| check | result |
+|---|---|
+| exit status | {proc.returncode} (2: a clear error, no traceback) |
+| what it printed last | `{said}` |
+| checkpoints left, all matching their seals | {kept} ({'intact' if intact else 'NOT intact'}) |
+| `--resume` with space again: final weights equal an uninterrupted run's, bit for bit | {equal} |
+"""
+    return section, ok
+
+
+# -- fuzzing -----------------------------------------------------------------------------------
+
+
+def fuzz_section(examples: int) -> tuple[str, bool]:
+    files = ["tests/test_fuzz_inputs.py", "tests/test_fuzz_requests.py"]
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--hypothesis-show-statistics", *files], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "RECOUP_FUZZ_EXAMPLES": str(examples)})
+    rows = []
+    for m in re.finditer(r"^(tests/\S+::\S+):\n(?:.*\n)*?\s+- (\d+) passing examples?, (\d+) failing", proc.stdout,
+                         re.MULTILINE):
+        rows.append(f"| `{m.group(1)}` | {m.group(2)} | {m.group(3)} |")
+    total = sum(int(r.split("|")[2]) for r in rows)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
+    section = f"""## Fuzzing: invalid configs, CLI arguments, data files and request bodies
+
+`RECOUP_FUZZ_EXAMPLES={examples} python -m pytest tests/test_fuzz_inputs.py tests/test_fuzz_requests.py`
+({time.time() - t:.0f} s; `python -m experiments.chaos fuzz`). Every property: the input ends in a
+clear error naming the field, flag, line or column (ConfigError, exit status 2, or an HTTP 4xx
+with an OpenAI error body), never a traceback from inside jax, datasets or pyarrow. The default
+test suite runs the same properties with fewer examples.
+
+| property | examples run | failing |
+|---|---|---|
+{chr(10).join(rows)}
+
+{total:,} examples in all. pytest: {summary}
+"""
+    return section, proc.returncode == 0 and total > 0
+
+
+def main() -> int:
+    from experiments.bench_serving import splice
+
+    parts = ("kills", "corruption", "disk", "fuzz", "serving")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="*", default=list(parts), choices=parts)
+    p.add_argument("--kills", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fuzz-examples", type=int, default=1000)
+    p.add_argument("--work", default="runs/chaos")
+    args = p.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    failed = []
+    for part in args.what:
+        print(f"== chaos: {part}", flush=True)
+        if part == "serving":
+            from experiments import chaos_serving
+
+            if chaos_serving.main([]) != 0:
+                failed.append(part)
+            continue
+        section, ok = {"kills": lambda: kills_section(args.work, args.kills, args.seed),
+                       "corruption": lambda: corruption_section(args.work),
+                       "disk": lambda: disk_section(args.work),
+                       "fuzz": lambda: fuzz_section(args.fuzz_examples)}[part]()
+        print(section, flush=True)
+        splice(section, DOC, "# Reliability")
+        if not ok:
+            failed.append(part)
+    print(f"chaos: {'FAILED: ' + ', '.join(failed) if failed else 'all passed'} (written to {DOC})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Damaged checkpoints are caught on load and named; resume and ensemble build route around them;
+a save that cannot be written (a full disk) fails clearly and loses nothing."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from framework import checkpoints, cli
+from framework.integrity import CorruptCheckpoint
+from framework.runs import open_run
+from framework.train import train
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tiny(trained_run):
+    """The shared tiny run's directory (checkpoints at 0.5 and 1.0): read only."""
+    return trained_run[0].out_dir
+
+
+@pytest.fixture
+def run_copy(tiny, tmp_path):
+    """A private copy of the shared tiny run to damage."""
+    out = str(tmp_path / "tiny")
+    shutil.copytree(tiny, out)
+    return out
+
+
+def _biggest_file(step_dir: str, item: str) -> str:
+    files = [os.path.join(here, n) for here, _, names in os.walk(os.path.join(step_dir, item)) for n in names]
+    return max(files, key=os.path.getsize)
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip_a_byte(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+DAMAGE = {"truncated": (_truncate, "truncated"), "altered": (_flip_a_byte, "sha256 differs"),
+          "deleted": (os.remove, "is missing")}
+
+
+def _same(a, b) -> bool:
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+
+
+def test_every_finished_checkpoint_is_sealed(tiny):
+    for c in checkpoints.list_checkpoints(tiny):
+        assert os.path.isfile(checkpoints.seal_path(tiny, c["step"]))
+        assert checkpoints.verify_step(tiny, c["step"]) is True
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_checkpoint_is_an_error_naming_the_file(run_copy, damage, capsys):
+    step = checkpoints.list_checkpoints(run_copy)[-1]["step"]
+    victim = _biggest_file(checkpoints.step_dir(run_copy, step), "params")
+    do, words = DAMAGE[damage]
+    do(victim)
+    rel = os.path.relpath(victim, checkpoints.step_dir(run_copy, step))
+    with pytest.raises(CorruptCheckpoint, match=words) as err:
+        open_run(run_copy).params(step)
+    assert err.value.file == rel and err.value.path == checkpoints.step_dir(run_copy, step)
+    # The CLI: one line naming checkpoint and file, exit 2, no traceback.
+    assert cli.main(["eval", run_copy, "--step", str(step), "--split", "validation"]) == 2
+    out = capsys.readouterr()
+    assert rel in out.err and "Traceback" not in out.err + out.out
+    # Only the damaged item fails: the optimizer state of the same step is not what was hit.
+    assert checkpoints.verify_step(run_copy, step, ("opt_state",)) is True
+
+
+def test_a_garbled_metadata_file_is_named(run_copy):
+    step = checkpoints.list_checkpoints(run_copy)[0]["step"]
+    with open(os.path.join(checkpoints.step_dir(run_copy, step), "_CHECKPOINT_METADATA"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(CorruptCheckpoint, match="_CHECKPOINT_METADATA"):
+        checkpoints.verify_step(run_copy, step)
+
+
+def test_an_unsealed_checkpoint_loads_and_is_sealed_when_its_run_resumes(run_copy):
+    """Checkpoints saved before sealing existed (or just before a kill) are trusted as Orbax left them."""
+    last = checkpoints.list_checkpoints(run_copy)[-1]["step"]
+    os.remove(checkpoints.seal_path(run_copy, last))
+    assert checkpoints.verify_step(run_copy, last) is False
+    open_run(run_copy).params(last)
+    assert checkpoints.set_aside_corrupt(run_copy) == []
+    assert checkpoints.verify_step(run_copy, last) is True
+
+
+def test_resume_sets_a_corrupt_checkpoint_aside_and_redoes_it_exactly(tiny, run_copy, capsys):
+    steps = [c["step"] for c in checkpoints.list_checkpoints(run_copy)]
+    _flip_a_byte(_biggest_file(checkpoints.step_dir(run_copy, steps[-1]), "opt_state"))
+    train(tiny_config(run_copy), resume=True, show_progress=False)
+    said = capsys.readouterr().out
+    assert f"{steps[-1]} is corrupt" in said and "newest intact checkpoint" in said
+    assert f"resuming {run_copy} from step {steps[0]}" in said
+    assert os.path.isdir(os.path.join(run_copy, "corrupt", str(steps[-1])))
+    assert [c["step"] for c in checkpoints.list_checkpoints(run_copy)] == steps
+    assert _same(open_run(run_copy).params(), open_run(tiny).params())
+
+
+def test_ensemble_build_skips_a_corrupt_checkpoint_and_says_which(run_copy, tmp_path, capsys):
+    steps = [c["step"] for c in checkpoints.list_checkpoints(run_copy)]
+    _truncate(_biggest_file(checkpoints.step_dir(run_copy, steps[0]), "params"))
+    out = str(tmp_path / "ens")
+    assert cli.main(["ensemble", "build", run_copy, "--budget", "1.0", "--max-cost", "1", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "skipping a checkpoint" in err and checkpoints.step_dir(run_copy, steps[0]) in err
+    with open(os.path.join(out, "manifest.json")) as f:
+        members = json.load(f)["members"]
+    assert steps[0] not in [m["step"] for m in members]
+
+
+# A full disk, simulated with a file-size limit: past it, every write fails with an OS error
+# (EFBIG), inside Orbax's background writer as it would with ENOSPC. Set after the first
+# checkpoint (0.5) is saved, small enough that the next one (1.0) cannot be written.
+_FILL_DISK = """
+import resource, signal, sys
+from framework.train import train
+from tests.conftest import tiny_config
+def fill(event):
+    if event.kind == "step" and event.tokens > 0.6 * 24_000:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
+try:
+    train(tiny_config(sys.argv[1]), hooks=[fill], show_progress=False)
+except Exception as e:
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_full_disk_is_a_clear_error_and_resume_finishes_exactly(tiny, tmp_path):
+    out = str(tmp_path / "full")
+    proc = subprocess.run([sys.executable, "-c", _FILL_DISK, out], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]  # the error is the last thing said
+    assert last.startswith("SaveFailed: out: could not write to") and "File too large" in last, proc.stderr[-3000:]
+    first = checkpoints.list_checkpoints(tiny)[0]["step"]
+    assert f"intact (steps [{first}])" in last
+    assert [c["step"] for c in checkpoints.list_checkpoints(out)] == [first]
+    open_run(out).params(first)  # the earlier checkpoint still loads (and matches its seal, if sealed)
+    train(tiny_config(out), resume=True, show_progress=False)
+    assert _same(open_run(out).params(), open_run(tiny).params())
+    assert not [n for n in os.listdir(checkpoints.checkpoint_dir(out)) if not n.isdigit()]
