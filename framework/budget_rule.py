@@ -135,6 +135,7 @@ def budget_rule(price: float, value: float = 1.0, curve: str = "logistic", z: fl
     _check_int("min_points", min_points, 3)
     _check_fraction("start", start)
     _check_fraction("min_em", min_em)
+    _check_int("n_val", n_val, 1)
 
     def init():
         return {"tokens": [], "ems": [], "fit": None}

@@ -22,6 +22,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -35,6 +36,7 @@ from framework.config import (
     PRESETS,
     SCHEDULES,
     SCORERS,
+    SPLIT_NAMES,
     TASKS,
     DataConfig,
     ModelConfig,
@@ -215,21 +217,35 @@ def _add_train_parser(sub) -> None:
 
 
 def load_config_file(spec: str) -> RunConfig:
-    """`get_config()` of a Python file path or an importable module name."""
-    if spec.endswith(".py"):
-        if not os.path.isfile(spec):
-            raise ConfigError("config", f"no config file at {spec}")
-        module_spec = importlib.util.spec_from_file_location("recoup_config", spec)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
+    """`get_config()` of a Python file path or an importable module name.
+
+    An error raised by the file's own code keeps its traceback (it points into the user's file);
+    a file that is not Python at all, or a get_config() that returns no RunConfig, is a ConfigError.
+    """
+    try:
+        if spec.endswith(".py"):
+            if not os.path.isfile(spec):
+                raise ConfigError("config", f"no config file at {spec}")
+            module_spec = importlib.util.spec_from_file_location("recoup_config", spec)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        elif not spec or spec.startswith(".") or "/" in spec:  # import_module would raise ValueError or TypeError
+            raise ConfigError("config", f"{spec!r} is neither a .py file nor a module name (e.g. experiments.demo)")
+        else:
             module = importlib.import_module(spec)
-        except ImportError as e:
-            raise ConfigError("config", f"cannot import {spec!r}: {e}") from None
-    if not hasattr(module, "get_config"):
+    except ImportError as e:
+        raise ConfigError("config", f"cannot import {spec!r}: {e}") from None
+    except SyntaxError as e:  # also bytes that are not UTF-8 text, and NUL bytes
+        raise ConfigError("config", f"{e.filename or spec}{f' line {e.lineno}' if e.lineno else ''}: {e.msg}") from None
+    if not callable(getattr(module, "get_config", None)):
         raise ConfigError("config", f"{spec} has no get_config() function")
-    return module.get_config()
+    cfg = module.get_config()
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError("config", f"get_config() in {spec} returned {type(cfg).__name__}, not a RunConfig")
+    for name, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig)):  # before asdict
+        if not isinstance(getattr(cfg, name), cls):
+            raise ConfigError(name, f"get_config() in {spec} gave {getattr(cfg, name)!r}, not a {cls.__name__}")
+    return cfg
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -238,7 +254,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.resume and not args.out:
         raise ConfigError("out", "--resume needs --out RUN_DIR")
     base: RunConfig | None = None
-    if args.config:
+    if args.config is not None:
         base = load_config_file(args.config)
     if args.resume:
         base = load_run_config(args.out)  # lists what is there if it is not a run directory
@@ -322,11 +338,12 @@ def _format_stops(stops: list[dict]) -> str:
 
 
 def _cmd_eval(args) -> int:
+    if args.split not in SPLIT_NAMES:  # before jax, and before the data is rebuilt
+        raise ConfigError("split", f"unknown split {args.split!r}", SPLIT_NAMES)
     from framework.checkpoints import resolve_step
     from framework.runs import evaluate_checkpoint, open_run
 
     run = open_run(args.run_dir)
-    run.split(args.split)  # validates the name before any work
     step = resolve_step(args.run_dir, args.step)
     result = evaluate_checkpoint(run, step, args.split)
     if args.json:
@@ -346,6 +363,13 @@ def _cmd_cooldown(args) -> int:
     from framework.cooldown import cooldown_config
 
     cfg = cooldown_config(args.run_dir, args.from_, args.tokens, args.out)
+    # The run's saved config is data, but an import path in it is code this command would run.
+    imports = {f: v for f, v in (("curriculum", cfg.curriculum), ("pacing", cfg.pacing), ("scorer", cfg.scorer))
+               if v and ":" in v}
+    if imports and not args.trust_imports:
+        raise ConfigError("trust_imports", f"{args.run_dir}/config.json names code to import "
+                          f"({', '.join(f'{f}={v}' for f, v in imports.items())}); pass --trust-imports "
+                          "if you trust that run directory")
     from framework.train import train
 
     print(f"cooldown of {args.run_dir} from {cfg.optim.decay_start:,} tokens: learning rate "
@@ -362,6 +386,8 @@ def _add_cooldown_parser(sub) -> None:
                    help="extra tokens: a fraction of the run's budget (0.05) or a count (40k); they count")
     c.add_argument("--out", help="new run directory (default RUN_DIR-cooldownF+T)")
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--trust-imports", action="store_true",
+                   help="allow the run's config to name a module:attr curriculum, pacing or scorer (runs its code)")
     c.set_defaults(func=_cmd_cooldown)
 
 
@@ -404,10 +430,23 @@ def _add_tune_parser(sub) -> None:
 def _cmd_report(args) -> int:
     from framework.report import write_report
 
-    prices = [float(x) for x in args.prices.split(",")] if args.prices else [0.5, 2.0, 10.0]
+    prices = _prices(args.prices) if args.prices else [0.5, 2.0, 10.0]
+    if args.max_cost < 1:
+        raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
     write_report(args.run_dirs, args.out, prices, args.max_cost)
     print(f"wrote {args.out}/report.md and {args.out}/em_vs_tokens.png")
     return 0
+
+
+def _prices(text: str) -> list[float]:
+    what = "comma-separated numbers >= 0, EM points per million tokens, e.g. 0.5,2,10"
+    try:
+        prices = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError("prices", f"{text!r} must be {what}") from None
+    if not all(math.isfinite(p) and p >= 0 for p in prices):
+        raise ConfigError("prices", f"{text!r} must be {what}")
+    return prices
 
 
 def _add_report_parser(sub) -> None:

@@ -33,6 +33,12 @@ PACINGS = ("constant", "linear", "root", "geometric", "steps")
 SCORERS = ("column", "prompt-length", "answer-length", "model-loss")
 DEFAULT_STOPS = (0.25, 0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
 SPLIT_NAMES = ("train", "validation", "test")
+# Bounds past any run that could fit in memory: an absurd value (1e9 typed for 1e3) fails here, naming
+# its field, instead of hanging in data generation or overflowing inside jax.
+MAX_WIDTH = 2**20  # d_model, d_ff: one d_model x d_model matrix is already 4 TB in float32
+MAX_LAYERS = 2**12
+MAX_KB_ENTITIES = 100_000  # the name generator runs dry at about 1.7M, slowing down well before
+MAX_INT = 2**63  # seeds: jax.random.key takes a signed 64-bit integer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +65,10 @@ class DataConfig:
             raise ConfigError("task", "give exactly one of a built-in task or a data file", TASKS)
         if self.task is not None and self.task not in TASKS:
             raise ConfigError("task", f"unknown task {self.task!r}", TASKS)
+        _text("data.data_path", self.data_path, optional=True)
+        _text("data.prompt_col", self.prompt_col)
+        _text("data.answer_col", self.answer_col)
+        _text("data.difficulty_col", self.difficulty_col, optional=True)
         if self.operand_format not in OPERAND_FORMATS:
             raise ConfigError("data.operand_format", f"unknown format {self.operand_format!r}", OPERAND_FORMATS)
         if self.hop_answer not in HOP_ANSWERS:
@@ -70,7 +80,18 @@ class DataConfig:
         for name in ("max_digits", "max_hops", "n_examples", "val_size", "test_size", "max_seq_len",
                      "kb_entities", "kb_relations"):
             _positive_int(f"data.{name}", getattr(self, name))
-        _seed("data.seed", self.seed)
+        _nonnegative_int("data.seed", self.seed)
+        if self.kb_entities > MAX_KB_ENTITIES:
+            raise ConfigError("data.kb_entities", f"{self.kb_entities} is more than the {MAX_KB_ENTITIES:,} names "
+                                                  "the knowledge base can invent")
+        # Against max_seq_len, the shortest example of the hardest level: an absurd max_digits or max_hops
+        # would otherwise spend minutes generating examples that the length check then rejects.
+        if self.task == "addition" and 2 * self.max_digits + 5 > self.max_seq_len:  # "A+B=", the sum, BOS, EOS
+            raise ConfigError("data.max_digits", f"{self.max_digits}-digit problems take at least "
+                                                 f"{2 * self.max_digits + 5} tokens; max_seq_len is {self.max_seq_len}")
+        if self.task == "multihop" and 12 * self.max_hops > self.max_seq_len:  # each hop adds >= " of the boss"
+            raise ConfigError("data.max_hops", f"{self.max_hops}-hop questions take at least {12 * self.max_hops} "
+                                               f"tokens; max_seq_len is {self.max_seq_len}")
 
 
 DTYPES = ("float32", "bfloat16")
@@ -91,6 +112,9 @@ class ModelConfig:
     def validate(self) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_ff"):
             _positive_int(f"model.{name}", getattr(self, name))
+        for name, most in (("d_model", MAX_WIDTH), ("d_ff", MAX_WIDTH), ("n_layers", MAX_LAYERS)):
+            if getattr(self, name) > most:
+                raise ConfigError(f"model.{name}", f"{getattr(self, name)} is over {most:,}: no such model fits")
         _positive("model.rope_base", self.rope_base)
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ConfigError(
@@ -128,6 +152,7 @@ class OptimConfig:
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError("optim.schedule", f"unknown schedule {self.schedule!r}", SCHEDULES)
+        _nonnegative_int("optim.decay_start", self.decay_start)  # only cooldown reads it, but check it always
         _positive("optim.peak_lr", self.peak_lr)
         _positive("optim.clip_norm", self.clip_norm)
         for name in ("warmup_frac", "decay_frac", "end_lr_frac"):
@@ -183,20 +208,30 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""
+        for name, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(name, f"{getattr(self, name)!r} must be a {cls.__name__}")
         self.data.validate()
         self.model.validate()
         self.optim.validate()
         if not self.out_dir:
             raise ConfigError("out_dir", "a run directory is required")
+        _text("out_dir", self.out_dir)
+        _text("preset", self.preset, optional=True)
+        _text("init_from", self.init_from, optional=True)
+        _text("branch_from", self.branch_from, optional=True)
         _positive_int("budget_tokens", self.budget_tokens)
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_batch_size", self.eval_batch_size)
         _positive_int("log_every", self.log_every)
-        _seed("seed", self.seed)
+        _nonnegative_int("seed", self.seed)
+        for field in ("stops", "ema_half_lives", "stop_rules"):
+            if not isinstance(getattr(self, field), tuple | list):
+                raise ConfigError(field, f"{getattr(self, field)!r} must be a list")
         if not self.stops:
             raise ConfigError("stops", "give at least one stopping fraction in (0, 1]")
         for f in self.stops:
-            if not (isinstance(f, int | float) and 0.0 < f <= 1.0) or math.isnan(f):
+            if not (_is_number(f) and 0.0 < f <= 1.0):
                 raise ConfigError("stops", f"fraction {f!r} is outside (0, 1]")
         if not (_is_number(self.train_until) and 0.0 < self.train_until <= 1.0):
             raise ConfigError("train_until", f"{self.train_until!r} must be a budget fraction in (0, 1]")
@@ -206,11 +241,14 @@ class RunConfig:
         if self.scorer is not None:
             named.append(("scorer", self.scorer, SCORERS))
         for field, value, known in named:
-            if value not in known and ":" not in str(value):
+            if not isinstance(value, str) or (value not in known and ":" not in value):
                 raise ConfigError(field, f"unknown {field} {value!r} (or give an import path 'module:attr')", known)
         for field in ("curriculum_args", "pacing_args", "scorer_args"):
-            if not isinstance(getattr(self, field), dict):
-                raise ConfigError(field, f"{getattr(self, field)!r} must be a mapping of keyword arguments")
+            args = getattr(self, field)
+            if not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):
+                raise ConfigError(field, f"{args!r} must be a mapping of keyword arguments")
+        if not isinstance(self.scorer_percentile, bool):
+            raise ConfigError("scorer_percentile", f"{self.scorer_percentile!r} must be true or false")
         for h in self.ema_half_lives:
             _positive_int("ema_half_lives", h)
         if len(set(self.ema_half_lives)) != len(self.ema_half_lives):
@@ -281,9 +319,10 @@ def parse_tokens(text: str | int, field: str = "budget_tokens") -> int:
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbg]?)\s*", str(text).lower())
-    if not m:
+    value = float(m.group(1)) * _UNITS[m.group(2)] if m else math.nan
+    if not math.isfinite(value):  # '1e400' matches, but is no count
         raise ConfigError(field, f"{text!r} is not a token count (examples: 2500000, 2.5M, 500k)")
-    return int(round(float(m.group(1)) * _UNITS[m.group(2)]))
+    return int(round(value))
 
 
 def parse_share_or_tokens(spec: str | float, planned_tokens: int, field: str) -> int:
@@ -311,9 +350,14 @@ def _positive_int(field: str, value) -> None:
         raise ConfigError(field, f"{value!r} must be a positive integer")
 
 
-def _seed(field: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(field, f"{value!r} must be an integer >= 0")
+def _nonnegative_int(field: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:
+        raise ConfigError(field, f"{value!r} must be an integer >= 0 (and < 2**63)")
+
+
+def _text(field: str, value, optional: bool = False) -> None:
+    if not (isinstance(value, str) and value) and not (optional and value is None):
+        raise ConfigError(field, f"{value!r} must be a non-empty string" + (" or null" if optional else ""))
 
 
 # -- run directories, read without jax ----------------------------------------------------------
@@ -335,14 +379,19 @@ def require_run_dir(run_dir: str) -> None:
 
 
 def load_run_config(run_dir: str) -> RunConfig:
-    """The RunConfig saved in a run directory; a missing or unreadable file is a ConfigError."""
+    """The RunConfig saved in a run directory, validated (an edited or corrupted file fails here, not
+    inside jax); a missing, unreadable or invalid file is a ConfigError."""
     require_run_dir(run_dir)
     path = os.path.join(run_dir, CONFIG_FILE)
     try:
-        with open(path) as f:
-            return RunConfig.from_dict(json.load(f))
-    except (json.JSONDecodeError, TypeError, AttributeError) as e:
+        with open(path, encoding="utf-8") as f:
+            cfg = RunConfig.from_dict(json.load(f))
+        cfg.validate()
+    except ConfigError as e:  # a bad field: say which file holds it
+        raise ConfigError(e.field, f"{e.message} (in {path})", e.allowed) from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as e:  # ValueError: not JSON, not UTF-8
         raise ConfigError("run_dir", f"{path} is not a valid recoup config ({e})") from None
+    return cfg
 
 
 def resolve_init_from(cfg: RunConfig, field: str = "init_from") -> tuple[str, int | None]:
@@ -358,7 +407,10 @@ def resolve_init_from(cfg: RunConfig, field: str = "init_from") -> tuple[str, in
     parent, leaf = os.path.split(path)
     if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
         run_dir, step = os.path.dirname(parent), int(leaf)
-    source = load_run_config(run_dir)
+    try:
+        source = load_run_config(run_dir)
+    except ConfigError as e:  # name the field the user gave (and the source's own bad field, if that is it)
+        raise ConfigError(field, e.message if e.field == "run_dir" else f"{e.field}: {e.message}", e.allowed) from None
     for name in SHAPE_FIELDS:
         if getattr(source.model, name) != getattr(cfg.model, name):
             raise ConfigError(field, f"{given} holds a model with {name}="

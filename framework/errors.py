@@ -14,6 +14,7 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, message: str, allowed: Iterable[object] | None = None):
         self.field = field
+        self.message = message
         self.allowed = list(allowed) if allowed is not None else None
         text = f"{field}: {message}"
         if self.allowed is not None:

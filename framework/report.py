@@ -149,6 +149,8 @@ def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max
     if os.path.isfile(out_dir):
         raise ConfigError("out", f"{out_dir} is a file; give a directory for the report")
     points = collect(run_dirs, max_cost, log)
+    if not points:
+        raise ConfigError("run_dirs", f"no checkpoints to report in {', '.join(run_dirs)}")
     rows = aggregate(points)
     os.makedirs(out_dir, exist_ok=True)
     plot(rows, os.path.join(out_dir, "em_vs_tokens.png"),

@@ -74,6 +74,10 @@ def patience(metric: str = "val_em", patience: int = 3, min_delta: float = 0.0, 
     _check_int("patience", patience, 1)
     _check_number("min_delta", min_delta, 0.0)
     _check_fraction("start", start)
+    if baseline is not None:
+        _check_number("baseline", baseline, 0.0)
+    if not isinstance(restore_best, bool):
+        raise ConfigError("stop_rules.restore_best", f"{restore_best!r} must be true or false")
     sign = _sign(metric, mode)
 
     def better(value, reference) -> bool:
@@ -257,9 +261,9 @@ RULES: dict[str, Callable[..., StopRule]] = {
 
 def build(specs: Sequence[dict], combine: str = "any") -> StopRule | None:
     """`[{"rule": "patience", "patience": 3}, ...]` -> one StopRule (None for no specs)."""
+    _check_choice("stop_combine", combine, ("any", "all"))  # even without rules: a typo is still a typo
     if not specs:
         return None
-    _check_choice("stop_combine", combine, ("any", "all"))
     rules = []
     for spec in specs:
         if not isinstance(spec, dict) or "rule" not in spec:
@@ -274,7 +278,7 @@ def build(specs: Sequence[dict], combine: str = "any") -> StopRule | None:
 
 
 def _lookup(name: str) -> Callable[..., StopRule]:
-    if name in RULES:
+    if isinstance(name, str) and name in RULES:
         return RULES[name]
     if name == "budget":
         from framework.budget_rule import budget_rule  # scipy: only when asked for

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from typing import Any, NamedTuple
 
@@ -33,6 +34,8 @@ def load_evaluations(run_dir: str) -> list[Observation]:
     evaluation at which its rule fired (a stop from a hook, with no such evaluation, is skipped)."""
     budget = load_run_config(run_dir).budget_tokens  # also says clearly if it is not a run directory
     path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError("run_dir", f"{run_dir} has no {METRICS_FILE}: it has not started training")
     out, grad = [], None
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -102,7 +105,7 @@ def default_grid(price: float) -> list[tuple[list[dict], str]]:
 
 def tune(run_dirs: list[str], price: float, grid: list[tuple[list[dict], str]] | None = None) -> dict[str, Any]:
     """Every setting of the grid replayed on every run; the one with the best mean J first."""
-    if not (isinstance(price, int | float) and price >= 0):
+    if not (isinstance(price, int | float) and math.isfinite(price) and price >= 0):
         raise ConfigError("price", f"{price!r} must be a number >= 0 (EM points per million tokens)")
     curves = {d: load_evaluations(d) for d in run_dirs}
     full = {d: replay([], "any", ev) for d, ev in curves.items()}

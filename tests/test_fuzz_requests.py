@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from framework.completions import APIError, CompletionRequest, parse
 from framework.generation import Buckets, ServedModel
+from tests.conftest import fuzz
 
 MODEL = ServedModel("m", ".", "weights", None, None, None, context=64, info={})
 MODELS = {"m": MODEL}
@@ -39,7 +40,7 @@ bodies = (valid | one_field_off | json_values
           | st.fixed_dictionaries({}, optional={f: plausible.get(f, json_values) for f in FIELDS}))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz(400)
 @given(bodies)
 def test_any_body_is_a_request_or_a_4xx_that_names_the_problem(body):
     try:
@@ -55,7 +56,7 @@ def test_any_body_is_a_request_or_a_4xx_that_names_the_problem(body):
         assert len(row.prompt) <= BUCKETS.prompt[-1] and 0 <= row.temperature <= 2 and 0 <= row.seed < 2**63
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz(200)
 @given(st.binary(max_size=200))
 def test_any_bytes_are_json_or_a_clear_400(raw):
     try:
