@@ -15,11 +15,15 @@ On a CPU the clients and the server share the cores; compare rows, not machines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -110,25 +114,9 @@ def serving_benchmark(run_dir: str = RUN, out: str = OUT, concurrencies=(1, 8, 3
     dirs = _ensembles(run_dir, out)
     prompts = list(open_run(run_dir).split("test").prompts)
     direct = {name: _direct_tokens_per_s(d, prompts) for name, d in dirs.items()}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "serve", *dirs.values(), "--port", str(port),
-                             "--batch-buckets", "1,8,32", "--prompt-buckets", "32", "--new-token-buckets", "16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        t = time.perf_counter()
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"recoup serve exited: {proc.stdout.read()}")
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                pass
-            time.sleep(0.2)
-        ready_s = time.perf_counter() - t
+    with recoup_serve(list(dirs.values()), "--batch-buckets", "1,8,32", "--prompt-buckets", "32",
+                      "--new-token-buckets", "16") as server:
+        url, ready_s = server.url, server.ready_s
         compiles_at_ready = _compilations(httpx.get(url + "/metrics").text)
         rows = []
         for name in dirs:
@@ -138,9 +126,6 @@ def serving_benchmark(run_dir: str = RUN, out: str = OUT, concurrencies=(1, 8, 3
                 print(f"{name} c={c}: {r['rps']:.1f} req/s, {r['tps']:.0f} tok/s, p50 {1e3 * r['p50']:.0f} ms, "
                       f"p99 {1e3 * r['p99']:.0f} ms, {r['errors']} errors", flush=True)
         compiles_at_end = _compilations(httpx.get(url + "/metrics").text)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     after = "none" if compiles_at_end == compiles_at_ready else f"{compiles_at_end - compiles_at_ready:g} (a bug)"
     label = {"avg": "weight average (latest-k, 1x)", "ens3": "log-prob ensemble of 3 (3x)"}
     lines = [SECTION, "", _machine(), "",
@@ -157,9 +142,51 @@ def serving_benchmark(run_dir: str = RUN, out: str = OUT, concurrencies=(1, 8, 3
     return "\n".join(lines)
 
 
-def splice(section: str, path: str = "docs/benchmarks.md") -> None:
-    """Replace the section of `path` with `section`'s heading (its first line), or append it."""
-    text = open(path).read() if os.path.isfile(path) else "# Benchmarks\n"
+class Served(NamedTuple):
+    url: str  # http://127.0.0.1:PORT
+    proc: subprocess.Popen
+    ready_s: float  # seconds from start to /health 200 (loading and compiling)
+
+
+@contextlib.contextmanager
+def recoup_serve(paths: list[str], *args: str, log_path: str | None = None,
+                 ready_timeout: float = 600.0) -> Iterator[Served]:
+    """`recoup serve PATHS ARGS` in its own process on a free loopback port, yielded once /health
+    answers 200 and terminated on exit. Its output goes to `log_path` (default: a temporary file),
+    never to a pipe that nobody reads while it serves; it is shown if the server exits or never
+    becomes ready."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "serve", *paths, "--port", str(port), *args],
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            t = time.perf_counter()
+            while True:
+                if proc.poll() is not None or time.perf_counter() - t > ready_timeout:
+                    log.seek(0)
+                    raise SystemExit(f"recoup serve {'exited' if proc.poll() is not None else 'never became ready'}"
+                                     f": {log.read()}")
+                try:
+                    if httpx.get(url + "/health").status_code == 200:
+                        break
+                except httpx.ConnectError:
+                    pass
+                time.sleep(0.2)
+            yield Served(url, proc, time.perf_counter() - t)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def splice(section: str, path: str = "docs/benchmarks.md", title: str = "# Benchmarks") -> None:
+    """Replace the section of `path` with `section`'s heading (its first line), or append it; a
+    missing file starts with `title`."""
+    text = open(path).read() if os.path.isfile(path) else title + "\n"
     heading = section.splitlines()[0]
     start = text.find(heading + "\n")
     if start >= 0:

@@ -6,7 +6,9 @@
 
 Endpoints: POST /v1/completions, GET /v1/models, GET /health (503 while loading and compiling,
 200 when ready), GET /metrics (Prometheus text). Requests are micro-batched (`batcher`) and padded
-to the compiled buckets (`generation`), so after start-up no request compiles.
+to the compiled buckets (`generation`), so after start-up no request compiles. A client that
+disconnects before its answer is ready has its rows that still wait dropped, none computed; its
+request is counted in /metrics with status 499 (nginx's "client closed request"), never a 5xx.
 
 One process, one worker: JAX owns the accelerator and the compiled programs in this process, and
 batching across requests only works where the requests meet. More workers would each load every
@@ -15,17 +17,20 @@ model, compile every bucket and compete for one device's memory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import ClientDisconnect
 
 from framework import completions, generation
 from framework.batcher import MicroBatcher, QueueFull
@@ -36,6 +41,7 @@ from framework.generation import Buckets, ServedModel
 API_KEY_ENV = "RECOUP_API_KEY"
 DEFAULT_BUCKETS = Buckets()
 KNOWN = ("/v1/completions", "/v1/models", "/health", "/metrics")  # metric labels; anything else is "other"
+CLIENT_GONE = 499  # the status counted for a request whose client disconnected; nobody reads it
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -110,6 +116,28 @@ def load_models(paths: Sequence[str]) -> dict[str, ServedModel]:
     return {m.id: m for m in models}
 
 
+T = TypeVar("T")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """`await work`, unless the client disconnects first: then `work` is cancelled and None returned.
+
+    The route does not notice a disconnect by itself (nothing reads from the client while it awaits
+    the batcher); once the body is read, a disconnect is the only message the ASGI server sends, so
+    awaiting `request.receive()` beside the work is what hears it. Cancelling `batcher.submit`
+    drops the request's rows that still wait; a batch already running finishes and is thrown away.
+    """
+    answer = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this request is cancelled itself (the server stopping)
+        gone.cancel()
+        if not answer.done():
+            answer.cancel()
+    return answer.result() if answer.done() else None
+
+
 def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wait_ms: float = 5.0,
                api_key: str | None = None, max_queue: int = 4096, log=print) -> FastAPI:
     state = State(paths, buckets, max_wait_ms, api_key, max_queue, log)
@@ -160,16 +188,21 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
         try:
             check_key(request)
             check_ready()
-            raw = await request.body()
+            try:
+                raw = await request.body()
+            except ClientDisconnect:  # gone before its body was read: nothing to answer
+                return Response(status_code=CLIENT_GONE)
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise APIError(400, f"the request body is not valid JSON ({e})") from None
             req = completions.parse(body, state.models, state.buckets)
             try:
-                done = await state.batcher.submit(req.model.id, req.rows)
+                done = await unless_disconnected(request, state.batcher.submit(req.model.id, req.rows))
             except QueueFull as e:
                 raise APIError(429, str(e), None, "queue_full", "rate_limit_error") from None
+            if done is None:
+                return Response(status_code=CLIENT_GONE)
             done = [generation.apply_stop(c, req.stops) for c in done]
             state.metrics.tokens.labels(req.model.id).inc(sum(c.completion_tokens for c in done))
             return completions.response(req, done)
