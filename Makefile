@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo flagship test bench lint clean
+.PHONY: demo flagship test bench chaos lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)  ## the default test suite (slow checks excluded)
 
 bench: $(STAMP)  ## benchmarks, written to docs/benchmarks.md
 	$(BIN)/python -m experiments.bench
+
+chaos: $(STAMP)  ## long reliability checks: kills, corruption, disk full, fuzzing, server load -> docs/reliability.md
+	$(BIN)/python -m experiments.chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
