@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 from typing import Any
@@ -60,7 +61,11 @@ def _reason(e: BaseException) -> str:
         if isinstance(seen, OSError) and seen.strerror:
             return f"{seen.strerror}" + (f" ({seen.filename})" if seen.filename else "")
         seen = seen.__cause__ or seen.__context__
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = str(e)
+    code, path = re.search(r"os_error_code='(\d+)'", text), re.search(r'Failed writing: "([^"]+)"', text)
+    if code:  # tensorstore's words: OUT_OF_RANGE: ... Failed writing: "PATH": ... [os_error_code='27']
+        return os.strerror(int(code.group(1))) + (f" ({path.group(1)})" if path else "")
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def checkpoint_dir(run_dir: str) -> str:

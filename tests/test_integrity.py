@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from framework import checkpoints, cli
+from framework.errors import ConfigError
 from framework.integrity import CorruptCheckpoint
 from framework.runs import open_run
 from framework.train import train
@@ -158,3 +159,10 @@ def test_a_full_disk_is_a_clear_error_and_resume_finishes_exactly(tiny, tmp_path
     train(tiny_config(out), resume=True, show_progress=False)
     assert _same(open_run(out).params(), open_run(tiny).params())
     assert not [n for n in os.listdir(checkpoints.checkpoint_dir(out)) if not n.isdigit()]
+
+
+def test_an_unwritable_run_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="out: cannot write the run directory .*a-file/run"):
+        train(tiny_config(str(blocker / "run")), show_progress=False)
