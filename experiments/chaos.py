@@ -179,8 +179,9 @@ def kills_section(work: str, kills: int, seed: int) -> tuple[str, bool]:
 
 Why bitwise: on one CPU device XLA's reductions run in a fixed order, and everything a step depends
 on (weights, optimizer moments, sampler position and its pending losses, RNG key, token counters)
-is in the checkpoint, so a resumed step computes exactly what the uninterrupted one did. On GPUs
-some XLA reductions are not deterministic by default: expect agreement to ~1e-6 there, not bits.
+is in the checkpoint, so a resumed step computes exactly what the uninterrupted one did. On a GPU
+some XLA reductions are not deterministic by default, so expect agreement within float tolerance
+there rather than bits (not measured: no GPU was lent to this project's sessions).
 """
     return section, ok
 
