@@ -14,7 +14,8 @@ The demo's model and batch (`small`, 8-digit addition, batch 128). Measured here
   `framework.model.training_flops`) over the peak matmul FLOP/s of this machine, measured with a
   large jitted matmul (float32 on a CPU, bfloat16 on a GPU).
 - checkpoint overhead at the default cadence (the default stops, asynchronous saves): the blocking
-  part of every save (`save_s` in metrics.jsonl) over the run's wall time; and
+  part of every save (the `save` lines of metrics.jsonl: the write of the previous checkpoint
+  waited for and sealed, then this one started) over the run's wall time; and
   the share of step time spent choosing and building batches (`data_time_frac`).
 """
 
