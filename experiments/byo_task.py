@@ -25,6 +25,8 @@ import os
 import random
 import sys
 
+from framework.integrity import write_atomic
+
 PROMPT_COL, ANSWER_COL, DIFFICULTY_COL = "question", "answer", "digits"
 
 
@@ -44,10 +46,7 @@ def write(path: str, n_rows: int = 20_000, seed: int = 0) -> str:
             seen.add(row[PROMPT_COL])
             rows.append(row)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 

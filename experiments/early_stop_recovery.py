@@ -39,6 +39,7 @@ from experiments import byo_task
 from experiments.curriculum_vs_uniform import VARIANTS as CURRICULA
 from experiments.curriculum_vs_uniform import base_config
 from framework.config import DataConfig, RunConfig, load_run_config
+from framework.integrity import write_atomic
 
 BYO_BUDGET = 700_000  # counted tokens: chosen on validation EM of seed 0 (see experiments.byo_task)
 BUDGET = 0.62  # the early stop: 38% fewer tokens than planned
@@ -260,9 +261,7 @@ def run_seed(task: str, seed: int, out: str, plan: Plan, log=print) -> dict[str,
     result = {"version": ROWS_VERSION, "task": task, "seed": seed, "runs": runs,
               "budget_tokens": cfgs["cosine"].budget_tokens, "train_seconds": round(train_s, 1),
               "seconds": round(time.perf_counter() - t0, 1), "dirs": dirs, "rows": rows, "curve": curve}
-    with open(cache + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(cache + ".tmp", cache)
+    write_atomic(cache, json.dumps(result, indent=2))
     return result
 
 

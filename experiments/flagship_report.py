@@ -18,6 +18,7 @@ import numpy as np
 from ensembles.artifact import recovery
 from experiments.demo import ci95_half_width as _ci
 from experiments.early_stop_recovery import BEST_CURRICULUM
+from framework.integrity import write_atomic
 from framework.report import pareto
 
 # variant -> (label, family); the order of every table
@@ -299,10 +300,6 @@ def readme_block(summary: dict, plot_path: str) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def write_docs(summary: dict, results_path: str, plot_dir: str, readme_path: str | None = None) -> None:
@@ -311,10 +308,10 @@ def write_docs(summary: dict, results_path: str, plot_dir: str, readme_path: str
     plot_name = "flagship_em_vs_tokens.png"
     plot(summary, os.path.join(plot_dir, plot_name))
     text = open(results_path).read() if os.path.isfile(results_path) else "# Results\n"
-    _write_text(results_path, _replace_block(text, section(summary, plot_name), BEGIN, END, r"^# .*$"))
+    write_atomic(results_path, _replace_block(text, section(summary, plot_name), BEGIN, END, r"^# .*$"))
     if readme_path:
         text = open(readme_path).read()
         if README_BEGIN not in text:
             raise SystemExit(f"{readme_path} has no {README_BEGIN} marker for the headline")
         rel = os.path.relpath(os.path.join(plot_dir, plot_name), os.path.dirname(os.path.abspath(readme_path)))
-        _write_text(readme_path, _replace_block(text, readme_block(summary, rel), README_BEGIN, README_END, ""))
+        write_atomic(readme_path, _replace_block(text, readme_block(summary, rel), README_BEGIN, README_END, ""))
