@@ -149,12 +149,12 @@ class Served(NamedTuple):
 
 
 @contextlib.contextmanager
-def recoup_serve(paths: list[str], *args: str, log_path: str | None = None,
-                 ready_timeout: float = 600.0) -> Iterator[Served]:
+def recoup_serve(paths: list[str], *args: str, log_path: str | None = None, ready_timeout: float = 600.0,
+                 env: dict[str, str] | None = None) -> Iterator[Served]:
     """`recoup serve PATHS ARGS` in its own process on a free loopback port, yielded once /health
     answers 200 and terminated on exit. Its output goes to `log_path` (default: a temporary file),
     never to a pipe that nobody reads while it serves; it is shown if the server exits or never
-    becomes ready."""
+    becomes ready. `env`: the server's environment (default: this process's)."""
     import httpx
 
     with socket.socket() as s:
@@ -162,7 +162,7 @@ def recoup_serve(paths: list[str], *args: str, log_path: str | None = None,
         port = s.getsockname()[1]
     with open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "serve", *paths, "--port", str(port), *args],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+                                stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
         url = f"http://127.0.0.1:{port}"
         try:
             t = time.perf_counter()

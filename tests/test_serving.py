@@ -6,8 +6,6 @@ import asyncio
 import concurrent.futures
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,6 +15,7 @@ import pytest
 
 from ensembles import artifact
 from ensembles.members import COMBINERS, ParamStore
+from experiments.bench_serving import recoup_serve
 from framework import generation
 from framework.completions import APIError, parse
 from framework.generation import Buckets, Completion, Row, apply_stop
@@ -310,36 +309,17 @@ def test_recoup_serve_answers_the_openai_client(trained_run):
     import openai
 
     cfg, _ = trained_run
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "RECOUP_API_KEY": "k3y", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "serve", cfg.out_dir, "--port", str(port),
-                             "--batch-buckets", "1,2", "--prompt-buckets", "16", "--new-token-buckets", "8"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                pass
-            assert time.monotonic() < deadline, "recoup serve never became ready"
-            time.sleep(0.2)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="k3y")
+    with recoup_serve([cfg.out_dir], "--batch-buckets", "1,2", "--prompt-buckets", "16", "--new-token-buckets", "8",
+                      ready_timeout=180, env=env) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="k3y")
         out = client.completions.create(model="tiny", prompt=["1+2=", "3+4="], max_tokens=6, temperature=0)
         assert [c.index for c in out.choices] == [0, 1] and out.usage.prompt_tokens == 10
         assert [m.id for m in client.models.list().data] == ["tiny"]
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="other", prompt="1+2=", max_tokens=4)
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=url + "/v1", api_key="wrong").completions.create(model="tiny", prompt="1")
-    finally:
-        proc.terminate()
-        proc.wait(30)
+            openai.OpenAI(base_url=server.url + "/v1", api_key="wrong").completions.create(model="tiny", prompt="1")
 
 
 # == no server ================================================================================
