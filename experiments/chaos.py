@@ -118,8 +118,7 @@ def kill_and_resume(out_dir: str, kills: int, seed: int, budget: str = "400k", e
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        done = [c["step"] for c in checkpoints.list_checkpoints(out_dir)] if resume or os.path.isdir(
-            checkpoints.checkpoint_dir(out_dir)) else []
+        done = checkpoints.finished_steps(out_dir)
         killed_at.append({"after_s": round(time.time() - t0, 2), "checkpoints": len(done),
                           "metrics_lines": _count_lines(metrics), "half_written": leftovers(out_dir)})
         log(f"  kill {len(killed_at)}: {killed_at[-1]}")
@@ -189,12 +188,12 @@ there rather than bits (not measured: no GPU was lent to this project's sessions
 # -- corruption ------------------------------------------------------------------------------
 
 
-def _truncate(path: str) -> None:
+def truncate_half(path: str) -> None:
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
 
 
-def _flip(path: str) -> None:
+def flip_one_bit(path: str) -> None:
     with open(path, "r+b") as f:
         f.seek(os.path.getsize(path) // 2)
         b = f.read(1)
@@ -202,16 +201,16 @@ def _flip(path: str) -> None:
         f.write(bytes([b[0] ^ 0x01]))  # one bit
 
 
-def _append(path: str) -> None:
+def append_bytes(path: str) -> None:
     with open(path, "ab") as f:
         f.write(b"\0" * 16)
 
 
-DAMAGE = {"truncated to half": _truncate, "one bit flipped": _flip, "16 bytes appended": _append,
+DAMAGE = {"truncated to half": truncate_half, "one bit flipped": flip_one_bit, "16 bytes appended": append_bytes,
           "deleted": os.remove}
 
 
-def _targets(step_dir: str) -> dict[str, str]:
+def damage_targets(step_dir: str) -> dict[str, str]:
     """One file to damage per part of a checkpoint: the largest of each item, and the step's metadata."""
     out = {"_CHECKPOINT_METADATA": os.path.join(step_dir, "_CHECKPOINT_METADATA")}
     for item in sorted(os.listdir(step_dir)):
@@ -233,12 +232,12 @@ def corruption_section(work: str) -> tuple[str, bool]:
         subprocess.run(train_argv(base, budget="60k", every="20k"), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     steps = [c["step"] for c in checkpoints.list_checkpoints(base)]
     rows, ok = [], True
-    for part in _targets(checkpoints.step_dir(base, steps[-1])):
+    for part in damage_targets(checkpoints.step_dir(base, steps[-1])):
         for name, damage in DAMAGE.items():
             run = os.path.join(work, "corrupt-case")
             shutil.rmtree(run, ignore_errors=True)
             shutil.copytree(base, run)
-            victim = _targets(checkpoints.step_dir(run, steps[-1]))[part]
+            victim = damage_targets(checkpoints.step_dir(run, steps[-1]))[part]
             damage(victim)
             rel = os.path.relpath(victim, checkpoints.step_dir(run, steps[-1]))
             try:
@@ -277,20 +276,21 @@ Orbax's atomic rename left it, and sealed when its run next resumes.
 
 # -- disk full ---------------------------------------------------------------------------------
 
-_FILL_DISK = """
+# Python run before a training entry point: from the second save on, every write past 50 kB fails
+# with EFBIG, as on a full disk (ENOSPC). The first save is waited for and sealed before the limit is
+# set, so it is whole whatever the machine's speed. tests/test_integrity.py uses it too.
+FILL_DISK = """
 import resource, signal, sys
 import framework.train as t
-from framework.cli import main
-# From the second save on, every write past 50 kB fails with EFBIG, as on a full disk (ENOSPC).
 _save, calls = t.checkpoints.save, []
-def save(*args, **kwargs):
+def save(mgr, *args, **kwargs):
     if calls:
+        t.checkpoints.seal_finished(mgr)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
     calls.append(1)
-    return _save(*args, **kwargs)
+    return _save(mgr, *args, **kwargs)
 t.checkpoints.save = save
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -299,7 +299,8 @@ def disk_section(work: str) -> tuple[str, bool]:
     for d in (full, straight):
         shutil.rmtree(d, ignore_errors=True)
     argv = train_argv(full, budget="60k", every="20k")
-    proc = subprocess.run([sys.executable, "-c", _FILL_DISK, *argv[3:]], cwd=ROOT, capture_output=True, text=True)
+    cli = FILL_DISK + "from framework.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    proc = subprocess.run([sys.executable, "-c", cli, *argv[3:]], cwd=ROOT, capture_output=True, text=True)
     said = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
     kept = [c["step"] for c in checkpoints.list_checkpoints(full)]
     intact = all(checkpoints.verify_step(full, s) for s in kept)

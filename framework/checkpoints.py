@@ -48,7 +48,7 @@ class SaveFailed(ConfigError):
         # Orbax's writer tasks that failed the same way are reported by asyncio again when they are
         # collected ("Task exception was never retrieved"), after this error: it says all of it.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        intact = _finished_steps(run_dir)
+        intact = finished_steps(run_dir)
         super().__init__("out", f"could not write to {run_dir}: {_reason(cause)}. The checkpoints saved "
                                 f"before it are intact (steps {intact or 'none'}); free space or fix the "
                                 "directory, then continue with --resume")
@@ -91,7 +91,7 @@ def _run_dir_of(mgr: ocp.CheckpointManager) -> str:
     return os.path.dirname(os.path.abspath(str(mgr.directory)))
 
 
-def _finished_steps(run_dir: str) -> list[int]:
+def finished_steps(run_dir: str) -> list[int]:
     """Steps Orbax has finalized (renamed from their temporary names), oldest first."""
     d = checkpoint_dir(run_dir)
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
@@ -105,7 +105,7 @@ def seal_finished(mgr: ocp.CheckpointManager) -> None:
         mgr.wait_until_finished()
         if jax.process_index() != 0:  # one writer per run directory
             return
-        for step in _finished_steps(run_dir):
+        for step in finished_steps(run_dir):
             if not os.path.isfile(seal_path(run_dir, step)):
                 integrity.seal(step_dir(run_dir, step), seal_path(run_dir, step))
     except (OSError, ValueError) as e:  # tensorstore reports a failed write as a ValueError
@@ -122,7 +122,7 @@ def set_aside_corrupt(run_dir: str) -> list[str]:
     """Before resuming: move corrupt checkpoints, newest first, to `RUN/corrupt/` until an intact
     one is found (the new newest), so training re-creates them. Returns what was done, to print."""
     notes = []
-    for step in reversed(_finished_steps(run_dir)):
+    for step in reversed(finished_steps(run_dir)):
         try:
             if not verify_step(run_dir, step):
                 integrity.seal(step_dir(run_dir, step), seal_path(run_dir, step))  # finalized, never sealed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import pytest
@@ -61,12 +60,9 @@ def crash_then_resume(cfg: RunConfig, after_fraction: float = 0.6) -> list[dict]
 
 def logged_lines(run_dir: str) -> list[dict]:
     """metrics.jsonl without the wall-clock fields and lines, which differ between any two runs."""
-    from framework.train import CLOCK_EVENTS, WALL_CLOCK_FIELDS
+    from experiments.chaos import metrics_lines
 
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        records = [json.loads(ln) for ln in f if ln.strip()]
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records
-            if r.get("event") not in CLOCK_EVENTS]
+    return metrics_lines(run_dir)
 
 
 def fuzz(examples: int):

@@ -7,10 +7,9 @@ import shutil
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import pytest
 
+from experiments import chaos
 from framework import checkpoints, cli
 from framework.errors import ConfigError
 from framework.integrity import CorruptCheckpoint
@@ -35,30 +34,12 @@ def run_copy(tiny, tmp_path):
     return out
 
 
-def _biggest_file(step_dir: str, item: str) -> str:
-    files = [os.path.join(here, n) for here, _, names in os.walk(os.path.join(step_dir, item)) for n in names]
-    return max(files, key=os.path.getsize)
-
-
-def _truncate(path):
-    with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
-
-
-def _flip_a_byte(path):
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        b = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([b[0] ^ 0xFF]))
-
-
-DAMAGE = {"truncated": (_truncate, "truncated"), "altered": (_flip_a_byte, "sha256 differs"),
+DAMAGE = {"truncated": (chaos.truncate_half, "truncated"), "altered": (chaos.flip_one_bit, "sha256 differs"),
           "deleted": (os.remove, "is missing")}
 
 
-def _same(a, b) -> bool:
-    return all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+def _biggest_file(step_dir: str, item: str) -> str:
+    return chaos.damage_targets(step_dir)[item]
 
 
 def test_every_finished_checkpoint_is_sealed(tiny):
@@ -105,19 +86,19 @@ def test_an_unsealed_checkpoint_loads_and_is_sealed_when_its_run_resumes(run_cop
 
 def test_resume_sets_a_corrupt_checkpoint_aside_and_redoes_it_exactly(tiny, run_copy, capsys):
     steps = [c["step"] for c in checkpoints.list_checkpoints(run_copy)]
-    _flip_a_byte(_biggest_file(checkpoints.step_dir(run_copy, steps[-1]), "opt_state"))
+    chaos.flip_one_bit(_biggest_file(checkpoints.step_dir(run_copy, steps[-1]), "opt_state"))
     train(tiny_config(run_copy), resume=True, show_progress=False)
     said = capsys.readouterr().out
     assert f"{steps[-1]} is corrupt" in said and "newest intact checkpoint" in said
     assert f"resuming {run_copy} from step {steps[0]}" in said
     assert os.path.isdir(os.path.join(run_copy, "corrupt", str(steps[-1])))
     assert [c["step"] for c in checkpoints.list_checkpoints(run_copy)] == steps
-    assert _same(open_run(run_copy).params(), open_run(tiny).params())
+    assert chaos.same_params(run_copy, tiny)
 
 
 def test_ensemble_build_skips_a_corrupt_checkpoint_and_says_which(run_copy, tmp_path, capsys):
     steps = [c["step"] for c in checkpoints.list_checkpoints(run_copy)]
-    _truncate(_biggest_file(checkpoints.step_dir(run_copy, steps[0]), "params"))
+    chaos.truncate_half(_biggest_file(checkpoints.step_dir(run_copy, steps[0]), "params"))
     out = str(tmp_path / "ens")
     assert cli.main(["ensemble", "build", run_copy, "--budget", "1.0", "--max-cost", "1", "--out", out]) == 0
     err = capsys.readouterr().err
@@ -127,19 +108,14 @@ def test_ensemble_build_skips_a_corrupt_checkpoint_and_says_which(run_copy, tmp_
     assert steps[0] not in [m["step"] for m in members]
 
 
-# A full disk, simulated with a file-size limit: past it, every write fails with an OS error
-# (EFBIG), inside Orbax's background writer as it would with ENOSPC. Set after the first
-# checkpoint (0.5) is saved, small enough that the next one (1.0) cannot be written.
-_FILL_DISK = """
-import resource, signal, sys
+# A full disk, simulated with a file-size limit (chaos.FILL_DISK): past it, every write fails with an
+# OS error (EFBIG), inside Orbax's background writer as it would with ENOSPC. Set at the second save
+# (1.0), after the first (0.5) is complete, small enough that the second cannot be written.
+_FILL_DISK = chaos.FILL_DISK + """
 from framework.train import train
 from tests.conftest import tiny_config
-def fill(event):
-    if event.kind == "step" and event.tokens > 0.6 * 24_000:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
 try:
-    train(tiny_config(sys.argv[1]), hooks=[fill], show_progress=False)
+    train(tiny_config(sys.argv[1]), show_progress=False)
 except Exception as e:
     print(f"{type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(2)
@@ -157,7 +133,7 @@ def test_a_full_disk_is_a_clear_error_and_resume_finishes_exactly(tiny, tmp_path
     assert [c["step"] for c in checkpoints.list_checkpoints(out)] == [first]
     open_run(out).params(first)  # the earlier checkpoint still loads (and matches its seal, if sealed)
     train(tiny_config(out), resume=True, show_progress=False)
-    assert _same(open_run(out).params(), open_run(tiny).params())
+    assert chaos.same_params(out, tiny)
     assert not [n for n in os.listdir(checkpoints.checkpoint_dir(out)) if not n.isdigit()]
 
 
