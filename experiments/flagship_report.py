@@ -65,10 +65,12 @@ def aggregate(seed_results: list[dict]) -> list[dict]:
     paired difference from the same seed's full-budget plain recipe."""
     task = seed_results[0]["task"]
     by_variant: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+    seeds_of: dict[str, list[int]] = defaultdict(list)
     for s in seed_results:
         ref = {r["variant"]: r for r in s["rows"]}
         for r in s["rows"]:
             by_variant[r["variant"]].append((r, ref))
+            seeds_of[r["variant"]].append(s["seed"])
     out = []
     others = sorted((v for v in by_variant if v not in VARIANTS), key=lambda v: (len(v), v))  # prices ascending
     order = list(VARIANTS) + others
@@ -81,7 +83,8 @@ def aggregate(seed_results: list[dict]) -> list[dict]:
         out.append({
             "variant": v, "label": label(v, task), "family": family(v), "n": len(rows),
             "test_em": float(np.mean(test)), "test_em_sd": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
-            "test_em_ci95": _ci(test), "test_em_per_seed": test, "val_em": float(np.mean([r["val_em"] for r in rows])),
+            "test_em_ci95": _ci(test), "test_em_per_seed": test, "seeds": seeds_of[v],
+            "val_em": float(np.mean([r["val_em"] for r in rows])),
             "fraction": float(np.mean([r["fraction"] for r in rows])),
             "tokens": float(np.mean([r["tokens"] for r in rows])), "flops": float(np.mean([r["flops"] for r in rows])),
             "inference_cost": max(r["inference_cost"] for r in rows),
@@ -159,6 +162,15 @@ def task_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['label']} | {_em(r)} | {r['delta_vs_full']:+.3f} ± {r['delta_vs_full_ci95']:.3f} | "
                      f"{_pct(r['recovery'])} | {r['fraction']:.2f} | {r['flops']:.2e} | {r['inference_cost']}x |")
+    return "\n".join(lines)
+
+
+def per_seed_table(rows: list[dict], seeds: list[int]) -> str:
+    """Every variant's test EM on each seed: the spread behind each interval, never copied by hand."""
+    lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for r in rows:
+        em = dict(zip(r["seeds"], r["test_em_per_seed"], strict=True))
+        lines.append(f"| {r['variant']} | " + " | ".join(f"{em[s]:.3f}" if s in em else "–" for s in seeds) + " |")
     return "\n".join(lines)
 
 
@@ -254,8 +266,8 @@ def section(summary: dict, plot_name: str) -> str:
     per_task = ", ".join(f"{task} {t['seconds'] / 60:.0f} min" for task, t in summary["tasks"].items())
     lines = [BEGIN, "## The flagship: 38% fewer tokens, and the EM won back", "", "```bash",
              summary["command"], "```", "",
-             f"Time on this 2-core machine, summed over the seeds when they were computed (training and "
-             f"scoring; a run reused from an earlier sweep counts no training): {per_task}.",
+             f"Wall-clock time on this 2-core machine, summed over the seeds when they were computed (training "
+             f"and scoring, including any time shared with other jobs; a reused run counts no training): {per_task}.",
              "Every figure is test-split strict EM, mean ± 95% t half-width over seeds; Δ is the paired "
              "difference from the same seed's full-budget plain recipe; recovery = (EM − EM at 0.62) / "
              "(EM at 1.0 − EM at 0.62) of the plain recipe, per seed, averaged. Tokens are the training "
@@ -270,7 +282,8 @@ def section(summary: dict, plot_name: str) -> str:
                   "| stop | " + " | ".join(f"{c['fraction']:g}" for c in t["curve"]) + " |",
                   "|---|" + "---|" * len(t["curve"]),
                   *(f"| {name} | " + " | ".join(f"{c[key]:.3f} ± {c[key + '_ci95']:.3f}" for c in t["curve"]) + " |"
-                    for key, name in (("single", "checkpoint"), ("ema", "best EMA"))), ""]
+                    for key, name in (("single", "checkpoint"), ("ema", "best EMA"))), "",
+                  "Per seed (test EM):", "", per_seed_table(t["rows"], t["seeds"]), ""]
     lines.append(END)
     return "\n".join(lines)
 

@@ -78,6 +78,7 @@ def test_docs_section_is_replaced_in_place_and_keeps_the_rest(tmp_path):
     assert path.read_text() == first and first.count(flagship_report.BEGIN) == 1
     assert readme.read_text() == first_readme and "| addition (2) |" in first_readme and "## Rest" in first_readme
     assert first.index("python -m experiments.early_stop_recovery") < first.index("## Older section")
+    assert "| ema | 0.700 | 0.700 |" in first  # the per-seed table
     assert "kept" in first and (tmp_path / "flagship_em_vs_tokens.png").stat().st_size > 10_000
 
 
