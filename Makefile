@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the flagship, quick: addition, 2 seeds, every lever at 62% of the tokens (<= 10 min)
 	$(BIN)/python -m experiments.early_stop_recovery --quick
 
-flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, writes docs/results.md (<= 2 h)
+flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, writes docs/results.md (about 2.5 h on 2 cores)
 	$(BIN)/python -m experiments.early_stop_recovery
 
 test: $(STAMP)  ## the default test suite (slow checks excluded)

@@ -1,7 +1,7 @@
 """The flagship: stop at 62% of the tokens, then win the EM back, over seeds, on three tasks.
 
     make demo                                          # --quick: addition, 2 seeds, <= 10 min -> runs/demo
-    python -m experiments.early_stop_recovery          # full: 3 tasks x 5 seeds, <= 2 h -> docs/results.md
+    python -m experiments.early_stop_recovery          # full: 3 tasks x 5 seeds, ~2.5 h -> docs/results.md
 
 Tasks: `addition` (8-digit, the demo recipe), `multihop` (chain answers over 100 names x 4
 relations) and `byo`, a JSON Lines file of word problems that the experiment writes itself and
