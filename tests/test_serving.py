@@ -21,7 +21,7 @@ from framework.completions import APIError, parse
 from framework.generation import Buckets, Completion, Row, apply_stop
 from tests.conftest import tiny_config
 
-BUCKETS = Buckets(batch=(1, 4), prompt=(16, 32), new=(4, 16))
+BUCKETS = Buckets(batch=(1, 4), prompt=(32,), new=(4, 16))  # 4 shapes: each costs ~1.5 s per model to compile
 
 
 class LiveServer:
