@@ -23,8 +23,8 @@ import jax
 
 from ensembles import averaging, output
 from framework import checkpoints, evaluate
-from framework.config import SHAPE_FIELDS
-from framework.data import EncodedSplit
+from framework.config import SHAPE_FIELDS, DataConfig
+from framework.data import EncodedSplit, prepare
 from framework.errors import ConfigError
 from framework.runs import Run, open_run
 
@@ -77,6 +77,7 @@ class ParamStore:
     def __init__(self, max_trees: int | None = None, max_bytes: int = 2 << 30):
         self._runs: dict[str, Run] = {}
         self._metadata: dict[str, dict[int, dict]] = {}
+        self._splits: dict[DataConfig, dict] = {}
         self._params: OrderedDict[Member, Any] = OrderedDict()
         self._bytes: dict[Member, int] = {}
         self.max_trees, self.max_bytes = max_trees, max_bytes
@@ -84,7 +85,15 @@ class ParamStore:
     def run(self, run_dir: str) -> Run:
         if run_dir not in self._runs:
             self._runs[run_dir] = open_run(run_dir)
+            self._runs[run_dir].prepare_data = self._prepare
         return self._runs[run_dir]
+
+    def _prepare(self, data: DataConfig) -> dict:
+        """The splits of `data`, built once: a run's cooldowns, schedules and curricula read the same
+        data (building multihop's takes about 3 s)."""
+        if data not in self._splits:
+            self._splits[data] = prepare(data)
+        return self._splits[data]
 
     def metadata(self, run_dir: str, step: int) -> dict:
         """What training recorded with checkpoint `step` (tokens, val_em, average_val_em, ...)."""

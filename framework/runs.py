@@ -8,13 +8,14 @@ the run was trained beside.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from flax import nnx
 
 from ensembles import averaging
 from framework import checkpoints, evaluate, sharding
-from framework.config import RunConfig, load_run_config
+from framework.config import DataConfig, RunConfig, load_run_config
 from framework.data import EncodedSplit, prepare
 from framework.errors import ConfigError
 from framework.model import build_model
@@ -28,11 +29,12 @@ class Run:
     graphdef: Any
     abstract_params: Any
     _splits: dict[str, EncodedSplit] | None = None
+    prepare_data: Callable[[DataConfig], dict[str, EncodedSplit]] = prepare  # a ParamStore shares one build
 
     @property
     def splits(self) -> dict[str, EncodedSplit]:
         if self._splits is None:  # built lazily: `runs show` needs no data
-            self._splits = prepare(self.cfg.data)
+            self._splits = self.prepare_data(self.cfg.data)
         return self._splits
 
     def split(self, name: str) -> EncodedSplit:

@@ -170,6 +170,18 @@ def test_param_store_keeps_only_the_most_recently_used_trees(ens_runs):
     assert len(store._params) == 2 and members[1] not in store._params
 
 
+def test_param_store_builds_the_data_of_runs_that_share_it_once(ens_runs, monkeypatch):
+    from ensembles import members as members_module
+
+    a, b = (cfg.out_dir for cfg in ens_runs)
+    assert ens_runs[0].data == ens_runs[1].data  # two seeds of one task: the same splits
+    built = []
+    monkeypatch.setattr(members_module, "prepare", lambda data: built.append(data) or {"test": object()})
+    store = ParamStore()
+    assert store.run(a).split("test") is store.run(b).split("test")
+    assert len(built) == 1
+
+
 def test_a_swa_that_has_not_started_is_no_candidate(ens_runs):
     run = ens_runs[0].out_dir  # SWA from 25% of the budget: not started at the first (25%) checkpoint
     first = artifact.run_members(run)[0]
