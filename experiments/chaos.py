@@ -301,7 +301,8 @@ def disk_section(work: str) -> tuple[str, bool]:
     argv = train_argv(full, budget="60k", every="20k")
     cli = FILL_DISK + "from framework.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     proc = subprocess.run([sys.executable, "-c", cli, *argv[3:]], cwd=ROOT, capture_output=True, text=True)
-    said = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    # Orbax's writer threads may still print "Event loop is closed" tracebacks after our error, at exit
+    said = next((line for line in reversed(proc.stderr.splitlines()) if "could not write" in line), "")
     kept = [c["step"] for c in checkpoints.list_checkpoints(full)]
     intact = all(checkpoints.verify_step(full, s) for s in kept)
     subprocess.run(train_argv(full, budget="60k", every="20k", resume=True), cwd=ROOT, check=True,

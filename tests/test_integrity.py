@@ -126,7 +126,11 @@ def test_a_full_disk_is_a_clear_error_and_resume_finishes_exactly(tiny, tmp_path
     out = str(tmp_path / "full")
     proc = subprocess.run([sys.executable, "-c", _FILL_DISK, out], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]  # the error is the last thing said
+    # One line says it all. It is not always the last: Orbax's writer threads, still failing as the
+    # process exits, may print "Event loop is closed" tracebacks after it (seen once in a handful of runs).
+    said = [line for line in proc.stderr.splitlines() if line.startswith("SaveFailed")]
+    assert len(said) == 1, proc.stderr[-3000:]
+    last = said[0]
     assert last.startswith("SaveFailed: out: could not write to") and "File too large" in last, proc.stderr[-3000:]
     first = checkpoints.list_checkpoints(tiny)[0]["step"]
     assert f"intact (steps [{first}])" in last
