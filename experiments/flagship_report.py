@@ -64,26 +64,25 @@ def aggregate(seed_results: list[dict]) -> list[dict]:
     """One row per variant: means over seeds, the test EM's sd and 95% t half-width, recovery and the
     paired difference from the same seed's full-budget plain recipe."""
     task = seed_results[0]["task"]
-    by_variant: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
-    seeds_of: dict[str, list[int]] = defaultdict(list)
+    by_variant: dict[str, list[tuple[int, dict, dict]]] = defaultdict(list)  # (seed, row, that seed's rows)
     for s in seed_results:
         ref = {r["variant"]: r for r in s["rows"]}
         for r in s["rows"]:
-            by_variant[r["variant"]].append((r, ref))
-            seeds_of[r["variant"]].append(s["seed"])
+            by_variant[r["variant"]].append((s["seed"], r, ref))
     out = []
     others = sorted((v for v in by_variant if v not in VARIANTS), key=lambda v: (len(v), v))  # prices ascending
     order = list(VARIANTS) + others
     for v in (v for v in order if v in by_variant):
-        rows = [r for r, _ in by_variant[v]]
+        rows = [r for _, r, _ in by_variant[v]]
         test = [r["test_em"] for r in rows]
-        deltas = [r["test_em"] - ref["full"]["test_em"] for r, ref in by_variant[v]]
-        recs = [recovery(r["test_em"], ref["plain"]["test_em"], ref["full"]["test_em"]) for r, ref in by_variant[v]]
+        deltas = [r["test_em"] - ref["full"]["test_em"] for _, r, ref in by_variant[v]]
+        recs = [recovery(r["test_em"], ref["plain"]["test_em"], ref["full"]["test_em"])
+                for _, r, ref in by_variant[v]]
         recs = [x for x in recs if x is not None]
         out.append({
             "variant": v, "label": label(v, task), "family": family(v), "n": len(rows),
             "test_em": float(np.mean(test)), "test_em_sd": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
-            "test_em_ci95": _ci(test), "test_em_per_seed": test, "seeds": seeds_of[v],
+            "test_em_ci95": _ci(test), "test_em_per_seed": test, "seeds": [seed for seed, _, _ in by_variant[v]],
             "val_em": float(np.mean([r["val_em"] for r in rows])),
             "fraction": float(np.mean([r["fraction"] for r in rows])),
             "tokens": float(np.mean([r["tokens"] for r in rows])), "flops": float(np.mean([r["flops"] for r in rows])),
@@ -311,8 +310,6 @@ def readme_block(summary: dict, plot_path: str) -> str:
                      f"({b1['label']}) | {_em(b3)} ({b3['label']}) | {_pct(b1['recovery'])} | {ctrl} |")
     lines += ["", f"![EM against training tokens]({plot_path})", "", README_END]
     return "\n".join(lines)
-
-
 
 
 def write_docs(summary: dict, results_path: str, plot_dir: str, readme_path: str | None = None) -> None:

@@ -130,10 +130,10 @@ def test_a_full_disk_is_a_clear_error_and_resume_finishes_exactly(tiny, tmp_path
     # process exits, may print "Event loop is closed" tracebacks after it (seen once in a handful of runs).
     said = [line for line in proc.stderr.splitlines() if line.startswith("SaveFailed")]
     assert len(said) == 1, proc.stderr[-3000:]
-    last = said[0]
-    assert last.startswith("SaveFailed: out: could not write to") and "File too large" in last, proc.stderr[-3000:]
+    error = said[0]
+    assert error.startswith("SaveFailed: out: could not write to") and "File too large" in error, proc.stderr[-3000:]
     first = checkpoints.list_checkpoints(tiny)[0]["step"]
-    assert f"intact (steps [{first}])" in last
+    assert f"intact (steps [{first}])" in error
     assert [c["step"] for c in checkpoints.list_checkpoints(out)] == [first]
     open_run(out).params(first)  # the earlier checkpoint still loads (and matches its seal, if sealed)
     train(tiny_config(out), resume=True, show_progress=False)
