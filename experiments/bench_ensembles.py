@@ -11,6 +11,7 @@ shared 2-core machine mean little); on a GPU the times are added.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -22,11 +23,13 @@ from ensembles.output import ensemble_greedy_decode, member_weights, stack_param
 from experiments.bench import _time
 from experiments.demo import get_config
 from framework import evaluate, tasks
+from framework.config import PRESETS
 from framework.model import build_model
 from framework.tokenizer import PAD
 
 
-def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 11, repeats: int = 5) -> str:
+def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 11, repeats: int = 5,
+                            preset: str | None = None) -> str:
     """A markdown section: decode latency of k-member output ensembles relative to one model.
 
     Args:
@@ -34,11 +37,14 @@ def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 1
       n_prompts: prompts in the one decoded batch (8-digit addition, as in the demo).
       max_new: tokens generated per prompt (an 8-digit sum has at most 9 digits, then EOS).
       repeats: timed calls per measurement; the median is reported.
+      preset: a model preset instead of the demo's model (the section's heading then names it).
 
     Returns:
       A "## Output ensembles: decode latency" section with one table row per k.
     """
     cfg = get_config()
+    if preset:
+        cfg = dataclasses.replace(cfg, model=PRESETS[preset], preset=preset)
     graphdef, _ = nnx.split(build_model(cfg.model, 0), nnx.Param)
     members = [nnx.split(build_model(cfg.model, seed), nnx.Param)[1] for seed in range(max(ks))]
     raw = tasks.addition(n_prompts, cfg.data.max_digits, seed=0, operand_format=cfg.data.operand_format)
@@ -62,11 +68,12 @@ def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 1
     on_cpu = jax.default_backend() == "cpu"
     device = jax.devices()[0].device_kind
     lines = [
-        "## Output ensembles: decode latency",
+        "## Output ensembles: decode latency" + (f" (`{preset}`, {device})" if preset else ""),
         "",
         f"Greedy decoding of {n_prompts} 8-digit addition prompts, {max_new} new tokens "
-        f"({'every' if full_length else 'not every'} decode ran all steps), on the demo's model shape "
-        f"(`{cfg.preset}`, random weights); median of {repeats} calls after a compiling one, on {device}. "
+        f"({'every' if full_length else 'not every'} decode ran all steps), on "
+        + (f"the `{preset}` model ({cfg.model.dtype}" if preset else f"the demo's model shape (`{cfg.preset}`")
+        + f", random weights); median of {repeats} calls after a compiling one, on {device}. "
         "A vmapped ensemble is one compiled decode over stacked members (log-prob averaging); "
         "sequential is k single-model decodes one after another (what a vote costs).",
         "",

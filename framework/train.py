@@ -423,7 +423,7 @@ def train(
             except NonFiniteLoss as bad:
                 if not _can_roll_back(cfg, prog, mgr):
                     raise StopTraining(str(bad)) from None
-                mgr.wait_until_finished()
+                checkpoints.seal_finished(mgr)
                 scale, rollbacks = prog.lr_scale * cfg.rollback_lr_factor, prog.rollbacks + 1
                 params, opt_state, sampler_state, averages, p = _restore_state(
                     mgr, mgr.latest_step(), params, opt_state, sampler_state, averages)
@@ -440,7 +440,7 @@ def train(
         bar.write(f"stopped at step {prog.step}: {stop}")
         best = rule.best_step(prog.rules) if rule is not None else None
         if best is not None and best != prog.step:  # restore-best, whichever rule (or hook) stopped the run
-            mgr.wait_until_finished()
+            checkpoints.seal_finished(mgr)
             params = checkpoints.restore(mgr, best, params=params).params
             bar.write(f"  restoring the best evaluation's weights (step {best}) into the stopped checkpoint")
         checkpoint([], "stopped", reason=str(stop) or "a stopping rule fired",

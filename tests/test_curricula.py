@@ -84,7 +84,7 @@ def test_curriculum_state_round_trips_through_a_checkpoint(tmp_path, name, args)
     mgr = checkpoints.open_manager(str(tmp_path / "run"))
     checkpoints.save(mgr, 1, params={"w": np.zeros(2)}, opt_state={"m": np.zeros(2)}, sampler_state=state,
                      progress={}, metadata={})
-    mgr.wait_until_finished()
+    checkpoints.seal_finished(mgr)
     restored = checkpoints.restore(mgr, 1, sampler=sampler.init()).sampler
     mgr.close()
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.array_equal(a, b), state, restored)))

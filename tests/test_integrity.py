@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import chaos
@@ -146,3 +147,23 @@ def test_an_unwritable_run_directory_is_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(ConfigError, match="out: cannot write the run directory .*a-file/run"):
         train(tiny_config(str(blocker / "run")), show_progress=False)
+
+
+def test_a_seal_failing_in_the_background_is_raised_by_the_next_join_then_retried(tmp_path, monkeypatch):
+    """`save` seals on a background thread: its error must reach the training thread, not vanish."""
+    run = str(tmp_path)
+    mgr = checkpoints.open_manager(run, writer=True)
+
+    def no_space(root, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.integrity, "seal", no_space)
+    checkpoints.save(mgr, 1, params={"w": np.zeros(2)}, opt_state={"m": np.zeros(2)}, sampler_state=(np.asarray(0),),
+                     progress={"step": 1}, metadata={"tokens": 1})
+    with pytest.raises(checkpoints.SaveFailed, match="No space left"):
+        checkpoints.seal_finished(mgr)
+    monkeypatch.undo()
+    assert not os.path.isfile(checkpoints.seal_path(run, 1))
+    checkpoints.seal_finished(mgr)  # the space is back: the finished step is sealed now
+    assert checkpoints.verify_step(run, 1)
+    mgr.close()

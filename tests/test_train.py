@@ -78,7 +78,7 @@ def test_checkpoint_round_trip_gives_equal_state(tmp_path):
     mgr = checkpoints.open_manager(str(tmp_path / "run"))
     checkpoints.save(mgr, 5, params=params, opt_state=opt_state, sampler_state=sampler_state,
                      progress={"step": 5, "tokens": 123}, metadata={"tokens": 123, "val_em": 0.5})
-    mgr.wait_until_finished()
+    checkpoints.seal_finished(mgr)
     abstract = jax.tree.map(np.zeros_like, (params, opt_state, sampler_state))
     r = checkpoints.restore(mgr, 5, params=abstract[0], opt_state=abstract[1], sampler=abstract[2],
                             progress=None)
