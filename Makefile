@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the flagship, quick: addition, 2 seeds, every lever at 62% of the tokens (<= 10 min)
 	$(BIN)/python -m experiments.early_stop_recovery --quick
 
-flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, writes docs/results.md (about 2.5 h on 2 cores)
-	$(BIN)/python -m experiments.early_stop_recovery
+flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, 2 at a time, writes docs/results.md (~2 h on 2 cores, estimated)
+	$(BIN)/python -m experiments.early_stop_recovery --jobs 2
 
 test: $(STAMP)  ## the default test suite (slow checks excluded)
 	$(BIN)/python -m pytest -q

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -100,3 +101,25 @@ def test_one_tiny_seed_end_to_end(tmp_path, monkeypatch):
     assert all(0.0 <= r["test_em"] <= 1.0 and r["flops"] > 0 for r in rows.values())
     again = early_stop_recovery.run_seed("addition", 0, str(tmp_path), plan, log=lambda _: None)
     assert again == result  # scored seeds are cached, runs reused
+
+
+def _pair_worker(task, seed):
+    """A stand-in for one (task, seed): fails for seed 13, else says who ran it."""
+    if seed == 13:
+        raise ValueError(f"{task} seed {seed} failed")
+    return {"task": task, "seed": seed, "pid": os.getpid()}
+
+
+def test_pairs_run_in_other_processes_keep_their_order_and_raise_a_failure():
+    pairs = [("addition", 0), ("multihop", 1), ("byo", 2)]
+    got = early_stop_recovery.run_pairs(pairs, _pair_worker, jobs=2, t0=0.0)
+    assert [(g["task"], g["seed"]) for g in got] == pairs
+    assert os.getpid() not in {g["pid"] for g in got}
+    with pytest.raises(ValueError, match="byo seed 13 failed"):
+        early_stop_recovery.run_pairs([("addition", 0), ("byo", 13)], _pair_worker, jobs=2, t0=0.0)
+
+
+def test_jobs_below_one_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(SystemExit, match="--jobs must be at least 1"):
+        early_stop_recovery.main(["--jobs", "0", "--out", str(tmp_path)])
+    assert not os.listdir(tmp_path)
