@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import threading
+import weakref
 from typing import Any
 
 import jax
@@ -101,7 +102,9 @@ def finished_steps(run_dir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
-_sealing: dict[int, tuple[threading.Thread, list[BaseException]]] = {}  # id(manager) -> its sealing thread
+# manager -> its sealing thread and that thread's errors. Weak keys: a manager closed without a join takes
+# its entry with it, so a later manager can never inherit it (as one reusing its id() could).
+_sealing: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _seal_in_background(mgr: ocp.CheckpointManager) -> None:
@@ -114,14 +117,14 @@ def _seal_in_background(mgr: ocp.CheckpointManager) -> None:
             errors.append(e)
 
     thread = threading.Thread(target=work, name="recoup-seal", daemon=True)
-    _sealing[id(mgr)] = (thread, errors)
+    _sealing[mgr] = (thread, errors)
     thread.start()
 
 
 def seal_finished(mgr: ocp.CheckpointManager) -> None:
     """Wait for the save in flight (and its background sealing), then seal every finished step
     that has no seal yet. Raises SaveFailed if the save (or a seal) could not be written."""
-    thread, errors = _sealing.pop(id(mgr), (None, []))
+    thread, errors = _sealing.pop(mgr, (None, []))
     if thread is not None:
         thread.join()
     if errors:
@@ -204,7 +207,7 @@ def restore(mgr: ocp.CheckpointManager, step: int, **targets) -> Any:
     `progress` needs no target; pass `progress=None`. The items read are checked against the
     step's seal first: a corrupt checkpoint is a CorruptCheckpoint naming the file, not garbage.
     """
-    if id(mgr) in _sealing:  # this manager's own save may still be writing
+    if mgr in _sealing:  # this manager's own save may still be writing
         seal_finished(mgr)
     verify_step(_run_dir_of(mgr), step, targets)
     if "sampler" in targets:
