@@ -2,7 +2,7 @@
 
     make demo                                          # --quick: addition, 2 seeds, <= 10 min -> runs/demo
     python -m experiments.early_stop_recovery          # full: 3 tasks x 5 seeds, ~2.5 h -> docs/results.md
-    python -m experiments.early_stop_recovery --jobs 2 # the same, two (task, seed) at once: ~2 h (make flagship)
+    python -m experiments.early_stop_recovery --jobs 2 # the same, two (task, seed) at once: 119 min (make flagship)
 
 Tasks: `addition` (8-digit, the demo recipe), `multihop` (chain answers over 100 names x 4
 relations) and `byo`, a JSON Lines file of word problems that the experiment writes itself and
@@ -28,8 +28,10 @@ Finished runs and scored seeds are reused, so an interrupted sweep resumes where
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
+import io
 import json
 import os
 import sys
@@ -139,7 +141,7 @@ def ensure_trained(cfg: RunConfig, log=print) -> float:
             return 0.0
         cfg = dataclasses.replace(cfg, train_until=saved.train_until)  # resume exactly the saved run
     t = time.perf_counter()
-    log(f"  training {cfg.out_dir} (to {cfg.train_until:g} of {cfg.budget_tokens:,} tokens)")
+    log(f"  training {cfg.out_dir} (to {cfg.train_until:.0%} of {cfg.budget_tokens:,} tokens)")
     train(cfg, resume=os.path.isdir(cfg.out_dir), show_progress=False)
     return time.perf_counter() - t
 
@@ -266,11 +268,33 @@ def run_seed(task: str, seed: int, out: str, plan: Plan, log=print) -> dict[str,
     return result
 
 
-def _run_seed_in_worker(task: str, seed: int, out: str, plan: Plan) -> dict[str, Any]:
-    def log(line):
-        print(f"[{task} seed {seed}] {line.strip()}", flush=True)
+class PrefixedLines(io.TextIOBase):
+    """A text stream that writes each whole line to `out` after `prefix`: two workers share one
+    terminal, and the trainer's own progress lines must say whose they are too."""
 
-    return run_seed(task, seed, out, plan, log)
+    def __init__(self, prefix: str, out):
+        self._prefix, self._out, self._partial = prefix, out, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._out.write(f"{self._prefix}{line.strip()}\n")
+        self._out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self.write("\n")
+        self._out.flush()
+
+
+def _run_seed_in_worker(task: str, seed: int, out: str, plan: Plan) -> dict[str, Any]:
+    stream = PrefixedLines(f"[{task} seed {seed}] ", sys.stdout)
+    with contextlib.redirect_stdout(stream):  # the worker process is reused: restore it after
+        try:
+            return run_seed(task, seed, out, plan)
+        finally:
+            stream.flush()
 
 
 def run_pairs(pairs, work, jobs: int, t0: float) -> list[Any]:

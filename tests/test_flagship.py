@@ -123,3 +123,16 @@ def test_jobs_below_one_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(SystemExit, match="--jobs must be at least 1"):
         early_stop_recovery.main(["--jobs", "0", "--out", str(tmp_path)])
     assert not os.listdir(tmp_path)
+
+
+def test_worker_output_is_prefixed_line_by_line_even_when_written_in_pieces():
+    import io
+
+    out = io.StringIO()
+    stream = early_stop_recovery.PrefixedLines("[byo seed 3] ", out)
+    stream.write("  periodic 0.10: step 25")
+    assert out.getvalue() == ""  # half a line waits for its end
+    stream.write(", val EM 0.000\n  stop 0.25\nsaved")
+    stream.flush()
+    assert out.getvalue().splitlines() == ["[byo seed 3] periodic 0.10: step 25, val EM 0.000",
+                                           "[byo seed 3] stop 0.25", "[byo seed 3] saved"]
