@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the flagship, quick: addition, 2 seeds, every lever at 62% of the tokens (<= 10 min)
 	$(BIN)/python -m experiments.early_stop_recovery --quick
 
-flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, 2 at a time, writes docs/results.md (~2 h on 2 cores, estimated)
+flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, 2 at a time, writes docs/results.md (119 min on 2 cores, measured)
 	$(BIN)/python -m experiments.early_stop_recovery --jobs 2
 
 test: $(STAMP)  ## the default test suite (slow checks excluded)

@@ -266,7 +266,8 @@ def section(summary: dict, plot_name: str) -> str:
     lines = [BEGIN, "## The flagship: 38% fewer tokens, and the EM won back", "", "```bash",
              summary["command"], "```", "",
              f"Wall-clock time on this 2-core machine, summed over the seeds when they were computed (training "
-             f"and scoring, including any time shared with other jobs; a reused run counts no training): {per_task}.",
+             f"and scoring, including any time shared with other jobs; a reused run counts no training; with "
+             f"`--jobs 2` two seeds run at once, so the sums exceed the sweep's own time): {per_task}.",
              "Every figure is test-split strict EM, mean ± 95% t half-width over seeds; Δ is the paired "
              "difference from the same seed's full-budget plain recipe; recovery = (EM − EM at 0.62) / "
              "(EM at 1.0 − EM at 0.62) of the plain recipe, per seed, averaged. Tokens are the training "
