@@ -27,8 +27,9 @@ from framework import checkpoints, evaluate
 from framework.config import PRESETS, DataConfig, OptimConfig
 from framework.data import make_batch, prepare, uniform_sampler
 from framework.model import build_model
+from framework.optimizers import build as build_optimizer
 from framework.schedules import warmup_constant
-from framework.train import build_optimizer, make_train_step
+from framework.train import make_train_step
 
 
 def _time(fn, repeats: int) -> float:
@@ -61,7 +62,7 @@ def bench_preset(name: str, split, train_split) -> dict:
     graphdef, params = nnx.split(model, nnx.Param)
     result = {"preset": name, **bench_eval(graphdef, params, split)}
 
-    tx = build_optimizer(OptimConfig())
+    tx = build_optimizer(OptimConfig(), 128)
     step = make_train_step(graphdef, tx, warmup_constant(10**6, 1e-3), False)
     opt_state = tx.init(params)
     sampler = uniform_sampler(len(train_split), 128, 0)

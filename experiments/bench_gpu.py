@@ -46,15 +46,16 @@ def step_comparison(cfg, train_split) -> dict:
     from experiments.bench_training import hand_written_step
     from framework.data import make_batch
     from framework.model import build_model
+    from framework.optimizers import build as build_optimizer
     from framework.schedules import warmup_constant
-    from framework.train import build_optimizer, make_train_step
+    from framework.train import make_train_step
 
     rng = np.random.default_rng(0)
     batches = [jax.device_put(make_batch(train_split, rng.integers(0, len(train_split), cfg.batch_size)))
                for _ in range(4)]
     hand, hand_params, hand_opt = hand_written_step(cfg)
     graphdef = nnx.split(build_model(cfg.model, 0), nnx.Param)[0]
-    tx = build_optimizer(cfg.optim)
+    tx = build_optimizer(cfg.optim, cfg.batch_size)
     ours = make_train_step(graphdef, tx, warmup_constant(10**6, 1e-3), False)
     donated = jax.jit(ours.__wrapped__, donate_argnums=(0, 1))
     key = jax.random.key(0)

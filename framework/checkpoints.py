@@ -2,7 +2,9 @@
 
 Each checkpoint holds the items `params`, `opt_state`, `sampler` (the data position), `progress`
 (JSON: step, tokens, RNG, which stopping points are done) and, when the run keeps any, `averages`
-(the EMA / SWA running averages of the weights, `{name: {"total": tree, "weight": scalar}}`), plus
+(the EMA / SWA running averages of the weights, `{name: {"total": tree, "weight": scalar}}`), and
+`train_params` when the optimizer trains at other weights than the ones it evaluates (schedule-free:
+`params` is then its averaged, evaluated point, which every reader uses), plus
 custom metadata `tokens, fraction, step, val_em, val_loss, wall_s, kind, averages` that
 `recoup runs show` lists.
 
@@ -37,7 +39,7 @@ from framework.config import require_run_dir
 from framework.errors import ConfigError
 from framework.integrity import CorruptCheckpoint
 
-ITEMS = ("params", "opt_state", "sampler", "progress", "averages")
+ITEMS = ("params", "opt_state", "sampler", "progress", "averages", "train_params")
 METRICS_FILE = "metrics.jsonl"
 
 # Orbax logs at INFO/WARNING on every open and partial restore, and a failed background save as
@@ -181,6 +183,7 @@ def save(
     progress: dict[str, Any],
     metadata: dict[str, Any],
     averages: dict[str, Any] | None = None,
+    train_params=None,
 ) -> None:
     """Start an asynchronous save, sealed in the background; `seal_finished(mgr)` before reading it
     back. The save before it is sealed first (it has by now unless saves come faster than they write)."""
@@ -193,6 +196,8 @@ def save(
     }
     if averages:
         items["averages"] = ocp.args.StandardSave(averages)
+    if train_params is not None:  # the optimizer trains at other weights than `params` (schedule-free)
+        items["train_params"] = ocp.args.StandardSave(train_params)
     try:
         mgr.save(step, args=ocp.args.Composite(**items), custom_metadata=metadata)
     except (OSError, ValueError) as e:

@@ -5,7 +5,7 @@
     recoup eval runs/add [--step N] [--split test] [--json]
     recoup ensemble build runs/add [RUN_DIR...] --budget 0.62 --max-cost 1 --out runs/add-ens [--json]
     recoup ensemble eval runs/add-ens [--split test] [--json]
-    recoup cooldown runs/add --from 0.62 --tokens 0.05 [--out DIR]
+    recoup cooldown runs/add --from 0.62 --tokens 0.05 [--shape 1-sqrt] [--out DIR]
     recoup tune-stopping runs/a runs/b --price 2 [--json]
     recoup report runs/a runs/b [runs/a-cooldown0.62+0.05] --out runs/report
 
@@ -29,9 +29,11 @@ import sys
 from framework import __version__
 from framework.config import (
     CURRICULA,
+    DECAY_SHAPES,
     DEFAULT_STOPS,
     HOP_ANSWERS,
     OPERAND_FORMATS,
+    OPTIMIZERS,
     PACINGS,
     PRESETS,
     SCHEDULES,
@@ -77,6 +79,13 @@ _TRAIN_FLAGS = {
     "lr": ("optim", "peak_lr", float),
     "warmup": ("optim", "warmup_frac", float),
     "decay": ("optim", "decay_frac", float),
+    "decay_shape": ("optim", "decay_shape", str),
+    "optimizer": ("optim", "optimizer", str),
+    "b1": ("optim", "b1", float),
+    "b2": ("optim", "b2", float),
+    "b2_batch": ("optim", "b2_batch", int),
+    "grokfast_lambda": ("optim", "grokfast_lambda", float),
+    "grokfast_alpha": ("optim", "grokfast_alpha", float),
     "weight_decay": ("optim", "weight_decay", float),
     "clip": ("optim", "clip_norm", float),
     "budget_tokens": ("run", "budget_tokens", lambda s: parse_tokens(s, "budget_tokens")),
@@ -84,6 +93,7 @@ _TRAIN_FLAGS = {
     "every_tokens": ("run", "every_tokens", lambda s: parse_tokens(s, "every_tokens")),
     "train_until": ("run", "train_until", float),
     "batch_size": ("run", "batch_size", int),
+    "batch_warmup": ("run", "batch_warmup", float),
     "mesh": ("run", "mesh_shape", lambda s: _mesh(s)),
     "nonfinite": ("run", "nonfinite", str),
     "rollback_lr_factor": ("run", "rollback_lr_factor", float),
@@ -170,6 +180,15 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--lr", help=f"peak learning rate (default {_O.peak_lr})")
     g.add_argument("--warmup", help=f"warmup as a fraction of the budget (default {_O.warmup_frac})")
     g.add_argument("--decay", help=f"wsd: decay phase as a fraction of the budget (default {_O.decay_frac})")
+    g.add_argument("--decay-shape", help=f"wsd and cooldowns: {'|'.join(DECAY_SHAPES)} (default {_O.decay_shape})")
+    g.add_argument("--optimizer", help=f"{'|'.join(OPTIMIZERS)} (default {_O.optimizer}; schedule-free wants "
+                                       "--schedule constant and evaluates its averaged weights)")
+    g.add_argument("--b1", help=f"Adam's b1; schedule-free's interpolation; Muon's momentum (default {_O.b1})")
+    g.add_argument("--b2", help=f"Adam's b2 (default {_O.b2})")
+    g.add_argument("--b2-batch", metavar="BATCH", help="b2 was chosen for this batch size: use b2**(batch_size/BATCH), "
+                                                       "keeping its half-life in tokens (default: b2 as given)")
+    g.add_argument("--grokfast-lambda", help="Grokfast: add lambda x an EMA of the gradients to each (default 0: off)")
+    g.add_argument("--grokfast-alpha", help=f"Grokfast: that EMA's decay per step (default {_O.grokfast_alpha})")
     g.add_argument("--weight-decay", help=f"AdamW weight decay (default {_O.weight_decay})")
     g.add_argument("--clip", help=f"global gradient-norm clip (default {_O.clip_norm})")
     g = p.add_argument_group("run")
@@ -179,6 +198,8 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--train-until", help="end training at this budget fraction, e.g. 0.62: the schedule still "
                                          "plans for --budget-tokens (default 1.0)")
     g.add_argument("--batch-size", help=f"sequences per step (default {_R.batch_size})")
+    g.add_argument("--batch-warmup", metavar="FRACTION",
+                   help="grow the batch from batch_size/8 to batch_size over this share of the budget (default 0: off)")
     g.add_argument("--mesh", metavar="DATA,FSDP",
                    help="devices of the training mesh: data-parallel x FSDP (default -1,1: data parallel over "
                         "every device; 2,4: 2 replicas of parameters split 4 ways)")
@@ -362,7 +383,7 @@ def _cmd_eval(args) -> int:
 def _cmd_cooldown(args) -> int:
     from framework.cooldown import cooldown_config
 
-    cfg = cooldown_config(args.run_dir, args.from_, args.tokens, args.out)
+    cfg = cooldown_config(args.run_dir, args.from_, args.tokens, args.out, args.shape)
     # The run's saved config is data, but an import path in it is code this command would run.
     imports = {f: v for f, v in (("curriculum", cfg.curriculum), ("pacing", cfg.pacing), ("scorer", cfg.scorer))
                if v and ":" in v}
@@ -373,7 +394,8 @@ def _cmd_cooldown(args) -> int:
     from framework.train import train
 
     print(f"cooldown of {args.run_dir} from {cfg.optim.decay_start:,} tokens: learning rate "
-          f"{cfg.optim.peak_lr:.2e} -> 0 over {cfg.budget_tokens - cfg.optim.decay_start:,} tokens, into {cfg.out_dir}")
+          f"{cfg.optim.peak_lr:.2e} -> 0 ({cfg.optim.decay_shape}) over "
+          f"{cfg.budget_tokens - cfg.optim.decay_start:,} tokens, into {cfg.out_dir}")
     print(_format_stops(train(cfg, show_progress=not args.no_progress)))
     return 0
 
@@ -385,6 +407,8 @@ def _add_cooldown_parser(sub) -> None:
     c.add_argument("--tokens", required=True,
                    help="extra tokens: a fraction of the run's budget (0.05) or a count (40k); they count")
     c.add_argument("--out", help="new run directory (default RUN_DIR-cooldownF+T)")
+    c.add_argument("--shape", help=f"the decay: {'|'.join(DECAY_SHAPES)} (default: the run's decay_shape, linear "
+                                   "unless it was set)")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--trust-imports", action="store_true",
                    help="allow the run's config to name a module:attr curriculum, pacing or scorer (runs its code)")

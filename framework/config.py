@@ -23,6 +23,8 @@ from framework.errors import ConfigError
 
 TASKS = ("addition", "multihop")
 SCHEDULES = ("cosine", "wsd", "constant", "cooldown")
+DECAY_SHAPES = ("linear", "1-sqrt")  # mirrors framework.schedules.DECAY_SHAPES
+OPTIMIZERS = ("adamw", "schedule-free", "muon")  # mirrors framework.optimizers.OPTIMIZERS
 MLPS = ("gated", "gelu")
 OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.tasks.OPERAND_FORMATS
 HOP_ANSWERS = ("chain", "final")  # mirrors framework.tasks.HOP_ANSWERS
@@ -33,6 +35,7 @@ PACINGS = ("constant", "linear", "root", "geometric", "steps")
 SCORERS = ("column", "prompt-length", "answer-length", "model-loss")
 DEFAULT_STOPS = (0.25, 0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
 SPLIT_NAMES = ("train", "validation", "test")
+BATCH_WARMUP_SPLITS = (8, 4, 2)  # steps per drawn batch in each third of RunConfig.batch_warmup
 # Bounds past any run that could fit in memory: an absurd value (1e9 typed for 1e3) fails here, naming
 # its field, instead of hanging in data generation or overflowing inside jax.
 MAX_WIDTH = 2**20  # d_model, d_ff: one d_model x d_model matrix is already 4 TB in float32
@@ -143,11 +146,21 @@ class OptimConfig:
     warmup_frac: float = 0.05  # share of the budget spent warming up linearly from 0
     decay_frac: float = 0.2  # wsd only: share of the budget spent decaying linearly to 0
     end_lr_frac: float = 0.0  # cosine only: final learning rate as a share of the peak
-    decay_start: int = 0  # cooldown only: counted tokens where the linear decay from peak_lr to 0 begins
+    decay_start: int = 0  # cooldown only: counted tokens where the decay from peak_lr to 0 begins
+    decay_shape: str = "linear"  # wsd's and a cooldown's decay to 0: "linear" or "1-sqrt" (DECAY_SHAPES)
     weight_decay: float = 0.1  # decoupled weight decay on matrices (not norms or biases)
     clip_norm: float = 1.0  # global gradient-norm clip
-    b1: float = 0.9
+    b1: float = 0.9  # Adam's first moment; schedule-free's interpolation; Muon's momentum
     b2: float = 0.98
+    # b2 was chosen for this batch size: a step of B sequences uses b2 ** (B / b2_batch), which keeps
+    # Adam's second-moment half-life in tokens (Marek et al. 2025). None: b2 as given at any batch.
+    b2_batch: int | None = None
+    # "adamw"; "schedule-free" (AdamW without a schedule's decay: evaluate and save its averaged
+    # weights; pair it with schedule "constant"); "muon" (orthogonalized updates on the weight
+    # matrices, AdamW on the rest). See framework.optimizers.
+    optimizer: str = "adamw"
+    grokfast_lambda: float = 0.0  # Grokfast: each gradient g += lambda * EMA(g); 0: off
+    grokfast_alpha: float = 0.98  # Grokfast: the gradient EMA's decay per step
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -162,9 +175,19 @@ class OptimConfig:
             raise ConfigError("optim.decay_frac", "warmup_frac + decay_frac must be <= 1 for wsd")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             raise ConfigError("optim.weight_decay", f"{self.weight_decay} must be a number >= 0")
-        for name in ("b1", "b2"):
+        for name in ("b1", "b2", "grokfast_alpha"):
             if not _is_number(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"optim.{name}", f"{getattr(self, name)} is outside [0, 1)")
+        if self.decay_shape not in DECAY_SHAPES:
+            raise ConfigError("optim.decay_shape", f"unknown decay shape {self.decay_shape!r}", DECAY_SHAPES)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("optim.optimizer", f"unknown optimizer {self.optimizer!r}", OPTIMIZERS)
+        if self.optimizer == "schedule-free" and not self.b1 > 0:
+            raise ConfigError("optim.b1", "schedule-free needs b1 > 0 (it interpolates with weight b1; 0.9 to 0.98)")
+        if self.b2_batch is not None:
+            _positive_int("optim.b2_batch", self.b2_batch)
+        if not _is_number(self.grokfast_lambda) or self.grokfast_lambda < 0:
+            raise ConfigError("optim.grokfast_lambda", f"{self.grokfast_lambda!r} must be a number >= 0 (0: off)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +199,10 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     preset: str | None = "small"  # name of the model preset, recorded for humans
     batch_size: int = 128  # sequences per training step
+    # Grow the batch over this share of the budget: each drawn batch is split into 8 steps of
+    # batch_size/8 sequences in the first third, 4 in the second, 2 in the last, then whole (the
+    # critical batch size starts small and grows). 0: off. Tokens and the data order are unchanged.
+    batch_warmup: float = 0.0
     stops: tuple[float, ...] = DEFAULT_STOPS  # stopping points as fractions of budget_tokens
     train_until: float = 1.0  # end training at this budget fraction; the schedule still plans for budget_tokens
     every_tokens: int | None = None  # also checkpoint every this many tokens (None: off)
@@ -233,6 +260,12 @@ class RunConfig:
         for f in self.stops:
             if not (_is_number(f) and 0.0 < f <= 1.0):
                 raise ConfigError("stops", f"fraction {f!r} is outside (0, 1]")
+        if not (_is_number(self.batch_warmup) and 0.0 <= self.batch_warmup < 1.0):
+            raise ConfigError("batch_warmup", f"{self.batch_warmup!r} must be a budget fraction in [0, 1) (0: off)")
+        if self.batch_warmup > 0 and self.batch_size % BATCH_WARMUP_SPLITS[0]:
+            k = BATCH_WARMUP_SPLITS[0]
+            raise ConfigError("batch_warmup", f"batch_size {self.batch_size} must be a multiple of {k} "
+                                              f"to start at batch_size/{k}")
         if not (_is_number(self.train_until) and 0.0 < self.train_until <= 1.0):
             raise ConfigError("train_until", f"{self.train_until!r} must be a budget fraction in (0, 1]")
         if self.every_tokens is not None:

@@ -1,6 +1,6 @@
 """Cooldown: from a stopping checkpoint, decay the learning rate to zero over a few more tokens.
 
-    recoup cooldown runs/a --from 0.62 --tokens 0.05      # -> runs/a-cooldown0.62+0.05
+    recoup cooldown runs/a --from 0.62 --tokens 0.05 [--shape 1-sqrt]   # -> runs/a-cooldown0.62+0.05
 
 WSD-style (Hägele et al. 2024): a run stopped while its learning rate is still high has not
 settled; a short linear decay to zero often buys back much of what the rest of the schedule
@@ -37,8 +37,10 @@ def pick_checkpoint(run_dir: str, spec: str) -> dict:
     return under[-1]
 
 
-def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str | None = None) -> RunConfig:
-    """The RunConfig of a cooldown branch (validated; nothing is written)."""
+def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str | None = None,
+                    shape: str | None = None) -> RunConfig:
+    """The RunConfig of a cooldown branch (validated; nothing is written). `shape`: "linear" or
+    "1-sqrt" (OptimConfig.decay_shape); None keeps the source run's."""
     src = load_run_config(run_dir)
     ckpt = pick_checkpoint(run_dir, from_spec)
     extra = parse_share_or_tokens(tokens_spec, src.budget_tokens, "tokens")
@@ -51,7 +53,8 @@ def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str
         src, out_dir=out, budget_tokens=ckpt["tokens"] + extra, stops=(1.0,), train_until=1.0, every_tokens=None,
         branch_from=f"{run_dir.rstrip('/')}/checkpoints/{ckpt['step']}", init_from=None,
         ema_half_lives=(), swa_start=None, stop_rules=(),
-        optim=dataclasses.replace(src.optim, schedule="cooldown", peak_lr=lr, decay_start=ckpt["tokens"]))
+        optim=dataclasses.replace(src.optim, schedule="cooldown", peak_lr=lr, decay_start=ckpt["tokens"],
+                                  decay_shape=src.optim.decay_shape if shape is None else shape))
     cfg.validate()
     return cfg
 

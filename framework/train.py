@@ -27,8 +27,15 @@ from tqdm.auto import tqdm
 
 from curricula.registry import rescore, sampler_factory
 from ensembles import averaging
-from framework import checkpoints, evaluate, schedules, sharding
-from framework.config import CONFIG_FILE, OptimConfig, RunConfig, load_run_config, resolve_init_from
+from framework import checkpoints, evaluate, optimizers, schedules, sharding
+from framework.config import (
+    BATCH_WARMUP_SPLITS,
+    CONFIG_FILE,
+    OptimConfig,
+    RunConfig,
+    load_run_config,
+    resolve_init_from,
+)
 from framework.data import (
     Batch,
     EncodedSplit,
@@ -73,7 +80,8 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True) -> None:
     config_path = os.path.join(cfg.out_dir, CONFIG_FILE)
     if resume:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
-        for field in ("data", "model", "optim", "budget_tokens", "batch_size", "stops", "train_until", "seed",
+        for field in ("data", "model", "optim", "budget_tokens", "batch_size", "batch_warmup", "stops",
+                      "train_until", "seed",
                       "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args",
                       "scorer", "scorer_args", "scorer_percentile", "ema_half_lives", "swa_start",
                       "stop_rules", "stop_combine", "branch_from"):
@@ -100,23 +108,19 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True) -> None:
 
 SCHEDULE_BUILDERS: dict[str, Callable[[OptimConfig, int], schedules.Schedule]] = {
     "cosine": lambda o, b: schedules.warmup_cosine(b, o.peak_lr, o.warmup_frac, o.end_lr_frac),
-    "wsd": lambda o, b: schedules.warmup_stable_decay(b, o.peak_lr, o.warmup_frac, o.decay_frac),
+    "wsd": lambda o, b: schedules.warmup_stable_decay(b, o.peak_lr, o.warmup_frac, o.decay_frac, o.decay_shape),
     "constant": lambda o, b: schedules.warmup_constant(b, o.peak_lr, o.warmup_frac),
-    "cooldown": lambda o, b: schedules.cooldown(b, o.peak_lr, o.decay_start),
+    "cooldown": lambda o, b: schedules.cooldown(b, o.peak_lr, o.decay_start, o.decay_shape),
 }
 
 
-def build_optimizer(o: OptimConfig) -> optax.GradientTransformation:
-    """AdamW without the learning rate, which the step applies from the token schedule.
-
-    clip -> Adam -> + weight_decay * p (matrices only), then `p -= lr * update`: optax.adamw's
-    exact arithmetic, with lr a traced function of tokens instead of an optimizer step count.
-    """
-    return optax.chain(
-        optax.clip_by_global_norm(o.clip_norm),
-        optax.scale_by_adam(b1=o.b1, b2=o.b2),
-        optax.add_decayed_weights(o.weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
-    )
+def steps_per_batch(cfg: RunConfig, tokens: int) -> int:
+    """How many optimizer steps share the batch drawn at `tokens` (RunConfig.batch_warmup): 8, 4, 2
+    in the thirds of the warmup, then 1."""
+    if cfg.batch_warmup <= 0:
+        return 1
+    third = int(tokens // (cfg.batch_warmup * cfg.budget_tokens / 3))
+    return BATCH_WARMUP_SPLITS[third] if third < len(BATCH_WARMUP_SPLITS) else 1
 
 
 def average_rules(cfg: RunConfig) -> list[averaging.AverageRule]:
@@ -136,8 +140,9 @@ def load_init_params(cfg: RunConfig):
 # == update step ==============================================================================
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, dropout: bool):
-    """One jitted update, compiled once per batch shape. `tokens_seen` is a traced scalar."""
+def make_train_step(graphdef, optimizer: optimizers.Optimizer, schedule, dropout: bool):
+    """One jitted update, compiled once per batch shape. `tokens_seen` is a traced scalar, and so is
+    the learning rate the optimizer is built with."""
 
     @jax.jit
     def train_step(params, opt_state, batch: Batch, tokens_seen, key, lr_scale=1.0):
@@ -148,14 +153,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, dropou
             return ce.sum() / jnp.maximum(batch.loss_mask.sum(), 1.0), per_example
 
         (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, new_opt_state = tx.update(grads, opt_state, params)
         lr = schedule(tokens_seen) * lr_scale
+        updates, new_opt_state = optimizer.make(lr).update(grads, opt_state, params)
         grad_norm = optax.global_norm(grads)
         # A non-finite loss or gradient never reaches the weights: that step's update is dropped
         # here (no host sync); the loop applies the run's `nonfinite` policy when it reads the flag.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        params = jax.tree.map(lambda p, u: keep(p - lr * u, p), params, updates)
+        params = jax.tree.map(lambda p, u: keep(p + u, p), params, updates)
         return params, jax.tree.map(keep, new_opt_state, opt_state), {
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "nonfinite": ~finite,
             "example_loss": jax.lax.stop_gradient(per_example)}
@@ -221,6 +226,8 @@ def train(
     cfg.validate()
     mesh = sharding.make_mesh(cfg.mesh_shape)
     sharding.check_batch(mesh, cfg.batch_size)
+    if cfg.batch_warmup > 0:  # its first steps take batch_size / 8 rows, which must split over the mesh too
+        sharding.check_batch(mesh, cfg.batch_size // BATCH_WARMUP_SPLITS[0])
     if cfg.init_from:
         resolve_init_from(cfg)
     if cfg.branch_from:
@@ -247,10 +254,19 @@ def train(
     model = build_model(cfg.model, cfg.seed)
     graphdef, params = nnx.split(model, nnx.Param)
     params = sharding.place(params, mesh)  # everything on the device below is laid out on the mesh
-    tx = build_optimizer(cfg.optim)
+    optimizer = optimizers.build(cfg.optim, cfg.batch_size)
     schedule = SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)
-    train_step = make_train_step(graphdef, tx, schedule, cfg.model.dropout > 0)
-    opt_state, sampler_state = sharding.place(tx.init(params), mesh), sampler.init()
+    steps: dict[int, Callable] = {}  # rows per step -> its jitted update (Adam's b2 may depend on the rows)
+
+    def train_step(rows: int):
+        if rows not in steps:
+            steps[rows] = make_train_step(graphdef, optimizers.build(cfg.optim, rows), schedule, cfg.model.dropout > 0)
+        return steps[rows]
+
+    # The weights evaluated, averaged and saved as `params`; schedule-free trains elsewhere (`train_params`).
+    separate = optimizer.eval_params is not None
+    evaluated = jax.jit(optimizer.eval_params) if separate else lambda opt_state, params: params
+    opt_state, sampler_state = sharding.place(optimizer.init(params), mesh), sampler.init()
     rules = average_rules(cfg)
     update_averages = averaging.make_update(rules)
     # shapes only: init_from does not change them
@@ -272,7 +288,8 @@ def train(
         src_dir, src_step = resolve_init_from(cfg, "branch_from")
         src = checkpoints.open_manager(src_dir)
         src_step = src.latest_step() if src_step is None else src_step
-        params, opt_state, sampler_state, _, p = _restore_state(src, src_step, params, opt_state, sampler_state, {})
+        params, opt_state, sampler_state, _, p = _restore_state(src, src_step, params, opt_state, sampler_state, {},
+                                                                separate)
         src.close()
         prog = dataclasses.replace(prog, step=p["step"], tokens=p["tokens"], answer_tokens=p["answer_tokens"],
                                    rng=p["rng"], pending=p["pending"])
@@ -283,7 +300,7 @@ def train(
         _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
     if resuming:
         params, opt_state, sampler_state, averages, p = _restore_state(
-            mgr, mgr.latest_step(), params, opt_state, sampler_state, averages)
+            mgr, mgr.latest_step(), params, opt_state, sampler_state, averages, separate)
         prog = Progress(**p)
         key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
         _truncate_metrics(metrics_path, prog.step)
@@ -318,12 +335,15 @@ def train(
                 raise NonFiniteLoss(line["nonfinite_steps"])
             bar.write(f"  non-finite loss at step(s) {line['nonfinite_steps']}: update(s) skipped")
 
-    def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None, restored: int | None = None) -> None:
-        """Evaluate, let hooks see it (a rule may stop the run here), then save."""
+    def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None, restored: int | None = None,
+                   weights=None) -> None:
+        """Evaluate, let hooks see it (a rule may stop the run here), then save. `weights`: what to
+        evaluate and save as `params` instead of the training state's (a restored best)."""
         if window.losses:  # close the log window here, so a resumed run logs the same lines
             log_train_line()
+        weights = evaluated(opt_state, params) if weights is None else weights
         # Every process scores its own full replica (the same figures): evaluation stays single-device code.
-        tf = evaluate.teacher_forced(graphdef, sharding.host_local(params), val_split, cfg.eval_batch_size)
+        tf = evaluate.teacher_forced(graphdef, sharding.host_local(weights), val_split, cfg.eval_batch_size)
         # Label with the largest configured stop crossed (not a periodic point crossed with it);
         # the tokens fit under every crossed threshold, all listed in `fractions`.
         configured = [p.fraction for p in crossed if p.kind == "stop"]
@@ -342,8 +362,8 @@ def train(
         }
         if averages:  # how good each weight average is now: for stopping rules and for reading the run
             meta["average_val_em"] = {
-                name: evaluate.teacher_forced(graphdef, sharding.host_local(averaging.value(a, like=params)), val_split,
-                                              cfg.eval_batch_size)["strict_em"]
+                name: evaluate.teacher_forced(graphdef, sharding.host_local(averaging.value(a, like=weights)),
+                                              val_split, cfg.eval_batch_size)["strict_em"]
                 for name, a in averages.items() if float(a.weight) > 0}
         if reason:
             meta["reason"] = prog.stopped = reason
@@ -370,8 +390,9 @@ def train(
         log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"])}) + "\n")
         log.flush()
         save_t0 = time.perf_counter()
-        checkpoints.save(mgr, prog.step, params=params, opt_state=opt_state, sampler_state=sampler_state,
-                         progress=prog_json, metadata=meta, averages=_as_dicts(averages))
+        checkpoints.save(mgr, prog.step, params=weights, opt_state=opt_state, sampler_state=sampler_state,
+                         progress=prog_json, metadata=meta, averages=_as_dicts(averages),
+                         train_params=params if separate else None)
         save_s = round(time.perf_counter() - save_t0, 4)  # the blocking part: the write goes on beside training
         log.write(json.dumps({"event": "save", "step": prog.step, "tokens": prog.tokens, "save_s": save_s}) + "\n")
         bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
@@ -402,23 +423,31 @@ def train(
                         checkpoint(crossed, "stop" if any(p.kind == "stop" for p in crossed) else "periodic")
                     if prog.next_stop == len(points):
                         break
-                    step_key = jax.random.fold_in(key, prog.step)
-                    params, opt_state, m = train_step(params, opt_state, sharding.put_batch(batch, mesh),
-                                                      np.float32(prog.tokens), step_key, np.float32(prog.lr_scale))
-                    prog.step += 1
-                    prog.tokens += n_tokens
-                    if averages:
-                        averages = update_averages(averages, params, np.float32(n_tokens), np.float32(prog.tokens))
-                    prog.answer_tokens += answer_tokens(batch)
-                    sampler_state = next_sampler_state
+                    sampler_state, example_losses = next_sampler_state, []
+                    # Usually one step; during a batch-size warmup, several over consecutive rows of the batch.
+                    for rows in np.split(np.asarray(idx), steps_per_batch(cfg, prog.tokens)):
+                        part = batch if len(rows) == len(idx) else make_batch(train_split, rows)
+                        n = n_tokens if part is batch else counted_tokens(part)
+                        step_key = jax.random.fold_in(key, prog.step)
+                        params, opt_state, m = train_step(len(rows))(
+                            params, opt_state, sharding.put_batch(part, mesh), np.float32(prog.tokens), step_key,
+                            np.float32(prog.lr_scale))
+                        prog.step += 1
+                        prog.tokens += n
+                        if averages:
+                            averages = update_averages(averages, evaluated(opt_state, params), np.float32(n),
+                                                       np.float32(prog.tokens))
+                        prog.answer_tokens += answer_tokens(part)
+                        example_losses.append(sharding.gather_rows(m["example_loss"]))
+                        bar.update(n)
+                        window.add(m, n, train_split.difficulty[rows],
+                                   sampler.info(sampler_state, prog.tokens) if sampler.info else {})
+                        if prog.step % cfg.log_every == 0:
+                            log_train_line()
+                        emit(Event("step", prog.step, prog.tokens, {}))
                     if sampler.observe is not None:
-                        pending.append((idx, sharding.gather_rows(m["example_loss"])))
-                    bar.update(n_tokens)
-                    window.add(m, n_tokens, train_split.difficulty[idx],
-                               sampler.info(sampler_state, prog.tokens) if sampler.info else {})
-                    if prog.step % cfg.log_every == 0:
-                        log_train_line()
-                    emit(Event("step", prog.step, prog.tokens, {}))
+                        pending.append((idx, example_losses[0] if len(example_losses) == 1
+                                        else jnp.concatenate(example_losses)))
                 break
             except NonFiniteLoss as bad:
                 if not _can_roll_back(cfg, prog, mgr):
@@ -426,7 +455,7 @@ def train(
                 checkpoints.seal_finished(mgr)
                 scale, rollbacks = prog.lr_scale * cfg.rollback_lr_factor, prog.rollbacks + 1
                 params, opt_state, sampler_state, averages, p = _restore_state(
-                    mgr, mgr.latest_step(), params, opt_state, sampler_state, averages)
+                    mgr, mgr.latest_step(), params, opt_state, sampler_state, averages, separate)
                 prog = Progress(**{**p, "lr_scale": scale, "rollbacks": rollbacks})
                 key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
                 pending = _pending(prog)
@@ -441,10 +470,11 @@ def train(
         best = rule.best_step(prog.rules) if rule is not None else None
         if best is not None and best != prog.step:  # restore-best, whichever rule (or hook) stopped the run
             checkpoints.seal_finished(mgr)
-            params = checkpoints.restore(mgr, best, params=params).params
+            best_weights = checkpoints.restore(mgr, best, params=params).params
             bar.write(f"  restoring the best evaluation's weights (step {best}) into the stopped checkpoint")
-        checkpoint([], "stopped", reason=str(stop) or "a stopping rule fired",
-                   restored=best if best is not None and best != prog.step else None)
+        restored = best if best is not None and best != prog.step else None
+        checkpoint([], "stopped", reason=str(stop) or "a stopping rule fired", restored=restored,
+                   weights=best_weights if restored is not None else None)
     except OSError as e:  # the metrics file could not be written: the disk is full or gone
         raise checkpoints.SaveFailed(cfg.out_dir, e) from None
     finally:
@@ -469,15 +499,17 @@ def _close(mgr, log, out_dir: str, failing: bool) -> None:
             raise e if isinstance(e, ConfigError) else checkpoints.SaveFailed(out_dir, e) from None
 
 
-def _restore_state(mgr, step: int, params, opt_state, sampler_state, averages: dict):
-    """(params, opt_state, sampler_state, averages, progress dict) of checkpoint `step`, restored into
-    the given targets; the averages only when there are any to restore."""
+def _restore_state(mgr, step: int, params, opt_state, sampler_state, averages: dict, separate: bool):
+    """(training params, opt_state, sampler_state, averages, progress dict) of checkpoint `step`,
+    restored into the given targets; the averages only when there are any to restore. `separate`:
+    the training weights are the `train_params` item (schedule-free), not the evaluated `params`."""
     extra = {"averages": _as_dicts(averages)} if averages else {}
-    r = checkpoints.restore(mgr, step, params=params, opt_state=opt_state, sampler=sampler_state, progress=None,
+    weights = {"train_params": params} if separate else {"params": params}
+    r = checkpoints.restore(mgr, step, opt_state=opt_state, sampler=sampler_state, progress=None, **weights,
                             **extra)
     if averages:
         averages = {name: averaging.RunningAverage(**a) for name, a in r.averages.items()}
-    return r.params, r.opt_state, r.sampler, averages, r.progress
+    return r.train_params if separate else r.params, r.opt_state, r.sampler, averages, r.progress
 
 
 def _packed(correct) -> dict[str, Any]:

@@ -16,6 +16,10 @@ def test_name_lists_match_the_registries_they_mirror():
     assert config.HOP_ANSWERS == tuple(tasks.HOP_ANSWERS)
     assert config.N_RELATIONS == len(tasks.RELATIONS)
     assert config.SPLIT_NAMES == tasks.SPLITS
+    from framework import optimizers, schedules
+
+    assert config.OPTIMIZERS == tuple(optimizers.OPTIMIZERS)
+    assert config.DECAY_SHAPES == schedules.DECAY_SHAPES
 
 
 def _run(**kw):
@@ -49,6 +53,14 @@ def _run(**kw):
         (RunConfig(out_dir="x", budget_tokens=1.5), "budget_tokens", None),
         (_run(every_tokens=0), "every_tokens", None),
         (_run(batch_size=0), "batch_size", None),
+        (_run(optim=OptimConfig(optimizer="sgd")), "optim.optimizer", "adamw, schedule-free, muon"),
+        (_run(optim=OptimConfig(optimizer="schedule-free", b1=0.0)), "optim.b1", None),
+        (_run(optim=OptimConfig(decay_shape="cosine")), "optim.decay_shape", "linear, 1-sqrt"),
+        (_run(optim=OptimConfig(b2_batch=0)), "optim.b2_batch", None),
+        (_run(optim=OptimConfig(grokfast_lambda=-1.0)), "optim.grokfast_lambda", None),
+        (_run(optim=OptimConfig(grokfast_alpha=1.0)), "optim.grokfast_alpha", None),
+        (_run(batch_warmup=1.0), "batch_warmup", None),
+        (_run(batch_warmup=0.2, batch_size=100), "batch_warmup", None),
     ],
 )
 def test_invalid_fields_are_named(cfg, field, allowed):

@@ -13,9 +13,10 @@ from framework import checkpoints, data
 from framework.config import PRESETS
 from framework.errors import ConfigError
 from framework.model import build_model
+from framework.optimizers import build as build_optimizer
 from framework.runs import open_run
 from framework.stopping import StopTraining, stop_points
-from framework.train import build_optimizer, train
+from framework.train import train
 from tests.conftest import Crash, crash_then_resume, logged_lines, tiny_config
 
 
@@ -72,7 +73,7 @@ def test_stop_points_schedule():
 def test_checkpoint_round_trip_gives_equal_state(tmp_path):
     model = build_model(PRESETS["tiny"], seed=1)
     _, params = nnx.split(model, nnx.Param)
-    opt_state = build_optimizer(tiny_config(tmp_path).optim).init(params)
+    opt_state = build_optimizer(tiny_config(tmp_path).optim, 32).init(params)
     sampler_state = data.EpochState(np.asarray(3, np.int64), np.asarray(17, np.int64))
     os.makedirs(tmp_path / "run")
     mgr = checkpoints.open_manager(str(tmp_path / "run"))
