@@ -45,6 +45,7 @@ from framework.config import (
     OptimConfig,
     RunConfig,
     load_run_config,
+    parse_share_or_tokens,
     parse_stops,
     parse_tokens,
     preset,
@@ -225,6 +226,10 @@ def _add_train_parser(sub) -> None:
                    help="stop early: patience|moving-average|grad-norm|paired-test|budget with arguments, e.g. "
                         "patience:patience=3,min_delta=0.01 or budget:price=2 (repeatable; see --stop-combine)")
     g.add_argument("--stop-combine", help="with several --stop-rule: stop when any fires (default) or all do")
+    g.add_argument("--cooldown-on-stop", metavar="TOKENS",
+                   help="when a stopping rule fires, cool down for this many more tokens (a share of the budget, "
+                        "0.1, or a count) and ship the best on validation of the cooled-down weights and the run's "
+                        "averages at the stop (the controller; tokens counted)")
     g = p.add_argument_group("curriculum (see curricula/ and the README)")
     g.add_argument("--curriculum", help=f"{'|'.join(CURRICULA)}|module:attr (default {_R.curriculum})")
     g.add_argument("--curriculum-arg", action="append", metavar="K=V", help="a curriculum argument (repeatable)")
@@ -315,6 +320,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _cmd_train(args) -> int:
     cfg = config_from_args(args)
+    if args.cooldown_on_stop is not None:  # checked before anything trains
+        if not cfg.stop_rules:
+            raise ConfigError("cooldown-on-stop", "needs a --stop-rule to fire (e.g. budget:price=8)")
+        if parse_share_or_tokens(args.cooldown_on_stop, cfg.budget_tokens, "cooldown-on-stop") <= 0:
+            raise ConfigError("cooldown-on-stop", f"{args.cooldown_on_stop!r} gives no tokens: give a share of the "
+                                                  "budget (0.1) or a count (40k)")
     if cfg.init_from:
         resolve_init_from(cfg)
     from framework.data import prepare  # datasets, not jax: a bad file or column fails here
@@ -332,7 +343,24 @@ def _cmd_train(args) -> int:
     stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits,
                   sampler_fn=sampler_fn)
     print(_format_stops(stops))
+    if args.cooldown_on_stop is not None:
+        _cool_down_if_stopped(cfg.out_dir, args.cooldown_on_stop)
     return 0
+
+
+def _cool_down_if_stopped(run_dir: str, extra: str) -> None:
+    """--cooldown-on-stop: a stopping rule ended the run, so cool it down and say what ships."""
+    from framework import controller
+
+    stopped = controller.stopping_checkpoint(run_dir)
+    if stopped is None:
+        print("no stopping rule fired: nothing to cool down")
+        return
+    shipped = controller.cool_down_and_ship(run_dir, controller.branch_point(run_dir, stopped)["step"], extra)
+    what = "its cooled-down weights" if shipped["average"] is None and shipped["run_dir"] != run_dir else (
+        f"{shipped['average'] or 'the weights'} at step {shipped['step']} of {shipped['run_dir']}")
+    print(f"ships {what}: validation EM {shipped['val_em']:.4f} after {shipped['tokens']:,} training tokens "
+          f"(stopped at {shipped['stopped_at']:,}); {shipped['cooldown_dir']}/{controller.SHIPPED_FILE}")
 
 
 # -- recoup runs show / recoup eval --------------------------------------------------------------

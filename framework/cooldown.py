@@ -37,12 +37,21 @@ def pick_checkpoint(run_dir: str, spec: str) -> dict:
     return under[-1]
 
 
+def checkpoint_at(run_dir: str, step: int) -> dict:
+    ckpts = list_checkpoints(run_dir)
+    found = [c for c in ckpts if c["step"] == step]
+    if not found:
+        raise ConfigError("step", f"no checkpoint at step {step} in {run_dir}", [c["step"] for c in ckpts])
+    return found[0]
+
+
 def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str | None = None,
-                    shape: str | None = None) -> RunConfig:
+                    shape: str | None = None, step: int | None = None) -> RunConfig:
     """The RunConfig of a cooldown branch (validated; nothing is written). `shape`: "linear" or
-    "1-sqrt" (OptimConfig.decay_shape); None keeps the source run's."""
+    "1-sqrt" (OptimConfig.decay_shape); None keeps the source run's. `step`: branch from that
+    checkpoint (a stopped one too) instead of the one `from_spec` picks."""
     src = load_run_config(run_dir)
-    ckpt = pick_checkpoint(run_dir, from_spec)
+    ckpt = pick_checkpoint(run_dir, from_spec) if step is None else checkpoint_at(run_dir, step)
     extra = parse_share_or_tokens(tokens_spec, src.budget_tokens, "tokens")
     if extra <= 0:
         raise ConfigError("tokens", f"{tokens_spec!r} gives no extra tokens: give a fraction of the budget (0.05) "

@@ -68,6 +68,7 @@ class Outcome(NamedTuple):
     tokens: int
     em: float  # validation EM of what would ship
     reason: str
+    step: int  # the evaluation that would ship (the stopping one, or the best one a rule restores)
 
 
 def replay(specs: list[dict], combine: str, evaluations: list[Observation]) -> Outcome:
@@ -75,7 +76,7 @@ def replay(specs: list[dict], combine: str, evaluations: list[Observation]) -> O
     rule = build(specs, combine)
     last = evaluations[-1]
     if rule is None:
-        return Outcome(last.tokens, last.val_em, "")
+        return Outcome(last.tokens, last.val_em, "", last.step)
     by_step = {o.step: o for o in evaluations}
     state = rule.init()
     for obs in evaluations:
@@ -83,8 +84,8 @@ def replay(specs: list[dict], combine: str, evaluations: list[Observation]) -> O
         if decision.stop:
             best = rule.best_step(state)
             shipped = by_step.get(best, obs) if best is not None else obs
-            return Outcome(obs.tokens, shipped.val_em, decision.reason)
-    return Outcome(last.tokens, last.val_em, "")
+            return Outcome(obs.tokens, shipped.val_em, decision.reason, shipped.step)
+    return Outcome(last.tokens, last.val_em, "", last.step)
 
 
 def default_grid(price: float) -> list[tuple[list[dict], str]]:
