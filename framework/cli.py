@@ -8,6 +8,7 @@
     recoup cooldown runs/add --from 0.62 --tokens 0.05 [--shape 1-sqrt] [--out DIR]
     recoup tune-stopping runs/a runs/b --price 2 [--json]
     recoup report runs/a runs/b [runs/a-cooldown0.62+0.05] --out runs/report
+    recoup sweep --config experiments/demo.py --param optim.peak_lr=log:1e-4:1e-2 --trials 24 --out runs/sweep
 
 Bad input (a config field, a file, a column, a run directory, a step) is reported as one line
 naming the field and the allowed values, exit status 2, before anything is compiled or written.
@@ -52,6 +53,7 @@ from framework.config import (
     resolve_init_from,
 )
 from framework.errors import ConfigError
+from framework.sweep import add_parser as _add_sweep_parser
 
 # -- recoup train --------------------------------------------------------------------------------
 
@@ -645,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune_parser(sub)
     _add_report_parser(sub)
     _add_serve_parser(sub)
+    _add_sweep_parser(sub)
     return parser
 
 

@@ -15,9 +15,11 @@ from framework.errors import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("framework", "curricula", "ensembles")
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "cloudpickle", "joblib"}
-# The only places that import by name: `--config FILE|MODULE` and `module:attr` curricula, pacings
-# and scorers, which the user names (a saved config naming one needs --trust-imports, below).
-IMPORTERS = {os.path.join("framework", "cli.py"), os.path.join("curricula", "registry.py")}
+# The only places that import by name: `--config FILE|MODULE`, `recoup sweep --space FILE|MODULE` and
+# `module:attr` curricula, pacings and scorers, which the user names (a saved config naming one needs
+# --trust-imports, below).
+IMPORTERS = {os.path.join("framework", "cli.py"), os.path.join("framework", "sweep_space.py"),
+             os.path.join("curricula", "registry.py")}
 
 
 def _sources():
