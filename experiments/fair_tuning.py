@@ -1,0 +1,218 @@
+"""Fair tuning (issue 19): tune the plain recipe, re-set each budget where it converges, then tune
+recoup's anytime recipe with the same sweep and the same number of trials.
+
+    python -m experiments.fair_tuning --task addition          # every stage; a rerun continues
+    python -m experiments.fair_tuning --task multihop --stage ladder0
+
+Stages, per task, in runs/tuning/TASK (each reuses what is finished):
+  plain0    `recoup sweep` of the plain recipe (uniform data, AdamW, cosine planned for the budget,
+            final checkpoint) at today's budget B0, objective: final validation EM
+  ladder0   its winner at budgets B0 * 1.25^k on LADDER0_SEEDS: the new budget B is the plateau, the
+            smallest budget from which every 25% more tokens adds < 0.5 validation points (mean of the seeds)
+  plain     the plain recipe swept again at B (TRIALS trials), and its plateau checked around B
+  anytime   recoup's anytime recipe (constant learning rate, any optimizer, averages kept) swept at B
+            with the same sampler, pruner and number of trials; objective: the mean over the stops
+            0.38..1.0 of the best single model there (checkpoint or EMA), validation EM
+  confirm   the top CONFIRM of each sweep retrained on CONFIRM_SEEDS; the best mean objective wins
+
+Every sweep trains on seed SWEEP_SEED, the confirmations and ladders on other seeds, none of them
+the flagship's 0..4; every choice is made on the validation split. The winners go to
+runs/tuning/TASK/tuned.json, which `experiments.tuned` copies into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from experiments.early_stop_recovery import ensure_trained, task_config
+from framework.config import DEFAULT_STOPS, RunConfig
+from framework.integrity import write_atomic
+
+TRIALS = 24  # per sweep; the plain and the anytime sweeps at B get the same number
+SWEEP_SEED, LADDER_SEEDS, CONFIRM_SEEDS = 100, (101, 102, 103), (101, 102, 103)
+LADDER0_SEEDS = (101, 102)  # the first, wide ladder only locates the plateau; the one around B has 3 seeds
+CONFIRM = 3  # top trials of each sweep retrained on CONFIRM_SEEDS
+PLATEAU_STEP, PLATEAU_GAIN = 1.25, 0.005  # 25% more tokens, half a validation point
+ANYTIME_STOPS = (0.38, 0.5, 0.62, 0.75, 0.88, 1.0)  # where the anytime objective looks
+EMA_FRACTIONS = (0.0125, 0.025, 0.05, 0.1)  # the anytime recipe's EMAs, as shares of the budget
+
+# Both arms search the same optimizer hyperparameters; the anytime arm adds its own levers.
+COMMON_SPACE = {
+    "optim.peak_lr": "log:3e-4:3e-2",
+    "optim.warmup_frac": "choice:0.01,0.05,0.1,0.15,0.2",  # 0.15: the demo's, so the base is trial 0
+    "batch_size": "choice:8,16,32,64,128",
+    "optim.b1": "choice:0.9,0.95",
+    "optim.b2": "choice:0.95,0.98,0.99,0.995",
+    "optim.weight_decay": "choice:0.0,0.1",
+}
+PLAIN_SPACE = {**COMMON_SPACE, "optim.end_lr_frac": "choice:0.0,0.1"}
+ANYTIME_SPACE = {
+    **COMMON_SPACE,
+    "optim.optimizer": "choice:adamw,schedule-free,muon",
+    "optim.b2_batch": "choice:null,128",
+    "optim.grokfast_lambda": "choice:0.0,0.5,2.0",
+    "batch_warmup": "choice:0.0,0.1,0.25",
+}
+
+
+def plain_config(task: str, budget: int, out_dir: str = "unused") -> RunConfig:
+    """The plain recipe at `budget`: the flagship's task config, nothing kept but the stopping points."""
+    base = task_config(task, out_dir, os.path.join("runs", "tuning", task))
+    return dataclasses.replace(base, out_dir=out_dir, budget_tokens=budget, stops=DEFAULT_STOPS, every_tokens=None,
+                               ema_half_lives=(), swa_start=None, seed=SWEEP_SEED)
+
+
+def anytime_config(task: str, budget: int, out_dir: str = "unused") -> RunConfig:
+    """The anytime recipe's frame: a constant learning rate after warmup, EMAs at shares of the budget."""
+    base = plain_config(task, budget, out_dir)
+    return dataclasses.replace(base, stops=ANYTIME_STOPS, ema_half_lives=tuple(int(f * budget) for f in EMA_FRACTIONS),
+                               optim=dataclasses.replace(base.optim, schedule="constant"))
+
+
+# == stages ======================================================================================
+
+
+def sweep(task_dir: str, name: str, base: RunConfig, space: dict, objective: str, log) -> dict:
+    from framework.sweep import run_sweep
+
+    t = time.perf_counter()
+    out = os.path.join(task_dir, name)
+    summary = run_sweep(base, space, out, trials=TRIALS, objective=objective, sampler="tpe", pruner="sha",
+                        seeds=(SWEEP_SEED,), min_resource=0.38, log=log)
+    with open(os.path.join(out, "results.json")) as f:
+        trials = [{k: t[k] for k in ("number", "state", "params", "objective", "tokens_trained")}
+                  for t in json.load(f)["trials"]]
+    return {**summary, "trial_list": trials, "wall_s": round(time.perf_counter() - t, 1)}
+
+
+def final_val_em(cfg: RunConfig, log) -> tuple[float, int]:
+    """Validation EM of `cfg`'s last checkpoint (training it unless it is done), and its tokens."""
+    from framework.checkpoints import list_checkpoints
+
+    ensure_trained(cfg, log)
+    last = list_checkpoints(cfg.out_dir)[-1]
+    return last["val_em"], last["tokens"]
+
+
+def ladder(task_dir: str, name: str, winner: RunConfig, budgets: list[int], seeds, log) -> dict:
+    """The winner's final validation EM at each budget, over `seeds`, and the plateau."""
+    rows, tokens = [], 0
+    for b in budgets:
+        ems = []
+        for seed in seeds:
+            cfg = dataclasses.replace(winner, budget_tokens=b, seed=seed, stops=(1.0,), every_tokens=None,
+                                      out_dir=os.path.join(task_dir, name, f"b{b}-s{seed}"))
+            em, used = final_val_em(cfg, log)
+            ems.append(em)
+            tokens += used
+        rows.append({"budget": b, "val_em": ems, "mean": float(np.mean(ems))})
+        log(f"  {name}: budget {b:,}: val EM {np.mean(ems):.3f} ({', '.join(f'{e:.3f}' for e in ems)})")
+    return {"rows": rows, "plateau": plateau(rows), "tokens": tokens}
+
+
+def plateau(rows: list[dict]) -> int | None:
+    """The smallest budget from which every further 25% of tokens adds < PLATEAU_GAIN (None: not in the ladder)."""
+    found = None
+    for lo, hi in reversed(list(zip(rows, rows[1:], strict=False))):
+        if hi["mean"] - lo["mean"] >= PLATEAU_GAIN:
+            break
+        found = lo["budget"]
+    return found
+
+
+def ladder_budgets(center: int, below: int, above: int) -> list[int]:
+    return [int(round(center * PLATEAU_STEP ** k, -3)) for k in range(-below, above + 1)]
+
+
+def confirm(task_dir: str, name: str, summary: dict, make, objective: str, log) -> dict:
+    """The top CONFIRM trials of a sweep on CONFIRM_SEEDS: their mean objective; the best first."""
+    from framework.sweep_report import objective_value, read_evals
+    from framework.sweep_space import apply
+
+    done = [t for t in summary["trial_list"] if t["state"] == "COMPLETE" and t["objective"] is not None]
+    top = sorted(done, key=lambda t: -t["objective"])[:CONFIRM]
+    rows, tokens = [], 0
+    for t in top:
+        values = []
+        for seed in CONFIRM_SEEDS:
+            cfg = dataclasses.replace(apply(make(), t["params"]), seed=seed,
+                                      out_dir=os.path.join(task_dir, name, f"trial{t['number']}-s{seed}"))
+            ensure_trained(cfg, log)
+            evals = read_evals(cfg.out_dir)
+            values.append(objective_value(evals, objective))
+            tokens += max(e["tokens"] for e in evals)
+        rows.append({"number": t["number"], "params": t["params"], "sweep_objective": t["objective"],
+                     "values": values, "mean": float(np.mean(values))})
+        log(f"  {name}: trial {t['number']} {t['params']}: {np.mean(values):.3f} on seeds {CONFIRM_SEEDS}")
+    rows.sort(key=lambda r: -r["mean"])
+    return {"rows": rows, "winner": rows[0], "tokens": tokens}
+
+
+def run_task(task: str, stages: list[str], out: str = "runs/tuning", log=print) -> dict:
+    task_dir = os.path.join(out, task)
+    os.makedirs(task_dir, exist_ok=True)
+    state_path = os.path.join(task_dir, "tuned.json")
+    state = json.load(open(state_path)) if os.path.isfile(state_path) else {"task": task}
+
+    def save():
+        write_atomic(state_path, json.dumps(state, indent=2))
+
+    b0 = task_config(task, "unused", task_dir).budget_tokens
+    state["b0"] = b0
+    if "plain0" in stages:
+        state["plain0"] = sweep(task_dir, "plain0", plain_config(task, b0), PLAIN_SPACE, "final", log)
+        save()
+    if "ladder0" in stages:
+        from framework.sweep_space import apply
+
+        winner = apply(plain_config(task, b0), state["plain0"]["best"]["params"])
+        state["ladder0"] = ladder(task_dir, "ladder0", winner, ladder_budgets(b0, 8, 1), LADDER0_SEEDS, log)
+        state["budget"] = state["ladder0"]["plateau"] or b0
+        save()
+    b = state.get("budget")
+    if "plain" in stages:  # at today's budget (the plateau is there already), the first sweep is this one
+        state["plain"] = state["plain0"] if b == b0 else sweep(task_dir, "plain", plain_config(task, b), PLAIN_SPACE,
+                                                                "final", log)
+        save()
+    if "anytime" in stages:
+        state["anytime"] = sweep(task_dir, "anytime", anytime_config(task, b), ANYTIME_SPACE, "anytime", log)
+        save()
+    if "confirm" in stages:
+        from framework.sweep_space import apply
+
+        state["confirm_plain"] = confirm(task_dir, "confirm-plain", state["plain"], lambda: plain_config(task, b),
+                                         "final", log)
+        state["confirm_anytime"] = confirm(task_dir, "confirm-anytime", state["anytime"],
+                                           lambda: anytime_config(task, b), "anytime", log)
+        winner = apply(plain_config(task, b), state["confirm_plain"]["winner"]["params"])
+        state["ladder"] = ladder(task_dir, "ladder", winner, ladder_budgets(b, 2, 2), LADDER_SEEDS, log)
+        save()
+    return state
+
+
+STAGES = ("plain0", "ladder0", "plain", "anytime", "confirm")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", required=True, help="addition|multihop|byo")
+    p.add_argument("--stage", default="all", help=f"{'|'.join(STAGES)}|all, or a comma-separated list")
+    p.add_argument("--out", default="runs/tuning")
+    args = p.parse_args(argv)
+    stages = list(STAGES) if args.stage == "all" else args.stage.split(",")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown or args.task not in ("addition", "multihop", "byo"):
+        raise SystemExit(f"unknown stage(s) {unknown} or task {args.task!r}; stages: {', '.join(STAGES)}")
+    t0 = time.perf_counter()
+    run_task(args.task, stages, args.out, log=lambda line: print(f"[{args.task}] {line}", flush=True))
+    print(f"[{args.task}] done in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
