@@ -15,7 +15,8 @@ Why this task and its budget (validation EM of seed 0, `small`, batch 64-128): w
 look-up in a short context, reversal, a Caesar shift, subtraction with answers in ordinary digit
 order and 5-digit products all stayed at or below 0.28 in probes of 0.4-0.8M tokens: too slow for a 2-hour sweep
 of five seeds. This one reached 0.96 by 500k tokens of an 800k-token plan and 0.56 at the end of a
-500k-token plan; the flagship plans 700k (`early_stop_recovery.BYO_BUDGET`).
+500k-token plan; the untuned recipe planned 700k (`experiments.common.BYO_BUDGET`), and issue 19 re-set it
+where the tuned plain recipe converges (`experiments.fair_tuning`).
 """
 
 from __future__ import annotations

@@ -1,174 +1,134 @@
-"""The flagship: stop at 62% of the tokens, then win the EM back, over seeds, on three tasks.
+"""The flagship: a fairly tuned baseline, stopped early, against recoup's anytime recipe, over seeds.
 
-    make demo                                          # --quick: addition, 2 seeds, <= 10 min -> runs/demo
-    python -m experiments.early_stop_recovery          # full: 3 tasks x 5 seeds, ~2.5 h -> docs/results.md
-    python -m experiments.early_stop_recovery --jobs 2 # the same, two (task, seed) at once: 119 min (make flagship)
+    make demo                                           # --quick: addition, 2 seeds -> runs/demo
+    python -m experiments.early_stop_recovery --jobs 2  # full: 3 tasks x 5 seeds -> docs/results.md (make flagship)
 
-Tasks: `addition` (8-digit, the demo recipe), `multihop` (chain answers over 100 names x 4
-relations) and `byo`, a JSON Lines file of word problems that the experiment writes itself and
-reads like any user's file (`experiments.byo_task`). Per task and seed it trains:
+Both recipes and each task's budget B come from `experiments.fair_tuning` (experiments/tuned.json):
+B is where the tuned plain recipe converges, so a stop at 0.62·B costs EM for the right reason.
+Per task and seed it trains:
 
-    cosine      the plain recipe: uniform data, cosine planned for the full budget B, a checkpoint
-                every 10% of B (and at every stop), EMAs (0.6%..5% of B) kept during training
-    wsd         warmup-stable-decay planned for B and ended at 0.62·B (`train_until`): up to there
-                it is a constant learning rate at the cosine's peak, with the same averages kept
-    curriculum  the best curriculum of the curricula study (self-paced on addition and byo,
-                replay-mix on multihop), cosine planned for B, ended at 0.62·B, the same averages
-                kept (full size only; its full-budget figures are in the curricula section)
+    plain     the tuned plain recipe (uniform data, AdamW, cosine planned for B); its checkpoint
+              at each stop is what stopping a run planned for B gives, its final one the target
+    oracle-f  the tuned plain recipe planned from the start for f·B (f in ORACLES): what knowing
+              the stop in advance gives (on `oracle_seeds`)
+    anytime   recoup's anytime recipe (tuned: a constant learning rate, its optimizer, batch and
+              EMAs) to B, a checkpoint every 5% of B
+    cool-f    for each stop f, a cooldown branched from the anytime run that ends at f·B (the
+              tuned share and shape; tokens counted): what a run that knows its stop does
 
-and branches cooldowns from them (`recoup cooldown`: the learning rate decays linearly to 0; every
-token is counted): cosine at 0.62 + 5% of B; wsd at 0.5 + 12% (ends at 0.62·B); wsd at 0.62 + 5%.
-Then every variant is scored on the test split (strict EM, one teacher-forced pass; a vote decodes);
-everything chosen (k, half-lives, soups, the best recipe, the controller's stop) is chosen on the
-validation split. `experiments.flagship_report` turns the rows into tables, targets and a plot.
-
-Finished runs and scored seeds are reused, so an interrupted sweep resumes where it stopped.
+Then every variant is scored on the test split (strict EM, one teacher-forced pass), with every
+choice made on validation: recoup's model at a stop is the best on validation of the anytime
+checkpoint, its EMAs and the cooldown ending there. The controller replays the budget rule on the
+anytime run's validation curve; where it fires, it cools down from there (tokens counted) and
+ships the best of that and the EMAs (framework.controller). `experiments.flagship_report` turns
+the rows into tables, the issue's targets and a plot. Finished runs and scored seeds are reused.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import functools
-import io
 import json
 import os
 import sys
 import time
 from typing import Any, NamedTuple
 
-from experiments import byo_task
-from experiments.curriculum_vs_uniform import VARIANTS as CURRICULA
-from experiments.curriculum_vs_uniform import base_config
-from framework.config import DataConfig, RunConfig, load_run_config
+from experiments.common import TASKS, ensure_branch, ensure_trained, in_worker, run_pairs
+from framework.config import RunConfig
 from framework.integrity import write_atomic
 
-BYO_BUDGET = 700_000  # counted tokens: chosen on validation EM of seed 0 (see experiments.byo_task)
-BUDGET = 0.62  # the early stop: 38% fewer tokens than planned
-# Of B; the "ema" method picks one on validation. On 5 seeds of addition and byo and one of multihop,
-# validation picked 0.025 (16 of 33), 0.0125 (10), 0.00625 (4), 0.05 (2) and 0.1 (1): the 0.1 one and
-# a SWA from 0.25 (never picked) cost an evaluation at every checkpoint and are no longer kept.
-EMA_HALF_LIVES = (0.00625, 0.0125, 0.025, 0.05)
-BEST_CURRICULUM = {"addition": "self-paced", "multihop": "replay-mix", "byo": "self-paced"}
-PRICES_PER_BUDGET = (2, 8, 32)  # the controller's prices: EM points that the whole planned budget B costs
-ROWS_VERSION = 2  # bump when what a scored seed holds changes: cached seeds are then rescored
-
-
-COOLDOWNS = {  # variant -> (source run, from fraction, extra tokens as a share of B)
-    "cosine-cooldown": ("cosine", "0.62", "0.05"),
-    "wsd-cooldown-in-budget": ("wsd", "0.5", "0.12"),  # ends at BUDGET
-    "wsd-cooldown": ("wsd", "0.62", "0.05"),
-}
+STOPS = (0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
+ORACLES = (0.38, 0.5, 0.62, 0.75)
+PRICES_PER_BUDGET = (2, 8, 32)  # the controller's prices: EM points that the whole budget B costs
+ROWS_VERSION = 3  # bump when what a scored seed holds changes: cached seeds are then rescored
+TUNED_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
+# Today's plain recipe (before issue 19: untuned, budget B0) at its full budget, test EM over 5 seeds
+# (docs/results.md at commit 6b4f02f): the EM recoup's anytime recipe is asked to reach with fewer tokens.
+TODAY = {"addition": (800_000, 0.980), "multihop": (2_000_000, 0.979), "byo": (700_000, 0.928)}
 
 
 class Plan(NamedTuple):
     tasks: tuple[str, ...]
     seeds: tuple[int, ...]
-    curriculum: bool  # train the curriculum runs
-    ema_half_lives: tuple[float, ...]  # of B
-    every: float = 0.1  # a checkpoint every this share of B (and at every stop): the members of latest-k,
-    # soups and output ensembles. Every 0.05 doubled training's evaluations, and what validation picked
-    # from them was the last two or three checkpoints before 0.62 anyway.
-    cooldowns: dict = COOLDOWNS  # as COOLDOWNS; each "from" must be a checkpoint of the plan (see `every`)
-    vote: bool = True  # the vote decodes every member: the slowest variant to score
+    oracle_seeds: tuple[int, ...]
+    oracles: tuple[float, ...] = ORACLES
+    cooldowns: tuple[float, ...] = STOPS  # stops that get an in-budget cooldown from the anytime run
+    prices: tuple[float, ...] = PRICES_PER_BUDGET
+    every: float = 0.05  # the anytime run's checkpoint cadence: the controller's evaluations
 
 
-# Quick: the levers that matter most, sized for <= 10 minutes on 2 cores (the full run has them all).
-QUICK = Plan(("addition",), (0, 1), curriculum=False, ema_half_lives=(0.0125, 0.025),
-             cooldowns={"wsd-cooldown-in-budget": COOLDOWNS["wsd-cooldown-in-budget"]}, vote=False)
-FULL = Plan(("addition", "multihop", "byo"), (0, 1, 2, 3, 4), curriculum=True, ema_half_lives=EMA_HALF_LIVES)
+# Quick: the headline stop only, sized for <= 10 minutes on 2 cores (the full run has every stop).
+QUICK = Plan(("addition",), (0, 1), (0, 1), oracles=(0.62,), cooldowns=(0.62,), prices=(8,))
+FULL = Plan(TASKS, (0, 1, 2, 3, 4), (0, 1, 2, 3, 4))
 
 
 # == configs ==================================================================================
 
 
-def task_config(task: str, out_dir: str, data_dir: str) -> RunConfig:
-    """The recipe of a task: the demo's for addition, its multihop twin, and for byo the demo's
-    model, batch and schedule on the multiplication file the experiment writes."""
-    if task != "byo":
-        return base_config(task, out_dir)
-    path = os.path.join(data_dir, "multiply.jsonl")
+def load_tuned(path: str = TUNED_FILE) -> dict[str, Any]:
     if not os.path.isfile(path):
-        byo_task.write(path)
-    cfg = base_config("addition", out_dir)
-    return dataclasses.replace(cfg, budget_tokens=BYO_BUDGET, data=DataConfig(
-        task=None, data_path=path, prompt_col=byo_task.PROMPT_COL, answer_col=byo_task.ANSWER_COL,
-        difficulty_col=byo_task.DIFFICULTY_COL, val_size=500, test_size=2_000))
+        raise SystemExit(f"{path} is missing: run `python -m experiments.fair_tuning --task TASK` and "
+                         "`python -m experiments.fair_tuning --export` first")
+    with open(path) as f:
+        return json.load(f)
 
 
-def run_configs(task: str, seed: int, out: str, plan: Plan) -> dict[str, RunConfig]:
+def branch_fraction(f: float, cooldown: dict) -> float:
+    """Where the cooldown that ends at stop `f` branches from the anytime run (a stop of that run)."""
+    return round(f * (1.0 - cooldown["fraction"]), 4)
+
+
+def run_configs(task: str, seed: int, out: str, plan: Plan, tuned: dict) -> dict[str, RunConfig]:
     """The trained runs of one (task, seed): name -> config."""
-    task_dir = os.path.join(out, task)
-    base = dataclasses.replace(task_config(task, task_dir, task_dir), seed=seed)
-    b = base.budget_tokens
-    kept = dict(every_tokens=round(b * plan.every), ema_half_lives=tuple(int(h * b) for h in plan.ema_half_lives))
-    out_of = lambda name: os.path.join(task_dir, f"{name}-seed{seed}")  # noqa: E731
-    cfgs = {
-        "cosine": dataclasses.replace(base, out_dir=out_of("cosine"), **kept),
-        "wsd": dataclasses.replace(base, out_dir=out_of("wsd"), train_until=BUDGET, **kept,
-                                   optim=dataclasses.replace(base.optim, schedule="wsd")),
-    }
-    if plan.curriculum:
-        name = BEST_CURRICULUM[task]
-        curriculum, cargs, pacing, pargs = CURRICULA[name]
-        cfgs["curriculum"] = dataclasses.replace(base, out_dir=out_of(name), curriculum=curriculum, train_until=BUDGET,
-                                                 curriculum_args=cargs, pacing=pacing, pacing_args=pargs, **kept)
+    import dataclasses
+
+    from experiments.fair_tuning import recipe
+
+    t, task_dir = tuned[task], os.path.join(out, task)
+    b = t["budget"]
+    run = lambda name, kind, budget, **kw: dataclasses.replace(  # noqa: E731
+        recipe(task, kind, budget, t[kind], task_dir), seed=seed, out_dir=os.path.join(task_dir, f"{name}-seed{seed}"),
+        **kw)
+    cfgs = {"plain": run("plain", "plain", b, stops=STOPS)}
+    if seed in plan.oracle_seeds:
+        cfgs |= {f"oracle-{f}": run(f"oracle{f}", "plain", round(f * b), stops=(1.0,)) for f in plan.oracles}
+    branches = {branch_fraction(f, t["cooldown"]) for f in plan.cooldowns}
+    cfgs["anytime"] = run("anytime", "anytime", b, stops=tuple(sorted(set(STOPS) | branches)),
+                          every_tokens=round(plan.every * b))
     return cfgs
 
 
-# == training =================================================================================
+def _takes(ckpt: dict, fraction: float) -> bool:
+    """Whether `ckpt` was taken at stopping fraction `fraction` (a batch may cross two stops at once:
+    the checkpoint then lists both in `fractions`)."""
+    return any(abs(f - fraction) < 1e-9 for f in ckpt.get("fractions", [ckpt["fraction"]]))
 
 
-def _same_run(saved: RunConfig, cfg: RunConfig) -> bool:
-    """A saved run serves `cfg` if it is the same run that trained at least as far."""
-    strip = dict(out_dir="", train_until=1.0)
-    return (dataclasses.replace(saved, **strip) == dataclasses.replace(cfg, **strip)
-            and saved.train_until >= cfg.train_until)
-
-
-def ensure_trained(cfg: RunConfig, log=print) -> float:
-    """Train `cfg` unless its directory already holds that run, finished; resume an unfinished one.
-    Returns the seconds spent training here (0 when reused)."""
-    from framework.checkpoints import list_checkpoints
-    from framework.train import train
-
-    if os.path.isfile(os.path.join(cfg.out_dir, "config.json")):
-        saved = load_run_config(cfg.out_dir)
-        if not _same_run(saved, cfg):
-            raise SystemExit(f"{cfg.out_dir} holds a different run; move it away or choose another --out")
-        if any(c["fraction"] >= cfg.train_until - 1e-9 for c in list_checkpoints(cfg.out_dir)):
-            return 0.0
-        cfg = dataclasses.replace(cfg, train_until=saved.train_until)  # resume exactly the saved run
-    t = time.perf_counter()
-    log(f"  training {cfg.out_dir} (to {cfg.train_until:.0%} of {cfg.budget_tokens:,} tokens)")
-    train(cfg, resume=os.path.isdir(cfg.out_dir), show_progress=False)
-    return time.perf_counter() - t
-
-
-def ensure_cooldown(src_dir: str, from_frac: str, extra: str, log=print) -> tuple[str, float]:
+def cooldown_configs(anytime_dir: str, plan: Plan, t: dict) -> dict[float, RunConfig]:
+    """stop f -> the cooldown branched from the anytime run that ends at f·B (tokens counted)."""
     from framework.checkpoints import list_checkpoints
     from framework.cooldown import cooldown_config
-    from framework.train import train
 
-    cfg = cooldown_config(src_dir, from_frac, extra)
-    if os.path.isfile(os.path.join(cfg.out_dir, "config.json")) and list_checkpoints(cfg.out_dir):
-        return cfg.out_dir, 0.0
-    t = time.perf_counter()
-    log(f"  cooldown {cfg.out_dir}")
-    train(cfg, resume=os.path.isdir(cfg.out_dir), show_progress=False)
-    return cfg.out_dir, time.perf_counter() - t
+    ckpts = list_checkpoints(anytime_dir)
+    out = {}
+    for f in plan.cooldowns:
+        start = branch_fraction(f, t["cooldown"])
+        src = next(c for c in ckpts if _takes(c, start))
+        extra = round(f * t["budget"]) - src["tokens"]
+        out[f] = cooldown_config(anytime_dir, str(start), str(extra), f"{anytime_dir}-cool{f}",
+                                 shape=t["cooldown"]["shape"], step=src["step"])
+    return out
 
 
 # == scoring ==================================================================================
 
 
-def _row(em, variant: str, c, budget_tokens: int, flops_per_token: float, val_em: float | None = None,
-         **extra) -> dict[str, Any]:
+def _row(em, variant: str, c, budget_tokens: int, fpt: float, tokens: int | None = None, **extra) -> dict[str, Any]:
     """`em(candidate, split)`: strict EM, memoized by the caller."""
-    return {"variant": variant, "tokens": c.training_tokens, "fraction": c.training_tokens / budget_tokens,
-            "flops": flops_per_token * c.training_tokens, "inference_cost": c.inference_cost,
-            "val_em": em(c, "validation") if val_em is None else val_em, "test_em": em(c, "test"),
+    tokens = c.training_tokens if tokens is None else tokens
+    return {"variant": variant, "tokens": tokens, "fraction": tokens / budget_tokens, "flops": fpt * tokens,
+            "inference_cost": c.inference_cost, "val_em": em(c, "validation"), "test_em": em(c, "test"),
             "what": c.describe(), **extra}
 
 
@@ -184,143 +144,102 @@ def _flops_per_token(run_dir: str) -> float:
     return training_flops(run.cfg.model, n_params, 1, mean_counted_tokens(run.split("train")))
 
 
-def score_seed(dirs: dict[str, str], budget_tokens: int, vote: bool = True, log=print) -> tuple[list[dict], list[dict]]:
-    """Every variant of one (task, seed): training tokens, FLOPs, inference cost, val and test EM;
-    and the plain recipe's curve: test EM of its checkpoint and of its best EMA at every stop."""
-    from ensembles.members import Candidate, ParamStore, run_members, strict_em
-    from ensembles.select import select
+def score_seed(dirs: dict[str, str], cool: dict[float, str], plan: Plan, t: dict, task: str,
+               log=print) -> tuple[list[dict], list[dict]]:
+    """Every variant of one (task, seed), and the anytime run's curve (its best 1x on validation at
+    every checkpoint, with that model's test EM): what it takes to reach today's EM."""
+    from ensembles.members import Candidate, Member, ParamStore, run_members, strict_em
+    from framework import controller
     from framework.tune import load_evaluations, replay
 
-    store, b62 = ParamStore(), int(BUDGET * budget_tokens)
-    em = functools.cache(lambda c, split: strict_em(store, c, split))  # variants share candidates (0.62, 1.0)
-    fpt = _flops_per_token(dirs["cosine"])
-    quiet = lambda _: None  # noqa: E731
-    rows = []
+    store, b, shape = ParamStore(), t["budget"], t["cooldown"]["shape"]
+    em = functools.cache(lambda c, split: strict_em(store, c, split))
+    fpt = _flops_per_token(dirs["plain"])
+    single = lambda m: Candidate("single", (m,), (1.0,), "weights")  # noqa: E731
 
-    def single(variant, run_dir, budget=None):
-        m = run_members(run_dir, budget)[-1]
-        rows.append(_row(em, variant, Candidate("single", (m,), (1.0,), "weights"), budget_tokens, fpt))
+    def at(run_dir: str, budget: int | None = None):
+        return single(run_members(run_dir, budget)[-1])
 
-    def chosen(variant, run_dir, budget, cost, method):
-        sel = select([run_dir], budget, cost, method, store=store, log=quiet)
-        rows.append(_row(em, variant, sel.best, budget_tokens, fpt, sel.val_em))
+    def best_1x(m: Member, extra=()):
+        """The best on validation of a checkpoint, its EMAs, and `extra` candidates."""
+        kept = store.metadata(m.run, m.step).get("averages", [])
+        options = [single(m), *(Candidate("ema", (Member(m.run, m.step, m.tokens, m.fraction, a),), (1.0,),
+                                          "weights") for a in kept), *extra]
+        return max(options, key=lambda c: em(c, "validation"))  # the first of equals: the plain weights
 
-    single("full", dirs["cosine"])
-    single("plain", dirs["cosine"], b62)
-    methods = {"latest-k": ("latest-k", 1), "ema": ("ema", 1), "soup": ("soup", 1), "logits-3": ("logits", 3)}
-    for variant, (method, cost) in (methods | ({"vote-5": ("vote", 5)} if vote else {})).items():
-        log(f"    {variant}")
-        chosen(variant, dirs["cosine"], b62, cost, method)
-    single("wsd-plain", dirs["wsd"], b62)
-    chosen("wsd-ema", dirs["wsd"], b62, 1, "ema")
-    chosen("wsd-logits-3", dirs["wsd"], b62, 3, "logits")
-    for variant in (v for v in COOLDOWNS if v in dirs):
-        single(variant, dirs[variant])
-    if "curriculum" in dirs:
-        single("curriculum-plain", dirs["curriculum"], b62)
-        chosen("curriculum-ema", dirs["curriculum"], b62, 1, "ema")
-    curve = []  # the plain recipe and its EMA at every configured stop: the EM-vs-tokens curve
-    for f in sorted(set(load_run_config(dirs["cosine"]).stops)):
-        budget = int(f * budget_tokens)
-        m = run_members(dirs["cosine"], budget)[-1]
-        sel = select([dirs["cosine"]], budget, 1, "ema", store=store, log=quiet)
-        curve.append({"fraction": f, "tokens": m.tokens,
-                      "single": em(Candidate("single", (m,), (1.0,), "weights"), "test"),
-                      "ema": em(sel.best, "test"), "ema_tokens": sel.best.training_tokens})
-    # The controller: the budget rule, replayed on the plain recipe's logged validation curve, says
-    # when to stop; it ships the better on validation of the checkpoint there and its best EMA.
-    # It watches the checkpoints' own validation EM: runs trained before averages were logged with
-    # each evaluation would otherwise be judged on a different curve than newer ones.
-    evaluations = [o._replace(average_em=None) for o in load_evaluations(dirs["cosine"])]
-    for k in PRICES_PER_BUDGET:
-        price = k / (budget_tokens / 1e6)  # EM points per million tokens
+    rows = [_row(em, "full", at(dirs["plain"]), b, fpt)]
+    for f in STOPS[:-1]:
+        rows.append(_row(em, f"plain-{f}", at(dirs["plain"], round(f * b)), b, fpt))
+    for f in plan.oracles:
+        if f"oracle-{f}" in dirs:
+            rows.append(_row(em, f"oracle-{f}", at(dirs[f"oracle-{f}"]), b, fpt))
+    for f in STOPS:
+        m = run_members(dirs["anytime"], round(f * b))[-1]
+        cooled = (at(cool[f]),) if f in cool else ()
+        rows.append(_row(em, f"anytime-{f}", best_1x(m, cooled), b, fpt))
+        rows.append(_row(em, f"anytime-ckpt-{f}", single(m), b, fpt))
+        if cooled:
+            rows.append(_row(em, f"cooldown-{f}", cooled[0], b, fpt))
+    evaluations = [o._replace(average_em=None) for o in load_evaluations(dirs["anytime"])]
+    for k in plan.prices:
+        price = k / (b / 1e6)  # EM points per million tokens
         out = replay([{"rule": "budget", "price": price}], "any", evaluations)
-        ema = select([dirs["cosine"]], out.tokens, 1, "ema", store=store, log=quiet)
-        last = Candidate("single", (run_members(dirs["cosine"], out.tokens)[-1],), (1.0,), "weights")
-        best, val = max([(last, em(last, "validation")), (ema.best, ema.val_em)], key=lambda x: x[1])
-        rows.append(_row(em, f"controller-{k}", best, budget_tokens, fpt, val,
-                         price=price, stopped_at=out.tokens, reason=out.reason))
+        if not out.reason:  # never fired: the run went to its budget
+            rows.append(_row(em, f"controller-{k}", best_1x(run_members(dirs["anytime"])[-1]), b, fpt, price=price,
+                             stopped_at=out.tokens, reason="never fired"))
+            continue
+        log(f"    controller, price {k}: fired at {out.tokens:,} tokens ({out.tokens / b:.2f} B)")
+        shipped = controller.cool_down_and_ship(dirs["anytime"], out.step,
+                                                str(round(t["cooldown"]["fraction"] * out.tokens)),
+                                                shape=shape, out_dir=f"{dirs['anytime']}-controller{k}", log=log)
+        m = next(x for x in run_members(shipped["run_dir"]) if x.step == shipped["step"])
+        c = single(m) if shipped["average"] is None else Candidate(
+            "ema", (Member(m.run, m.step, m.tokens, m.fraction, shipped["average"]),), (1.0,), "weights")
+        rows.append(_row(em, f"controller-{k}", c, b, fpt, tokens=shipped["tokens"], price=price,
+                         stopped_at=shipped["stopped_at"], reason=out.reason))
+    curve = [{"tokens": m.tokens, "fraction": m.tokens / b, "test_em": em(best_1x(m), "test")}
+             for m in run_members(dirs["anytime"])]
     return rows, curve
 
 
-def run_seed(task: str, seed: int, out: str, plan: Plan, log=print) -> dict[str, Any]:
+def run_seed(task: str, seed: int, out: str, plan: Plan, tuned: dict | None = None, log=print) -> dict[str, Any]:
     """Train (or reuse) and score one (task, seed); the scored rows are cached in OUT/TASK/seedN.json."""
-    cfgs = run_configs(task, seed, out, plan)
-    runs = sorted(cfgs) + sorted(plan.cooldowns)
+    tuned = tuned or load_tuned()
+    t = tuned[task]
+    cfgs = run_configs(task, seed, out, plan, tuned)
+    runs = sorted(cfgs) + [f"cool-{f}" for f in plan.cooldowns] + [f"controller-{k}" for k in plan.prices]
     cache = os.path.join(out, task, f"seed{seed}.json")
     if os.path.isfile(cache):
         with open(cache) as f:
             saved = json.load(f)
-        if saved.get("version") == ROWS_VERSION and saved.get("runs") == runs:
+        if saved.get("version") == ROWS_VERSION and saved.get("runs") == runs and saved.get("tuned") == t:
             return saved
     t0 = time.perf_counter()
     train_s = sum(ensure_trained(cfg, log) for cfg in cfgs.values())
     dirs = {name: cfg.out_dir for name, cfg in cfgs.items()}
-    for variant, (src, frm, extra) in plan.cooldowns.items():
-        dirs[variant], s = ensure_cooldown(dirs[src], frm, extra, log)
-        train_s += s
+    cool = {}
+    for f, cfg in cooldown_configs(dirs["anytime"], plan, t).items():
+        train_s += ensure_branch(cfg, log)
+        cool[f] = cfg.out_dir
     log(f"  scoring {task} seed {seed}")
-    rows, curve = score_seed(dirs, cfgs["cosine"].budget_tokens, plan.vote, log)
-    result = {"version": ROWS_VERSION, "task": task, "seed": seed, "runs": runs,
-              "budget_tokens": cfgs["cosine"].budget_tokens, "train_seconds": round(train_s, 1),
-              "seconds": round(time.perf_counter() - t0, 1), "dirs": dirs, "rows": rows, "curve": curve}
+    rows, curve = score_seed(dirs, cool, plan, t, task, log)
+    result = {"version": ROWS_VERSION, "task": task, "seed": seed, "runs": runs, "tuned": t,
+              "budget_tokens": t["budget"], "today": list(TODAY[task]), "train_seconds": round(train_s, 1),
+              "seconds": round(time.perf_counter() - t0, 1), "dirs": dirs | {f"cool-{f}": d for f, d in cool.items()},
+              "rows": rows, "curve": curve}
     write_atomic(cache, json.dumps(result, indent=2))
     return result
 
 
-class PrefixedLines(io.TextIOBase):
-    """A text stream that writes each whole line to `out` after `prefix`: two workers share one
-    terminal, and the trainer's own progress lines must say whose they are too."""
-
-    def __init__(self, prefix: str, out):
-        self._prefix, self._out, self._partial = prefix, out, ""
-
-    def write(self, text: str) -> int:
-        *lines, self._partial = (self._partial + text).split("\n")
-        for line in lines:
-            self._out.write(f"{self._prefix}{line.strip()}\n")
-        self._out.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        if self._partial:
-            self.write("\n")
-        self._out.flush()
-
-
 def _run_seed_in_worker(task: str, seed: int, out: str, plan: Plan) -> dict[str, Any]:
-    stream = PrefixedLines(f"[{task} seed {seed}] ", sys.stdout)
-    with contextlib.redirect_stdout(stream):  # the worker process is reused: restore it after
-        try:
-            return run_seed(task, seed, out, plan)
-        finally:
-            stream.flush()
-
-
-def run_pairs(pairs, work, jobs: int, t0: float) -> list[Any]:
-    """`work(task, seed)` for each pair, each in a process of its own, `jobs` at a time; results in
-    the order of `pairs`. `work` must pickle: a module-level function or a partial of one.
-
-    On 2 cores two processes side by side did 1.23-1.27x the work of one (XLA's own threads leave
-    the cores idle part of the time), and gave bitwise the same rows as one after another."""
-    import concurrent.futures
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: jax must not be forked
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = {pool.submit(work, task, seed): (task, seed) for task, seed in pairs}
-        for done in concurrent.futures.as_completed(futures):
-            task, seed = futures[done]
-            done.result()  # a failed seed stops the sweep here, with its traceback
-            print(f"{task} seed {seed} done ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-        return [f.result() for f in futures]
+    return in_worker(run_seed, task, seed, out, plan)
 
 
 def main(argv=None) -> None:
     from experiments import flagship_report
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="addition only, 2 seeds, no curriculum: <= 10 min")
+    p.add_argument("--quick", action="store_true", help="addition only, 2 seeds, the 0.62 stop: <= 10 min")
     p.add_argument("--tasks", help="comma-separated subset of addition,multihop,byo")
     p.add_argument("--seeds", help="comma-separated seeds (full: 0..4, quick: 0,1)")
     p.add_argument("--out", help="run directory (full: runs/flagship, quick: runs/demo)")
@@ -334,17 +253,21 @@ def main(argv=None) -> None:
         raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
     plan = QUICK if args.quick else FULL
     if args.tasks:
-        unknown = sorted(set(args.tasks.split(",")) - set(FULL.tasks))
+        unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
         if unknown:
-            raise SystemExit(f"unknown tasks {unknown}; known: {', '.join(FULL.tasks)}")
+            raise SystemExit(f"unknown tasks {unknown}; known: {', '.join(TASKS)}")
         plan = plan._replace(tasks=tuple(args.tasks.split(",")))
     if args.seeds:
-        plan = plan._replace(seeds=tuple(int(s) for s in args.seeds.split(",")))
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        plan = plan._replace(seeds=seeds, oracle_seeds=tuple(s for s in seeds if s in plan.oracle_seeds) or seeds)
     out = args.out or ("runs/demo" if args.quick else "runs/flagship")
     docs = args.docs if args.docs is not None else (None if args.quick else "docs/results.md")
+    tuned = load_tuned()
     for task in plan.tasks:  # every config is checked before anything trains
+        if task not in tuned:
+            raise SystemExit(f"{TUNED_FILE} has no tuned recipes for {task}: run experiments.fair_tuning --task {task}")
         for seed in plan.seeds:
-            for cfg in run_configs(task, seed, out, plan).values():
+            for cfg in run_configs(task, seed, out, plan, tuned).values():
                 cfg.validate()
 
     t0 = time.perf_counter()
@@ -355,11 +278,11 @@ def main(argv=None) -> None:
         seeds = []
         for task, seed in pairs:
             print(f"{task} seed {seed} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-            seeds.append(run_seed(task, seed, out, plan))
+            seeds.append(run_seed(task, seed, out, plan, tuned))
     given = sys.argv[1:] if argv is None else argv
     command = "make demo" if args.quick and out == "runs/demo" else \
         " ".join(["python -m experiments.early_stop_recovery", *given])
-    summary = flagship_report.summarize(seeds, command=command, wall_s=time.perf_counter() - t0)
+    summary = flagship_report.summarize(seeds, plan, command=command, wall_s=time.perf_counter() - t0)
     path = os.path.join(out, "summary.json")
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)

@@ -13,11 +13,17 @@ Stages, per task, in runs/tuning/TASK (each reuses what is finished):
   anytime   recoup's anytime recipe (constant learning rate, any optimizer, averages kept) swept at B
             with the same sampler, pruner and number of trials; objective: the mean over the stops
             0.38..1.0 of the best single model there (checkpoint or EMA), validation EM
-  confirm   the top CONFIRM of each sweep retrained on CONFIRM_SEEDS; the best mean objective wins
+  confirm   the top CONFIRM of each sweep retrained on CONFIRM_SEEDS; the best mean objective wins;
+            the plain winner's plateau checked again around B
+  cooldown  the anytime winner's cooldown before a known stop: its share of the stop's tokens and
+            its shape (linear or 1-sqrt), by the mean validation EM at 0.62·B on CONFIRM_SEEDS
 
 Every sweep trains on seed SWEEP_SEED, the confirmations and ladders on other seeds, none of them
-the flagship's 0..4; every choice is made on the validation split. The winners go to
-runs/tuning/TASK/tuned.json, which `experiments.tuned` copies into the repository.
+the flagship's 0..4; every choice is made on the validation split. The state of each task is kept
+in runs/tuning/TASK/tuned.json; `--export` copies the winners of every tuned task into
+experiments/tuned.json, which the flagship (`experiments.early_stop_recovery`) reads.
+
+    python -m experiments.fair_tuning --export
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import time
 
 import numpy as np
 
-from experiments.early_stop_recovery import ensure_trained, task_config
+from experiments.common import TASKS, ensure_branch, ensure_trained, task_config
 from framework.config import DEFAULT_STOPS, RunConfig
 from framework.integrity import write_atomic
 
@@ -61,18 +67,31 @@ ANYTIME_SPACE = {
 }
 
 
-def plain_config(task: str, budget: int, out_dir: str = "unused") -> RunConfig:
-    """The plain recipe at `budget`: the flagship's task config, nothing kept but the stopping points."""
-    base = task_config(task, out_dir, os.path.join("runs", "tuning", task))
+COOLDOWN_FRACTIONS, COOLDOWN_SHAPES, COOLDOWN_STOP = (0.1, 0.2, 0.3), ("linear", "1-sqrt"), 0.62
+EXPORT_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
+
+
+def plain_config(task: str, budget: int, data_dir: str, out_dir: str = "unused") -> RunConfig:
+    """The plain recipe at `budget`: the flagship's task config, nothing kept but the stopping points.
+    `data_dir`: where the byo task's data file is (written there if missing)."""
+    base = task_config(task, out_dir, data_dir)
     return dataclasses.replace(base, out_dir=out_dir, budget_tokens=budget, stops=DEFAULT_STOPS, every_tokens=None,
                                ema_half_lives=(), swa_start=None, seed=SWEEP_SEED)
 
 
-def anytime_config(task: str, budget: int, out_dir: str = "unused") -> RunConfig:
+def anytime_config(task: str, budget: int, data_dir: str, out_dir: str = "unused") -> RunConfig:
     """The anytime recipe's frame: a constant learning rate after warmup, EMAs at shares of the budget."""
-    base = plain_config(task, budget, out_dir)
+    base = plain_config(task, budget, data_dir, out_dir)
     return dataclasses.replace(base, stops=ANYTIME_STOPS, ema_half_lives=tuple(int(f * budget) for f in EMA_FRACTIONS),
                                optim=dataclasses.replace(base.optim, schedule="constant"))
+
+
+def recipe(task: str, kind: str, budget: int, params: dict, data_dir: str) -> RunConfig:
+    """A tuned recipe ("plain" or "anytime") of `task` at `budget`: its frame with the tuned `params`."""
+    from framework.sweep_space import apply
+
+    frame = {"plain": plain_config, "anytime": anytime_config}[kind]
+    return apply(frame(task, budget, data_dir), params)
 
 
 # == stages ======================================================================================
@@ -166,48 +185,119 @@ def run_task(task: str, stages: list[str], out: str = "runs/tuning", log=print) 
     b0 = task_config(task, "unused", task_dir).budget_tokens
     state["b0"] = b0
     if "plain0" in stages:
-        state["plain0"] = sweep(task_dir, "plain0", plain_config(task, b0), PLAIN_SPACE, "final", log)
+        state["plain0"] = sweep(task_dir, "plain0", plain_config(task, b0, task_dir), PLAIN_SPACE, "final", log)
         save()
     if "ladder0" in stages:
         from framework.sweep_space import apply
 
-        winner = apply(plain_config(task, b0), state["plain0"]["best"]["params"])
+        winner = apply(plain_config(task, b0, task_dir), state["plain0"]["best"]["params"])
         state["ladder0"] = ladder(task_dir, "ladder0", winner, ladder_budgets(b0, 8, 1), LADDER0_SEEDS, log)
         state["budget"] = state["ladder0"]["plateau"] or b0
         save()
     b = state.get("budget")
     if "plain" in stages:  # at today's budget (the plateau is there already), the first sweep is this one
-        state["plain"] = state["plain0"] if b == b0 else sweep(task_dir, "plain", plain_config(task, b), PLAIN_SPACE,
-                                                                "final", log)
+        state["plain"] = state["plain0"] if b == b0 else sweep(task_dir, "plain", plain_config(task, b, task_dir),
+                                                                PLAIN_SPACE, "final", log)
         save()
     if "anytime" in stages:
-        state["anytime"] = sweep(task_dir, "anytime", anytime_config(task, b), ANYTIME_SPACE, "anytime", log)
+        state["anytime"] = sweep(task_dir, "anytime", anytime_config(task, b, task_dir), ANYTIME_SPACE, "anytime",
+                                 log)
         save()
     if "confirm" in stages:
         from framework.sweep_space import apply
 
-        state["confirm_plain"] = confirm(task_dir, "confirm-plain", state["plain"], lambda: plain_config(task, b),
-                                         "final", log)
+        state["confirm_plain"] = confirm(task_dir, "confirm-plain", state["plain"],
+                                         lambda: plain_config(task, b, task_dir), "final", log)
         state["confirm_anytime"] = confirm(task_dir, "confirm-anytime", state["anytime"],
-                                           lambda: anytime_config(task, b), "anytime", log)
-        winner = apply(plain_config(task, b), state["confirm_plain"]["winner"]["params"])
+                                           lambda: anytime_config(task, b, task_dir), "anytime", log)
+        winner = apply(plain_config(task, b, task_dir), state["confirm_plain"]["winner"]["params"])
         state["ladder"] = ladder(task_dir, "ladder", winner, ladder_budgets(b, 2, 2), LADDER_SEEDS, log)
+        save()
+    if "cooldown" in stages:
+        state["cooldown"] = tune_cooldown(task, task_dir, b, state["confirm_anytime"]["winner"]["params"], log)
         save()
     return state
 
 
-STAGES = ("plain0", "ladder0", "plain", "anytime", "confirm")
+def tune_cooldown(task: str, task_dir: str, budget: int, params: dict, log) -> dict:
+    """The anytime winner's cooldown before the stop at COOLDOWN_STOP·B: each share of that stop's tokens
+    and shape, branched from the run so that it ends at the stop, on CONFIRM_SEEDS (validation EM)."""
+    from framework.checkpoints import list_checkpoints
+    from framework.cooldown import cooldown_config
+
+    starts = {c: round(COOLDOWN_STOP * (1 - c), 4) for c in COOLDOWN_FRACTIONS}
+    rows, tokens = {}, 0
+    for seed in CONFIRM_SEEDS:
+        stops = tuple(sorted({*starts.values(), COOLDOWN_STOP, 1.0}))
+        out_dir = os.path.join(task_dir, "cooldown", f"anytime-s{seed}")
+        cfg = dataclasses.replace(recipe(task, "anytime", budget, params, task_dir), seed=seed, stops=stops,
+                                  train_until=COOLDOWN_STOP, out_dir=out_dir)
+        ensure_trained(cfg, log)
+        ckpts = list_checkpoints(cfg.out_dir)
+        tokens += ckpts[-1]["tokens"]
+        for c, shape in [(c, s) for c in COOLDOWN_FRACTIONS for s in COOLDOWN_SHAPES]:
+            src = next(x for x in ckpts if any(abs(f - starts[c]) < 1e-9 for f in x.get("fractions", [x["fraction"]])))
+            branch = cooldown_config(cfg.out_dir, str(starts[c]), str(round(COOLDOWN_STOP * budget) - src["tokens"]),
+                                     f"{cfg.out_dir}-cool{c}-{shape}", shape=shape, step=src["step"])
+            ensure_branch(branch, log)
+            end = list_checkpoints(branch.out_dir)[-1]
+            tokens += end["tokens"] - src["tokens"]
+            rows.setdefault(f"{c}/{shape}", []).append(end["val_em"])
+    table = [{"fraction": float(k.split("/")[0]), "shape": k.split("/")[1], "val_em": v, "mean": float(np.mean(v))}
+             for k, v in rows.items()]
+    best = max(table, key=lambda r: r["mean"])  # the first of equals: the shortest, linear
+    for r in table:
+        log(f"  cooldown {r['fraction']} {r['shape']}: val EM {r['mean']:.3f} at {COOLDOWN_STOP} B")
+    return {"rows": table, "fraction": best["fraction"], "shape": best["shape"], "tokens": tokens}
+
+
+def export(out: str = "runs/tuning", path: str = EXPORT_FILE) -> dict:
+    """The winners of every fully tuned task (budget, both recipes, the cooldown, what tuning cost) into `path`."""
+    exported = {}
+    for task in TASKS:
+        state_path = os.path.join(out, task, "tuned.json")
+        if not os.path.isfile(state_path):
+            continue
+        with open(state_path) as f:
+            s = json.load(f)
+        if "cooldown" not in s:
+            print(f"{task}: not tuned to the end yet (no cooldown stage); left out")
+            continue
+        sweeps = {k: {"trials": s[k]["trials"], "tokens": s[k]["total_tokens"], "wall_s": s[k]["wall_s"],
+                      "best_sweep_objective": s[k]["best"]["objective"]}
+                  for k in ("plain0", "plain", "anytime") if k in s}
+        exported[task] = {
+            "b0": s["b0"], "budget": s["budget"],
+            "plain": s["confirm_plain"]["winner"]["params"], "anytime": s["confirm_anytime"]["winner"]["params"],
+            "cooldown": {"fraction": s["cooldown"]["fraction"], "shape": s["cooldown"]["shape"]},
+            "validation": {"plain": s["confirm_plain"]["winner"]["mean"],
+                           "anytime": s["confirm_anytime"]["winner"]["mean"], "ladder0": s["ladder0"]["rows"],
+                           "ladder": s["ladder"]["rows"], "cooldown": s["cooldown"]["rows"]},
+            "tokens": {**{k: v["tokens"] for k, v in sweeps.items()}, "ladder0": s["ladder0"]["tokens"],
+                       "ladder": s["ladder"]["tokens"], "confirm_plain": s["confirm_plain"]["tokens"],
+                       "confirm_anytime": s["confirm_anytime"]["tokens"], "cooldown": s["cooldown"]["tokens"]},
+            "sweeps": sweeps,
+        }
+    write_atomic(path, json.dumps(exported, indent=1, sort_keys=True) + "\n")
+    return exported
+
+
+STAGES = ("plain0", "ladder0", "plain", "anytime", "confirm", "cooldown")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", required=True, help="addition|multihop|byo")
+    p.add_argument("--task", help="addition|multihop|byo")
+    p.add_argument("--export", action="store_true", help=f"copy every tuned task's winners into {EXPORT_FILE}")
     p.add_argument("--stage", default="all", help=f"{'|'.join(STAGES)}|all, or a comma-separated list")
     p.add_argument("--out", default="runs/tuning")
     args = p.parse_args(argv)
+    if args.export:
+        print(f"wrote {EXPORT_FILE}: {', '.join(export(args.out)) or 'no task is tuned yet'}")
+        return
     stages = list(STAGES) if args.stage == "all" else args.stage.split(",")
     unknown = sorted(set(stages) - set(STAGES))
-    if unknown or args.task not in ("addition", "multihop", "byo"):
+    if unknown or args.task not in TASKS:
         raise SystemExit(f"unknown stage(s) {unknown} or task {args.task!r}; stages: {', '.join(STAGES)}")
     t0 = time.perf_counter()
     run_task(args.task, stages, args.out, log=lambda line: print(f"[{args.task}] {line}", flush=True))
