@@ -40,10 +40,10 @@ from experiments.common import TASKS, ensure_branch, ensure_trained, task_config
 from framework.config import DEFAULT_STOPS, RunConfig
 from framework.integrity import write_atomic
 
-TRIALS = 24  # per sweep; the plain and the anytime sweeps at B get the same number
+TRIALS = 16  # per sweep; the plain and the anytime sweeps at B get the same number
 SWEEP_SEED, LADDER_SEEDS, CONFIRM_SEEDS = 100, (101, 102, 103), (101, 102, 103)
 LADDER0_SEEDS = (101, 102)  # the first, wide ladder only locates the plateau; the one around B has 3 seeds
-CONFIRM = 3  # top trials of each sweep retrained on CONFIRM_SEEDS
+CONFIRM = 2  # top trials of each sweep retrained on CONFIRM_SEEDS
 PLATEAU_STEP, PLATEAU_GAIN = 1.25, 0.005  # 25% more tokens, half a validation point
 ANYTIME_STOPS = (0.38, 0.5, 0.62, 0.75, 0.88, 1.0)  # where the anytime objective looks
 EMA_FRACTIONS = (0.0125, 0.025, 0.05, 0.1)  # the anytime recipe's EMAs, as shares of the budget
