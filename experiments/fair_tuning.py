@@ -17,6 +17,7 @@ Stages, per task, in runs/tuning/TASK (each reuses what is finished):
             the plain winner's plateau checked again around B
   cooldown  the anytime winner's cooldown before a known stop: its share of the stop's tokens and
             its shape (linear or 1-sqrt), by the mean validation EM at 0.62·B on CONFIRM_SEEDS
+  ablate    each lever the anytime winner uses, turned off on CONFIRM_SEEDS: does it pay?
 
 Every sweep trains on seed SWEEP_SEED, the confirmations and ladders on other seeds, none of them
 the flagship's 0..4; every choice is made on the validation split. The state of each task is kept
@@ -68,6 +69,7 @@ ANYTIME_SPACE = {
 
 
 COOLDOWN_FRACTIONS, COOLDOWN_SHAPES, COOLDOWN_STOP = (0.1, 0.2, 0.3), ("linear", "1-sqrt"), 0.62
+LEVERS_OFF = {"optim.optimizer": "adamw", "optim.grokfast_lambda": 0.0, "batch_warmup": 0.0, "optim.b2_batch": None}
 EXPORT_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
 
 
@@ -216,7 +218,34 @@ def run_task(task: str, stages: list[str], out: str = "runs/tuning", log=print) 
     if "cooldown" in stages:
         state["cooldown"] = tune_cooldown(task, task_dir, b, state["confirm_anytime"]["winner"]["params"], log)
         save()
+    if "ablate" in stages:
+        state["ablate"] = ablate(task, task_dir, b, state["confirm_anytime"]["winner"], log)
+        save()
     return state
+
+
+def ablate(task: str, task_dir: str, budget: int, winner: dict, log) -> dict:
+    """Each lever of LEVERS_OFF that the anytime winner uses, turned off, on CONFIRM_SEEDS: the mean
+    anytime objective (validation) against the winner's own on the same seeds."""
+    from framework.sweep_report import objective_value, read_evals
+
+    rows, tokens = [], 0
+    for field, off in LEVERS_OFF.items():
+        if winner["params"].get(field, off) == off:
+            continue
+        params, values = {**winner["params"], field: off}, []
+        for seed in CONFIRM_SEEDS:
+            cfg = dataclasses.replace(recipe(task, "anytime", budget, params, task_dir), seed=seed,
+                                      out_dir=os.path.join(task_dir, "ablate", f"{field}-off-s{seed}"))
+            ensure_trained(cfg, log)
+            evals = read_evals(cfg.out_dir)
+            values.append(objective_value(evals, "anytime"))
+            tokens += max(e["tokens"] for e in evals)
+        diffs = [w - v for w, v in zip(winner["values"], values, strict=True)]
+        rows.append({"lever": field, "on": winner["params"][field], "off": off, "values_off": values,
+                     "gain": float(np.mean(diffs)), "gain_per_seed": diffs})
+        log(f"  ablate {field}: {winner['params'][field]} -> {off}: the winner gains {np.mean(diffs):+.3f}")
+    return {"rows": rows, "tokens": tokens}
 
 
 def tune_cooldown(task: str, task_dir: str, budget: int, params: dict, log) -> dict:
@@ -277,12 +306,15 @@ def export(out: str = "runs/tuning", path: str = EXPORT_FILE) -> dict:
                        "ladder": s["ladder"]["tokens"], "confirm_plain": s["confirm_plain"]["tokens"],
                        "confirm_anytime": s["confirm_anytime"]["tokens"], "cooldown": s["cooldown"]["tokens"]},
             "sweeps": sweeps,
+            "ablate": s.get("ablate", {}).get("rows"),
         }
+        if "ablate" in s:
+            exported[task]["tokens"]["ablate"] = s["ablate"]["tokens"]
     write_atomic(path, json.dumps(exported, indent=1, sort_keys=True) + "\n")
     return exported
 
 
-STAGES = ("plain0", "ladder0", "plain", "anytime", "confirm", "cooldown")
+STAGES = ("plain0", "ladder0", "plain", "anytime", "confirm", "cooldown", "ablate")
 
 
 def main(argv=None) -> None:
