@@ -30,14 +30,18 @@ experiments/tuned.json, which the flagship (`experiments.early_stop_recovery`) r
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import multiprocessing
 import os
+import sys
 import time
 
 import numpy as np
 
-from experiments.common import TASKS, ensure_branch, ensure_trained, task_config
+from experiments.common import TASKS, PrefixedLines, ensure_branch, ensure_trained, task_config
 from framework.config import DEFAULT_STOPS, RunConfig
 from framework.integrity import write_atomic
 
@@ -96,16 +100,67 @@ def recipe(task: str, kind: str, budget: int, params: dict, data_dir: str) -> Ru
     return apply(frame(task, budget, data_dir), params)
 
 
+# == running several at a time =================================================================
+
+JOBS = [1]  # processes side by side (--jobs); on 2 cores two did ~1.25x the work of one
+WORKER_DELAY_S = 30
+
+
+def _pool(workers: int):
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: jax must not be forked
+    return concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx)
+
+
+def _in_worker(label: str, work, *args):
+    """`work(*args, log=...)` in a worker process, every line it prints prefixed with `label`."""
+    stream = PrefixedLines(f"[{label}] ", sys.stdout)
+    with contextlib.redirect_stdout(stream):
+        try:
+            return work(*args, log=print)
+        finally:
+            stream.flush()
+
+
+def _train(cfg: RunConfig, branch: bool, log=print) -> None:
+    (ensure_branch if branch else ensure_trained)(cfg, log)
+
+
+def train_all(cfgs: list[RunConfig], log, branch: bool = False) -> None:
+    """Train every run of `cfgs` that is not done (cooldown branches with `branch`), JOBS at a time."""
+    if JOBS[0] == 1:
+        for cfg in cfgs:
+            _train(cfg, branch, log)
+        return
+    with _pool(JOBS[0]) as pool:
+        futures = [pool.submit(_in_worker, os.path.basename(cfg.out_dir), _train, cfg, branch) for cfg in cfgs]
+        for f in concurrent.futures.as_completed(futures):
+            f.result()  # a failed run stops the stage here, with its traceback
+
+
 # == stages ======================================================================================
 
 
-def sweep(task_dir: str, name: str, base: RunConfig, space: dict, objective: str, log) -> dict:
+def _run_sweep(base: RunConfig, space: dict, out: str, objective: str, worker: int, log=print) -> dict:
+    """One worker of a stage's sweep; workers share the study, each with its own sampler seed."""
     from framework.sweep import run_sweep
 
+    if worker:
+        time.sleep(WORKER_DELAY_S)  # the first worker has started the base config (trial 0) by then
+    return run_sweep(base, space, out, trials=TRIALS, objective=objective, sampler="tpe", pruner="sha",
+                     seeds=(SWEEP_SEED,), min_resource=0.38, sampler_seed=worker, log=log)
+
+
+def sweep(task_dir: str, name: str, base: RunConfig, space: dict, objective: str, log) -> dict:
     t = time.perf_counter()
     out = os.path.join(task_dir, name)
-    summary = run_sweep(base, space, out, trials=TRIALS, objective=objective, sampler="tpe", pruner="sha",
-                        seeds=(SWEEP_SEED,), min_resource=0.38, log=log)
+    with _pool(JOBS[0] - 1) as pool:  # the other workers in processes of their own, this one here
+        others = [pool.submit(_in_worker, f"{name} worker {k}", _run_sweep, base, space, out, objective, k)
+                  for k in range(1, JOBS[0])]
+        summary = _run_sweep(base, space, out, objective, 0, log)
+        for f in others:
+            f.result()
+    if others:  # the summary again, now that every worker's trials are in the study
+        summary = _run_sweep(base, space, out, objective, 0, log)
     with open(os.path.join(out, "results.json")) as f:
         trials = [{k: t[k] for k in ("number", "state", "params", "objective", "tokens_trained")}
                   for t in json.load(f)["trials"]]
@@ -123,13 +178,15 @@ def final_val_em(cfg: RunConfig, log) -> tuple[float, int]:
 
 def ladder(task_dir: str, name: str, winner: RunConfig, budgets: list[int], seeds, log) -> dict:
     """The winner's final validation EM at each budget, over `seeds`, and the plateau."""
+    cfgs = {(b, seed): dataclasses.replace(winner, budget_tokens=b, seed=seed, stops=(1.0,), every_tokens=None,
+                                           out_dir=os.path.join(task_dir, name, f"b{b}-s{seed}"))
+            for b in budgets for seed in seeds}
+    train_all(list(cfgs.values()), log)
     rows, tokens = [], 0
     for b in budgets:
         ems = []
         for seed in seeds:
-            cfg = dataclasses.replace(winner, budget_tokens=b, seed=seed, stops=(1.0,), every_tokens=None,
-                                      out_dir=os.path.join(task_dir, name, f"b{b}-s{seed}"))
-            em, used = final_val_em(cfg, log)
+            em, used = final_val_em(cfgs[b, seed], log)
             ems.append(em)
             tokens += used
         rows.append({"budget": b, "val_em": ems, "mean": float(np.mean(ems))})
@@ -158,13 +215,16 @@ def confirm(task_dir: str, name: str, summary: dict, make, objective: str, log) 
 
     done = [t for t in summary["trial_list"] if t["state"] == "COMPLETE" and t["objective"] is not None]
     top = sorted(done, key=lambda t: -t["objective"])[:CONFIRM]
+    cfgs = {(t["number"], seed): dataclasses.replace(
+                apply(make(), t["params"]), seed=seed,
+                out_dir=os.path.join(task_dir, name, f"trial{t['number']}-s{seed}"))
+            for t in top for seed in CONFIRM_SEEDS}
+    train_all(list(cfgs.values()), log)
     rows, tokens = [], 0
     for t in top:
         values = []
         for seed in CONFIRM_SEEDS:
-            cfg = dataclasses.replace(apply(make(), t["params"]), seed=seed,
-                                      out_dir=os.path.join(task_dir, name, f"trial{t['number']}-s{seed}"))
-            ensure_trained(cfg, log)
+            cfg = cfgs[t["number"], seed]
             evals = read_evals(cfg.out_dir)
             values.append(objective_value(evals, objective))
             tokens += max(e["tokens"] for e in evals)
@@ -229,15 +289,17 @@ def ablate(task: str, task_dir: str, budget: int, winner: dict, log) -> dict:
     anytime objective (validation) against the winner's own on the same seeds."""
     from framework.sweep_report import objective_value, read_evals
 
+    levers = [(field, off) for field, off in LEVERS_OFF.items() if winner["params"].get(field, off) != off]
+    cfgs = {(field, seed): dataclasses.replace(
+                recipe(task, "anytime", budget, {**winner["params"], field: off}, task_dir), seed=seed,
+                out_dir=os.path.join(task_dir, "ablate", f"{field}-off-s{seed}"))
+            for field, off in levers for seed in CONFIRM_SEEDS}
+    train_all(list(cfgs.values()), log)
     rows, tokens = [], 0
-    for field, off in LEVERS_OFF.items():
-        if winner["params"].get(field, off) == off:
-            continue
-        params, values = {**winner["params"], field: off}, []
+    for field, off in levers:
+        values = []
         for seed in CONFIRM_SEEDS:
-            cfg = dataclasses.replace(recipe(task, "anytime", budget, params, task_dir), seed=seed,
-                                      out_dir=os.path.join(task_dir, "ablate", f"{field}-off-s{seed}"))
-            ensure_trained(cfg, log)
+            cfg = cfgs[field, seed]
             evals = read_evals(cfg.out_dir)
             values.append(objective_value(evals, "anytime"))
             tokens += max(e["tokens"] for e in evals)
@@ -255,20 +317,26 @@ def tune_cooldown(task: str, task_dir: str, budget: int, params: dict, log) -> d
     from framework.cooldown import cooldown_config
 
     starts = {c: round(COOLDOWN_STOP * (1 - c), 4) for c in COOLDOWN_FRACTIONS}
-    rows, tokens = {}, 0
-    for seed in CONFIRM_SEEDS:
-        stops = tuple(sorted({*starts.values(), COOLDOWN_STOP, 1.0}))
-        out_dir = os.path.join(task_dir, "cooldown", f"anytime-s{seed}")
-        cfg = dataclasses.replace(recipe(task, "anytime", budget, params, task_dir), seed=seed, stops=stops,
-                                  train_until=COOLDOWN_STOP, out_dir=out_dir)
-        ensure_trained(cfg, log)
+    stops = tuple(sorted({*starts.values(), COOLDOWN_STOP, 1.0}))
+    trunks = [dataclasses.replace(recipe(task, "anytime", budget, params, task_dir), seed=seed, stops=stops,
+                                  train_until=COOLDOWN_STOP,
+                                  out_dir=os.path.join(task_dir, "cooldown", f"anytime-s{seed}"))
+              for seed in CONFIRM_SEEDS]
+    train_all(trunks, log)
+    branches = {}
+    for cfg in trunks:
         ckpts = list_checkpoints(cfg.out_dir)
-        tokens += ckpts[-1]["tokens"]
         for c, shape in [(c, s) for c in COOLDOWN_FRACTIONS for s in COOLDOWN_SHAPES]:
             src = next(x for x in ckpts if any(abs(f - starts[c]) < 1e-9 for f in x.get("fractions", [x["fraction"]])))
-            branch = cooldown_config(cfg.out_dir, str(starts[c]), str(round(COOLDOWN_STOP * budget) - src["tokens"]),
-                                     f"{cfg.out_dir}-cool{c}-{shape}", shape=shape, step=src["step"])
-            ensure_branch(branch, log)
+            branches[cfg.out_dir, c, shape] = src, cooldown_config(
+                cfg.out_dir, str(starts[c]), str(round(COOLDOWN_STOP * budget) - src["tokens"]),
+                f"{cfg.out_dir}-cool{c}-{shape}", shape=shape, step=src["step"])
+    train_all([b for _, b in branches.values()], log, branch=True)
+    rows, tokens = {}, 0
+    for cfg in trunks:
+        tokens += list_checkpoints(cfg.out_dir)[-1]["tokens"]
+        for c, shape in [(c, s) for c in COOLDOWN_FRACTIONS for s in COOLDOWN_SHAPES]:
+            src, branch = branches[cfg.out_dir, c, shape]
             end = list_checkpoints(branch.out_dir)[-1]
             tokens += end["tokens"] - src["tokens"]
             rows.setdefault(f"{c}/{shape}", []).append(end["val_em"])
@@ -323,7 +391,12 @@ def main(argv=None) -> None:
     p.add_argument("--export", action="store_true", help=f"copy every tuned task's winners into {EXPORT_FILE}")
     p.add_argument("--stage", default="all", help=f"{'|'.join(STAGES)}|all, or a comma-separated list")
     p.add_argument("--out", default="runs/tuning")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes side by side: sweep workers sharing each study, runs of the other stages")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: give 1 or more")
+    JOBS[0] = args.jobs
     if args.export:
         print(f"wrote {EXPORT_FILE}: {', '.join(export(args.out)) or 'no task is tuned yet'}")
         return

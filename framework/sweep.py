@@ -16,6 +16,9 @@ The study lives in SQLite (`SWEEP/optuna.db`), so a rerun continues it: `--trial
 of finished (complete + pruned) trials wanted. With `--storage URL` (any RDB URL) several machines
 share one study; each writes run directories under its own SWEEP directory (or one on a shared
 filesystem), and every trial's curve is kept in the study, so any worker writes the full results.
+Workers count each other's running trials, so together they run `--trials` trials, and each waits
+for the others before writing the summary; give each its own `--sampler-seed`, or two of them
+draw the same first points.
 Every token trained is counted per trial (pruned and failed ones included, reused ones as zero),
 and the total is reported beside the tokens the winner saves per run.
 """
@@ -30,6 +33,7 @@ import math
 import os
 import re
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -180,6 +184,29 @@ def _fail_dead_trials(study, log) -> None:
         study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
         log(f"trial {t.number} was left running by process {t.user_attrs.get('pid')}, which is gone: "
             "marked failed, its point queued again (its run directory resumes)")
+
+
+def _claimed(study) -> int:
+    """Finished trials, plus those another live worker of the study is running: what will count.
+    With one worker this is the finished ones; with several, none of them starts a trial too many."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
+
+
+def _wait_for_others(study, log, poll_s: float = 10.0) -> None:
+    """Wait while other workers still run trials of the study, so that the summary holds them all.
+    A worker that died leaves its trial RUNNING: on this host it is failed (and requeued), elsewhere
+    the wait is the user's to stop."""
+    from optuna.trial import TrialState
+
+    said = False
+    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        _fail_dead_trials(study, log)
+        if not said:
+            log(f"waiting for {len(running)} trial(s) other workers are running")
+            said = True
+        time.sleep(poll_s)
 
 
 def _newest(run_dir: str) -> dict:
@@ -419,10 +446,17 @@ def run_sweep(base_cfg: RunConfig, space: Space, out_dir: str, *, trials: int | 
                                            for t in st.get_trials(deepcopy=False)):
             st.enqueue_trial(sw.base_point)  # trial 0: the base config itself (the grid holds it already)
         objective_fn = _objective(st, sw, trials)
-        while (done := len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))) < trials:
+
+        def after_trial(study, _):
+            _write(study, sw)
+            if _claimed(study) >= trials:  # other workers' running trials will finish the count
+                study.stop()
+
+        while (claimed := _claimed(st)) < trials:
             # Failed points do not count: optimize again until enough trials finished. The grid
             # sampler stops the study once every grid point was tried; then the loop asks again.
-            st.optimize(objective_fn, n_trials=trials - done, callbacks=[lambda study, _: _write(study, sw)])
+            st.optimize(objective_fn, n_trials=trials - claimed, callbacks=[after_trial])
+            _wait_for_others(st, log)  # a worker that died meanwhile leaves a trial to do here
         if is_grid and sw.base_point is not None and not any(
                 t.params == sw.base_point and t.state == TrialState.COMPLETE for t in st.get_trials(deepcopy=False)):
             _reference(st, sw, f"the {trials} grid points tried left out the base config's")
