@@ -194,7 +194,10 @@ def _claimed(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
 
 
-def _wait_for_others(study, log, poll_s: float = 10.0) -> None:
+WAIT_POLL_S = 10.0  # how often a worker that is done looks whether the others are
+
+
+def _wait_for_others(study, log) -> None:
     """Wait while other workers still run trials of the study, so that the summary holds them all.
     A worker that died leaves its trial RUNNING: on this host it is failed (and requeued), elsewhere
     the wait is the user's to stop."""
@@ -206,7 +209,7 @@ def _wait_for_others(study, log, poll_s: float = 10.0) -> None:
         if not said:
             log(f"waiting for {len(running)} trial(s) other workers are running")
             said = True
-        time.sleep(poll_s)
+        time.sleep(WAIT_POLL_S)
 
 
 def _newest(run_dir: str) -> dict:

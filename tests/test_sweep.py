@@ -380,3 +380,42 @@ def test_the_cli_names_each_bad_flag(tmp_path, capsys, argv, names):
     assert err.startswith("recoup: error:") and err.count("\n") == 1
     for name in names:
         assert name in err
+
+
+def test_workers_sharing_a_study_count_each_others_running_trials_and_wait_for_them(tmp_path, monkeypatch):
+    import threading
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    import framework.sweep as sweep
+
+    monkeypatch.setattr(sweep, "WAIT_POLL_S", 0.05)
+    out, space, base = str(tmp_path / "shared"), {"optim.peak_lr": LRS}, base_config()
+    run_sweep(base, space, out, trials=1, sampler="random", log=quiet)  # trial 0: the base config
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out}/optuna.db")
+    done = study.trials[0]
+    # Another worker, alive (this very process), is running a point of the study.
+    other = study.ask({"optim.peak_lr": CategoricalDistribution([3e-3, 1e-2, 3e-2])})
+    for key, value in (("host", socket.gethostname()), ("pid", os.getpid()), ("run_dirs", []), ("tokens", 0),
+                       ("evals", done.user_attrs["evals"]), ("base", False)):
+        other.set_user_attr(key, value)
+
+    lines = []
+
+    def the_other_worker_finishes():  # once this worker waits for it (or a minute passed: then the test fails)
+        for _ in range(1200):
+            if any(line.startswith("waiting") for line in lines):
+                break
+            threading.Event().wait(0.05)
+        study.tell(other.number, 0.5)
+
+    thread = threading.Thread(target=the_other_worker_finishes)
+    thread.start()
+    run_sweep(base, space, out, trials=3, sampler="random", sampler_seed=1, log=lines.append)
+    thread.join()
+    trials = json.load(open(os.path.join(out, "results.json")))["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 3  # one of its own, not two: the other's counted
+    assert sum(line.startswith("trial 2 ") and "training" in line for line in lines) == 1
+    assert not any(line.startswith("trial 3 ") for line in lines)
+    assert "waiting for 1 trial(s) other workers are running" in lines and trials[1]["objective"] == 0.5
