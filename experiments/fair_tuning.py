@@ -75,6 +75,7 @@ ANYTIME_SPACE = {
 COOLDOWN_FRACTIONS, COOLDOWN_SHAPES, COOLDOWN_STOP = (0.1, 0.2, 0.3), ("linear", "1-sqrt"), 0.62
 LEVERS_OFF = {"optim.optimizer": "adamw", "optim.grokfast_lambda": 0.0, "batch_warmup": 0.0, "optim.b2_batch": None}
 EXPORT_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
+RESULTS_FILE = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "results.md")
 
 
 def plain_config(task: str, budget: int, data_dir: str, out_dir: str = "unused") -> RunConfig:
@@ -348,8 +349,9 @@ def tune_cooldown(task: str, task_dir: str, budget: int, params: dict, log) -> d
     return {"rows": table, "fraction": best["fraction"], "shape": best["shape"], "tokens": tokens}
 
 
-def export(out: str = "runs/tuning", path: str = EXPORT_FILE) -> dict:
-    """The winners of every fully tuned task (budget, both recipes, the cooldown, what tuning cost) into `path`."""
+def export(out: str = "runs/tuning", path: str = EXPORT_FILE, results_path: str | None = None) -> dict:
+    """The winners of every fully tuned task (budget, both recipes, the cooldown, what tuning cost) into
+    `path`, and (if given) their report into the "Fair tuning" section of `results_path`."""
     exported = {}
     for task in TASKS:
         state_path = os.path.join(out, task, "tuned.json")
@@ -361,8 +363,9 @@ def export(out: str = "runs/tuning", path: str = EXPORT_FILE) -> dict:
             print(f"{task}: not tuned to the end yet (no cooldown stage); left out")
             continue
         sweeps = {k: {"trials": s[k]["trials"], "tokens": s[k]["total_tokens"], "wall_s": s[k]["wall_s"],
-                      "best_sweep_objective": s[k]["best"]["objective"]}
-                  for k in ("plain0", "plain", "anytime") if k in s}
+                      "best_sweep_objective": s[k]["best"]["objective"],
+                      "base_objective": (s[k].get("base") or {}).get("objective")}
+                  for k in ("plain0", "plain", "anytime") if k in s and not (k == "plain" and s["budget"] == s["b0"])}
         exported[task] = {
             "b0": s["b0"], "budget": s["budget"],
             "plain": s["confirm_plain"]["winner"]["params"], "anytime": s["confirm_anytime"]["winner"]["params"],
@@ -379,6 +382,10 @@ def export(out: str = "runs/tuning", path: str = EXPORT_FILE) -> dict:
         if "ablate" in s:
             exported[task]["tokens"]["ablate"] = s["ablate"]["tokens"]
     write_atomic(path, json.dumps(exported, indent=1, sort_keys=True) + "\n")
+    if results_path:
+        from experiments.tuning_report import write_section
+
+        write_section(exported, results_path)
     return exported
 
 
@@ -398,7 +405,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"--jobs {args.jobs}: give 1 or more")
     JOBS[0] = args.jobs
     if args.export:
-        print(f"wrote {EXPORT_FILE}: {', '.join(export(args.out)) or 'no task is tuned yet'}")
+        tasks = export(args.out, results_path=RESULTS_FILE)
+        print(f"wrote {EXPORT_FILE} and the Fair tuning section of {RESULTS_FILE}: {', '.join(tasks) or 'no task'}")
         return
     stages = list(STAGES) if args.stage == "all" else args.stage.split(",")
     unknown = sorted(set(stages) - set(STAGES))
