@@ -154,6 +154,9 @@ _D, _O, _R = DataConfig(), OptimConfig(), RunConfig(out_dir="", budget_tokens=1)
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model, checkpointing at token-budget stopping points")
     p.add_argument("--config", help="experiment config: a .py file or module with get_config()")
+    p.add_argument("--recipe", help="start from a tuned recipe: plain (cosine planned for the budget, the final "
+                                    "checkpoint) | anytime (recoup's, for runs that may stop anywhere: constant "
+                                    "learning rate, EMAs); flags beside it override (framework.recipes)")
     g = p.add_argument_group("data (one of --task / --data)")
     g.add_argument("--task", help=f"built-in task: {'|'.join(TASKS)}")
     g.add_argument("--data", help="a local .jsonl/.csv/.parquet file or a save_to_disk directory")
@@ -298,6 +301,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         sections["run"]["preset"] = args.preset
     if "data" in given:  # a file replaces the default built-in task
         sections["data"]["task"] = None
+    if args.recipe is not None:  # over --config and a resumed run's settings, under every flag given
+        _apply_recipe(sections, args.recipe, given)
     for flag, value in given.items():
         section, field, parse = _TRAIN_FLAGS[flag]
         try:
@@ -318,6 +323,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
     cfg.validate()
     return cfg
+
+
+def _apply_recipe(sections: dict, name: str, given: dict) -> None:
+    """Set the fields of recipe `name` (framework.recipes) in `sections`; it needs the budget first."""
+    from framework.recipes import settings
+
+    budget = sections["run"].get("budget_tokens")
+    if "budget_tokens" in given:
+        budget = parse_tokens(given["budget_tokens"], "budget_tokens")
+    if budget is None:
+        raise ConfigError("budget-tokens", "required with --recipe (its averages are shares of the budget)")
+    for field, value in settings(name, budget).items():
+        section, _, key = field.rpartition(".")
+        sections[section or "run"][key] = value
 
 
 def _cmd_train(args) -> int:

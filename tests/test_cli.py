@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from framework.cli import main
+from framework.cli import build_parser, config_from_args, main
 
 TINY = ["--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "2000",
         "--val-size", "50", "--test-size", "60", "--batch-size", "32", "--no-progress"]
@@ -167,3 +167,29 @@ def test_a_corrupt_config_json_is_a_clear_error(tmp_path, capsys):
     _write(tmp_path / "broken" / "config.json", "{not json")
     assert main(["eval", str(tmp_path / "broken")]) == 2
     assert "not a valid recoup config" in capsys.readouterr().err
+
+
+def test_a_recipe_sets_its_fields_and_flags_beside_it_override(tmp_path):
+    from framework.recipes import RECIPES, settings
+
+    args = build_parser().parse_args(["train", "--recipe", "anytime", "--budget-tokens", "400k", "--lr", "0.0123",
+                                      "--out", str(tmp_path / "a")])
+    cfg = config_from_args(args)
+    want = settings("anytime", 400_000)
+    assert cfg.optim.schedule == want["optim.schedule"] == "constant"
+    assert cfg.ema_half_lives == want["ema_half_lives"] and all(h < 400_000 for h in cfg.ema_half_lives)
+    assert cfg.batch_size == want["batch_size"] and cfg.optim.peak_lr == 0.0123  # the flag wins
+    plain = config_from_args(build_parser().parse_args(["train", "--recipe", "plain", "--budget-tokens", "400k",
+                                                        "--out", str(tmp_path / "b")]))
+    assert plain.optim.schedule == "cosine" and plain.ema_half_lives == ()
+    assert set(RECIPES) == {"plain", "anytime"}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--recipe", "fast", "--budget-tokens", "1M"], "unknown recipe 'fast' (allowed: plain, anytime)"),
+    (["--recipe", "anytime"], "budget-tokens"),
+])
+def test_a_bad_recipe_is_named(argv, expected, tmp_path, capsys):
+    assert main(["train", *argv, "--out", str(tmp_path / "x")]) == 2
+    assert expected in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")
