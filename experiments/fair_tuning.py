@@ -75,7 +75,7 @@ ANYTIME_SPACE = {
 COOLDOWN_FRACTIONS, COOLDOWN_SHAPES, COOLDOWN_STOP = (0.1, 0.2, 0.3), ("linear", "1-sqrt"), 0.62
 LEVERS_OFF = {"optim.optimizer": "adamw", "optim.grokfast_lambda": 0.0, "batch_warmup": 0.0, "optim.b2_batch": None}
 EXPORT_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
-RESULTS_FILE = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "results.md")
+RESULTS_FILE = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir, "docs", "results.md"))
 
 
 def plain_config(task: str, budget: int, data_dir: str, out_dir: str = "unused") -> RunConfig:

@@ -193,3 +193,18 @@ def test_a_bad_recipe_is_named(argv, expected, tmp_path, capsys):
     assert main(["train", *argv, "--out", str(tmp_path / "x")]) == 2
     assert expected in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_the_recipes_are_the_tuned_winners_on_addition():
+    """framework/recipes.py holds copies of what experiments.fair_tuning chose on addition (the
+    framework cannot import experiments): they must not drift from experiments/tuned.json."""
+    import json
+
+    from framework.recipes import settings
+
+    tuned = json.load(open(os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "tuned.json")))["addition"]
+    for kind in ("plain", "anytime"):
+        got = settings(kind, tuned["budget"])
+        for field, value in tuned[kind].items():  # learning rates to 3 digits
+            assert got[field] == (pytest.approx(value, rel=5e-3) if isinstance(value, float) else value), field
+    assert settings("anytime", tuned["budget"])["optim.schedule"] == "constant"
