@@ -24,7 +24,20 @@ def _k(tokens: float) -> str:
 
 
 def _params(p: dict) -> str:
-    return ", ".join(f"`{k.removeprefix('optim.')}={v}`" for k, v in sorted(p.items()))
+    return ", ".join(f"`{k.removeprefix('optim.')}={v:.3g}`" if isinstance(v, float) else
+                     f"`{k.removeprefix('optim.')}={v}`" for k, v in sorted(p.items()))
+
+
+def _ladder(rows: list[dict], budget: int, b0: int) -> list[str]:
+    lines = ["| budget | val EM (mean) | per seed | gain from the budget below |", "|---|---|---|---|"]
+    prev = None
+    for r in rows:
+        gain = "" if prev is None else f"{100 * (r['mean'] - prev):+.1f} pts"
+        mark = " **(B)**" if r["budget"] == budget else (" (B0)" if r["budget"] == b0 else "")
+        lines.append(f"| {_k(r['budget'])}{mark} | {r['mean']:.3f} | {', '.join(f'{e:.3f}' for e in r['val_em'])} "
+                     f"| {gain} |")
+        prev = r["mean"]
+    return lines
 
 
 def task_section(task: str, t: dict) -> list[str]:
@@ -34,14 +47,9 @@ def task_section(task: str, t: dict) -> list[str]:
              f"Tuning trained {_k(total)} tokens in all ({total / t['budget']:.0f}x the new budget B).", "",
              "**Budget ladder** (the plain winner of the first sweep; final validation EM, mean of the seeds; "
              "B is the smallest budget from which every 25% more tokens adds < 0.5 points):", "",
-             "| budget | val EM (mean) | per seed | gain from the budget below |", "|---|---|---|---|"]
-    prev = None
-    for r in v["ladder0"]:
-        gain = "" if prev is None else f"{100 * (r['mean'] - prev):+.1f} pts"
-        mark = " **(B)**" if r["budget"] == t["budget"] else (" (B0)" if r["budget"] == t["b0"] else "")
-        lines.append(f"| {_k(r['budget'])}{mark} | {r['mean']:.3f} | {', '.join(f'{e:.3f}' for e in r['val_em'])} "
-                     f"| {gain} |")
-        prev = r["mean"]
+             *_ladder(v["ladder0"], t["budget"], t["b0"]), "",
+             "**Confirmation ladder** (the final plain winner, around B, on seeds 101-103):", "",
+             *_ladder(v["ladder"], t["budget"], t["b0"])]
     lines += ["", "**Sweeps** (`recoup sweep`, TPE, successive halving at the stops; the same trials for both "
               "recipes at B):", "", "| sweep | trials (complete / pruned / failed) | tokens trained | wall time "
               "| base config (val) | best trial (val) |", "|---|---|---|---|---|---|"]
@@ -52,9 +60,9 @@ def task_section(task: str, t: dict) -> list[str]:
                      f"| {_k(s['tokens'])} | {s['wall_s'] / 60:.0f} min | {base} | {s['best_sweep_objective']:.3f} |")
     lines += ["", "**Tuned configs** (the better of each sweep's top two, retrained on seeds 101-103):", "",
               f"- plain (cosine planned for the budget, final checkpoint): {_params(t['plain'])}; "
-              f"validation EM at B {v['plain']:.3f}",
+              f"validation EM at B {v['plain']:.3f} (seeds 101-103)",
               f"- anytime (constant learning rate, EMAs at 1.25/2.5/5/10% of B): {_params(t['anytime'])}; "
-              f"anytime objective {v['anytime']:.3f}",
+              f"anytime objective {v['anytime']:.3f} (seeds 101-103)",
               f"- cooldown before a known stop: the last {t['cooldown']['fraction']:.0%} of the stop's tokens, "
               f"`{t['cooldown']['shape']}`", "",
               "**Cooldown before the stop at 0.62·B** (validation EM, seeds 101-103):", "",
