@@ -95,14 +95,25 @@ class PrefixedLines(io.TextIOBase):
         self._out.flush()
 
 
-def in_worker(work, task: str, seed: int, *args) -> Any:
-    """`work(task, seed, *args)` with every line it prints prefixed by its task and seed."""
-    stream = PrefixedLines(f"[{task} seed {seed}] ", sys.stdout)
+def labelled(label: str, work, *args, **kwargs) -> Any:
+    """`work(*args, **kwargs)` with every line it prints prefixed by `[label] `."""
+    stream = PrefixedLines(f"[{label}] ", sys.stdout)
     with contextlib.redirect_stdout(stream):  # the worker process is reused: restore it after
         try:
-            return work(task, seed, *args)
+            return work(*args, **kwargs)
         finally:
             stream.flush()
+
+
+def in_worker(work, task: str, seed: int, *args) -> Any:
+    """`work(task, seed, *args)` with every line it prints prefixed by its task and seed."""
+    return labelled(f"{task} seed {seed}", work, task, seed, *args)
+
+
+def spawn_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """`workers` processes, each a fresh interpreter: jax must not be forked."""
+    ctx = multiprocessing.get_context("spawn")
+    return concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx)
 
 
 def run_pairs(pairs, work, jobs: int, t0: float) -> list[Any]:
@@ -111,8 +122,7 @@ def run_pairs(pairs, work, jobs: int, t0: float) -> list[Any]:
 
     On 2 cores two processes side by side did 1.23-1.27x the work of one (XLA's own threads leave
     the cores idle part of the time), and gave bitwise the same rows as one after another."""
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: jax must not be forked
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with spawn_pool(jobs) as pool:
         futures = {pool.submit(work, task, seed): (task, seed) for task, seed in pairs}
         for done in concurrent.futures.as_completed(futures):
             task, seed = futures[done]

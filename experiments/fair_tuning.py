@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
 import json
-import multiprocessing
 import os
-import sys
 import time
 
 import numpy as np
 
-from experiments.common import TASKS, PrefixedLines, ensure_branch, ensure_trained, task_config
+from experiments.common import TASKS, ensure_branch, ensure_trained, labelled, spawn_pool, task_config
 from framework.config import DEFAULT_STOPS, RunConfig
 from framework.integrity import write_atomic
 
@@ -107,21 +104,6 @@ JOBS = [1]  # processes side by side (--jobs); on 2 cores two did ~1.25x the wor
 WORKER_DELAY_S = 30
 
 
-def _pool(workers: int):
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: jax must not be forked
-    return concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx)
-
-
-def _in_worker(label: str, work, *args):
-    """`work(*args, log=...)` in a worker process, every line it prints prefixed with `label`."""
-    stream = PrefixedLines(f"[{label}] ", sys.stdout)
-    with contextlib.redirect_stdout(stream):
-        try:
-            return work(*args, log=print)
-        finally:
-            stream.flush()
-
-
 def _train(cfg: RunConfig, branch: bool, log=print) -> None:
     (ensure_branch if branch else ensure_trained)(cfg, log)
 
@@ -132,8 +114,9 @@ def train_all(cfgs: list[RunConfig], log, branch: bool = False) -> None:
         for cfg in cfgs:
             _train(cfg, branch, log)
         return
-    with _pool(JOBS[0]) as pool:
-        futures = [pool.submit(_in_worker, os.path.basename(cfg.out_dir), _train, cfg, branch) for cfg in cfgs]
+    with spawn_pool(JOBS[0]) as pool:
+        futures = [pool.submit(labelled, os.path.basename(cfg.out_dir), _train, cfg, branch, log=print)
+                   for cfg in cfgs]
         for f in concurrent.futures.as_completed(futures):
             f.result()  # a failed run stops the stage here, with its traceback
 
@@ -154,14 +137,12 @@ def _run_sweep(base: RunConfig, space: dict, out: str, objective: str, worker: i
 def sweep(task_dir: str, name: str, base: RunConfig, space: dict, objective: str, log) -> dict:
     t = time.perf_counter()
     out = os.path.join(task_dir, name)
-    with _pool(JOBS[0] - 1) as pool:  # the other workers in processes of their own, this one here
-        others = [pool.submit(_in_worker, f"{name} worker {k}", _run_sweep, base, space, out, objective, k)
+    with spawn_pool(JOBS[0] - 1) as pool:  # the other workers in processes of their own, this one here
+        others = [pool.submit(labelled, f"{name} worker {k}", _run_sweep, base, space, out, objective, k, log=print)
                   for k in range(1, JOBS[0])]
-        summary = _run_sweep(base, space, out, objective, 0, log)
+        summary = _run_sweep(base, space, out, objective, 0, log)  # it waits for the others' trials
         for f in others:
             f.result()
-    if others:  # the summary again, now that every worker's trials are in the study
-        summary = _run_sweep(base, space, out, objective, 0, log)
     with open(os.path.join(out, "results.json")) as f:
         trials = [{k: t[k] for k in ("number", "state", "params", "objective", "tokens_trained")}
                   for t in json.load(f)["trials"]]

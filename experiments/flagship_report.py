@@ -276,7 +276,7 @@ def section(summary: dict, plot_name: str) -> str:
     return "\n".join(lines)
 
 
-def _replace_block(text: str, block: str, begin: str, end: str, after: str) -> str:
+def replace_block(text: str, block: str, begin: str, end: str, after: str) -> str:
     """Swap the marked block; insert it after the first line matching `after` when it is absent."""
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if pattern.search(text):
@@ -309,10 +309,10 @@ def write_docs(summary: dict, results_path: str, plot_dir: str, readme_path: str
     plot_name = "flagship_em_vs_tokens.png"
     plot(summary, os.path.join(plot_dir, plot_name))
     text = open(results_path).read() if os.path.isfile(results_path) else "# Results\n"
-    write_atomic(results_path, _replace_block(text, section(summary, plot_name), BEGIN, END, r"^# .*$"))
+    write_atomic(results_path, replace_block(text, section(summary, plot_name), BEGIN, END, r"^# .*$"))
     if readme_path:
         text = open(readme_path).read()
         if README_BEGIN not in text:
             raise SystemExit(f"{readme_path} has no {README_BEGIN} marker for the headline")
         rel = os.path.relpath(os.path.join(plot_dir, plot_name), os.path.dirname(os.path.abspath(readme_path)))
-        write_atomic(readme_path, _replace_block(text, readme_block(summary, rel), README_BEGIN, README_END, ""))
+        write_atomic(readme_path, replace_block(text, readme_block(summary, rel), README_BEGIN, README_END, ""))

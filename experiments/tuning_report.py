@@ -97,13 +97,9 @@ def section(tuned: dict) -> str:
 
 def write_section(tuned: dict, results_path: str) -> None:
     """Swap the marked section of `results_path`, or put it after the flagship's (or the title)."""
+    from experiments.flagship_report import END as FLAGSHIP_END
+    from experiments.flagship_report import replace_block
+
     text = open(results_path).read() if os.path.isfile(results_path) else "# Results\n"
-    block = section(tuned)
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        m = re.search(r"<!-- flagship:end -->", text) or re.search(r"^# .*$", text, re.M)
-        at = m.end() if m else 0
-        text = text[:at] + "\n\n" + block + "\n" + text[at:]
-    write_atomic(results_path, text)
+    after = re.escape(FLAGSHIP_END) if FLAGSHIP_END in text else r"^# .*$"
+    write_atomic(results_path, replace_block(text, section(tuned), BEGIN, END, after))
