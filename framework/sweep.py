@@ -33,7 +33,6 @@ import math
 import os
 import re
 import socket
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -66,6 +65,7 @@ from framework.sweep_space import (
     parse_space,
     suggest,
 )
+from framework.sweep_workers import claimed, fail_dead_trials, newest_checkpoint, wait_for_others
 
 PRUNED = "pruned by the sweep"  # the reason in a pruned run's `stopped` checkpoint
 MAX_INVALID = 10  # sampled points in a row that fail validation before the sweep gives up
@@ -158,69 +158,6 @@ def _first_difference(a, b, prefix: str = ""):
     return None if a == b else (prefix.rstrip("."), a, b)
 
 
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, TypeError, ValueError):  # someone else's process, or no pid recorded: leave it
-        pass
-    return True
-
-
-def _fail_dead_trials(study, log) -> None:
-    """Trials left RUNNING by a process of this host that is gone: FAIL, with the tokens their run
-    directories checkpointed (what a killed process trained past its newest checkpoint is not known,
-    and not counted), and their point queued again so the next trial resumes those directories."""
-    import optuna
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != socket.gethostname() or _alive(t.user_attrs.get("pid")):
-            continue
-        spent = sum(_newest(d)["tokens"] - start for d, start in t.user_attrs.get("start_tokens", {}).items())
-        optuna.trial.Trial(study, t._trial_id).set_user_attr("tokens", max(spent, 0))
-        study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
-        log(f"trial {t.number} was left running by process {t.user_attrs.get('pid')}, which is gone: "
-            "marked failed, its point queued again (its run directory resumes)")
-
-
-def _claimed(study) -> int:
-    """Finished trials, plus those another live worker of the study is running: what will count.
-    With one worker this is the finished ones; with several, none of them starts a trial too many."""
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
-
-
-WAIT_POLL_S = 10.0  # how often a worker that is done looks whether the others are
-
-
-def _wait_for_others(study, log) -> None:
-    """Wait while other workers still run trials of the study, so that the summary holds them all.
-    A worker that died leaves its trial RUNNING: on this host it is failed (and requeued), elsewhere
-    the wait is the user's to stop."""
-    from optuna.trial import TrialState
-
-    said = False
-    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        _fail_dead_trials(study, log)
-        if not said:
-            log(f"waiting for {len(running)} trial(s) other workers are running")
-            said = True
-        time.sleep(WAIT_POLL_S)
-
-
-def _newest(run_dir: str) -> dict:
-    """Step and tokens of a run's newest intact checkpoint, where a resume starts (0 and -1 without one)."""
-    from framework import checkpoints
-
-    ckpts = checkpoints.list_checkpoints(run_dir, intact_only=True) if os.path.isdir(
-        checkpoints.checkpoint_dir(run_dir)) else []
-    return {"step": ckpts[-1]["step"], "tokens": ckpts[-1]["tokens"]} if ckpts else {"step": -1, "tokens": 0}
-
-
 # == one run, one trial =========================================================================
 
 
@@ -250,7 +187,7 @@ def _train_one(sw: _Sweep, cfg: RunConfig, trial, report: bool, may_prune: bool,
     from framework.stopping import StopTraining
     from framework.train import train
 
-    newest = _newest(cfg.out_dir)
+    newest = newest_checkpoint(cfg.out_dir)
     start = newest["tokens"]
     # Lines past the newest checkpoint (a kill during its save) are redone by the resumed run.
     evals = [e for e in read_evals(cfg.out_dir) if e["step"] <= newest["step"]]
@@ -439,7 +376,7 @@ def run_sweep(base_cfg: RunConfig, space: Space, out_dir: str, *, trials: int | 
         base_json = {k: v for k, v in base_cfg.to_dict().items() if k not in ("out_dir", "seed")}
         _check_same_sweep(st, {"base": json.loads(json.dumps(base_json)), "space": dict(sorted(space.items())),
                                "objective": objective, "seeds": list(seeds)}, out_dir)
-        _fail_dead_trials(st, log)
+        fail_dead_trials(st, log)
         if len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) < trials:
             _splits(sw, base_cfg)  # a missing data file or column fails here, once, not as a failed trial
         is_grid = isinstance(st.sampler, optuna.samplers.GridSampler)
@@ -452,14 +389,14 @@ def run_sweep(base_cfg: RunConfig, space: Space, out_dir: str, *, trials: int | 
 
         def after_trial(study, _):
             _write(study, sw)
-            if _claimed(study) >= trials:  # other workers' running trials will finish the count
+            if claimed(study) >= trials:  # other workers' running trials will finish the count
                 study.stop()
 
-        while (claimed := _claimed(st)) < trials:
+        while (n := claimed(st)) < trials:
             # Failed points do not count: optimize again until enough trials finished. The grid
             # sampler stops the study once every grid point was tried; then the loop asks again.
-            st.optimize(objective_fn, n_trials=trials - claimed, callbacks=[after_trial])
-            _wait_for_others(st, log)  # a worker that died meanwhile leaves a trial to do here
+            st.optimize(objective_fn, n_trials=trials - n, callbacks=[after_trial])
+            wait_for_others(st, log)  # a worker that died meanwhile leaves a trial to do here
         if is_grid and sw.base_point is not None and not any(
                 t.params == sw.base_point and t.state == TrialState.COMPLETE for t in st.get_trials(deepcopy=False)):
             _reference(st, sw, f"the {trials} grid points tried left out the base config's")

@@ -388,9 +388,9 @@ def test_workers_sharing_a_study_count_each_others_running_trials_and_wait_for_t
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    import framework.sweep as sweep
+    import framework.sweep_workers as sweep_workers
 
-    monkeypatch.setattr(sweep, "WAIT_POLL_S", 0.05)
+    monkeypatch.setattr(sweep_workers, "WAIT_POLL_S", 0.05)
     out, space, base = str(tmp_path / "shared"), {"optim.peak_lr": LRS}, base_config()
     run_sweep(base, space, out, trials=1, sampler="random", log=quiet)  # trial 0: the base config
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out}/optuna.db")
