@@ -24,7 +24,7 @@ import numpy as np
 from curricula import pacing as P
 from curricula import scorers as S
 from curricula.samplers import BUILT_IN
-from framework.data import EncodedSplit, Sampler
+from framework.data.encoding import EncodedSplit, Sampler
 from framework.errors import ConfigError
 
 PACINGS: dict[str, Callable[..., P.PacingFn]] = {

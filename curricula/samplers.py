@@ -1,4 +1,4 @@
-"""Built-in curricula: factories that return a `framework.data.Sampler`.
+"""Built-in curricula: factories that return a `framework.data.encoding.Sampler`.
 
 Every curriculum, built in or yours, has one signature:
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from curricula.pacing import PacingFn
 from curricula.scorers import percentiles
-from framework.data import EncodedSplit, Sampler, uniform_sampler
+from framework.data.encoding import EncodedSplit, Sampler, uniform_sampler
 from framework.errors import ConfigError
 
 

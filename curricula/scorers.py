@@ -19,7 +19,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from framework import tokenizer
+from framework.data import tokenizer
 from framework.errors import ConfigError
 
 Batch = dict[str, list[Any]]
@@ -59,8 +59,9 @@ def model_loss(run_dir: str, step: int | None = None, batch_size: int = 256) -> 
     loaded: dict[str, Any] = {}
 
     def score(batch: Batch) -> list[float]:
-        from framework import data, evaluate
-        from framework.runs import open_run
+        from framework.data import encoding as data
+        from framework.evaluation import evaluate
+        from framework.training.runs import open_run
 
         if not loaded:
             run = open_run(run_dir)

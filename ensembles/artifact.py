@@ -26,13 +26,15 @@ import orbax.checkpoint as ocp
 
 from ensembles.members import COMBINERS, Candidate, Member, ParamStore, run_members
 from ensembles.select import SELECTION_SPLIT, select
-from framework import __version__, evaluate, integrity
+from framework import __version__
+from framework.checkpoints import integrity
+from framework.checkpoints.integrity import write_atomic
+from framework.data.tasks import SPLITS
 from framework.errors import ConfigError
-from framework.integrity import write_atomic
-from framework.tasks import SPLITS
+from framework.evaluation import evaluate
 
 MANIFEST = "manifest.json"
-PARAMS_SEAL = "params.seal.json"  # sha256 of every file under params/, see framework.integrity
+PARAMS_SEAL = "params.seal.json"  # sha256 of every file under params/, see framework.checkpoints.integrity
 FORMAT = "recoup-ensemble/1"
 
 

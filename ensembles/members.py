@@ -22,11 +22,12 @@ from typing import Any, NamedTuple
 import jax
 
 from ensembles import averaging, output
-from framework import checkpoints, evaluate
+from framework.checkpoints import store as checkpoints
 from framework.config import SHAPE_FIELDS, DataConfig
-from framework.data import EncodedSplit, prepare
+from framework.data.encoding import EncodedSplit, prepare
 from framework.errors import ConfigError
-from framework.runs import Run, open_run
+from framework.evaluation import evaluate
+from framework.training.runs import Run, open_run
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ Two ways to combine what the members say:
   `ensemble_teacher_forced`): at every decoding step each member's next-token log-probabilities
   (a log_softmax per member) are averaged with weights, the argmax is taken, and that same token
   is fed to every member. The members' parameters are stacked on a leading axis (`stack_params`)
-  and run with `jax.vmap` inside the one compiled decode loop of `framework.evaluate.decode_loop`,
+  and run with `jax.vmap` inside the one compiled decode loop of `framework.evaluation.evaluate.decode_loop`,
   each member with its own KV cache (the cache is vmapped too). The ensemble's distribution is
   the softmax of the averaged log-probs (a renormalized weighted geometric mean of the members'):
   its argmax is what decoding picks, and its cross-entropy is the loss teacher forcing reports.
@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from framework import evaluate
-from framework.data import EncodedSplit
+from framework.data.encoding import EncodedSplit
 from framework.errors import ConfigError
-from framework.evaluate import Decoded
-from framework.model import forward
+from framework.evaluation import evaluate
+from framework.evaluation.evaluate import Decoded
+from framework.models.transformer import forward
 
 Params = Any  # a parameter tree, e.g. the nnx.State of `nnx.split(model, nnx.Param)`
 Answer = Hashable  # what a vote counts; `vote` uses (text, ended)

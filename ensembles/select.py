@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from ensembles.members import Candidate, Member, ParamStore, check_compatible, run_members, strict_em
-from framework import checkpoints
+from framework.checkpoints import store as checkpoints
 from framework.config import parse_share_or_tokens
 from framework.errors import ConfigError
 

@@ -23,24 +23,15 @@ import jax
 import numpy as np
 from flax import nnx
 
-from framework import checkpoints, evaluate
+from experiments.common import median_seconds
+from framework.checkpoints import store as checkpoints
 from framework.config import PRESETS, DataConfig, OptimConfig
-from framework.data import make_batch, prepare, uniform_sampler
-from framework.model import build_model
-from framework.optimizers import build as build_optimizer
-from framework.schedules import warmup_constant
-from framework.train import make_train_step
-
-
-def _time(fn, repeats: int) -> float:
-    """Median seconds of `fn()` after one warm-up call (which compiles)."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+from framework.data.encoding import make_batch, prepare, uniform_sampler
+from framework.evaluation import evaluate
+from framework.models.transformer import build_model
+from framework.training.optimizers import build as build_optimizer
+from framework.training.schedules import warmup_constant
+from framework.training.train import make_train_step
 
 
 def bench_eval(graphdef, params, split) -> dict:
@@ -52,7 +43,7 @@ def bench_eval(graphdef, params, split) -> dict:
     def dec():
         return evaluate.decode_split(graphdef, params, split, 256)
 
-    t_tf, t_dec = _time(tf, 3), _time(dec, 3)
+    t_tf, t_dec = median_seconds(tf, 3), median_seconds(dec, 3)
     return {"eval_ratio": t_dec / t_tf, "tf_em": tf(), "dec_em": evaluate.score(dec(), split)["strict_em"],
             "tf_s": t_tf, "dec_s": t_dec}
 
@@ -69,7 +60,7 @@ def bench_preset(name: str, split, train_split) -> dict:
     idx, _ = sampler.next(sampler.init(), 0)
     batch = make_batch(train_split, idx)
     key = jax.random.key(0)
-    t_step = _time(lambda: step(params, opt_state, batch, np.float32(0), key)[2]["loss"], 10)
+    t_step = median_seconds(lambda: step(params, opt_state, batch, np.float32(0), key)[2]["loss"], 10)
     with tempfile.TemporaryDirectory() as d:
         os.makedirs(os.path.join(d, "run"))
         mgr = checkpoints.open_manager(os.path.join(d, "run"))
@@ -88,14 +79,14 @@ def bench_trained(run_dir: str) -> dict | None:
     """The same comparison on the final checkpoint of a finished run (the demo's plain recipe), if there is one."""
     if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         return None
-    from framework.runs import open_run
+    from framework.training.runs import open_run
 
     run = open_run(run_dir)
     return {"preset": f"{run.cfg.preset}, trained ({run_dir}, final checkpoint)",
             **bench_eval(run.graphdef, run.params(), run.split("validation"))}
 
 
-def bench_data_time(budget_tokens: int = 200_000) -> list[dict]:
+def bench_datamedian_seconds(budget_tokens: int = 200_000) -> list[dict]:
     """Share of wall time the host spends choosing and building batches, per curriculum.
 
     The demo's model and data, a short run each; the first log window (compilation) is left out.
@@ -103,7 +94,7 @@ def bench_data_time(budget_tokens: int = 200_000) -> list[dict]:
     import json
 
     from experiments.demo import get_config
-    from framework.train import train
+    from framework.training.train import train
 
     rows = []
     variants = {
@@ -130,7 +121,7 @@ def main() -> None:
     splits = prepare(DataConfig(task="addition", max_digits=5, n_examples=6_000, val_size=1_000, test_size=500))
     rows = [bench_preset(p, splits["validation"], splits["train"]) for p in ("tiny", "small")]
     trained = bench_trained("runs/demo/addition/cosine-seed0")  # the plain recipe of `make demo`
-    data_rows = bench_data_time()
+    data_rows = bench_datamedian_seconds()
     eval_rows = rows + ([trained] if trained else [])
     device = jax.devices()[0]
     on_gpu = device.platform == "gpu"

@@ -20,12 +20,13 @@ import numpy as np
 from flax import nnx
 
 from ensembles.output import ensemble_greedy_decode, member_weights, stack_params
-from experiments.bench import _time
+from experiments.common import median_seconds
 from experiments.demo import get_config
-from framework import evaluate, tasks
 from framework.config import PRESETS
-from framework.model import build_model
-from framework.tokenizer import PAD
+from framework.data import tasks
+from framework.data.tokenizer import PAD
+from framework.evaluation import evaluate
+from framework.models.transformer import build_model
 
 
 def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 11, repeats: int = 5,
@@ -53,13 +54,13 @@ def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 1
     def single(params):
         return evaluate.greedy_decode(graphdef, params, prompts, max_new)
 
-    t_one = _time(lambda: single(members[0]), repeats)
+    t_one = median_seconds(lambda: single(members[0]), repeats)
     rows, outputs = [], [single(p) for p in members]
     for k in ks:
         stacked, weights = stack_params(members[:k]), member_weights(None, k)
         ensemble = functools.partial(ensemble_greedy_decode, graphdef, stacked, weights, prompts, max_new)
-        t_vmap = _time(ensemble, repeats)
-        t_seq = _time(lambda k=k: [single(p) for p in members[:k]], repeats)
+        t_vmap = median_seconds(ensemble, repeats)
+        t_seq = median_seconds(lambda k=k: [single(p) for p in members[:k]], repeats)
         rows.append((k, t_vmap, t_seq))
         outputs.append(ensemble())
     # A row that ended early would let its decode stop sooner: say whether any did.
@@ -138,7 +139,7 @@ def averaging_cost(ks=(1, 2, 4, 8)) -> str:
     import orbax.checkpoint as ocp
 
     from framework.config import ModelConfig
-    from framework.model import count_params
+    from framework.models.transformer import count_params
 
     model = ModelConfig(**AVERAGING_MODEL)
     n_params = count_params(build_model(model, 0))

@@ -44,11 +44,11 @@ def step_comparison(cfg, train_split) -> dict:
     it is (nothing donated: an asynchronous save may still be reading the previous state), and
     recoup's step with params and optimizer state donated. Each timed twice, alternating; the better kept."""
     from experiments.bench_training import hand_written_step
-    from framework.data import make_batch
-    from framework.model import build_model
-    from framework.optimizers import build as build_optimizer
-    from framework.schedules import warmup_constant
-    from framework.train import make_train_step
+    from framework.data.encoding import make_batch
+    from framework.models.transformer import build_model
+    from framework.training.optimizers import build as build_optimizer
+    from framework.training.schedules import warmup_constant
+    from framework.training.train import make_train_step
 
     rng = np.random.default_rng(0)
     batches = [jax.device_put(make_batch(train_split, rng.integers(0, len(train_split), cfg.batch_size)))
@@ -89,8 +89,8 @@ def main(batches=(512, 2048, 4096)) -> None:
     from experiments.bench_ensembles import output_ensemble_latency
     from experiments.bench_serving import _machine, splice
     from experiments.bench_training import _config, hand_written_tokens_per_s, peak_matmul_flops, training_benchmark
-    from framework.data import mean_counted_tokens, prepare
-    from framework.model import build_model, count_params, training_flops
+    from framework.data.encoding import mean_counted_tokens, prepare
+    from framework.models.transformer import build_model, count_params, training_flops
 
     if jax.default_backend() == "cpu":
         raise SystemExit("experiments.bench_gpu needs a GPU: jax sees only the CPU here")

@@ -48,7 +48,7 @@ def _ensembles(run_dir: str, out: str) -> dict[str, str]:
 
 
 def _direct_tokens_per_s(ens_dir: str, prompts: list[str], repeats: int = 5) -> float:
-    from framework import generation
+    from framework.serving import generation
 
     model = generation.load(ens_dir)
     buckets = generation.Buckets((32,), (32,), (16,))
@@ -107,7 +107,7 @@ def _compilations(metrics_text: str) -> float:
 def serving_benchmark(run_dir: str = RUN, out: str = OUT, concurrencies=(1, 8, 32), seconds: float = 10.0) -> str:
     import httpx
 
-    from framework.runs import open_run
+    from framework.training.runs import open_run
 
     if not os.path.isdir(run_dir):
         return f"{SECTION}\n\nSkipped: {run_dir} is missing (run `make demo` first).\n"
@@ -161,8 +161,8 @@ def recoup_serve(paths: list[str], *args: str, log_path: str | None = None, read
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "serve", *paths, "--port", str(port), *args],
-                                stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        argv = [sys.executable, "-m", "framework.app.cli", "serve", *paths, "--port", str(port), *args]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
         url = f"http://127.0.0.1:{port}"
         try:
             t = time.perf_counter()

@@ -5,13 +5,13 @@
 
 The demo's model and batch (`small`, 8-digit addition, batch 128). Measured here, in the same process:
 
-- tokens/s of `framework.train.train` (steady state: its log windows after the first, which holds
+- tokens/s of `framework.training.train.train` (steady state: its log windows after the first, which holds
   the compilation; data, step and logging included, evaluations excluded) against a hand-written
   jax + flax.nnx + optax loop of the same model and batch size (optax.adamw with clipping and a
   warmup-cosine schedule, uniform draws built on the host each step), timed after a warm-up.
   Alternated twice; the better of each is compared.
 - model FLOP utilization: achieved training FLOP/s (6 x parameters x tokens + causal attention,
-  `framework.model.training_flops`) over the peak matmul FLOP/s of this machine, measured with a
+  `framework.models.transformer.training_flops`) over the peak matmul FLOP/s of this machine, measured with a
   large jitted matmul (float32 on a CPU, bfloat16 on a GPU).
 - checkpoint overhead at the default cadence (the default stops, asynchronous saves): the blocking
   part of every save (the `save` lines of metrics.jsonl: the write of the previous checkpoint
@@ -50,7 +50,7 @@ def _config(out_dir: str, preset: str = "small", batch_size: int = 128, **overri
 def hand_written_step(cfg):
     """What a user would write: one jitted step, AdamW with clipping and the same schedule.
     Returns (step(params, opt_state, inputs, targets, mask) -> (params, opt_state, loss), params, opt_state)."""
-    from framework.model import build_model, forward
+    from framework.models.transformer import build_model, forward
 
     graphdef, params = nnx.split(build_model(cfg.model, cfg.seed), nnx.Param)
     o = cfg.optim
@@ -75,7 +75,7 @@ def hand_written_step(cfg):
 
 def hand_written_tokens_per_s(cfg, train_split, steps: int = 50, warmup: int = 5) -> float:
     """The hand-written step in a plain loop, uniform draws built on the host each step."""
-    from framework.data import counted_tokens, make_batch
+    from framework.data.encoding import counted_tokens, make_batch
 
     step, params, opt_state = hand_written_step(cfg)
     rng = np.random.default_rng(cfg.seed)
@@ -99,7 +99,7 @@ def _train_lines(run_dir: str) -> tuple[list[dict], list[dict]]:
 
 
 def recoup_tokens_per_s(out_dir: str, preset: str, batch_size: int, tokens: int) -> float:
-    from framework.train import train
+    from framework.training.train import train
 
     cfg = _config(out_dir, preset, batch_size, budget_tokens=tokens, stops=(1.0,))
     train(cfg, show_progress=False)
@@ -124,7 +124,7 @@ def peak_matmul_flops(n: int | None = None, repeats: int = 10) -> tuple[float, s
 def checkpoint_and_data_overhead(out_dir: str, preset: str, batch_size: int, tokens: int) -> dict:
     """The default cadence: the config's default stops, asynchronous saves."""
     from framework.config import DEFAULT_STOPS
-    from framework.train import train
+    from framework.training.train import train
 
     cfg = _config(out_dir, preset, batch_size, budget_tokens=tokens, stops=DEFAULT_STOPS)
     t = time.perf_counter()
@@ -142,8 +142,8 @@ def training_benchmark(preset: str = "small", batch_size: int = 128, tokens: int
     """The section; `cadence_tokens` (default `tokens`) sizes the run that times saves at the default stops:
     a run of a few seconds would overstate what seven saves cost a real one."""
     from experiments.bench_serving import _machine
-    from framework.data import mean_counted_tokens, prepare
-    from framework.model import build_model, count_params, training_flops
+    from framework.data.encoding import mean_counted_tokens, prepare
+    from framework.models.transformer import build_model, count_params, training_flops
 
     cfg = _config("unused", preset, batch_size)
     train_split = prepare(cfg.data)["train"]

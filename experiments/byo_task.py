@@ -26,7 +26,7 @@ import os
 import random
 import sys
 
-from framework.integrity import write_atomic
+from framework.checkpoints.integrity import write_atomic
 
 PROMPT_COL, ANSWER_COL, DIFFICULTY_COL = "question", "answer", "digits"
 

@@ -34,8 +34,8 @@ import time
 import jax
 import numpy as np
 
-from framework import checkpoints
-from framework.train import CLOCK_EVENTS, WALL_CLOCK_FIELDS
+from framework.checkpoints import store as checkpoints
+from framework.training.train import CLOCK_EVENTS, WALL_CLOCK_FIELDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = "docs/reliability.md"
@@ -45,7 +45,7 @@ TINY = ("--task addition --max-digits 3 --n-examples 3000 --val-size 100 --test-
 
 
 def train_argv(out_dir: str, budget: str = "400k", every: str = "10k", resume: bool = False) -> list[str]:
-    argv = [sys.executable, "-m", "framework.cli", "train", *TINY, "--budget-tokens", budget,
+    argv = [sys.executable, "-m", "framework.app.cli", "train", *TINY, "--budget-tokens", budget,
             "--every-tokens", every, "--out", out_dir]
     return argv + ["--resume"] if resume else argv
 
@@ -59,7 +59,7 @@ def metrics_lines(run_dir: str) -> list[dict]:
 
 
 def final_params(run_dir: str):
-    from framework.runs import open_run
+    from framework.training.runs import open_run
 
     return open_run(run_dir).params()
 
@@ -224,7 +224,7 @@ def corruption_section(work: str) -> tuple[str, bool]:
     """Every damage x every part of the newest checkpoint: caught on load naming the file; resume
     falls back to the checkpoint before it; ensemble build skips it (damaged weights only)."""
     from ensembles.members import run_members
-    from framework.integrity import CorruptCheckpoint
+    from framework.checkpoints.integrity import CorruptCheckpoint
 
     base = os.path.join(work, "corrupt-base")
     if not os.path.isdir(base) or not checkpoints.list_checkpoints(base):
@@ -281,7 +281,7 @@ Orbax's atomic rename left it, and sealed when its run next resumes.
 # set, so it is whole whatever the machine's speed. tests/test_integrity.py uses it too.
 FILL_DISK = """
 import resource, signal, sys
-import framework.train as t
+import framework.training.train as t
 _save, calls = t.checkpoints.save, []
 def save(mgr, *args, **kwargs):
     if calls:
@@ -299,7 +299,7 @@ def disk_section(work: str) -> tuple[str, bool]:
     for d in (full, straight):
         shutil.rmtree(d, ignore_errors=True)
     argv = train_argv(full, budget="60k", every="20k")
-    cli = FILL_DISK + "from framework.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    cli = FILL_DISK + "from framework.app.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     proc = subprocess.run([sys.executable, "-c", cli, *argv[3:]], cwd=ROOT, capture_output=True, text=True)
     # Orbax's writer threads may still print "Event loop is closed" tracebacks after our error, at exit
     said = next((line for line in reversed(proc.stderr.splitlines()) if "could not write" in line), "")

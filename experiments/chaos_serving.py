@@ -118,7 +118,7 @@ async def references(client, models: Sequence[str], prompts: Sequence[str]) -> d
 
 
 def expected_texts(body: dict, refs: dict) -> list[str]:
-    from framework.generation import Completion, apply_stop
+    from framework.serving.generation import Completion, apply_stop
 
     prompts = [body["prompt"]] if isinstance(body["prompt"], str) else body["prompt"]
     answers = [refs[body["model"], p, body["max_tokens"]] for p in prompts]
@@ -207,7 +207,7 @@ async def _drive(url: str, models: Sequence[str], prompts: Sequence[str], n: int
                  seed: int) -> dict[str, Any]:
     import httpx
 
-    from framework.server import CLIENT_GONE
+    from framework.serving.server import CLIENT_GONE
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -308,9 +308,9 @@ def failures(r: dict[str, Any]) -> list[str]:
 def tiny_run(out_dir: str) -> str:
     """The demo recipe with the `tiny` preset, trained once into OUT_DIR/tiny (a few seconds)."""
     from experiments.demo import get_config
-    from framework import checkpoints
+    from framework.checkpoints import store as checkpoints
     from framework.config import PRESETS
-    from framework.train import train
+    from framework.training.train import train
 
     cfg = dataclasses.replace(get_config(os.path.join(out_dir, "tiny")), model=PRESETS["tiny"], preset="tiny",
                               budget_tokens=TOKENS, every_tokens=None, ema_half_lives=())
@@ -325,8 +325,8 @@ def run(out_dir: str = OUT, n_requests: int = 2000, concurrency: int = 32, run_d
         seed: int = 0) -> dict[str, Any]:
     """Serve `run_dir` (default: `tiny_run(out_dir)`) with `recoup serve` in its own process and
     drive it (`chaos`); the server's output is kept in OUT_DIR/serve.log."""
-    from framework.generation import served_id
-    from framework.runs import open_run
+    from framework.serving.generation import served_id
+    from framework.training.runs import open_run
 
     run_dir = run_dir or tiny_run(out_dir)
     prompts = list(open_run(run_dir).split("test").prompts)

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -45,8 +46,8 @@ def same_run(saved: RunConfig, cfg: RunConfig) -> bool:
 def ensure_trained(cfg: RunConfig, log=print) -> float:
     """Train `cfg` unless its directory already holds that run, finished; resume an unfinished one.
     Returns the seconds spent training here (0 when reused)."""
-    from framework.checkpoints import list_checkpoints
-    from framework.train import train
+    from framework.checkpoints.store import list_checkpoints
+    from framework.training.train import train
 
     if os.path.isfile(os.path.join(cfg.out_dir, "config.json")):
         saved = load_run_config(cfg.out_dir)
@@ -62,9 +63,9 @@ def ensure_trained(cfg: RunConfig, log=print) -> float:
 
 
 def ensure_branch(cfg: RunConfig, log=print) -> float:
-    """Train a cooldown branch (`framework.cooldown.cooldown_config`) unless it is there, finished."""
-    from framework.checkpoints import list_checkpoints
-    from framework.train import train
+    """Train a cooldown branch (`framework.training.cooldown.cooldown_config`) unless it is there, finished."""
+    from framework.checkpoints.store import list_checkpoints
+    from framework.training.train import train
 
     if os.path.isfile(os.path.join(cfg.out_dir, "config.json")) and any(
             c["fraction"] >= 1.0 for c in list_checkpoints(cfg.out_dir)):
@@ -129,3 +130,16 @@ def run_pairs(pairs, work, jobs: int, t0: float) -> list[Any]:
             done.result()  # a failed seed stops the sweep here, with its traceback
             print(f"{task} seed {seed} done ({time.perf_counter() - t0:.0f} s so far)", flush=True)
         return [f.result() for f in futures]
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median seconds of `fn()` after one warm-up call (which compiles)."""
+    import jax  # only the benchmarks time compiled functions
+
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(statistics.median(times))

@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments.demo import ci95_half_width, get_config
 from framework.config import DataConfig, RunConfig
-from framework.metrics import by_bucket
+from framework.evaluation.metrics import by_bucket
 
 # name -> (curriculum, curriculum_args, pacing, pacing_args). Pacing ramps over half the budget.
 VARIANTS = {
@@ -48,10 +48,10 @@ def base_config(task: str, out_dir: str) -> RunConfig:
 
 
 def run_variant(task: str, name: str, seed: int, out: str) -> dict:
-    from framework import evaluate
-    from framework.checkpoints import list_checkpoints
-    from framework.runs import open_run
-    from framework.train import train
+    from framework.checkpoints.store import list_checkpoints
+    from framework.evaluation import evaluate
+    from framework.training.runs import open_run
+    from framework.training.train import train
 
     run_dir = os.path.join(out, task, f"{name}-seed{seed}")
     curriculum, cargs, pace, pargs = VARIANTS[name]

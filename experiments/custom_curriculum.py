@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from curricula.samplers import by_percentile
-from framework.data import Sampler
+from framework.data.encoding import Sampler
 
 
 def carries():

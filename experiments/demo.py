@@ -80,8 +80,8 @@ def format_ensembles(rows: list[dict]) -> str:
 
 def stop_table(run_dir: str) -> list[dict]:
     """Test EM (greedy decoding) at every stopping point of a finished run."""
-    from framework.checkpoints import list_checkpoints
-    from framework.runs import evaluate_checkpoint, open_run
+    from framework.checkpoints.store import list_checkpoints
+    from framework.training.runs import evaluate_checkpoint, open_run
 
     run = open_run(run_dir)
     rows = []
@@ -169,7 +169,7 @@ def main(argv=None) -> None:
         cfg = dataclasses.replace(cfg, budget_tokens=args.budget_tokens)
     cfg.validate()
 
-    from framework.train import train  # jax is imported only once the config is known good
+    from framework.training.train import train  # jax is imported only once the config is known good
 
     if os.path.exists(args.out):
         if not _written_by_demo(args.out):

@@ -20,7 +20,7 @@ Then every variant is scored on the test split (strict EM, one teacher-forced pa
 choice made on validation: recoup's model at a stop is the best on validation of the anytime
 checkpoint, its EMAs and the cooldown ending there. The controller replays the budget rule on the
 anytime run's validation curve; where it fires, it cools down from there (tokens counted) and
-ships the best of that and the EMAs (framework.controller). `experiments.flagship_report` turns
+ships the best of that and the EMAs (framework.training.controller). `experiments.flagship_report` turns
 the rows into tables, the issue's targets and a plot. Finished runs and scored seeds are reused.
 """
 
@@ -35,8 +35,8 @@ import time
 from typing import Any, NamedTuple
 
 from experiments.common import TASKS, ensure_branch, ensure_trained, in_worker, run_pairs
+from framework.checkpoints.integrity import write_atomic
 from framework.config import RunConfig
-from framework.integrity import write_atomic
 
 STOPS = (0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
 ORACLES = (0.38, 0.5, 0.62, 0.75)
@@ -107,8 +107,8 @@ def _takes(ckpt: dict, fraction: float) -> bool:
 
 def cooldown_configs(anytime_dir: str, plan: Plan, t: dict) -> dict[float, RunConfig]:
     """stop f -> the cooldown branched from the anytime run that ends at f·B (tokens counted)."""
-    from framework.checkpoints import list_checkpoints
-    from framework.cooldown import cooldown_config
+    from framework.checkpoints.store import list_checkpoints
+    from framework.training.cooldown import cooldown_config
 
     ckpts = list_checkpoints(anytime_dir)
     out = {}
@@ -135,9 +135,9 @@ def _row(em, variant: str, c, budget_tokens: int, fpt: float, tokens: int | None
 def _flops_per_token(run_dir: str) -> float:
     import jax
 
-    from framework.data import mean_counted_tokens
-    from framework.model import training_flops
-    from framework.runs import open_run
+    from framework.data.encoding import mean_counted_tokens
+    from framework.models.transformer import training_flops
+    from framework.training.runs import open_run
 
     run = open_run(run_dir)
     n_params = sum(x.size for x in jax.tree.leaves(run.abstract_params))
@@ -149,8 +149,8 @@ def score_seed(dirs: dict[str, str], cool: dict[float, str], plan: Plan, t: dict
     """Every variant of one (task, seed), and the anytime run's curve (its best 1x on validation at
     every checkpoint, with that model's test EM): what it takes to reach today's EM."""
     from ensembles.members import Candidate, Member, ParamStore, run_members, strict_em
-    from framework import controller
-    from framework.tune import load_evaluations, replay
+    from framework.stopping.tune import load_evaluations, replay
+    from framework.training import controller
 
     store, b, shape = ParamStore(), t["budget"], t["cooldown"]["shape"]
     em = functools.cache(lambda c, split: strict_em(store, c, split))

@@ -116,8 +116,8 @@ def main(argv=None) -> None:
     p.add_argument("--schedules", default=",".join(SCHEDULES))
     p.add_argument("--out", default="runs/ensembles")
     args = p.parse_args(argv)
-    from framework.checkpoints import list_checkpoints
-    from framework.train import train
+    from framework.checkpoints.store import list_checkpoints
+    from framework.training.train import train
 
     results = []
     for schedule in args.schedules.split(","):

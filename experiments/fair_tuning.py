@@ -39,8 +39,8 @@ import time
 import numpy as np
 
 from experiments.common import TASKS, ensure_branch, ensure_trained, labelled, spawn_pool, task_config
+from framework.checkpoints.integrity import write_atomic
 from framework.config import DEFAULT_STOPS, RunConfig
-from framework.integrity import write_atomic
 
 TRIALS = 16  # per sweep; the plain and the anytime sweeps at B get the same number
 SWEEP_SEED, LADDER_SEEDS, CONFIRM_SEEDS = 100, (101, 102, 103), (101, 102, 103)
@@ -92,7 +92,7 @@ def anytime_config(task: str, budget: int, data_dir: str, out_dir: str = "unused
 
 def recipe(task: str, kind: str, budget: int, params: dict, data_dir: str) -> RunConfig:
     """A tuned recipe ("plain" or "anytime") of `task` at `budget`: its frame with the tuned `params`."""
-    from framework.sweep_space import apply
+    from framework.sweeps.space import apply
 
     frame = {"plain": plain_config, "anytime": anytime_config}[kind]
     return apply(frame(task, budget, data_dir), params)
@@ -126,7 +126,7 @@ def train_all(cfgs: list[RunConfig], log, branch: bool = False) -> None:
 
 def _run_sweep(base: RunConfig, space: dict, out: str, objective: str, worker: int, log=print) -> dict:
     """One worker of a stage's sweep; workers share the study, each with its own sampler seed."""
-    from framework.sweep import run_sweep
+    from framework.sweeps.sweep import run_sweep
 
     if worker:
         time.sleep(WORKER_DELAY_S)  # the first worker has started the base config (trial 0) by then
@@ -151,7 +151,7 @@ def sweep(task_dir: str, name: str, base: RunConfig, space: dict, objective: str
 
 def final_val_em(cfg: RunConfig, log) -> tuple[float, int]:
     """Validation EM of `cfg`'s last checkpoint (training it unless it is done), and its tokens."""
-    from framework.checkpoints import list_checkpoints
+    from framework.checkpoints.store import list_checkpoints
 
     ensure_trained(cfg, log)
     last = list_checkpoints(cfg.out_dir)[-1]
@@ -192,8 +192,8 @@ def ladder_budgets(center: int, below: int, above: int) -> list[int]:
 
 def confirm(task_dir: str, name: str, summary: dict, make, objective: str, log) -> dict:
     """The top CONFIRM trials of a sweep on CONFIRM_SEEDS: their mean objective; the best first."""
-    from framework.sweep_report import objective_value, read_evals
-    from framework.sweep_space import apply
+    from framework.sweeps.report import objective_value, read_evals
+    from framework.sweeps.space import apply
 
     done = [t for t in summary["trial_list"] if t["state"] == "COMPLETE" and t["objective"] is not None]
     top = sorted(done, key=lambda t: -t["objective"])[:CONFIRM]
@@ -232,7 +232,7 @@ def run_task(task: str, stages: list[str], out: str = "runs/tuning", log=print) 
         state["plain0"] = sweep(task_dir, "plain0", plain_config(task, b0, task_dir), PLAIN_SPACE, "final", log)
         save()
     if "ladder0" in stages:
-        from framework.sweep_space import apply
+        from framework.sweeps.space import apply
 
         winner = apply(plain_config(task, b0, task_dir), state["plain0"]["best"]["params"])
         state["ladder0"] = ladder(task_dir, "ladder0", winner, ladder_budgets(b0, 8, 1), LADDER0_SEEDS, log)
@@ -248,7 +248,7 @@ def run_task(task: str, stages: list[str], out: str = "runs/tuning", log=print) 
                                  log)
         save()
     if "confirm" in stages:
-        from framework.sweep_space import apply
+        from framework.sweeps.space import apply
 
         state["confirm_plain"] = confirm(task_dir, "confirm-plain", state["plain"],
                                          lambda: plain_config(task, b, task_dir), "final", log)
@@ -269,7 +269,7 @@ def run_task(task: str, stages: list[str], out: str = "runs/tuning", log=print) 
 def ablate(task: str, task_dir: str, budget: int, winner: dict, log) -> dict:
     """Each lever of LEVERS_OFF that the anytime winner uses, turned off, on CONFIRM_SEEDS: the mean
     anytime objective (validation) against the winner's own on the same seeds."""
-    from framework.sweep_report import objective_value, read_evals
+    from framework.sweeps.report import objective_value, read_evals
 
     levers = [(field, off) for field, off in LEVERS_OFF.items() if winner["params"].get(field, off) != off]
     cfgs = {(field, seed): dataclasses.replace(
@@ -295,8 +295,8 @@ def ablate(task: str, task_dir: str, budget: int, winner: dict, log) -> dict:
 def tune_cooldown(task: str, task_dir: str, budget: int, params: dict, log) -> dict:
     """The anytime winner's cooldown before the stop at COOLDOWN_STOP·B: each share of that stop's tokens
     and shape, branched from the run so that it ends at the stop, on CONFIRM_SEEDS (validation EM)."""
-    from framework.checkpoints import list_checkpoints
-    from framework.cooldown import cooldown_config
+    from framework.checkpoints.store import list_checkpoints
+    from framework.training.cooldown import cooldown_config
 
     starts = {c: round(COOLDOWN_STOP * (1 - c), 4) for c in COOLDOWN_FRACTIONS}
     stops = tuple(sorted({*starts.values(), COOLDOWN_STOP, 1.0}))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from experiments.demo import ci95_half_width as _ci
-from framework.integrity import write_atomic
+from framework.checkpoints.integrity import write_atomic
 
 HEADLINE_STOPS = (0.62, 0.5)  # the stops at which recoup's 1x model must reach the plain recipe's full EM
 ORACLE_SLACK = 0.01  # the anytime run may trail the oracle planned for a stop by at most 1 point

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from framework.integrity import write_atomic
+from framework.checkpoints.integrity import write_atomic
 
 BEGIN, END = "<!-- fair-tuning:begin (written by experiments.fair_tuning --export) -->", "<!-- fair-tuning:end -->"
 SWEEP_NAMES = {"plain0": "plain recipe at today's budget B0", "plain": "plain recipe at the new budget B",

@@ -7,7 +7,7 @@ on a config string). This module imports neither jax nor datasets, so everything
 reading a run directory's config.json, can fail fast.
 
 Units: every budget, stopping point and schedule length is in *counted training tokens*; see
-`framework.data.counted_tokens` for the definition.
+`framework.data.encoding.counted_tokens` for the definition.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from framework.errors import ConfigError
 
 TASKS = ("addition", "multihop")
 SCHEDULES = ("cosine", "wsd", "constant", "cooldown")
-DECAY_SHAPES = ("linear", "1-sqrt")  # mirrors framework.schedules.DECAY_SHAPES
-OPTIMIZERS = ("adamw", "schedule-free", "muon")  # mirrors framework.optimizers.OPTIMIZERS
+DECAY_SHAPES = ("linear", "1-sqrt")  # mirrors framework.training.schedules.DECAY_SHAPES
+OPTIMIZERS = ("adamw", "schedule-free", "muon")  # mirrors framework.training.optimizers.OPTIMIZERS
 MLPS = ("gated", "gelu")
-OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.tasks.OPERAND_FORMATS
-HOP_ANSWERS = ("chain", "final")  # mirrors framework.tasks.HOP_ANSWERS
-N_RELATIONS = 12  # len(framework.tasks.RELATIONS)
+OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.data.tasks.OPERAND_FORMATS
+HOP_ANSWERS = ("chain", "final")  # mirrors framework.data.tasks.HOP_ANSWERS
+N_RELATIONS = 12  # len(framework.data.tasks.RELATIONS)
 # Mirror curricula.registry (which imports jax); anything else must be an import path "module:attr".
 CURRICULA = ("uniform", "easy-to-hard", "hard-to-easy", "seqlen-warmup", "self-paced", "replay-mix")
 PACINGS = ("constant", "linear", "root", "geometric", "steps")
@@ -157,7 +157,7 @@ class OptimConfig:
     b2_batch: int | None = None
     # "adamw"; "schedule-free" (AdamW without a schedule's decay: evaluate and save its averaged
     # weights; pair it with schedule "constant"); "muon" (orthogonalized updates on the weight
-    # matrices, AdamW on the rest). See framework.optimizers.
+    # matrices, AdamW on the rest). See framework.training.optimizers.
     optimizer: str = "adamw"
     grokfast_lambda: float = 0.0  # Grokfast: each gradient g += lambda * EMA(g); 0: off
     grokfast_alpha: float = 0.98  # Grokfast: the gradient EMA's decay per step
@@ -219,11 +219,11 @@ class RunConfig:
     scorer_percentile: bool = False  # store the scores as percentiles in (0, 1] instead of raw
     ema_half_lives: tuple[int, ...] = ()  # keep an EMA of the weights per half-life in counted tokens
     swa_start: float | None = None  # keep a running mean of the weights from this budget fraction on
-    stop_rules: tuple = ()  # stopping rules, e.g. ({"rule": "patience", "patience": 3},): framework.stopping_rules
+    stop_rules: tuple = ()  # stopping rules, e.g. ({"rule": "patience", "patience": 3},): framework.stopping.rules
     stop_combine: str = "any"  # stop when "any" rule fires, or only when "all" fire at one evaluation
     branch_from: str | None = None  # RUN_DIR/checkpoints/STEP: start from its full training state (cooldown)
     # (data, fsdp) devices of the training mesh; -1: every device the fsdp axis leaves. Not part of
-    # what a run is: a run may resume on another device count (framework.sharding).
+    # what a run is: a run may resume on another device count (framework.training.sharding).
     mesh_shape: tuple[int, int] = (-1, 1)
     # A non-finite loss or gradient: its update is always dropped; then "stop" (a stopped checkpoint
     # saying where), "skip" (go on, counted in metrics.jsonl) or "rollback" (reload the newest
@@ -292,7 +292,7 @@ class RunConfig:
                 isinstance(self.optim.decay_start, int) and 0 <= self.optim.decay_start < self.budget_tokens):
             raise ConfigError("optim.decay_start", f"{self.optim.decay_start!r} must be a token count in "
                                                    f"[0, budget_tokens={self.budget_tokens})")
-        from framework.stopping_rules import build as build_stop_rule  # pure Python: checks names and arguments
+        from framework.stopping.registry import build as build_stop_rule  # pure Python: checks names and arguments
 
         build_stop_rule(self.stop_rules, self.stop_combine)
         if os.path.isfile(self.out_dir):

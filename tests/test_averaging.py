@@ -9,6 +9,7 @@ import pytest
 
 from ensembles import averaging
 from framework.errors import ConfigError
+from framework.training import averages
 
 
 def _tree(seed: int, scale: float = 1.0):
@@ -68,42 +69,42 @@ def test_mismatched_shapes_name_the_leaf():
 
 
 def test_ema_is_bias_corrected_and_its_half_life_is_in_tokens():
-    rule = averaging.ema(100)
+    rule = averages.ema(100)
     a, b = _tree(0), _tree(1)
-    state = rule.update(averaging.init(a), a, 37, 37)
-    _close(averaging.value(state), a)  # one update of a constant: exactly a, not pulled to zero
+    state = rule.update(averages.init(a), a, 37, 37)
+    _close(averages.value(state), a)  # one update of a constant: exactly a, not pulled to zero
     # After b was seen for exactly one half-life (in two steps of 50 tokens), a and b weigh the same.
     state = rule.update(state, b, 50, 87)
     state = jax.jit(rule.update)(state, b, 50, 137)
     w_a = 0.5 * (1 - 2 ** (-37 / 100))
     w_b = 1 - 0.5
     expected = jax.tree.map(lambda x, y: (w_a * x + w_b * y) / (w_a + w_b), a, b)
-    _close(averaging.value(state), expected, 1e-5)
+    _close(averages.value(state), expected, 1e-5)
 
 
 def test_swa_averages_only_from_its_start_weighted_by_tokens():
-    rule = averaging.swa(100)
+    rule = averages.swa(100)
     trees = [_tree(i) for i in range(3)]
-    state = averaging.init(trees[0])
+    state = averages.init(trees[0])
     for t, n, seen in [(trees[0], 60, 60), (trees[1], 60, 120), (trees[2], 20, 140)]:
         state = rule.update(state, t, n, seen)
     expected = jax.tree.map(lambda x, y: (60 * x + 20 * y) / 80, trees[1], trees[2])
-    _close(averaging.value(state), expected, 1e-5)
+    _close(averages.value(state), expected, 1e-5)
 
 
 def test_make_update_updates_every_rule_in_one_call():
-    rules = [averaging.ema(10), averaging.swa(0)]
+    rules = [averages.ema(10), averages.swa(0)]
     t = _tree(3)
-    states = {r.name: averaging.init(t) for r in rules}
-    states = averaging.make_update(rules)(states, t, jnp.float32(5), jnp.float32(5))
+    states = {r.name: averages.init(t) for r in rules}
+    states = averages.make_update(rules)(states, t, jnp.float32(5), jnp.float32(5))
     assert sorted(states) == ["ema-10", "swa-0"]
     for s in states.values():
-        _close(averaging.value(s), t)
+        _close(averages.value(s), t)
 
 
 def test_ema_rejects_a_non_positive_half_life():
     with pytest.raises(ConfigError, match="ema_half_lives"):
-        averaging.ema(0)
+        averages.ema(0)
 
 
 # == kept during training =====================================================================
@@ -116,9 +117,9 @@ def _run_with_averages(out_dir, **kw):
 
 
 def test_training_keeps_ema_and_swa_in_every_checkpoint_and_resumes_them_exactly(tmp_path):
-    from framework import checkpoints
-    from framework.runs import open_run
-    from framework.train import train
+    from framework.checkpoints import store as checkpoints
+    from framework.training.runs import open_run
+    from framework.training.train import train
     from tests.conftest import crash_then_resume
 
     straight = _run_with_averages(tmp_path / "straight")
@@ -140,9 +141,9 @@ def test_training_keeps_ema_and_swa_in_every_checkpoint_and_resumes_them_exactly
 
 
 def test_reading_an_average_that_was_not_kept_or_not_started_is_a_clear_error(tmp_path, trained_run):
-    from framework import checkpoints
-    from framework.runs import open_run
-    from framework.train import train
+    from framework.checkpoints import store as checkpoints
+    from framework.training.runs import open_run
+    from framework.training.train import train
 
     cfg, stops = trained_run
     with pytest.raises(ConfigError, match="keeps no average 'ema-5'.*--ema-half-life"):

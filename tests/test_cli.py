@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from framework.cli import build_parser, config_from_args, main
+from framework.app.cli import build_parser, main
+from framework.app.train_commands import config_from_args
 
 TINY = ["--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "2000",
         "--val-size", "50", "--test-size", "60", "--batch-size", "32", "--no-progress"]
@@ -122,7 +123,7 @@ def test_missing_run_dir_and_step_list_what_exists(cli_run, tmp_path, capsys):
 
 def test_a_bad_config_never_imports_jax(tmp_path):
     code = (
-        "import sys; from framework.cli import main; "
+        "import sys; from framework.app.cli import main; "
         f"rc = main(['train', '--task', 'nope', '--budget-tokens', '1M', '--out', {str(tmp_path)!r}]); "
         "assert rc == 2, rc; assert 'jax' not in sys.modules, 'jax was imported'"
     )
@@ -170,7 +171,7 @@ def test_a_corrupt_config_json_is_a_clear_error(tmp_path, capsys):
 
 
 def test_a_recipe_sets_its_fields_and_flags_beside_it_override(tmp_path):
-    from framework.recipes import RECIPES, settings
+    from framework.training.recipes import RECIPES, settings
 
     args = build_parser().parse_args(["train", "--recipe", "anytime", "--budget-tokens", "400k", "--lr", "0.0123",
                                       "--out", str(tmp_path / "a")])
@@ -196,11 +197,11 @@ def test_a_bad_recipe_is_named(argv, expected, tmp_path, capsys):
 
 
 def test_the_recipes_are_the_tuned_winners_on_addition():
-    """framework/recipes.py holds copies of what experiments.fair_tuning chose on addition (the
+    """framework/training/recipes.py holds copies of what experiments.fair_tuning chose on addition (the
     framework cannot import experiments): they must not drift from experiments/tuned.json."""
     import json
 
-    from framework.recipes import settings
+    from framework.training.recipes import settings
 
     tuned = json.load(open(os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "tuned.json")))["addition"]
     for kind in ("plain", "anytime"):

@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 
-from framework import config, tasks
+from framework import config
 from framework.config import DataConfig, ModelConfig, OptimConfig, RunConfig, parse_stops, parse_tokens
+from framework.data import tasks
 from framework.errors import ConfigError
 
 
@@ -16,7 +17,7 @@ def test_name_lists_match_the_registries_they_mirror():
     assert config.HOP_ANSWERS == tuple(tasks.HOP_ANSWERS)
     assert config.N_RELATIONS == len(tasks.RELATIONS)
     assert config.SPLIT_NAMES == tasks.SPLITS
-    from framework import optimizers, schedules
+    from framework.training import optimizers, schedules
 
     assert config.OPTIMIZERS == tuple(optimizers.OPTIMIZERS)
     assert config.DECAY_SHAPES == schedules.DECAY_SHAPES

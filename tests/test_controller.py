@@ -3,9 +3,9 @@
 import json
 import os
 
-from framework import controller
-from framework.checkpoints import list_checkpoints
-from framework.cli import main
+from framework.app.cli import main
+from framework.checkpoints.store import list_checkpoints
+from framework.training import controller
 
 TINY = ["--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "3000", "--val-size", "100",
         "--test-size", "100", "--budget-tokens", "24k", "--batch-size", "32", "--every-tokens", "4k",

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from experiments import chaos
-from framework import checkpoints
+from framework.checkpoints import store as checkpoints
 from framework.config import load_run_config
-from framework.train import train
+from framework.training.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

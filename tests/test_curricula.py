@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from curricula import pacing, registry, samplers
-from framework import checkpoints
-from framework.cli import main
+from framework.app.cli import main
+from framework.checkpoints import store as checkpoints
 from framework.errors import ConfigError
-from framework.train import train
+from framework.training.train import train
 from tests.conftest import crash_then_resume, logged_lines, tiny_config
 from tests.test_data import _split
 

@@ -2,9 +2,10 @@ import datasets
 import numpy as np
 import pytest
 
-from framework import data, tokenizer
 from framework.config import DataConfig
-from framework.tokenizer import BOS, EOS, PAD
+from framework.data import encoding as data
+from framework.data import tokenizer
+from framework.data.tokenizer import BOS, EOS, PAD
 
 
 def _split(rows, width=None):

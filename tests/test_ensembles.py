@@ -7,9 +7,9 @@ import pytest
 
 from ensembles import artifact, select
 from ensembles.members import Candidate, Member, ParamStore
-from framework.cli import main
+from framework.app.cli import main
 from framework.errors import ConfigError
-from framework.runs import Run
+from framework.training.runs import Run
 from tests.conftest import tiny_config
 
 STOPS = (0.25, 0.5, 0.75, 1.0)
@@ -18,7 +18,7 @@ STOPS = (0.25, 0.5, 0.75, 1.0)
 @pytest.fixture(scope="session")
 def ens_runs(tmp_path_factory):
     """Two seeds of a tiny run with four stops, an EMA and SWA (shared, read-only)."""
-    from framework.train import train
+    from framework.training.train import train
 
     root = tmp_path_factory.mktemp("ens")
     runs = []
@@ -132,7 +132,7 @@ def test_members_of_different_models_are_a_clear_error(ens_runs, tmp_path):
     import dataclasses
 
     from framework.config import PRESETS
-    from framework.train import train
+    from framework.training.train import train
 
     wide = tiny_config(tmp_path / "wide", model=dataclasses.replace(PRESETS["tiny"], d_model=48, n_heads=2))
     train(wide, show_progress=False)
@@ -190,7 +190,7 @@ def test_a_swa_that_has_not_started_is_no_candidate(ens_runs):
 
 
 def test_the_cli_method_names_mirror_selection():
-    from framework import cli
+    from framework.app import cli
 
     assert cli.ENSEMBLE_METHODS == select.METHODS  # the CLI checks them before importing jax
 
@@ -206,7 +206,7 @@ def test_param_store_bounds_the_bytes_it_keeps(ens_runs):
 
 def test_validation_em_that_training_logged_is_read_not_recomputed(ens_runs, monkeypatch):
     from ensembles import members
-    from framework import evaluate
+    from framework.evaluation import evaluate
 
     store, run_dir = ParamStore(), ens_runs[0].out_dir
     run = store.run(run_dir)

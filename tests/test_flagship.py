@@ -14,7 +14,7 @@ from tests.conftest import tiny_config
 
 
 def test_byo_file_is_deterministic_distinct_and_read_like_any_user_file(tmp_path):
-    from framework.data import prepare
+    from framework.data.encoding import prepare
 
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     byo_task.write(str(a), n_rows=3_000, seed=0)

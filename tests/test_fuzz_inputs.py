@@ -27,8 +27,9 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-import framework.data
-from framework.cli import _TRAIN_FLAGS, main
+import framework.data.encoding
+from framework.app.cli import main
+from framework.app.train_commands import _TRAIN_FLAGS
 from framework.config import (
     CURRICULA,
     DTYPES,
@@ -47,8 +48,8 @@ from framework.config import (
     TASKS,
     load_run_config,
 )
+from framework.data.tasks import load_file
 from framework.errors import ConfigError
-from framework.tasks import load_file
 from tests.conftest import fuzz
 
 
@@ -75,7 +76,7 @@ def stop_before_training(cfg):
     raise Reached()
 
 
-_REAL_PREPARE = framework.data.prepare
+_REAL_PREPARE = framework.data.encoding.prepare
 
 
 def stop_after_reading_data(cfg):
@@ -90,11 +91,11 @@ def _fresh(sandbox, name: str = "f") -> str:
 def run_cli(argv: list[str], prepare=stop_before_training) -> tuple[str, str]:
     """(outcome, stderr) of `recoup ARGV` in process: outcome is "rc=N", or "reached" where
     `recoup train` called `prepare`. It is patched for train only, which imports it at call time:
-    a module that binds it at import (framework.runs, for eval) must never catch the stub."""
+    a module that binds it at import (framework.training.runs, for eval) must never catch the stub."""
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
         if argv[0] == "train":
-            mp.setattr(framework.data, "prepare", prepare)
+            mp.setattr(framework.data.encoding, "prepare", prepare)
         try:
             outcome = f"rc={main(argv)}"
         except SystemExit as e:  # argparse: a flag's value of the wrong type

@@ -7,8 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from framework.completions import APIError, CompletionRequest, parse
-from framework.generation import Buckets, ServedModel
+from framework.serving.completions import APIError, CompletionRequest, parse
+from framework.serving.generation import Buckets, ServedModel
 from tests.conftest import fuzz
 
 MODEL = ServedModel("m", ".", "weights", None, None, None, context=64, info={})

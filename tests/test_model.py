@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from framework import evaluate
 from framework.config import PRESETS
-from framework.data import make_batch
-from framework.model import build_model, causal_mask, forward
-from framework.runs import open_run
-from framework.tokenizer import EOS
+from framework.data.encoding import make_batch
+from framework.data.tokenizer import EOS
+from framework.evaluation import evaluate
+from framework.models.transformer import build_model, causal_mask, forward
+from framework.training.runs import open_run
 from tests.test_data import _split as make_split
 
 
@@ -110,8 +110,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_decodes():
 
     from framework.config import PRESETS, ModelConfig
     from framework.errors import ConfigError
-    from framework.evaluate import greedy_decode, left_padded_prompts
-    from framework.model import build_model, forward
+    from framework.evaluation.evaluate import greedy_decode, left_padded_prompts
+    from framework.models.transformer import build_model, forward
 
     cfg = dataclasses.replace(PRESETS["tiny"], dtype="bfloat16")
     model = build_model(cfg, 0)

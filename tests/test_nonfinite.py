@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from framework import checkpoints, sharding
-from framework import train as train_mod
-from framework.runs import open_run
+from framework.checkpoints import store as checkpoints
+from framework.training import sharding
+from framework.training import train as train_mod
+from framework.training.runs import open_run
 from tests.conftest import tiny_config
 
 

@@ -1,4 +1,4 @@
-"""The optimizer levers (framework.optimizers): each against a reference, and each resumed bit for bit."""
+"""The optimizer levers (framework.training.optimizers): each against a reference, and each resumed bit for bit."""
 
 import dataclasses
 import math
@@ -10,11 +10,13 @@ import optax
 import pytest
 from flax import nnx
 
-from framework import checkpoints, evaluate, optimizers
+from framework.checkpoints import store as checkpoints
 from framework.config import PRESETS, OptimConfig
-from framework.model import build_model
-from framework.runs import open_run
-from framework.train import steps_per_batch, train
+from framework.evaluation import evaluate
+from framework.models.transformer import build_model
+from framework.training import optimizers
+from framework.training.runs import open_run
+from framework.training.train import steps_per_batch, train
 from tests.conftest import crash_then_resume, logged_lines, tiny_config
 
 
@@ -153,7 +155,7 @@ def test_schedule_free_checkpoints_hold_the_evaluated_weights(tmp_path):
 
 
 def test_a_cooldown_keeps_or_sets_the_decay_shape(trained_run, tmp_path):
-    from framework.cooldown import cooldown_config
+    from framework.training.cooldown import cooldown_config
 
     cfg, _ = trained_run
     assert cooldown_config(cfg.out_dir, "0.5", "0.1", str(tmp_path / "a")).optim.decay_shape == "linear"

@@ -12,14 +12,14 @@ import pytest
 from flax import nnx
 
 from ensembles import output
-from framework import evaluate
-from framework.checkpoints import list_checkpoints
+from framework.checkpoints.store import list_checkpoints
 from framework.config import PRESETS
-from framework.data import make_batch
+from framework.data.encoding import make_batch
+from framework.data.tokenizer import BOS, EOS, PAD, encode
 from framework.errors import ConfigError
-from framework.model import build_model, forward
-from framework.runs import open_run
-from framework.tokenizer import BOS, EOS, PAD, encode
+from framework.evaluation import evaluate
+from framework.models.transformer import build_model, forward
+from framework.training.runs import open_run
 
 BATCH = 64  # the batch of every decode and forward pass here, so each function compiles once
 

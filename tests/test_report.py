@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from framework import report
+from framework.app import report
 
 
 def _row(kind, tokens, em, cost=1):
@@ -25,7 +25,7 @@ def test_what_to_ship_trades_em_for_tokens_at_each_price_within_the_cost_cap():
 
 
 def test_report_renders_from_a_fixture_of_runs(trained_run, tmp_path, capsys):
-    from framework.cli import main
+    from framework.app.cli import main
 
     cfg, _ = trained_run
     cool = tmp_path / "cool"
@@ -44,7 +44,7 @@ def test_report_renders_from_a_fixture_of_runs(trained_run, tmp_path, capsys):
 
 
 def test_report_of_a_non_run_is_a_clear_error(tmp_path, capsys):
-    from framework.cli import main
+    from framework.app.cli import main
 
     assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert "no run directory" in capsys.readouterr().err

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from framework import schedules
+from framework.training import schedules
 
 B = 1_000
 

@@ -55,8 +55,8 @@ def test_a_scorer_returning_the_wrong_count_is_an_error():
 
 
 def test_model_loss_scores_are_the_checkpoints_answer_losses(trained_run):
-    from framework import evaluate
-    from framework.runs import open_run
+    from framework.evaluation import evaluate
+    from framework.training.runs import open_run
 
     cfg, stops = trained_run
     run = open_run(cfg.out_dir)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from ensembles import artifact
-from framework import cli
+from framework.app import cli
 from framework.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +18,7 @@ UNSAFE_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "cloudpickle
 # The only places that import by name: `--config FILE|MODULE`, `recoup sweep --space FILE|MODULE` and
 # `module:attr` curricula, pacings and scorers, which the user names (a saved config naming one needs
 # --trust-imports, below).
-IMPORTERS = {os.path.join("framework", "cli.py"), os.path.join("framework", "sweep_space.py"),
+IMPORTERS = {os.path.join("framework", "app", "train_commands.py"), os.path.join("framework", "sweeps", "space.py"),
              os.path.join("curricula", "registry.py")}
 
 

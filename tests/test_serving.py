@@ -16,9 +16,9 @@ import pytest
 from ensembles import artifact
 from ensembles.members import COMBINERS, ParamStore
 from experiments.bench_serving import recoup_serve
-from framework import generation
-from framework.completions import APIError, parse
-from framework.generation import Buckets, Completion, Row, apply_stop
+from framework.serving import generation
+from framework.serving.completions import APIError, parse
+from framework.serving.generation import Buckets, Completion, Row, apply_stop
 from tests.conftest import tiny_config
 
 BUCKETS = Buckets(batch=(1, 4), prompt=(32,), new=(4, 16))  # 4 shapes: each costs ~1.5 s per model to compile
@@ -57,8 +57,8 @@ class LiveServer:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny run, a latest-k weight average and a 3-member log-prob ensemble of it, all served."""
-    from framework.server import create_app
-    from framework.train import train
+    from framework.serving.server import create_app
+    from framework.training.train import train
 
     root = tmp_path_factory.mktemp("serve")
     # trained long enough that answers differ from prompt to prompt (at 24k tokens most are "11")
@@ -281,7 +281,7 @@ def test_load_with_faults_gets_no_5xx_and_does_not_wedge(served):
 
 
 def test_health_is_503_until_loaded_and_the_api_key_is_checked(trained_run, monkeypatch):
-    from framework.server import create_app
+    from framework.serving.server import create_app
 
     cfg, _ = trained_run
     gate = threading.Event()
@@ -326,7 +326,7 @@ def test_recoup_serve_answers_the_openai_client(trained_run):
 
 
 def test_serve_refuses_what_it_cannot_serve_before_starting(trained_run, tmp_path, capsys):
-    from framework.cli import main
+    from framework.app.cli import main
 
     cfg, _ = trained_run
     other = tmp_path / "x" / os.path.basename(cfg.out_dir)

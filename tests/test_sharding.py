@@ -10,9 +10,9 @@ import sys
 import pytest
 from jax.sharding import PartitionSpec
 
-from framework import sharding
 from framework.config import RunConfig
 from framework.errors import ConfigError
+from framework.training import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # float32 sums in another order (per-device partial gradients) through Adam for 25 steps; measured:
@@ -61,7 +61,7 @@ def test_bad_meshes_are_clear_errors_before_compiling():
 
 
 def test_recoup_train_refuses_a_mesh_this_machine_cannot_hold(tmp_path, capsys):
-    from framework.cli import main
+    from framework.app.cli import main
 
     args = ["train", "--task", "addition", "--preset", "tiny", "--budget-tokens", "20k", "--out", str(tmp_path / "r")]
     assert main([*args, "--mesh", "8,1"]) == 2
@@ -75,8 +75,8 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     ends with the parameters one process ends with; only process 0 writes the run's files."""
     import socket
 
-    from framework.cli import main
-    from framework.runs import open_run
+    from framework.app.cli import main
+    from framework.training.runs import open_run
 
     flags = ["train", "--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "3000",
              "--val-size", "100", "--test-size", "100", "--batch-size", "32", "--budget-tokens", "24k",
@@ -87,7 +87,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, "-m", "framework.cli", *flags, "--out", str(tmp_path / "two"),
+    procs = [subprocess.Popen([sys.executable, "-m", "framework.app.cli", *flags, "--out", str(tmp_path / "two"),
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]

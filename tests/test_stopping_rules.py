@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from framework import stopping_rules as sr
-from framework.budget_rule import budget_rule, fit_curve
 from framework.errors import ConfigError
+from framework.stopping import registry
+from framework.stopping import rules as sr
+from framework.stopping.budget_rule import budget_rule, fit_curve
 
 
 def _obs(i, em, loss=1.0, grad=None, correct=None, budget=1000, every=100):
@@ -96,18 +97,18 @@ def test_any_and_all_and_restore_best_from_whichever_rule_keeps_it():
 
 
 def test_build_from_specs_and_clear_errors():
-    rule = sr.build([{"rule": "patience", "patience": 2}, {"rule": "grad-norm"}], "any")
+    rule = registry.build([{"rule": "patience", "patience": 2}, {"rule": "grad-norm"}], "any")
     assert rule.name == "patience | grad-norm"
-    assert sr.build([]) is None
+    assert registry.build([]) is None
     for specs, match in [([{"rule": "magic"}], "unknown rule 'magic'.*patience, moving-average"),
                          ([{"rule": "patience", "patients": 2}], "unexpected keyword argument 'patients'"),
                          ([{"rule": "patience", "patience": 0}], "stop_rules.patience: 0 must be an integer >= 1"),
                          ([{"rule": "patience", "metric": "f1"}], "stop_rules.metric: unknown value 'f1'"),
                          (["patience"], "must be a mapping with a 'rule' key")]:
         with pytest.raises(ConfigError, match=match):
-            sr.build(specs)
+            registry.build(specs)
     with pytest.raises(ConfigError, match="stop_combine"):
-        sr.build([{"rule": "patience"}, {"rule": "patience"}], "most")
+        registry.build([{"rule": "patience"}, {"rule": "patience"}], "most")
 
 
 # == the budget rule ==========================================================================
@@ -181,9 +182,9 @@ def _rule_run(out_dir, **kw):
 def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(tmp_path):
     import jax
 
-    from framework import checkpoints
-    from framework.runs import open_run
-    from framework.train import train
+    from framework.checkpoints import store as checkpoints
+    from framework.training.runs import open_run
+    from framework.training.train import train
 
     cfg = _rule_run(tmp_path / "r")
     stops = train(cfg, show_progress=False)
@@ -199,7 +200,7 @@ def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(t
         assert sum('"kind": "stopped"' in line for line in f) == 1
     assert checkpoints.list_checkpoints(cfg.out_dir) == stops
     # Replaying the same rule over the logs reproduces the live decision, per-example data included.
-    from framework import tune
+    from framework.stopping import tune
 
     evals = tune.load_evaluations(cfg.out_dir)
     assert all(len(e.correct) == cfg.data.val_size for e in evals)
@@ -208,14 +209,14 @@ def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(t
 
 
 def test_rule_state_survives_a_crash_and_the_resumed_run_stops_at_the_same_step(tmp_path):
-    from framework.train import train
+    from framework.training.train import train
     from tests.conftest import crash_then_resume
 
     straight = _rule_run(tmp_path / "straight")
     a = train(straight, show_progress=False)
     broken = _rule_run(tmp_path / "broken")
     crash_then_resume(broken, after_fraction=0.2)  # between the first evaluations and the stop
-    from framework import checkpoints
+    from framework.checkpoints import store as checkpoints
 
     b = checkpoints.list_checkpoints(broken.out_dir)
     keys = ("step", "tokens", "kind", "reason", "restored_best_step")
@@ -223,7 +224,7 @@ def test_rule_state_survives_a_crash_and_the_resumed_run_stops_at_the_same_step(
 
 
 def test_cli_stop_rule_flags(tmp_path, capsys):
-    from framework.cli import main
+    from framework.app.cli import main
 
     base = ["train", "--task", "addition", "--preset", "tiny", "--max-digits", "2", "--n-examples", "600",
             "--val-size", "50", "--test-size", "50", "--budget-tokens", "8k", "--batch-size", "16",
@@ -247,8 +248,8 @@ def test_cli_stop_rule_flags(tmp_path, capsys):
 def test_cooldown_branches_from_a_stop_decays_to_zero_and_counts_its_tokens(trained_run, tmp_path, capsys):
     import json
 
-    from framework import checkpoints
-    from framework.cli import main
+    from framework.app.cli import main
+    from framework.checkpoints import store as checkpoints
 
     cfg, stops = trained_run
     half = next(c for c in stops if c["fraction"] == 0.5)
@@ -264,7 +265,7 @@ def test_cooldown_branches_from_a_stop_decays_to_zero_and_counts_its_tokens(trai
     lrs = [x["lr"] for x in lines if x["event"] == "train"]
     saved = json.loads((out / "config.json").read_text())
     assert saved["optim"]["schedule"] == "cooldown" and saved["optim"]["decay_start"] == half["tokens"]
-    from framework.train import SCHEDULE_BUILDERS
+    from framework.training.train import SCHEDULE_BUILDERS
 
     start_lr = float(SCHEDULE_BUILDERS["cosine"](cfg.optim, cfg.budget_tokens)(half["tokens"]))
     assert saved["optim"]["peak_lr"] == pytest.approx(start_lr)  # it starts where the source was
@@ -275,7 +276,7 @@ def test_cooldown_branches_from_a_stop_decays_to_zero_and_counts_its_tokens(trai
 
 
 def test_cooldown_bad_input_is_one_clear_line(trained_run, tmp_path, capsys):
-    from framework.cli import main
+    from framework.app.cli import main
 
     cfg, _ = trained_run
     for args, message in [(["--from", "0.1", "--tokens", "0.05"], "from: no checkpoint"),
@@ -309,7 +310,7 @@ def _fake_run(tmp_path, name, ems, every=100_000, budget=1_000_000):
 
 
 def test_tune_stopping_picks_the_rule_that_pays_and_replay_is_deterministic(tmp_path):
-    from framework import tune
+    from framework.stopping import tune
 
     curve = [0.1, 0.5, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]  # flat from 40% of the budget
     runs = [_fake_run(tmp_path, f"r{i}", curve) for i in range(2)]
@@ -323,7 +324,7 @@ def test_tune_stopping_picks_the_rule_that_pays_and_replay_is_deterministic(tmp_
 
 
 def test_tune_stopping_cli(tmp_path, capsys):
-    from framework.cli import main
+    from framework.app.cli import main
 
     run = _fake_run(tmp_path, "r", [0.2, 0.6, 0.7, 0.7, 0.7, 0.7])
     assert main(["tune-stopping", run, "--price", "10"]) == 0
@@ -338,9 +339,9 @@ def test_tune_stopping_cli(tmp_path, capsys):
 def test_restore_best_applies_when_a_hook_rather_than_the_rule_stops_the_run(tmp_path):
     import jax
 
-    from framework.runs import open_run
-    from framework.stopping import StopTraining
-    from framework.train import train
+    from framework.stopping.points import StopTraining
+    from framework.training.runs import open_run
+    from framework.training.train import train
 
     # A rule that never fires and whose "best" is surely the first evaluation: the highest loss.
     rule = {"rule": "patience", "patience": 50, "metric": "val_loss", "mode": "max"}

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from framework.cli import main
+from framework.app.cli import main
 from framework.errors import ConfigError
-from framework.sweep import run_sweep, trial_dir
-from framework.sweep_report import (
+from framework.sweeps.report import (
     intermediate,
     levels_over_seeds,
     objective_value,
@@ -20,7 +19,8 @@ from framework.sweep_report import (
     savings,
     tokens_to_levels,
 )
-from framework.sweep_space import apply, base_point, grid, parse_param_flags, parse_space, parse_spec
+from framework.sweeps.space import apply, base_point, grid, parse_param_flags, parse_space, parse_spec
+from framework.sweeps.sweep import run_sweep, trial_dir
 from tests.conftest import Crash, tiny_config
 
 BUDGET = 12_000
@@ -280,7 +280,7 @@ def test_a_rerun_trains_only_what_is_missing_and_resumes_a_trial_whose_process_d
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from framework.train import train
+    from framework.training.train import train
 
     out, space, base = str(tmp_path / "resume"), {"optim.peak_lr": LRS}, base_config()
     run_sweep(base, space, out, trials=2, sampler="random", log=quiet)  # trial 0: the base config
@@ -356,7 +356,7 @@ def test_an_interrupted_trial_counts_what_it_trained_and_the_rerun_resumes_its_r
 def test_the_cli_rejects_a_bad_param_naming_it_before_anything_is_written_or_jax_imported(tmp_path):
     demo = os.path.join(os.path.dirname(__file__), "..", "experiments", "demo.py")
     out = str(tmp_path / "s")
-    code = ("import sys; from framework.cli import main; "
+    code = ("import sys; from framework.app.cli import main; "
             f"rc = main(['sweep', '--config', {demo!r}, '--param', 'optim.nope=log:1e-4:1e-2', '--trials', '2', "
             f"'--out', {out!r}]); assert rc == 2, rc; assert 'jax' not in sys.modules, 'jax was imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -388,7 +388,7 @@ def test_workers_sharing_a_study_count_each_others_running_trials_and_wait_for_t
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    import framework.sweep_workers as sweep_workers
+    import framework.sweeps.workers as sweep_workers
 
     monkeypatch.setattr(sweep_workers, "WAIT_POLL_S", 0.05)
     out, space, base = str(tmp_path / "shared"), {"optim.peak_lr": LRS}, base_config()

@@ -1,4 +1,4 @@
-"""Tests for framework.tasks: generators, splits, file loading and their error messages."""
+"""Tests for framework.data.tasks: generators, splits, file loading and their error messages."""
 
 import re
 import subprocess
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from framework import tasks
+from framework.data import tasks
 from framework.errors import ConfigError
 
 ADDITION = re.compile(r"^(0|[1-9][0-9]*)\+(0|[1-9][0-9]*)=$")
@@ -42,8 +42,8 @@ def assert_disjoint(splits: datasets.DatasetDict) -> None:
 
 def test_import_is_jax_free_and_offline():
     # In a fresh interpreter: other tests in the same session may have imported jax already.
-    code = ("import framework.tasks, sys, datasets.config; "
-            "assert 'jax' not in sys.modules, 'framework.tasks imported jax'; "
+    code = ("import framework.data.tasks, sys, datasets.config; "
+            "assert 'jax' not in sys.modules, 'framework.data.tasks imported jax'; "
             "assert datasets.config.HF_HUB_OFFLINE")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 

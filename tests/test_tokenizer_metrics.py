@@ -1,7 +1,8 @@
 import pytest
 
-from framework import metrics, tokenizer
-from framework.tokenizer import BOS, EOS, PAD
+from framework.data import tokenizer
+from framework.data.tokenizer import BOS, EOS, PAD
+from framework.evaluation import metrics
 
 
 @pytest.mark.parametrize("text", ["", "123+45=", "Who is the teacher of Alba?", "Zoë → naïve ✓"])

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from framework import checkpoints, data
+from framework.checkpoints import store as checkpoints
 from framework.config import PRESETS
+from framework.data import encoding as data
 from framework.errors import ConfigError
-from framework.model import build_model
-from framework.optimizers import build as build_optimizer
-from framework.runs import open_run
-from framework.stopping import StopTraining, stop_points
-from framework.train import train
+from framework.models.transformer import build_model
+from framework.stopping.points import StopTraining, stop_points
+from framework.training.optimizers import build as build_optimizer
+from framework.training.runs import open_run
+from framework.training.train import train
 from tests.conftest import Crash, crash_then_resume, logged_lines, tiny_config
 
 

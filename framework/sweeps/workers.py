@@ -1,6 +1,6 @@
 """Workers of one `recoup sweep` study: which trials count, trials whose process died, waiting for
 the others. Several workers (processes on one machine, or machines sharing an RDB URL) each run
-`framework.sweep.run_sweep` on the same study; these are the rules they share."""
+`framework.sweeps.sweep.run_sweep` on the same study; these are the rules they share."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def wait_for_others(study, log) -> None:
 
 def newest_checkpoint(run_dir: str) -> dict:
     """Step and tokens of a run's newest intact checkpoint, where a resume starts (0 and -1 without one)."""
-    from framework import checkpoints
+    from framework.checkpoints import store as checkpoints
 
     ckpts = checkpoints.list_checkpoints(run_dir, intact_only=True) if os.path.isdir(
         checkpoints.checkpoint_dir(run_dir)) else []

@@ -4,7 +4,7 @@
 
 A run on a constant (anytime) learning rate can stop anywhere, but its weights at the stop have
 not settled. When a rule fires, the controller branches a cooldown from that checkpoint (the rate
-decays to 0 over `extra` more tokens; they count: `framework.cooldown`), then ships whichever of
+decays to 0 over `extra` more tokens; they count: `framework.training.cooldown`), then ships whichever of
 the cooled-down weights and the run's own weight averages at the stop scored best on validation.
 Everything it compares was already evaluated on the validation split when it was saved, so the
 choice costs no evaluation.
@@ -16,9 +16,9 @@ import json
 import os
 from typing import Any
 
-from framework.checkpoints import list_checkpoints
+from framework.checkpoints.integrity import write_atomic
+from framework.checkpoints.store import list_checkpoints
 from framework.config import CONFIG_FILE
-from framework.integrity import write_atomic
 
 SHIPPED_FILE = "shipped.json"
 
@@ -53,14 +53,14 @@ def cool_down_and_ship(run_dir: str, step: int, extra: str, *, shape: str | None
     Returns (and writes to COOLDOWN_DIR/shipped.json) {"run_dir", "step", "average", "val_em",
     "tokens" (the training tokens spent: the cooldown's end), "stopped_at", "cooldown_dir", "considered"}.
     """
-    from framework.cooldown import checkpoint_at, cooldown_config
+    from framework.training.cooldown import checkpoint_at, cooldown_config
 
     source = checkpoint_at(run_dir, step)
     cfg = cooldown_config(run_dir, str(source["fraction"]), extra, out_dir, shape, step=step)
     done = list_checkpoints(cfg.out_dir) if os.path.isfile(os.path.join(cfg.out_dir, CONFIG_FILE)) else []
     if not any(c.get("fraction") == 1.0 for c in done):
         if train_fn is None:
-            from framework.train import train as train_fn
+            from framework.training.train import train as train_fn
         log(f"cooling {run_dir} down from step {step} ({source['tokens']:,} tokens) over "
             f"{cfg.budget_tokens - source['tokens']:,} more tokens into {cfg.out_dir}")
         train_fn(cfg, resume=os.path.isdir(cfg.out_dir), show_progress=False)

@@ -3,7 +3,7 @@
     recoup sweep --config experiments/demo.py --param optim.peak_lr=log:1e-4:1e-2 \
         --param batch_size=choice:32,64,128 --trials 24 --out runs/sweep/add [--budget-tokens 300k]
 
-Each trial trains `apply(base, point)` (framework.sweep_space) in `SWEEP/trials/<hash of its config>`,
+Each trial trains `apply(base, point)` (framework.sweeps.space) in `SWEEP/trials/<hash of its config>`,
 so a point tried twice costs nothing the second time and an unfinished one resumes. The score is
 validation EM: of the last checkpoint (`final`, the plain recipe) or the mean over the stopping
 points of the best single model there, EMAs included (`anytime`). Pruning is successive halving
@@ -25,7 +25,6 @@ and the total is reported beside the tokens the winner saves per run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,10 +35,10 @@ import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from framework.config import RunConfig, parse_tokens
+from framework.checkpoints.integrity import CorruptCheckpoint, write_atomic
+from framework.config import RunConfig
 from framework.errors import ConfigError
-from framework.integrity import CorruptCheckpoint, write_atomic
-from framework.sweep_report import (
+from framework.sweeps.report import (
     DEFAULT_LEVELS,
     intermediate,
     levels_over_seeds,
@@ -50,8 +49,7 @@ from framework.sweep_report import (
     trial_record,
     write_outputs,
 )
-from framework.sweep_space import (
-    SAMPLERS,
+from framework.sweeps.space import (
     Param,
     Space,
     apply,
@@ -60,12 +58,10 @@ from framework.sweep_space import (
     decode,
     describe,
     grid,
-    load_space_file,
-    parse_param_flags,
     parse_space,
     suggest,
 )
-from framework.sweep_workers import claimed, fail_dead_trials, newest_checkpoint, wait_for_others
+from framework.sweeps.workers import claimed, fail_dead_trials, newest_checkpoint, wait_for_others
 
 PRUNED = "pruned by the sweep"  # the reason in a pruned run's `stopped` checkpoint
 MAX_INVALID = 10  # sampled points in a row that fail validation before the sweep gives up
@@ -183,9 +179,9 @@ def _train_one(sw: _Sweep, cfg: RunConfig, trial, report: bool, may_prune: bool,
     """Train (or resume, or read back) one run of `trial` (None: the reference run): (tokens trained
     here, its eval records, pruned?). With `report`, its stopping points go to the pruner. `seen`
     gets {run_dir: tokens} after every step, so a run that raises still counts what it trained."""
-    from framework import checkpoints
-    from framework.stopping import StopTraining
-    from framework.train import train
+    from framework.checkpoints import store as checkpoints
+    from framework.stopping.points import StopTraining
+    from framework.training.train import train
 
     newest = newest_checkpoint(cfg.out_dir)
     start = newest["tokens"]
@@ -216,7 +212,7 @@ def _train_one(sw: _Sweep, cfg: RunConfig, trial, report: bool, may_prune: bool,
 
 def _splits(sw: _Sweep, cfg: RunConfig) -> dict:
     """The data splits of `cfg.data`, built once per distinct DataConfig in the sweep."""
-    from framework.data import prepare
+    from framework.data.encoding import prepare
 
     key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
     if key not in sw.splits:
@@ -234,7 +230,7 @@ def _objective(study, sw: _Sweep, trials: int):
     import optuna
     from optuna.trial import TrialState
 
-    from framework.checkpoints import SaveFailed
+    from framework.checkpoints.store import SaveFailed
 
     invalid = [0]  # points in a row that were not valid runs
 
@@ -338,7 +334,7 @@ def run_sweep(base_cfg: RunConfig, space: Space, out_dir: str, *, trials: int | 
 
     Args:
       base_cfg: the recipe every trial starts from (its out_dir is ignored).
-      space: {dotted field: spec}, e.g. {"optim.peak_lr": "log:1e-4:1e-2"} (framework.sweep_space).
+      space: {dotted field: spec}, e.g. {"optim.peak_lr": "log:1e-4:1e-2"} (framework.sweeps.space).
       out_dir: the sweep directory: optuna.db, sweep.json, trials/, results.json, summary.md, em_vs_tokens.png.
       trials: finished (complete + pruned) trials wanted in the study; None with the grid sampler: the grid.
       objective: "final" (val EM of the last checkpoint) or "anytime" (mean best single-model EM over the stops).
@@ -406,68 +402,3 @@ def run_sweep(base_cfg: RunConfig, space: Space, out_dir: str, *, trials: int | 
     for line in summary_lines(summary):
         log(line)
     return summary
-
-
-# == command line ===============================================================================
-
-
-def add_parser(sub) -> None:
-    """`recoup sweep`: added to the CLI by framework.cli.build_parser."""
-    p = sub.add_parser("sweep", help="search hyperparameters (RunConfig fields) on validation EM, with pruning")
-    p.add_argument("--config", required=True, help="the base recipe: a .py file or module with get_config()")
-    p.add_argument("--space", help="a .py file or module whose get_space() returns {field: spec}")
-    p.add_argument("--param", action="append", default=[], metavar="FIELD=SPEC",
-                   help="e.g. optim.peak_lr=log:1e-4:1e-2, batch_size=choice:32,64 (kinds: choice, log, "
-                        "uniform, int, logint); overrides --space")
-    p.add_argument("--trials", type=int, help="finished trials wanted in the study (grid: default the grid size)")
-    p.add_argument("--out", required=True, help="sweep directory (a rerun continues the study there)")
-    p.add_argument("--budget-tokens", help="override the base config's budget, e.g. 300k")
-    p.add_argument("--objective", default="final", help="final (val EM at the end) | anytime (mean best "
-                                                        "single-model val EM over the stops)")
-    p.add_argument("--sampler", default="tpe", help=f"{'|'.join(SAMPLERS)} (default tpe)")
-    p.add_argument("--sampler-seed", type=int, default=0)
-    p.add_argument("--startup-trials", type=int, help="TPE's random trials first (default max(5, trials // 4))")
-    p.add_argument("--pruner", default="sha", help="sha (successive halving at the stopping points) | none")
-    p.add_argument("--eta", type=int, default=3, help="successive halving keeps the best 1/eta per rung (default 3)")
-    p.add_argument("--min-resource", type=float, help="first rung as a budget fraction (default: the first stop)")
-    p.add_argument("--seeds", default="0", help="training seeds per point, e.g. 0,1: the objective is their "
-                                                "mean; pruning watches the first seed only")
-    p.add_argument("--levels", help=f"val EM levels to report tokens-to-reach for (default "
-                                    f"{','.join(map(str, DEFAULT_LEVELS))})")
-    p.add_argument("--storage", help="an optuna RDB URL shared by several machines (default sqlite:///OUT/optuna.db)")
-    p.add_argument("--study", default="sweep", help="study name in the storage (default sweep)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
-    p.set_defaults(func=_cmd_sweep)
-
-
-def _numbers(text: str, field: str, cast):
-    try:
-        return tuple(cast(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(field, f"{text!r} must be comma-separated numbers") from None
-
-
-def _cmd_sweep(args) -> int:
-    import sys
-
-    from framework.cli import load_config_file  # the loader `recoup train --config` uses
-
-    space = load_space_file(args.space) if args.space else {}
-    space.update(parse_param_flags(args.param))
-    base = load_config_file(args.config)
-    if args.budget_tokens is not None:
-        base = dataclasses.replace(base, budget_tokens=parse_tokens(args.budget_tokens))
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-    # With --json, stdout holds the summary alone: the trainer's own lines go to stderr too.
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        summary = run_sweep(base, space, args.out, trials=args.trials, objective=args.objective, sampler=args.sampler,
-                            pruner=args.pruner, seeds=_numbers(args.seeds, "seeds", int),
-                            levels=_numbers(args.levels, "levels", float) if args.levels else DEFAULT_LEVELS,
-                            storage=args.storage, study=args.study, eta=args.eta, min_resource=args.min_resource,
-                            sampler_seed=args.sampler_seed, startup_trials=args.startup_trials, log=log)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    return 0

@@ -12,12 +12,12 @@ import json
 import os
 from typing import Any
 
+from framework.checkpoints.integrity import write_atomic
 from framework.errors import ConfigError
-from framework.integrity import write_atomic
-from framework.sweep_space import Param, decode, describe
+from framework.sweeps.space import Param, decode, describe
 
 DEFAULT_LEVELS = (0.5, 0.9, 0.95, 0.99)
-METRICS_FILE = "metrics.jsonl"  # framework.checkpoints.METRICS_FILE (that module imports jax)
+METRICS_FILE = "metrics.jsonl"  # framework.checkpoints.store.METRICS_FILE (that module imports jax)
 KEPT = ("tokens", "fraction", "kind", "step", "val_em", "average_val_em", "reason")  # what a trial stores per eval
 
 Evals = list[dict[str, Any]]  # one run's eval records, in order
@@ -107,7 +107,7 @@ def savings(winner: dict[str, int | None], base: dict[str, int | None], total_to
 
 
 def summarize(records: list[dict], base: dict | None, reference_tokens: int, levels, objective: str) -> dict:
-    """The sweep summary from trial records (see `framework.sweep._record`) and the base's record."""
+    """The sweep summary from trial records (see `framework.sweeps.sweep._record`) and the base's record."""
     complete = [r for r in records if r["state"] == "COMPLETE"]
     # On a tie the base config wins (nothing beat it), then the earliest trial.
     best = max(complete, key=lambda r: (r["objective"], r["base"], -r["number"]), default=None)

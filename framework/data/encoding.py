@@ -25,10 +25,10 @@ from typing import Any, NamedTuple
 import datasets
 import numpy as np
 
-from framework import tasks, tokenizer
 from framework.config import DataConfig
+from framework.data import tasks, tokenizer
+from framework.data.tokenizer import BOS, EOS, PAD
 from framework.errors import ConfigError
-from framework.tokenizer import BOS, EOS, PAD
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,14 @@ from typing import Any
 
 from flax import nnx
 
-from ensembles import averaging
-from framework import checkpoints, evaluate, sharding
+from framework.checkpoints import store as checkpoints
 from framework.config import DataConfig, RunConfig, load_run_config
-from framework.data import EncodedSplit, prepare
+from framework.data.encoding import EncodedSplit, prepare
+from framework.data.tasks import SPLITS
 from framework.errors import ConfigError
-from framework.model import build_model
-from framework.tasks import SPLITS
+from framework.evaluation import evaluate
+from framework.models.transformer import build_model
+from framework.training import averages, sharding
 
 
 @dataclasses.dataclass
@@ -54,11 +55,11 @@ class Run:
             if average not in kept:
                 raise ConfigError("average", f"checkpoint {step} of {self.run_dir} keeps no average "
                                              f"{average!r}", kept or ["none: train with --ema-half-life / --swa-start"])
-            target = {name: averaging.init(self.abstract_params)._asdict() for name in kept}
-            state = averaging.RunningAverage(**checkpoints.restore(mgr, step, averages=target).averages[average])
+            target = {name: averages.init(self.abstract_params)._asdict() for name in kept}
+            state = averages.RunningAverage(**checkpoints.restore(mgr, step, averages=target).averages[average])
             if not float(state.weight) > 0:
                 raise ConfigError("average", f"{average} had not started by checkpoint {step} of {self.run_dir}")
-            return averaging.value(state, like=self.abstract_params)
+            return averages.value(state, like=self.abstract_params)
         finally:
             mgr.close()
 

@@ -1,19 +1,7 @@
-"""`recoup`: train, inspect and evaluate runs.
+"""`recoup train`, `recoup runs show`, `recoup eval` and `recoup cooldown`: the commands about one run.
 
-    recoup train --task addition --preset small --budget-tokens 2M --out runs/add
-    recoup runs show runs/add [--json]
-    recoup eval runs/add [--step N] [--split test] [--json]
-    recoup ensemble build runs/add [RUN_DIR...] --budget 0.62 --max-cost 1 --out runs/add-ens [--json]
-    recoup ensemble eval runs/add-ens [--split test] [--json]
-    recoup cooldown runs/add --from 0.62 --tokens 0.05 [--shape 1-sqrt] [--out DIR]
-    recoup tune-stopping runs/a runs/b --price 2 [--json]
-    recoup report runs/a runs/b [runs/a-cooldown0.62+0.05] --out runs/report
-    recoup sweep --config experiments/demo.py --param optim.peak_lr=log:1e-4:1e-2 --trials 24 --out runs/sweep
-
-Bad input (a config field, a file, a column, a run directory, a step) is reported as one line
-naming the field and the allowed values, exit status 2, before anything is compiled or written.
 `recoup train` checks the config, the `--init-from` source and the data before it imports the
-trainer (and with it jax).
+trainer (and with it jax), so bad input fails in a second.
 """
 
 from __future__ import annotations
@@ -23,11 +11,8 @@ import dataclasses
 import importlib
 import importlib.util
 import json
-import math
 import os
-import sys
 
-from framework import __version__
 from framework.config import (
     CURRICULA,
     DECAY_SHAPES,
@@ -53,7 +38,6 @@ from framework.config import (
     resolve_init_from,
 )
 from framework.errors import ConfigError
-from framework.sweep import add_parser as _add_sweep_parser
 
 # -- recoup train --------------------------------------------------------------------------------
 
@@ -119,9 +103,16 @@ _TRAIN_FLAGS = {
 }
 
 
+def int_list(text: str, field: str, what: str = "comma-separated integers, e.g. 1,8,32") -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(field, f"{text!r} must be {what}") from None
+
+
 def _mesh(text: str) -> tuple[int, int]:
     what = "DATA,FSDP device counts, e.g. -1,1 or 2,4"
-    counts = _int_list(text, "mesh_shape", what)
+    counts = int_list(text, "mesh_shape", what)
     if len(counts) != 2:
         raise ConfigError("mesh_shape", f"{text!r} must be {what}")
     return counts
@@ -156,7 +147,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--config", help="experiment config: a .py file or module with get_config()")
     p.add_argument("--recipe", help="start from a tuned recipe: plain (cosine planned for the budget, the final "
                                     "checkpoint) | anytime (recoup's, for runs that may stop anywhere: constant "
-                                    "learning rate, EMAs); flags beside it override (framework.recipes)")
+                                    "learning rate, EMAs); flags beside it override (framework.training.recipes)")
     g = p.add_argument_group("data (one of --task / --data)")
     g.add_argument("--task", help=f"built-in task: {'|'.join(TASKS)}")
     g.add_argument("--data", help="a local .jsonl/.csv/.parquet file or a save_to_disk directory")
@@ -326,8 +317,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _apply_recipe(sections: dict, name: str, given: dict) -> None:
-    """Set the fields of recipe `name` (framework.recipes) in `sections`; it needs the budget first."""
-    from framework.recipes import settings
+    """Set the fields of recipe `name` (framework.training.recipes) in `sections`; it needs the budget first."""
+    from framework.training.recipes import settings
 
     budget = sections["run"].get("budget_tokens")
     if "budget_tokens" in given:
@@ -349,17 +340,17 @@ def _cmd_train(args) -> int:
                                                   "budget (0.1) or a count (40k)")
     if cfg.init_from:
         resolve_init_from(cfg)
-    from framework.data import prepare  # datasets, not jax: a bad file or column fails here
+    from framework.data.encoding import prepare  # datasets, not jax: a bad file or column fails here
 
     splits = prepare(cfg.data)
-    from framework import sharding  # before any other JAX work: joins the other processes, if any
+    from framework.training import sharding  # before any other JAX work: joins the other processes, if any
 
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
     from curricula.registry import sampler_factory  # imports jax, and the user's module if named
 
     sampler_fn = sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing, cfg.pacing_args,
                                  cfg.budget_tokens)
-    from framework.train import train
+    from framework.training.train import train
 
     stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits,
                   sampler_fn=sampler_fn)
@@ -371,7 +362,7 @@ def _cmd_train(args) -> int:
 
 def _cool_down_if_stopped(run_dir: str, extra: str) -> None:
     """--cooldown-on-stop: a stopping rule ended the run, so cool it down and say what ships."""
-    from framework import controller
+    from framework.training import controller
 
     stopped = controller.stopping_checkpoint(run_dir)
     if stopped is None:
@@ -388,7 +379,7 @@ def _cool_down_if_stopped(run_dir: str, extra: str) -> None:
 
 
 def _cmd_runs_show(args) -> int:
-    from framework.checkpoints import list_checkpoints
+    from framework.checkpoints.store import list_checkpoints
 
     stops = list_checkpoints(args.run_dir)
     print(json.dumps(stops, indent=2) if args.json else _format_stops(stops))
@@ -410,8 +401,8 @@ def _format_stops(stops: list[dict]) -> str:
 def _cmd_eval(args) -> int:
     if args.split not in SPLIT_NAMES:  # before jax, and before the data is rebuilt
         raise ConfigError("split", f"unknown split {args.split!r}", SPLIT_NAMES)
-    from framework.checkpoints import resolve_step
-    from framework.runs import evaluate_checkpoint, open_run
+    from framework.checkpoints.store import resolve_step
+    from framework.training.runs import evaluate_checkpoint, open_run
 
     run = open_run(args.run_dir)
     step = resolve_step(args.run_dir, args.step)
@@ -430,7 +421,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_cooldown(args) -> int:
-    from framework.cooldown import cooldown_config
+    from framework.training.cooldown import cooldown_config
 
     cfg = cooldown_config(args.run_dir, args.from_, args.tokens, args.out, args.shape)
     # The run's saved config is data, but an import path in it is code this command would run.
@@ -440,7 +431,7 @@ def _cmd_cooldown(args) -> int:
         raise ConfigError("trust_imports", f"{args.run_dir}/config.json names code to import "
                           f"({', '.join(f'{f}={v}' for f, v in imports.items())}); pass --trust-imports "
                           "if you trust that run directory")
-    from framework.train import train
+    from framework.training.train import train
 
     print(f"cooldown of {args.run_dir} from {cfg.optim.decay_start:,} tokens: learning rate "
           f"{cfg.optim.peak_lr:.2e} -> 0 ({cfg.optim.decay_shape}) over "
@@ -467,187 +458,8 @@ def _add_cooldown_parser(sub) -> None:
 # -- recoup tune-stopping -------------------------------------------------------------------------
 
 
-def _cmd_tune_stopping(args) -> int:
-    from framework.tune import describe, tune
-
-    result = tune(args.run_dirs, args.price)
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "ranked"} | {"ranked": result["ranked"][:10]},
-                         indent=2))
-        return 0
-    best = result["best"]
-    print(f"price {args.price} EM points per million tokens, {len(args.run_dirs)} run(s), "
-          f"{len(result['ranked'])} settings replayed")
-    print(f"best: {describe(best['rules'])}")
-    print(f"  saves {best['mean_tokens_saved_frac']:.1%} of the tokens on average "
-          f"(mean {best['mean_tokens']:,.0f} tokens), loses {100 * best['mean_em_lost']:.2f} validation EM points; "
-          f"mean J = {best['mean_j']:.2f}")
-    print(f"{'mean J':>8} {'saved':>7} {'EM lost':>8}  rule")
-    for r in result["ranked"][:8]:
-        print(f"{r['mean_j']:>8.2f} {r['mean_tokens_saved_frac']:>7.1%} {100 * r['mean_em_lost']:>8.2f}  "
-              f"{describe(r['rules'])}")
-    return 0
-
-
-def _add_tune_parser(sub) -> None:
-    t = sub.add_parser("tune-stopping", help="replay stopping rules over finished runs and pick the best for a price")
-    t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    t.add_argument("--price", type=float, required=True, help="EM points one million training tokens is worth")
-    t.add_argument("--json", action="store_true")
-    t.set_defaults(func=_cmd_tune_stopping)
-
-
-# -- recoup report --------------------------------------------------------------------------------
-
-
-def _cmd_report(args) -> int:
-    from framework.report import write_report
-
-    prices = _prices(args.prices) if args.prices else [0.5, 2.0, 10.0]
-    if args.max_cost < 1:
-        raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
-    write_report(args.run_dirs, args.out, prices, args.max_cost)
-    print(f"wrote {args.out}/report.md and {args.out}/em_vs_tokens.png")
-    return 0
-
-
-def _prices(text: str) -> list[float]:
-    what = "comma-separated numbers >= 0, EM points per million tokens, e.g. 0.5,2,10"
-    try:
-        prices = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise ConfigError("prices", f"{text!r} must be {what}") from None
-    if not all(math.isfinite(p) and p >= 0 for p in prices):
-        raise ConfigError("prices", f"{text!r} must be {what}")
-    return prices
-
-
-def _add_report_parser(sub) -> None:
-    r = sub.add_parser("report", help="EM against tokens for every stop, average, ensemble and cooldown; Pareto front")
-    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    r.add_argument("--out", required=True, help="directory for report.md, report.json and em_vs_tokens.png")
-    r.add_argument("--max-cost", type=int, default=3, help="largest output ensemble considered (default 3)")
-    r.add_argument("--prices", help="EM points per million tokens for 'what to ship' (default 0.5,2,10)")
-    r.set_defaults(func=_cmd_report)
-
-
-# -- recoup ensemble build / eval ----------------------------------------------------------------
-
-ENSEMBLE_METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote")  # ensembles.select
-
-
-def _cmd_ensemble_build(args) -> int:
-    cfgs = [load_run_config(d) for d in args.run_dirs]  # each must be a run directory, before jax
-    if args.method not in ENSEMBLE_METHODS:
-        raise ConfigError("method", f"unknown method {args.method!r}", ENSEMBLE_METHODS)
-    if args.max_cost < 1:
-        raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
-    if os.path.isfile(args.out) or (os.path.isdir(args.out) and os.listdir(args.out)):
-        raise ConfigError("out", f"{args.out} exists and is not empty; choose a new directory for the ensemble")
-    from ensembles.artifact import build
-    from ensembles.select import parse_budget
-
-    budget = parse_budget(args.budget, cfgs[0].budget_tokens)
-    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    manifest = build(args.run_dirs, budget, args.max_cost, args.out, args.method, log=log)
-    if args.json:
-        print(json.dumps({k: v for k, v in manifest.items() if k != "candidates"}, indent=2))
-        return 0
-    base, test = manifest["baselines"], manifest["test"]
-    print(f"\n{args.out}: {manifest['method']} of {len(manifest['members'])} member(s), cost "
-          f"{manifest['inference_cost']}x, {manifest['training_tokens']:,} training tokens")
-    print(f"  test EM {test['em']:.4f} (val strict EM {manifest['validation']['strict_em']:.4f})")
-    for key, name in (("single_at_budget", "single model at the budget"), ("single_full", "full-budget model")):
-        if key in base:
-            print(f"  {name}: test EM {base[key]['em']:.4f} (step {base[key]['step']}, {base[key]['tokens']:,} tokens)")
-    rec = manifest["recovery"]
-    print("  recovery: " + ("n/a (no full-budget checkpoint, or no gap to recover)" if rec is None else f"{rec:.1%}"))
-    return 0
-
-
-def _cmd_ensemble_eval(args) -> int:
-    from ensembles.artifact import evaluate_ensemble, load_manifest
-
-    load_manifest(args.ens_dir)  # a clear error before jax work
-    result = evaluate_ensemble(args.ens_dir, args.split)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"{args.ens_dir}: {result['method']}, cost {result['inference_cost']}x, {args.split} split, "
-              f"n={result['n']}")
-        print(f"  EM {result['em']:.4f}  strict EM {result['strict_em']:.4f}  F1 {result['f1']:.4f}  "
-              f"(teacher-forced strict EM {result['teacher_forced_strict_em']:.4f})")
-    return 0
-
-
-def _add_ensemble_parser(sub) -> None:
-    ens = sub.add_parser("ensemble", help="combine checkpoints into an ensemble under token and cost budgets")
-    ens_sub = ens.add_subparsers(dest="ensemble_command", metavar="COMMAND")
-    b = ens_sub.add_parser("build", help="select an ensemble on the validation split and write it")
-    b.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    b.add_argument("--budget", required=True,
-                   help="training-token budget: a fraction of the planned budget (0.62) or tokens (500k)")
-    b.add_argument("--max-cost", type=int, default=1,
-                   help="inference cost cap: 1 = weight averages only, k = output ensembles of up to k members")
-    b.add_argument("--method", default="auto", help=f"{'|'.join(ENSEMBLE_METHODS)} (default auto: the best)")
-    b.add_argument("--out", required=True, help="new directory for the ensemble")
-    b.add_argument("--json", action="store_true", help="print the manifest as JSON (progress goes to stderr)")
-    b.set_defaults(func=_cmd_ensemble_build)
-    e = ens_sub.add_parser("eval", help="greedy-decode an ensemble on a split and score it")
-    e.add_argument("ens_dir")
-    e.add_argument("--split", default="test", help="train|validation|test (default test)")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=_cmd_ensemble_eval)
-
-
-def _int_list(text: str, field: str, what: str = "comma-separated integers, e.g. 1,8,32") -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(field, f"{text!r} must be {what}") from None
-
-
-def _cmd_serve(args) -> int:
-    from framework.generation import Buckets
-    from framework.server import serve
-
-    if not 1 <= args.port <= 65535:
-        raise ConfigError("port", f"{args.port} must be from 1 to 65535")
-    if args.max_wait_ms < 0 or args.max_queue < 1:
-        raise ConfigError("max_wait_ms" if args.max_wait_ms < 0 else "max_queue",
-                          "--max-wait-ms must be >= 0 and --max-queue >= 1")
-    buckets = Buckets(_int_list(args.batch_buckets, "batch_buckets"), _int_list(args.prompt_buckets, "prompt_buckets"),
-                      _int_list(args.new_token_buckets, "new_buckets")).validate()
-    serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue)
-    return 0
-
-
-def _add_serve_parser(sub) -> None:
-    s = sub.add_parser("serve", help="serve ensembles and checkpoints over the OpenAI completions API")
-    s.add_argument("paths", nargs="+", metavar="ENS_OR_RUN_DIR",
-                   help="ensemble directories (recoup ensemble build) or run directories (latest checkpoint); "
-                        "each is served under its directory name")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $RECOUP_API_KEY, if set)")
-    s.add_argument("--batch-buckets", default="1,8,32",
-                   help="batch sizes compiled; the largest is the most rows per forward pass (default 1,8,32)")
-    s.add_argument("--prompt-buckets", default="32,128",
-                   help="prompt lengths compiled, BOS included; the largest is the longest prompt (default 32,128)")
-    s.add_argument("--new-token-buckets", default="16,64",
-                   help="new-token counts compiled; the largest caps max_tokens (default 16,64)")
-    s.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to share its batch (default 5)")
-    s.add_argument("--max-queue", type=int, default=4096, help="rows that may wait before requests get 429")
-    s.set_defaults(func=_cmd_serve)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recoup", description="Win back the EM lost to early stopping.")
-    parser.add_argument("--version", action="version", version=f"recoup {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_parsers(sub) -> None:
     _add_train_parser(sub)
-
     runs = sub.add_parser("runs", help="inspect run directories")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="COMMAND")
     show = runs_sub.add_parser("show", help="list a run's stopping points with their metadata")
@@ -661,31 +473,4 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="train|validation|test (default test)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_eval)
-    _add_ensemble_parser(sub)
     _add_cooldown_parser(sub)
-    _add_tune_parser(sub)
-    _add_report_parser(sub)
-    _add_serve_parser(sub)
-    _add_sweep_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 2
-    try:
-        return args.func(args)
-    except ConfigError as e:
-        print(f"recoup: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("recoup: interrupted; completed checkpoints are intact (resume with --resume)",
-              file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

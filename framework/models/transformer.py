@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from framework.config import ModelConfig
-from framework.tokenizer import VOCAB_SIZE
+from framework.data.tokenizer import VOCAB_SIZE
 
 # (k, v) per layer, each [batch, cache_len, heads, head_dim].
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]

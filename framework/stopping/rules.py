@@ -248,43 +248,9 @@ def all_of(*rules: StopRule) -> StopRule:
     return _combine(rules, need_all=True)
 
 
-# == registry and argument checks ===============================================================
+# == argument checks ===========================================================================
 
 METRICS = ("val_em", "val_loss")
-RULES: dict[str, Callable[..., StopRule]] = {
-    "patience": patience,
-    "moving-average": moving_average,
-    "grad-norm": grad_norm_plateau,
-    "paired-test": paired_test,
-}
-
-
-def build(specs: Sequence[dict], combine: str = "any") -> StopRule | None:
-    """`[{"rule": "patience", "patience": 3}, ...]` -> one StopRule (None for no specs)."""
-    _check_choice("stop_combine", combine, ("any", "all"))  # even without rules: a typo is still a typo
-    if not specs:
-        return None
-    rules = []
-    for spec in specs:
-        if not isinstance(spec, dict) or "rule" not in spec:
-            raise ConfigError("stop_rules", f"{spec!r} must be a mapping with a 'rule' key", RULES)
-        args = {k: v for k, v in spec.items() if k != "rule"}
-        factory = _lookup(spec["rule"])
-        try:
-            rules.append(factory(**args))
-        except TypeError as e:
-            raise ConfigError("stop_rules", f"rule {spec['rule']!r}: {e}") from None
-    return rules[0] if len(rules) == 1 else (any_of if combine == "any" else all_of)(*rules)
-
-
-def _lookup(name: str) -> Callable[..., StopRule]:
-    if isinstance(name, str) and name in RULES:
-        return RULES[name]
-    if name == "budget":
-        from framework.budget_rule import budget_rule  # scipy: only when asked for
-
-        return budget_rule
-    raise ConfigError("stop_rules", f"unknown rule {name!r}", (*RULES, "budget"))
 
 
 def _sign(metric: str, mode: str) -> int:

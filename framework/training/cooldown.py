@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from framework.checkpoints import list_checkpoints
+from framework.checkpoints.store import list_checkpoints
 from framework.config import RunConfig, load_run_config, parse_share_or_tokens
 from framework.errors import ConfigError
 
@@ -69,6 +69,6 @@ def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str
 
 
 def _schedule(cfg: RunConfig):
-    from framework.train import SCHEDULE_BUILDERS  # jax: only once the input is known good
+    from framework.training.train import SCHEDULE_BUILDERS  # jax: only once the input is known good
 
     return SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)

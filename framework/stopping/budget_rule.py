@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from framework.stopping_rules import (
+from framework.stopping.rules import (
     GO_ON,
     Decision,
     Observation,

@@ -1,6 +1,6 @@
 """Optimizers: small optax pieces, chosen by `OptimConfig.optimizer` and driven by a token schedule.
 
-The train step computes the learning rate from counted tokens (`framework.schedules`) and builds
+The train step computes the learning rate from counted tokens (`framework.training.schedules`) and builds
 the update with it, so an optimizer here is an `Optimizer`: `make(lr)` returns an optax
 `GradientTransformation` whose updates are *added* to the parameters (`optax.apply_updates`), and
 whose state does not depend on `lr` (`init` builds it with any value). Built inside the jitted

@@ -26,8 +26,8 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from curricula.registry import rescore, sampler_factory
-from ensembles import averaging
-from framework import checkpoints, evaluate, optimizers, schedules, sharding
+from framework.checkpoints import store as checkpoints
+from framework.checkpoints.integrity import write_atomic
 from framework.config import (
     BATCH_WARMUP_SPLITS,
     CONFIG_FILE,
@@ -36,7 +36,7 @@ from framework.config import (
     load_run_config,
     resolve_init_from,
 )
-from framework.data import (
+from framework.data.encoding import (
     Batch,
     EncodedSplit,
     Sampler,
@@ -46,12 +46,14 @@ from framework.data import (
     prepare,
 )
 from framework.errors import ConfigError
-from framework.integrity import write_atomic
-from framework.model import build_model, forward
-from framework.runs import open_run
-from framework.stopping import StopPoint, StopTraining, stop_points
-from framework.stopping_rules import Observation
-from framework.stopping_rules import build as build_stop_rule
+from framework.evaluation import evaluate
+from framework.models.transformer import build_model, forward
+from framework.stopping.points import StopPoint, StopTraining, stop_points
+from framework.stopping.registry import build as build_stop_rule
+from framework.stopping.rules import Observation
+from framework.training import averages as running
+from framework.training import optimizers, schedules, sharding
+from framework.training.runs import open_run
 
 
 class Event(NamedTuple):
@@ -123,11 +125,11 @@ def steps_per_batch(cfg: RunConfig, tokens: int) -> int:
     return BATCH_WARMUP_SPLITS[third] if third < len(BATCH_WARMUP_SPLITS) else 1
 
 
-def average_rules(cfg: RunConfig) -> list[averaging.AverageRule]:
+def average_rules(cfg: RunConfig) -> list[running.AverageRule]:
     """The weight averages `cfg` asks the run to keep: one EMA per half-life, then SWA if set."""
-    rules = [averaging.ema(h) for h in cfg.ema_half_lives]
+    rules = [running.ema(h) for h in cfg.ema_half_lives]
     if cfg.swa_start is not None:
-        rules.append(averaging.swa(int(cfg.swa_start * cfg.budget_tokens)))
+        rules.append(running.swa(int(cfg.swa_start * cfg.budget_tokens)))
     return rules
 
 
@@ -188,14 +190,14 @@ class Progress:
     """Host-side counters, saved as JSON in every checkpoint."""
 
     step: int = 0
-    tokens: int = 0  # counted training tokens (framework.data.counted_tokens)
+    tokens: int = 0  # counted training tokens (framework.data.encoding.counted_tokens)
     answer_tokens: int = 0
     next_stop: int = 0  # index of the first stopping point not yet taken
     wall_s: float = 0.0  # training wall time, summed over resumes
     rng: list[int] = dataclasses.field(default_factory=list)  # jax.random.key_data of the run key
     stopped: str | None = None  # why a stopping rule ended the run; a stopped run is finished
     pending: list = dataclasses.field(default_factory=list)  # [(indices, losses)] a sampler has yet to observe
-    rules: Any = None  # the stopping rules' state (JSON), framework.stopping_rules
+    rules: Any = None  # the stopping rules' state (JSON), framework.stopping.rules
     lr_scale: float = 1.0  # times the schedule: lowered by each rollback after a non-finite loss
     rollbacks: int = 0  # rollbacks so far (nonfinite="rollback")
     skipped: int = 0  # updates dropped for a non-finite loss or gradient
@@ -220,7 +222,7 @@ def train(
       sampler_fn: `(train_split, batch_size, seed) -> Sampler`; by default the one that
         `cfg.curriculum` and `cfg.pacing` name (uniform sampling unless configured).
       show_progress: a tqdm bar in tokens, with tokens/s and ETA.
-      splits: `framework.data.prepare(cfg.data)`, if the caller already built it.
+      splits: `framework.data.encoding.prepare(cfg.data)`, if the caller already built it.
     """
     # Everything that can be wrong with the input is checked before the run directory is touched.
     cfg.validate()
@@ -268,9 +270,9 @@ def train(
     evaluated = jax.jit(optimizer.eval_params) if separate else lambda opt_state, params: params
     opt_state, sampler_state = sharding.place(optimizer.init(params), mesh), sampler.init()
     rules = average_rules(cfg)
-    update_averages = averaging.make_update(rules)
+    update_averages = running.make_update(rules)
     # shapes only: init_from does not change them
-    averages = {r.name: sharding.place(averaging.init(params), mesh) for r in rules}
+    averages = {r.name: sharding.place(running.init(params), mesh) for r in rules}
     key = jax.random.key(cfg.seed)
     rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)
     prog = Progress(rng=np.asarray(jax.random.key_data(key)).tolist(), rules=rule.init() if rule else None)
@@ -362,7 +364,7 @@ def train(
         }
         if averages:  # how good each weight average is now: for stopping rules and for reading the run
             meta["average_val_em"] = {
-                name: evaluate.teacher_forced(graphdef, sharding.host_local(averaging.value(a, like=weights)),
+                name: evaluate.teacher_forced(graphdef, sharding.host_local(running.value(a, like=weights)),
                                               val_split, cfg.eval_batch_size)["strict_em"]
                 for name, a in averages.items() if float(a.weight) > 0}
         if reason:
@@ -508,7 +510,7 @@ def _restore_state(mgr, step: int, params, opt_state, sampler_state, averages: d
     r = checkpoints.restore(mgr, step, opt_state=opt_state, sampler=sampler_state, progress=None, **weights,
                             **extra)
     if averages:
-        averages = {name: averaging.RunningAverage(**a) for name, a in r.averages.items()}
+        averages = {name: running.RunningAverage(**a) for name, a in r.averages.items()}
     return r.train_params if separate else r.params, r.opt_state, r.sampler, averages, r.progress
 
 
@@ -517,7 +519,7 @@ def _packed(correct) -> dict[str, Any]:
     return {"val_n": len(correct), "val_correct": np.packbits(np.asarray(correct, bool)).tobytes().hex()}
 
 
-def _as_dicts(averages: dict[str, averaging.RunningAverage]) -> dict[str, dict]:
+def _as_dicts(averages: dict[str, running.RunningAverage]) -> dict[str, dict]:
     """Orbax stores plain dicts: `{name: {"total": tree, "weight": scalar}}`."""
     return {name: a._asdict() for name, a in averages.items()}
 

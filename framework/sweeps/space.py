@@ -31,7 +31,7 @@ from framework.config import RunConfig
 from framework.errors import ConfigError
 
 KINDS = ("choice", "log", "uniform", "int", "logint")
-OBJECTIVES = ("final", "anytime")  # framework.sweep_report scores them
+OBJECTIVES = ("final", "anytime")  # framework.sweeps.report scores them
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("sha", "none")
 SECTIONS = ("data", "model", "optim")  # RunConfig fields that are dataclasses of their own

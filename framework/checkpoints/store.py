@@ -12,7 +12,7 @@ Saving is asynchronous. Orbax writes into a temporary directory and renames it o
 write is complete, so a crash mid-save leaves the earlier checkpoints intact and no half-written
 step is ever listed; the writer removes such leftovers when it next opens the run. Every finished
 step is then sealed with the sha256 of its files (`RUN/integrity/STEP.json`, see
-`framework.integrity`) and checked against it whenever it is read. On one process the wait and
+`framework.checkpoints.integrity`) and checked against it whenever it is read. On one process the wait and
 the hashing run on a background thread (hashing a 106M-parameter checkpoint took ~1 s of every
 save on an H100 machine); the next save, a restore and `seal_finished` join it first. A kill
 before the seal is written leaves a finished, unsealed step, which a resumed run seals.
@@ -34,10 +34,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from framework import integrity
+from framework.checkpoints import integrity
+from framework.checkpoints.integrity import CorruptCheckpoint
 from framework.config import require_run_dir
 from framework.errors import ConfigError
-from framework.integrity import CorruptCheckpoint
 
 ITEMS = ("params", "opt_state", "sampler", "progress", "averages", "train_params")
 METRICS_FILE = "metrics.jsonl"

@@ -23,10 +23,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from framework import metrics, tokenizer
-from framework.data import EncodedSplit, make_batch, round_up
-from framework.model import forward
-from framework.tokenizer import BOS, EOS, PAD
+from framework.data import tokenizer
+from framework.data.encoding import EncodedSplit, make_batch, round_up
+from framework.data.tokenizer import BOS, EOS, PAD
+from framework.evaluation import metrics
+from framework.models.transformer import forward
 
 
 def answer_stats(scores: jax.Array, targets: jax.Array, loss_mask: jax.Array):

@@ -27,10 +27,11 @@ from flax import nnx
 
 from ensembles import output
 from ensembles.members import ParamStore
-from framework import evaluate, tokenizer
+from framework.data import tokenizer
+from framework.data.tokenizer import BOS, PAD
 from framework.errors import ConfigError
-from framework.runs import open_run
-from framework.tokenizer import BOS, PAD
+from framework.evaluation import evaluate
+from framework.training.runs import open_run
 
 
 class Buckets(NamedTuple):
@@ -117,7 +118,7 @@ def load(path: str, model_id: str | None = None) -> ServedModel:
             weights = output.member_weights(c.weights, len(c.members))
         return ServedModel(model_id, path, c.combine, run.graphdef, params, weights, run.cfg.data.max_seq_len, info)
     if os.path.isfile(os.path.join(path, "config.json")):
-        from framework import checkpoints
+        from framework.checkpoints import store as checkpoints
 
         run = open_run(path)
         step = checkpoints.resolve_step(path, None)

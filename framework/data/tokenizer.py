@@ -2,7 +2,7 @@
 
 Ids 0..2 are PAD, BOS, EOS; byte b (UTF-8) is id b + 3. Any text round-trips exactly.
 A training sequence is `BOS prompt answer EOS`, right-padded with PAD; the loss covers the
-answer bytes and the EOS only (see framework/data.py).
+answer bytes and the EOS only (see framework/data/encoding.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from framework.generation import Buckets, Completion, Row, ServedModel, encode_prompt
+from framework.serving.generation import Buckets, Completion, Row, ServedModel, encode_prompt
 
 MAX_STOPS = 4  # as OpenAI
 MAX_PROMPTS = 64  # prompts in one request (a list); each is one row of a batch

@@ -32,11 +32,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import ClientDisconnect
 
-from framework import completions, generation
-from framework.batcher import MicroBatcher, QueueFull
-from framework.completions import APIError
 from framework.errors import ConfigError
-from framework.generation import Buckets, ServedModel
+from framework.serving import completions, generation
+from framework.serving.batcher import MicroBatcher, QueueFull
+from framework.serving.completions import APIError
+from framework.serving.generation import Buckets, ServedModel
 
 API_KEY_ENV = "RECOUP_API_KEY"
 DEFAULT_BUCKETS = Buckets()

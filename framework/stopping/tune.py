@@ -23,10 +23,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from framework.checkpoints import METRICS_FILE
+from framework.checkpoints.store import METRICS_FILE
 from framework.config import load_run_config
 from framework.errors import ConfigError
-from framework.stopping_rules import Observation, build
+from framework.stopping.registry import build
+from framework.stopping.rules import Observation
 
 
 def load_evaluations(run_dir: str) -> list[Observation]:

@@ -1,0 +1,1 @@
+"""The application: the `recoup` command line and its reports."""

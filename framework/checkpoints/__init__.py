@@ -1,0 +1,1 @@
+"""Checkpoints: the Orbax store with sealed, verified steps, and atomic writes."""

@@ -1,0 +1,1 @@
+"""Evaluation: exact match and F1, teacher-forced scoring and greedy decoding."""

@@ -1,0 +1,1 @@
+"""Models: recoup's transformer."""

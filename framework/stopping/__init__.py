@@ -1,0 +1,1 @@
+"""Stopping: stopping points, stopping rules, the budget rule and their offline tuning."""

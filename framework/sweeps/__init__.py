@@ -1,0 +1,1 @@
+"""Sweeps: hyperparameter search on Optuna (`recoup sweep`), its spaces, workers and reports."""
