@@ -31,7 +31,7 @@ from framework.evaluation import evaluate
 from framework.models.transformer import build_model
 from framework.training.optimizers import build as build_optimizer
 from framework.training.schedules import warmup_constant
-from framework.training.train import make_train_step
+from framework.training.step import make_train_step
 
 
 def bench_eval(graphdef, params, split) -> dict:
@@ -94,7 +94,7 @@ def bench_datamedian_seconds(budget_tokens: int = 200_000) -> list[dict]:
     import json
 
     from experiments.demo import get_config
-    from framework.training.train import train
+    from framework.runner.build import train
 
     rows = []
     variants = {

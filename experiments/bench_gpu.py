@@ -48,7 +48,7 @@ def step_comparison(cfg, train_split) -> dict:
     from framework.models.transformer import build_model
     from framework.training.optimizers import build as build_optimizer
     from framework.training.schedules import warmup_constant
-    from framework.training.train import make_train_step
+    from framework.training.step import make_train_step
 
     rng = np.random.default_rng(0)
     batches = [jax.device_put(make_batch(train_split, rng.integers(0, len(train_split), cfg.batch_size)))

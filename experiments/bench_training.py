@@ -5,7 +5,7 @@
 
 The demo's model and batch (`small`, 8-digit addition, batch 128). Measured here, in the same process:
 
-- tokens/s of `framework.training.train.train` (steady state: its log windows after the first, which holds
+- tokens/s of `framework.runner.build.train` (steady state: its log windows after the first, which holds
   the compilation; data, step and logging included, evaluations excluded) against a hand-written
   jax + flax.nnx + optax loop of the same model and batch size (optax.adamw with clipping and a
   warmup-cosine schedule, uniform draws built on the host each step), timed after a warm-up.
@@ -99,7 +99,7 @@ def _train_lines(run_dir: str) -> tuple[list[dict], list[dict]]:
 
 
 def recoup_tokens_per_s(out_dir: str, preset: str, batch_size: int, tokens: int) -> float:
-    from framework.training.train import train
+    from framework.runner.build import train
 
     cfg = _config(out_dir, preset, batch_size, budget_tokens=tokens, stops=(1.0,))
     train(cfg, show_progress=False)
@@ -124,7 +124,7 @@ def peak_matmul_flops(n: int | None = None, repeats: int = 10) -> tuple[float, s
 def checkpoint_and_data_overhead(out_dir: str, preset: str, batch_size: int, tokens: int) -> dict:
     """The default cadence: the config's default stops, asynchronous saves."""
     from framework.config import DEFAULT_STOPS
-    from framework.training.train import train
+    from framework.runner.build import train
 
     cfg = _config(out_dir, preset, batch_size, budget_tokens=tokens, stops=DEFAULT_STOPS)
     t = time.perf_counter()

@@ -310,7 +310,7 @@ def tiny_run(out_dir: str) -> str:
     from experiments.demo import get_config
     from framework.checkpoints import store as checkpoints
     from framework.config import PRESETS
-    from framework.training.train import train
+    from framework.runner.build import train
 
     cfg = dataclasses.replace(get_config(os.path.join(out_dir, "tiny")), model=PRESETS["tiny"], preset="tiny",
                               budget_tokens=TOKENS, every_tokens=None, ema_half_lives=())

@@ -47,7 +47,7 @@ def ensure_trained(cfg: RunConfig, log=print) -> float:
     """Train `cfg` unless its directory already holds that run, finished; resume an unfinished one.
     Returns the seconds spent training here (0 when reused)."""
     from framework.checkpoints.store import list_checkpoints
-    from framework.training.train import train
+    from framework.runner.build import train
 
     if os.path.isfile(os.path.join(cfg.out_dir, "config.json")):
         saved = load_run_config(cfg.out_dir)
@@ -65,7 +65,7 @@ def ensure_trained(cfg: RunConfig, log=print) -> float:
 def ensure_branch(cfg: RunConfig, log=print) -> float:
     """Train a cooldown branch (`framework.training.cooldown.cooldown_config`) unless it is there, finished."""
     from framework.checkpoints.store import list_checkpoints
-    from framework.training.train import train
+    from framework.runner.build import train
 
     if os.path.isfile(os.path.join(cfg.out_dir, "config.json")) and any(
             c["fraction"] >= 1.0 for c in list_checkpoints(cfg.out_dir)):

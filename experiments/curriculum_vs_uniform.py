@@ -50,8 +50,8 @@ def base_config(task: str, out_dir: str) -> RunConfig:
 def run_variant(task: str, name: str, seed: int, out: str) -> dict:
     from framework.checkpoints.store import list_checkpoints
     from framework.evaluation import evaluate
+    from framework.runner.build import train
     from framework.training.runs import open_run
-    from framework.training.train import train
 
     run_dir = os.path.join(out, task, f"{name}-seed{seed}")
     curriculum, cargs, pace, pargs = VARIANTS[name]

@@ -169,7 +169,7 @@ def main(argv=None) -> None:
         cfg = dataclasses.replace(cfg, budget_tokens=args.budget_tokens)
     cfg.validate()
 
-    from framework.training.train import train  # jax is imported only once the config is known good
+    from framework.runner.build import train  # jax is imported only once the config is known good
 
     if os.path.exists(args.out):
         if not _written_by_demo(args.out):

@@ -20,7 +20,7 @@ Then every variant is scored on the test split (strict EM, one teacher-forced pa
 choice made on validation: recoup's model at a stop is the best on validation of the anytime
 checkpoint, its EMAs and the cooldown ending there. The controller replays the budget rule on the
 anytime run's validation curve; where it fires, it cools down from there (tokens counted) and
-ships the best of that and the EMAs (framework.training.controller). `experiments.flagship_report` turns
+ships the best of that and the EMAs (framework.runner.controller). `experiments.flagship_report` turns
 the rows into tables, the issue's targets and a plot. Finished runs and scored seeds are reused.
 """
 
@@ -149,8 +149,8 @@ def score_seed(dirs: dict[str, str], cool: dict[float, str], plan: Plan, t: dict
     """Every variant of one (task, seed), and the anytime run's curve (its best 1x on validation at
     every checkpoint, with that model's test EM): what it takes to reach today's EM."""
     from ensembles.members import Candidate, Member, ParamStore, run_members, strict_em
+    from framework.runner import controller
     from framework.stopping.tune import load_evaluations, replay
-    from framework.training import controller
 
     store, b, shape = ParamStore(), t["budget"], t["cooldown"]["shape"]
     em = functools.cache(lambda c, split: strict_em(store, c, split))

@@ -117,7 +117,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="runs/ensembles")
     args = p.parse_args(argv)
     from framework.checkpoints.store import list_checkpoints
-    from framework.training.train import train
+    from framework.runner.build import train
 
     results = []
     for schedule in args.schedules.split(","):

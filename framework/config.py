@@ -1,10 +1,12 @@
 """Typed run configuration: validated at the boundary, before jax is imported or anything compiles.
 
-Configs are frozen dataclasses with a comment on every field. `RunConfig.validate()` raises a
-`ConfigError` naming the field and the allowed values. Strings that name code (a schedule, an
-operand format) are resolved by one small registry where they are used (core code never branches
-on a config string). This module imports neither jax nor datasets, so everything here, including
-reading a run directory's config.json, can fail fast.
+Configs are frozen dataclasses with a comment on every field. `RunConfig.validate()` is pure (no
+rule code, no files read): it raises a `ConfigError` naming the field and the allowed values.
+Strings that name code (a schedule, an optimizer, a curriculum, a stopping rule) are resolved once,
+by `framework.runner.build`, into the plain objects the trainer takes (it never branches on a
+config string); a bad stopping rule fails there, naming its field, before any data is encoded. This module
+imports neither jax nor datasets, so everything here, including reading a run directory's
+config.json, can fail fast.
 
 Units: every budget, stopping point and schedule length is in *counted training tokens*; see
 `framework.data.encoding.counted_tokens` for the definition.
@@ -292,11 +294,6 @@ class RunConfig:
                 isinstance(self.optim.decay_start, int) and 0 <= self.optim.decay_start < self.budget_tokens):
             raise ConfigError("optim.decay_start", f"{self.optim.decay_start!r} must be a token count in "
                                                    f"[0, budget_tokens={self.budget_tokens})")
-        from framework.stopping.registry import build as build_stop_rule  # pure Python: checks names and arguments
-
-        build_stop_rule(self.stop_rules, self.stop_combine)
-        if os.path.isfile(self.out_dir):
-            raise ConfigError("out", f"{self.out_dir} is a file; give a directory for the run")
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ConfigError("nonfinite", f"unknown policy {self.nonfinite!r}", NONFINITE_POLICIES)
         if not (_is_number(self.rollback_lr_factor) and 0.0 < self.rollback_lr_factor < 1.0):

@@ -35,7 +35,7 @@ def tiny_config(out_dir, **overrides) -> RunConfig:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A finished tiny run (checkpoints at 0.5 and 1.0) shared by read-only tests."""
-    from framework.training.train import train
+    from framework.runner.build import train
 
     cfg = tiny_config(tmp_path_factory.mktemp("runs") / "tiny")
     stops = train(cfg, show_progress=False)
@@ -50,7 +50,7 @@ def crash_then_resume(cfg: RunConfig, after_fraction: float = 0.6) -> list[dict]
     """Train `cfg`, crash once past `after_fraction` of the budget, resume; the checkpoints
     that existed at the crash are returned."""
     from framework.checkpoints import store as checkpoints
-    from framework.training.train import train
+    from framework.runner.build import train
 
     def crash(event):
         if event.kind == "step" and event.tokens > after_fraction * cfg.budget_tokens:

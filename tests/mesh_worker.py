@@ -17,8 +17,8 @@ def max_abs_diff(a, b) -> float:
 
 
 def main(root: str) -> None:
+    from framework.runner.build import train
     from framework.training.runs import open_run
-    from framework.training.train import train
     from tests.conftest import Crash, tiny_config
 
     base = tiny_config(f"{root}/one", mesh_shape=(1, 1), stops=(0.5, 1.0), ema_half_lives=(4_000,))

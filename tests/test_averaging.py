@@ -118,8 +118,8 @@ def _run_with_averages(out_dir, **kw):
 
 def test_training_keeps_ema_and_swa_in_every_checkpoint_and_resumes_them_exactly(tmp_path):
     from framework.checkpoints import store as checkpoints
+    from framework.runner.build import train
     from framework.training.runs import open_run
-    from framework.training.train import train
     from tests.conftest import crash_then_resume
 
     straight = _run_with_averages(tmp_path / "straight")
@@ -142,8 +142,8 @@ def test_training_keeps_ema_and_swa_in_every_checkpoint_and_resumes_them_exactly
 
 def test_reading_an_average_that_was_not_kept_or_not_started_is_a_clear_error(tmp_path, trained_run):
     from framework.checkpoints import store as checkpoints
+    from framework.runner.build import train
     from framework.training.runs import open_run
-    from framework.training.train import train
 
     cfg, stops = trained_run
     with pytest.raises(ConfigError, match="keeps no average 'ema-5'.*--ema-half-life"):

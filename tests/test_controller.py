@@ -5,7 +5,7 @@ import os
 
 from framework.app.cli import main
 from framework.checkpoints.store import list_checkpoints
-from framework.training import controller
+from framework.runner import controller
 
 TINY = ["--task", "addition", "--preset", "tiny", "--max-digits", "3", "--n-examples", "3000", "--val-size", "100",
         "--test-size", "100", "--budget-tokens", "24k", "--batch-size", "32", "--every-tokens", "4k",

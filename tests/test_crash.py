@@ -11,7 +11,7 @@ import pytest
 from experiments import chaos
 from framework.checkpoints import store as checkpoints
 from framework.config import load_run_config
-from framework.training.train import train
+from framework.runner.build import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

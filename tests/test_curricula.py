@@ -11,7 +11,7 @@ from curricula import pacing, registry, samplers
 from framework.app.cli import main
 from framework.checkpoints import store as checkpoints
 from framework.errors import ConfigError
-from framework.training.train import train
+from framework.runner.build import train
 from tests.conftest import crash_then_resume, logged_lines, tiny_config
 from tests.test_data import _split
 

@@ -18,7 +18,7 @@ STOPS = (0.25, 0.5, 0.75, 1.0)
 @pytest.fixture(scope="session")
 def ens_runs(tmp_path_factory):
     """Two seeds of a tiny run with four stops, an EMA and SWA (shared, read-only)."""
-    from framework.training.train import train
+    from framework.runner.build import train
 
     root = tmp_path_factory.mktemp("ens")
     runs = []
@@ -132,7 +132,7 @@ def test_members_of_different_models_are_a_clear_error(ens_runs, tmp_path):
     import dataclasses
 
     from framework.config import PRESETS
-    from framework.training.train import train
+    from framework.runner.build import train
 
     wide = tiny_config(tmp_path / "wide", model=dataclasses.replace(PRESETS["tiny"], d_model=48, n_heads=2))
     train(wide, show_progress=False)

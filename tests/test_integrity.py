@@ -15,8 +15,8 @@ from framework.app import cli
 from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import CorruptCheckpoint
 from framework.errors import ConfigError
+from framework.runner.build import train
 from framework.training.runs import open_run
-from framework.training.train import train
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +114,7 @@ def test_ensemble_build_skips_a_corrupt_checkpoint_and_says_which(run_copy, tmp_
 # OS error (EFBIG), inside Orbax's background writer as it would with ENOSPC. Set at the second save
 # (1.0), after the first (0.5) is complete, small enough that the second cannot be written.
 _FILL_DISK = chaos.FILL_DISK + """
-from framework.training.train import train
+from framework.runner.build import train
 from tests.conftest import tiny_config
 try:
     train(tiny_config(sys.argv[1]), show_progress=False)

@@ -1,6 +1,6 @@
-"""Imports point down: framework's foundation <- curricula, ensembles <- framework's serving, sweeps
-and app <- experiments. Walks every import statement (function-local ones included: a lazy import
-is still an arrow) with `ast`, so nothing is imported to check it."""
+"""Imports point down: framework's foundation <- curricula, ensembles <- the runner (the build step)
+<- framework's serving, sweeps and app <- experiments. Walks every import statement (function-local
+ones included: a lazy import is still an arrow) with `ast`, so nothing is imported to check it."""
 
 from __future__ import annotations
 
@@ -17,18 +17,11 @@ FLOORS = (
     ("framework", "framework.data", "framework.models", "framework.evaluation", "framework.checkpoints",
      "framework.stopping", "framework.training"),
     ("curricula", "ensembles"),
+    ("framework.runner",),
     ("framework.serving", "framework.sweeps", "framework.app"),
     ("experiments",),
 )
 FLOOR = {node: i for i, nodes in enumerate(FLOORS) for node in nodes}
-
-# Arrows that still point the wrong way, each until the one build step (issue 20, item 3) turns a
-# RunConfig into plain objects above the core: the trainer builds its own sampler from the config's
-# curriculum names, and RunConfig.validate() builds the stopping rules to check them (which makes
-# config -> stopping -> checkpoints -> config a circle). The tests fail on any other arrow, and on
-# an entry here that no longer exists, so this list only shrinks.
-KNOWN_UPWARD = {"framework.training.train -> curricula.registry"}
-KNOWN_CIRCLE_ARROW = ("framework.config", "framework.stopping.registry")
 
 
 def modules() -> dict[str, pathlib.Path]:
@@ -85,8 +78,7 @@ def test_every_module_is_on_a_floor():
 def test_imports_point_down():
     up = {f"{a} -> {b}" for a, deps in graph().items() for b in sorted(deps)
           if floor_of(node_of(b)) > floor_of(node_of(a))}
-    assert not up - KNOWN_UPWARD, "imports pointing up a floor:\n" + "\n".join(sorted(up - KNOWN_UPWARD))
-    assert not KNOWN_UPWARD - up, f"gone, remove from KNOWN_UPWARD: {sorted(KNOWN_UPWARD - up)}"
+    assert not up, "imports pointing up a floor:\n" + "\n".join(sorted(up))
 
 
 def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -120,10 +112,6 @@ def test_no_circle_between_packages():
     edges: dict[str, set[str]] = {}
     for a, deps in graph().items():
         edges.setdefault(node_of(a), set()).update(node_of(b) for b in deps if node_of(b) != node_of(a))
-    known = [tuple(arrow.split(" -> ")) for arrow in KNOWN_UPWARD] + [KNOWN_CIRCLE_ARROW]
-    for a, b in known:  # each known arrow still exists (or this list is out of date), and is set aside
-        assert node_of(b) in edges[node_of(a)], f"gone, remove from the known arrows: {a} -> {b}"
-        edges[node_of(a)].discard(node_of(b))
     cycle = _cycle(edges)
     assert cycle is None, "packages import each other in a circle: " + " -> ".join(cycle)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from framework.checkpoints import store as checkpoints
+from framework.runner import build as train_mod
 from framework.training import sharding
-from framework.training import train as train_mod
 from framework.training.runs import open_run
 from tests.conftest import tiny_config
 

@@ -14,9 +14,9 @@ from framework.checkpoints import store as checkpoints
 from framework.config import PRESETS, OptimConfig
 from framework.evaluation import evaluate
 from framework.models.transformer import build_model
+from framework.runner.build import steps_per_batch, train
 from framework.training import optimizers
 from framework.training.runs import open_run
-from framework.training.train import steps_per_batch, train
 from tests.conftest import crash_then_resume, logged_lines, tiny_config
 
 

@@ -57,8 +57,8 @@ class LiveServer:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny run, a latest-k weight average and a 3-member log-prob ensemble of it, all served."""
+    from framework.runner.build import train
     from framework.serving.server import create_app
-    from framework.training.train import train
 
     root = tmp_path_factory.mktemp("serve")
     # trained long enough that answers differ from prompt to prompt (at 24k tokens most are "11")

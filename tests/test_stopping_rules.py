@@ -183,8 +183,8 @@ def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(t
     import jax
 
     from framework.checkpoints import store as checkpoints
+    from framework.runner.build import train
     from framework.training.runs import open_run
-    from framework.training.train import train
 
     cfg = _rule_run(tmp_path / "r")
     stops = train(cfg, show_progress=False)
@@ -209,7 +209,7 @@ def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(t
 
 
 def test_rule_state_survives_a_crash_and_the_resumed_run_stops_at_the_same_step(tmp_path):
-    from framework.training.train import train
+    from framework.runner.build import train
     from tests.conftest import crash_then_resume
 
     straight = _rule_run(tmp_path / "straight")
@@ -265,9 +265,9 @@ def test_cooldown_branches_from_a_stop_decays_to_zero_and_counts_its_tokens(trai
     lrs = [x["lr"] for x in lines if x["event"] == "train"]
     saved = json.loads((out / "config.json").read_text())
     assert saved["optim"]["schedule"] == "cooldown" and saved["optim"]["decay_start"] == half["tokens"]
-    from framework.training.train import SCHEDULE_BUILDERS
+    from framework.training import schedules
 
-    start_lr = float(SCHEDULE_BUILDERS["cosine"](cfg.optim, cfg.budget_tokens)(half["tokens"]))
+    start_lr = float(schedules.build(cfg.optim, cfg.budget_tokens)(half["tokens"]))
     assert saved["optim"]["peak_lr"] == pytest.approx(start_lr)  # it starts where the source was
     assert len(lrs) >= 2 and lrs == sorted(lrs, reverse=True) and lrs[0] < start_lr  # and decays
     for line in (x for x in lines if x["event"] == "train"):  # linearly to 0 at the end
@@ -339,9 +339,9 @@ def test_tune_stopping_cli(tmp_path, capsys):
 def test_restore_best_applies_when_a_hook_rather_than_the_rule_stops_the_run(tmp_path):
     import jax
 
+    from framework.runner.build import train
     from framework.stopping.points import StopTraining
     from framework.training.runs import open_run
-    from framework.training.train import train
 
     # A rule that never fires and whose "best" is surely the first evaluation: the highest loss.
     rule = {"rule": "patience", "patience": 50, "metric": "val_loss", "mode": "max"}

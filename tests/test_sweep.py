@@ -280,7 +280,7 @@ def test_a_rerun_trains_only_what_is_missing_and_resumes_a_trial_whose_process_d
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from framework.training.train import train
+    from framework.runner.build import train
 
     out, space, base = str(tmp_path / "resume"), {"optim.peak_lr": LRS}, base_config()
     run_sweep(base, space, out, trials=2, sampler="random", log=quiet)  # trial 0: the base config

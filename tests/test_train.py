@@ -14,10 +14,10 @@ from framework.config import PRESETS
 from framework.data import encoding as data
 from framework.errors import ConfigError
 from framework.models.transformer import build_model
+from framework.runner.build import train
 from framework.stopping.points import StopTraining, stop_points
 from framework.training.optimizers import build as build_optimizer
 from framework.training.runs import open_run
-from framework.training.train import train
 from tests.conftest import Crash, crash_then_resume, logged_lines, tiny_config
 
 
@@ -113,6 +113,28 @@ def test_resume_refuses_a_different_config(trained_run, tmp_path):
     cfg, _ = trained_run
     with pytest.raises(ConfigError, match="budget_tokens.*differs"):
         train(dataclasses.replace(cfg, budget_tokens=cfg.budget_tokens * 2), resume=True, show_progress=False)
+
+
+def test_resume_compares_every_config_field_but_the_listed_ones(tmp_path):
+    """A field added to RunConfig later is checked on resume without anyone listing it."""
+    import copy
+
+    from framework.config import RunConfig
+    from framework.training.train import RESUME_MAY_DIFFER, _prepare_run_dir
+
+    cfg = tiny_config(str(tmp_path / "run"))
+    _prepare_run_dir(cfg, resume=False)
+    assert set(RESUME_MAY_DIFFER) <= {f.name for f in dataclasses.fields(RunConfig)}
+    for field in dataclasses.fields(RunConfig):
+        if field.name == "out_dir":  # where the saved config is read from
+            continue
+        changed = copy.copy(cfg)
+        object.__setattr__(changed, field.name, "something else")
+        if field.name in RESUME_MAY_DIFFER:
+            _prepare_run_dir(changed, resume=True)
+        else:
+            with pytest.raises(ConfigError, match=f"{field.name}: differs"):
+                _prepare_run_dir(changed, resume=True)
 
 
 def test_a_new_run_never_overwrites_checkpoints(trained_run):

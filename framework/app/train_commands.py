@@ -35,9 +35,9 @@ from framework.config import (
     parse_stops,
     parse_tokens,
     preset,
-    resolve_init_from,
 )
 from framework.errors import ConfigError
+from framework.runner.check import check
 
 # -- recoup train --------------------------------------------------------------------------------
 
@@ -338,8 +338,7 @@ def _cmd_train(args) -> int:
         if parse_share_or_tokens(args.cooldown_on_stop, cfg.budget_tokens, "cooldown-on-stop") <= 0:
             raise ConfigError("cooldown-on-stop", f"{args.cooldown_on_stop!r} gives no tokens: give a share of the "
                                                   "budget (0.1) or a count (40k)")
-    if cfg.init_from:
-        resolve_init_from(cfg)
+    check(cfg)  # the stopping rules, the run directory, init_from: what validate() leaves to the build
     from framework.data.encoding import prepare  # datasets, not jax: a bad file or column fails here
 
     splits = prepare(cfg.data)
@@ -350,7 +349,7 @@ def _cmd_train(args) -> int:
 
     sampler_fn = sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing, cfg.pacing_args,
                                  cfg.budget_tokens)
-    from framework.training.train import train
+    from framework.runner.build import train
 
     stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits,
                   sampler_fn=sampler_fn)
@@ -362,7 +361,7 @@ def _cmd_train(args) -> int:
 
 def _cool_down_if_stopped(run_dir: str, extra: str) -> None:
     """--cooldown-on-stop: a stopping rule ended the run, so cool it down and say what ships."""
-    from framework.training import controller
+    from framework.runner import controller
 
     stopped = controller.stopping_checkpoint(run_dir)
     if stopped is None:
@@ -431,7 +430,7 @@ def _cmd_cooldown(args) -> int:
         raise ConfigError("trust_imports", f"{args.run_dir}/config.json names code to import "
                           f"({', '.join(f'{f}={v}' for f, v in imports.items())}); pass --trust-imports "
                           "if you trust that run directory")
-    from framework.training.train import train
+    from framework.runner.build import train
 
     print(f"cooldown of {args.run_dir} from {cfg.optim.decay_start:,} tokens: learning rate "
           f"{cfg.optim.peak_lr:.2e} -> 0 ({cfg.optim.decay_shape}) over "

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 from framework.config import RunConfig
 from framework.errors import ConfigError
+from framework.stopping.registry import build as build_stop_rule
 
 KINDS = ("choice", "log", "uniform", "int", "logint")
 OBJECTIVES = ("final", "anytime")  # framework.sweeps.report scores them
@@ -207,6 +208,7 @@ def check_options(base: RunConfig, params: list[Param], out_dir: str, objective:
         raise ConfigError("out", f"{out_dir} is a file; give a directory for the sweep")
     placeholder = os.path.join(out_dir, "trials", "check")
     dataclasses.replace(base, out_dir=placeholder).validate()
+    build_stop_rule(base.stop_rules, base.stop_combine)  # names and arguments: what validate() leaves to the build
     try:
         apply(dataclasses.replace(base, out_dir=placeholder), low_point(params)).validate()
     except ConfigError as e:

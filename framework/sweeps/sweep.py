@@ -180,8 +180,8 @@ def _train_one(sw: _Sweep, cfg: RunConfig, trial, report: bool, may_prune: bool,
     here, its eval records, pruned?). With `report`, its stopping points go to the pruner. `seen`
     gets {run_dir: tokens} after every step, so a run that raises still counts what it trained."""
     from framework.checkpoints import store as checkpoints
+    from framework.runner.build import train
     from framework.stopping.points import StopTraining
-    from framework.training.train import train
 
     newest = newest_checkpoint(cfg.out_dir)
     start = newest["tokens"]

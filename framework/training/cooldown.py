@@ -69,6 +69,6 @@ def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str
 
 
 def _schedule(cfg: RunConfig):
-    from framework.training.train import SCHEDULE_BUILDERS  # jax: only once the input is known good
+    from framework.training import schedules  # jax: only once the input is known good
 
-    return SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)
+    return schedules.build(cfg.optim, cfg.budget_tokens)

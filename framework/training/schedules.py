@@ -8,6 +8,7 @@ Each factory returns a plain `tokens_seen -> learning rate` callable built from 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,3 +84,17 @@ def cooldown(budget: int, peak: float, decay_start: int, shape: str = "linear") 
         return optax.linear_schedule(peak, 0.0, max(budget - decay_start, 1), transition_begin=decay_start)
     return optax.join_schedules([optax.constant_schedule(peak), decay(peak, budget - decay_start, shape)],
                                 [decay_start])
+
+
+# The names OptimConfig.schedule accepts (framework.config.SCHEDULES mirrors them, without jax).
+SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {
+    "cosine": lambda o, b: warmup_cosine(b, o.peak_lr, o.warmup_frac, o.end_lr_frac),
+    "wsd": lambda o, b: warmup_stable_decay(b, o.peak_lr, o.warmup_frac, o.decay_frac, o.decay_shape),
+    "constant": lambda o, b: warmup_constant(b, o.peak_lr, o.warmup_frac),
+    "cooldown": lambda o, b: cooldown(b, o.peak_lr, o.decay_start, o.decay_shape),
+}
+
+
+def build(o, budget_tokens: int) -> Schedule:
+    """The schedule an OptimConfig names, planned over `budget_tokens`."""
+    return SCHEDULES[o.schedule](o, budget_tokens)

@@ -1,11 +1,12 @@
-"""The trainer: one readable loop from a RunConfig to a run directory of stopping-point checkpoints.
+"""The trainer: one loop from a run's plain objects (`Parts`) to a run directory of checkpoints.
 
-    recoup train --task addition --preset small --budget-tokens 2.5M --out runs/add
+    from framework.runner.build import train     # RunConfig -> Parts -> this loop
+    train(cfg)
 
-Sections: run directory · data · model and optimizer · update step · checkpoints and evals · loop.
-Everything that changes over training (params, optimizer state, sampler state, counters, RNG) is
-explicit and saved at every stopping point, so `resume=True` continues bit-for-bit where the run
-left off. The learning rate is a function of counted tokens computed inside the one jitted step.
+Everything that changes over training is one `TrainState` (params, optimizer state, averages, sampler
+state, counters, RNG, stopping-rule state), saved whole at every stopping point, so `resume=True`
+continues bit for bit where the run left off. The loop evaluates, asks the stopping rule and saves
+when a batch would cross a stopping point's token threshold (`Session.checkpoint`).
 """
 
 from __future__ import annotations
@@ -21,39 +22,23 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from curricula.registry import rescore, sampler_factory
 from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import write_atomic
-from framework.config import (
-    BATCH_WARMUP_SPLITS,
-    CONFIG_FILE,
-    OptimConfig,
-    RunConfig,
-    load_run_config,
-    resolve_init_from,
-)
-from framework.data.encoding import (
-    Batch,
-    EncodedSplit,
-    Sampler,
-    answer_tokens,
-    counted_tokens,
-    make_batch,
-    prepare,
-)
+from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, RunConfig, load_run_config, resolve_init_from
+from framework.data.encoding import answer_tokens, counted_tokens, make_batch
 from framework.errors import ConfigError
 from framework.evaluation import evaluate
-from framework.models.transformer import build_model, forward
-from framework.stopping.points import StopPoint, StopTraining, stop_points
-from framework.stopping.registry import build as build_stop_rule
+from framework.models.transformer import build_model
+from framework.stopping.points import StopPoint, StopTraining
 from framework.stopping.rules import Observation
 from framework.training import averages as running
-from framework.training import optimizers, schedules, sharding
-from framework.training.runs import open_run
+from framework.training import sharding
+from framework.training.parts import Parts
+from framework.training.state import Progress, TrainState, pending_of, restore, save
+from framework.training.step import make_train_step
 
 
 class Event(NamedTuple):
@@ -72,105 +57,10 @@ WALL_CLOCK_FIELDS = ("tokens_per_s", "data_time_frac", "wall_s", "save_s")
 # Lines that record only the clock (how long each save blocked training). A kill can fall between
 # a checkpoint and its `save` line, so a resumed run may lack one: compare runs without them.
 CLOCK_EVENTS = ("save",)
-
-
-# == run directory =============================================================================
-
-
-def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True) -> None:
-    """Check (every process) and create (the primary, `write`) the run directory."""
-    config_path = os.path.join(cfg.out_dir, CONFIG_FILE)
-    if resume:
-        saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
-        for field in ("data", "model", "optim", "budget_tokens", "batch_size", "batch_warmup", "stops",
-                      "train_until", "seed",
-                      "every_tokens", "init_from", "curriculum", "curriculum_args", "pacing", "pacing_args",
-                      "scorer", "scorer_args", "scorer_percentile", "ema_half_lives", "swa_start",
-                      "stop_rules", "stop_combine", "branch_from"):
-            if getattr(saved, field) != getattr(cfg, field):
-                raise ConfigError(field, f"differs from the run being resumed in {cfg.out_dir} "
-                                  f"({getattr(saved, field)!r} there); resume with the same config")
-        return
-    if os.path.isdir(checkpoints.checkpoint_dir(cfg.out_dir)) and os.listdir(
-        checkpoints.checkpoint_dir(cfg.out_dir)
-    ):
-        raise ConfigError("out", f"{cfg.out_dir} already holds checkpoints; pass --resume to "
-                          "continue it, or choose another --out")
-    if not write:
-        return
-    try:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        write_atomic(config_path, cfg.dumps())  # a kill here leaves no half config to resume from
-        open(os.path.join(cfg.out_dir, checkpoints.METRICS_FILE), "w").close()
-    except OSError as e:
-        raise ConfigError("out", f"cannot write the run directory {cfg.out_dir}: {e.strerror or e}") from None
-
-
-# == model and optimizer ======================================================================
-
-SCHEDULE_BUILDERS: dict[str, Callable[[OptimConfig, int], schedules.Schedule]] = {
-    "cosine": lambda o, b: schedules.warmup_cosine(b, o.peak_lr, o.warmup_frac, o.end_lr_frac),
-    "wsd": lambda o, b: schedules.warmup_stable_decay(b, o.peak_lr, o.warmup_frac, o.decay_frac, o.decay_shape),
-    "constant": lambda o, b: schedules.warmup_constant(b, o.peak_lr, o.warmup_frac),
-    "cooldown": lambda o, b: schedules.cooldown(b, o.peak_lr, o.decay_start, o.decay_shape),
-}
-
-
-def steps_per_batch(cfg: RunConfig, tokens: int) -> int:
-    """How many optimizer steps share the batch drawn at `tokens` (RunConfig.batch_warmup): 8, 4, 2
-    in the thirds of the warmup, then 1."""
-    if cfg.batch_warmup <= 0:
-        return 1
-    third = int(tokens // (cfg.batch_warmup * cfg.budget_tokens / 3))
-    return BATCH_WARMUP_SPLITS[third] if third < len(BATCH_WARMUP_SPLITS) else 1
-
-
-def average_rules(cfg: RunConfig) -> list[running.AverageRule]:
-    """The weight averages `cfg` asks the run to keep: one EMA per half-life, then SWA if set."""
-    rules = [running.ema(h) for h in cfg.ema_half_lives]
-    if cfg.swa_start is not None:
-        rules.append(running.swa(int(cfg.swa_start * cfg.budget_tokens)))
-    return rules
-
-
-def load_init_params(cfg: RunConfig):
-    """Weights of `cfg.init_from`: RUN_DIR (its newest checkpoint) or RUN_DIR/checkpoints/STEP."""
-    run_dir, step = resolve_init_from(cfg)
-    return open_run(run_dir).params(step)
-
-
-# == update step ==============================================================================
-
-
-def make_train_step(graphdef, optimizer: optimizers.Optimizer, schedule, dropout: bool):
-    """One jitted update, compiled once per batch shape. `tokens_seen` is a traced scalar, and so is
-    the learning rate the optimizer is built with."""
-
-    @jax.jit
-    def train_step(params, opt_state, batch: Batch, tokens_seen, key, lr_scale=1.0):
-        def loss_fn(p):
-            logits = forward(nnx.merge(graphdef, p), batch.inputs, key if dropout else None)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets) * batch.loss_mask
-            per_example = ce.sum(1) / jnp.maximum(batch.loss_mask.sum(1), 1.0)  # for loss-driven samplers
-            return ce.sum() / jnp.maximum(batch.loss_mask.sum(), 1.0), per_example
-
-        (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        lr = schedule(tokens_seen) * lr_scale
-        updates, new_opt_state = optimizer.make(lr).update(grads, opt_state, params)
-        grad_norm = optax.global_norm(grads)
-        # A non-finite loss or gradient never reaches the weights: that step's update is dropped
-        # here (no host sync); the loop applies the run's `nonfinite` policy when it reads the flag.
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        params = jax.tree.map(lambda p, u: keep(p + u, p), params, updates)
-        return params, jax.tree.map(keep, new_opt_state, opt_state), {
-            "loss": loss, "lr": lr, "grad_norm": grad_norm, "nonfinite": ~finite,
-            "example_loss": jax.lax.stop_gradient(per_example)}
-
-    return train_step
-
-
-# == the loop =================================================================================
+# The RunConfig fields a resumed run may change: where it is written and how it is run or logged,
+# never what it computes. Every other field, a new one included, must match the run's saved config.
+RESUME_MAY_DIFFER = ("out_dir", "preset", "eval_batch_size", "log_every", "mesh_shape", "nonfinite",
+                     "rollback_lr_factor", "max_rollbacks")
 
 
 class NonFiniteLoss(Exception):
@@ -181,171 +71,275 @@ class NonFiniteLoss(Exception):
                          "were dropped: the weights are the last finite ones)")
 
 
-def _can_roll_back(cfg: RunConfig, prog, mgr) -> bool:
-    return cfg.nonfinite == "rollback" and prog.rollbacks < cfg.max_rollbacks and mgr.latest_step() is not None
-
-
-@dataclasses.dataclass
-class Progress:
-    """Host-side counters, saved as JSON in every checkpoint."""
-
-    step: int = 0
-    tokens: int = 0  # counted training tokens (framework.data.encoding.counted_tokens)
-    answer_tokens: int = 0
-    next_stop: int = 0  # index of the first stopping point not yet taken
-    wall_s: float = 0.0  # training wall time, summed over resumes
-    rng: list[int] = dataclasses.field(default_factory=list)  # jax.random.key_data of the run key
-    stopped: str | None = None  # why a stopping rule ended the run; a stopped run is finished
-    pending: list = dataclasses.field(default_factory=list)  # [(indices, losses)] a sampler has yet to observe
-    rules: Any = None  # the stopping rules' state (JSON), framework.stopping.rules
-    lr_scale: float = 1.0  # times the schedule: lowered by each rollback after a non-finite loss
-    rollbacks: int = 0  # rollbacks so far (nonfinite="rollback")
-    skipped: int = 0  # updates dropped for a non-finite loss or gradient
-
-
-def train(
-    cfg: RunConfig,
-    *,
-    resume: bool = False,
-    hooks: Sequence[Hook] = (),
-    sampler_fn: Callable[[Any, int, int], Sampler] | None = None,
-    show_progress: bool = True,
-    splits: dict[str, EncodedSplit] | None = None,
-) -> list[dict[str, Any]]:
-    """Train `cfg`, checkpointing at every stopping point; returns the checkpoints' metadata.
+def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence[Hook] = (),
+          show_progress: bool = True) -> list[dict[str, Any]]:
+    """Train `parts` (built from `cfg` by framework.runner.build), checkpointing at every stopping
+    point; returns the checkpoints' metadata.
 
     Args:
-      cfg: the run; validated here before any data, model or compilation work.
+      cfg: the run: its directory, budget, batch size, model, seed and mesh.
+      parts: the data, sampler, schedule, optimizer, stopping points, averages and rules it trains with.
       resume: continue from the newest checkpoint in `cfg.out_dir`.
       hooks: called with an `Event` after every step and every evaluation; one may raise
         `StopTraining` to end the run (a `stopped` checkpoint records why).
-      sampler_fn: `(train_split, batch_size, seed) -> Sampler`; by default the one that
-        `cfg.curriculum` and `cfg.pacing` name (uniform sampling unless configured).
       show_progress: a tqdm bar in tokens, with tokens/s and ETA.
-      splits: `framework.data.encoding.prepare(cfg.data)`, if the caller already built it.
     """
-    # Everything that can be wrong with the input is checked before the run directory is touched.
+    mesh = _check_input(cfg, parts, resume)  # everything that can be wrong, before the run directory is touched
+    _prepare_run_dir(cfg, resume, write=sharding.is_primary())
+    sharding.barrier("run directory ready")
+    graphdef, params = nnx.split(build_model(cfg.model, cfg.seed), nnx.Param)
+    params = sharding.place(params, mesh)  # everything on the device below is laid out on the mesh
+    optimizer, key, rule = parts.optimizer(cfg.batch_size), jax.random.key(cfg.seed), parts.stop_rule
+    state = TrainState(params, sharding.place(optimizer.init(params), mesh),
+                       {r.name: sharding.place(running.init(params), mesh) for r in parts.average_rules},
+                       parts.sampler.init(), Progress(rng=np.asarray(jax.random.key_data(key)).tolist(),
+                                                      rules=rule.init() if rule else None), key=key)
+    steps: dict[int, Callable] = {}  # rows per step -> its jitted update (Adam's b2 may depend on the rows)
+
+    def train_step(rows: int):
+        if rows not in steps:
+            steps[rows] = make_train_step(graphdef, parts.optimizer(rows), parts.schedule, cfg.model.dropout > 0)
+        return steps[rows]
+
+    run = Session(cfg, parts, graphdef, optimizer, mesh, hooks)
+    state = run.start(state, resume)
+    if state.progress.stopped:
+        run.mgr.close()
+        return checkpoints.list_checkpoints(cfg.out_dir)
+    run.open_log(state, show_progress)
+    points, sampler, prog = parts.points, parts.sampler, state.progress
+    try:
+        while True:  # one pass, or more when a rollback re-enters the loop from an earlier checkpoint
+            try:
+                while prog.next_stop < len(points):
+                    if sampler.observe is not None and len(state.pending) == 2:  # step t - 2's losses: done by now
+                        done_idx, done_losses = state.pending.pop(0)
+                        state.sampler = sampler.observe(state.sampler, done_idx, np.asarray(done_losses))
+                    data_t0 = time.perf_counter()
+                    idx, next_sampler_state = sampler.next(state.sampler, prog.tokens)
+                    batch = make_batch(parts.train_split, idx)
+                    n_tokens = counted_tokens(batch)
+                    run.window.data_s += time.perf_counter() - data_t0
+                    # Take every stopping point this batch would cross *before* running it.
+                    crossed = []
+                    while prog.next_stop < len(points) and prog.tokens + n_tokens > points[prog.next_stop].tokens:
+                        crossed.append(points[prog.next_stop])
+                        prog.next_stop += 1
+                    if crossed:
+                        run.checkpoint(state, crossed, "stop" if any(p.kind == "stop" for p in crossed) else "periodic")
+                    if prog.next_stop == len(points):
+                        break
+                    state.sampler, example_losses = next_sampler_state, []
+                    # Usually one step; during a batch-size warmup, several over consecutive rows of the batch.
+                    for rows in np.split(np.asarray(idx), parts.steps_per_batch(prog.tokens)):
+                        part = batch if len(rows) == len(idx) else make_batch(parts.train_split, rows)
+                        n = n_tokens if part is batch else counted_tokens(part)
+                        state.params, state.opt_state, m = train_step(len(rows))(
+                            state.params, state.opt_state, sharding.put_batch(part, mesh), np.float32(prog.tokens),
+                            jax.random.fold_in(state.key, prog.step), np.float32(prog.lr_scale))
+                        prog.step += 1
+                        prog.tokens += n
+                        if state.averages:
+                            state.averages = run.update_averages(state.averages, run.evaluated(state),
+                                                                 np.float32(n), np.float32(prog.tokens))
+                        prog.answer_tokens += answer_tokens(part)
+                        example_losses.append(sharding.gather_rows(m["example_loss"]))
+                        run.stepped(state, m, n, rows)
+                    if sampler.observe is not None:
+                        state.pending.append((idx, example_losses[0] if len(example_losses) == 1
+                                              else jnp.concatenate(example_losses)))
+                break
+            except NonFiniteLoss as bad:
+                if not (prog.rollbacks < parts.nonfinite.max_rollbacks and run.mgr.latest_step() is not None):
+                    raise StopTraining(str(bad)) from None
+                state = run.roll_back(state, bad)
+                prog = state.progress
+    except StopTraining as stop:
+        run.stopped(state, stop)
+    except OSError as e:  # the metrics file could not be written: the disk is full or gone
+        raise checkpoints.SaveFailed(cfg.out_dir, e) from None
+    finally:
+        run.close(failing=sys.exc_info()[0] is not None)
+    return checkpoints.list_checkpoints(cfg.out_dir)
+
+
+def _check_input(cfg: RunConfig, parts: Parts, resume: bool):
+    """The mesh the run trains on, once the config, the mesh and the budget are known to fit."""
     cfg.validate()
     mesh = sharding.make_mesh(cfg.mesh_shape)
     sharding.check_batch(mesh, cfg.batch_size)
     if cfg.batch_warmup > 0:  # its first steps take batch_size / 8 rows, which must split over the mesh too
         sharding.check_batch(mesh, cfg.batch_size // BATCH_WARMUP_SPLITS[0])
-    if cfg.init_from:
-        resolve_init_from(cfg)
-    if cfg.branch_from:
-        resolve_init_from(cfg, "branch_from")
-    sampler_fn = sampler_fn or sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
-                                               cfg.pacing_args, cfg.budget_tokens)
-    splits = splits or prepare(cfg.data)
-    train_split, val_split = splits["train"], splits["validation"]
-    if cfg.scorer:  # what the curriculum sorts by; validation and test keep the data's difficulty
-        train_split = rescore(train_split, cfg.scorer, cfg.scorer_args, cfg.scorer_percentile)
-    sampler = sampler_fn(train_split, cfg.batch_size, cfg.seed)
     if not resume:
-        first = counted_tokens(make_batch(train_split, sampler.next(sampler.init(), 0)[0]))
+        first = counted_tokens(make_batch(parts.train_split, parts.sampler.next(parts.sampler.init(), 0)[0]))
         if first > cfg.budget_tokens:
             raise ConfigError("budget_tokens", f"{cfg.budget_tokens:,} is less than one batch "
                               f"({first:,} tokens at batch_size {cfg.batch_size}): nothing would train")
-    _prepare_run_dir(cfg, resume, write=sharding.is_primary())
-    sharding.barrier("run directory ready")
-    if mesh.size > 1 and sharding.is_primary():
-        print(f"training on {mesh.size} {mesh.devices.flat[0].platform} devices in {jax.process_count()} "
-              f"process(es): mesh data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']}", flush=True)
-    points = stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens, cfg.train_until)
+    return mesh
 
-    model = build_model(cfg.model, cfg.seed)
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = sharding.place(params, mesh)  # everything on the device below is laid out on the mesh
-    optimizer = optimizers.build(cfg.optim, cfg.batch_size)
-    schedule = SCHEDULE_BUILDERS[cfg.optim.schedule](cfg.optim, cfg.budget_tokens)
-    steps: dict[int, Callable] = {}  # rows per step -> its jitted update (Adam's b2 may depend on the rows)
 
-    def train_step(rows: int):
-        if rows not in steps:
-            steps[rows] = make_train_step(graphdef, optimizers.build(cfg.optim, rows), schedule, cfg.model.dropout > 0)
-        return steps[rows]
+def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True) -> None:
+    """Check (every process) and create (the primary, `write`) the run directory."""
+    if resume:
+        saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
+        for field in dataclasses.fields(RunConfig):
+            if field.name not in RESUME_MAY_DIFFER and getattr(saved, field.name) != getattr(cfg, field.name):
+                raise ConfigError(field.name, f"differs from the run being resumed in {cfg.out_dir} "
+                                  f"({getattr(saved, field.name)!r} there); resume with the same config")
+        return
+    ckpt_dir = checkpoints.checkpoint_dir(cfg.out_dir)
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise ConfigError("out", f"{cfg.out_dir} already holds checkpoints; pass --resume to "
+                          "continue it, or choose another --out")
+    if not write:
+        return
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_atomic(os.path.join(cfg.out_dir, CONFIG_FILE), cfg.dumps())  # a kill here leaves no half config
+        open(os.path.join(cfg.out_dir, checkpoints.METRICS_FILE), "w").close()
+    except OSError as e:
+        raise ConfigError("out", f"cannot write the run directory {cfg.out_dir}: {e.strerror or e}") from None
 
-    # The weights evaluated, averaged and saved as `params`; schedule-free trains elsewhere (`train_params`).
-    separate = optimizer.eval_params is not None
-    evaluated = jax.jit(optimizer.eval_params) if separate else lambda opt_state, params: params
-    opt_state, sampler_state = sharding.place(optimizer.init(params), mesh), sampler.init()
-    rules = average_rules(cfg)
-    update_averages = running.make_update(rules)
-    # shapes only: init_from does not change them
-    averages = {r.name: sharding.place(running.init(params), mesh) for r in rules}
-    key = jax.random.key(cfg.seed)
-    rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)
-    prog = Progress(rng=np.asarray(jax.random.key_data(key)).tolist(), rules=rule.init() if rule else None)
 
-    if resume and sharding.is_primary():
-        for note in checkpoints.set_aside_corrupt(cfg.out_dir):
-            print(f"{note}; resuming from the newest intact checkpoint instead", flush=True)
-    sharding.barrier("corrupt checkpoints set aside")
-    mgr = checkpoints.open_manager(cfg.out_dir, writer=True)
-    metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
-    resuming = resume and mgr.latest_step() is not None
-    if cfg.init_from and not resuming:  # a resumed run's weights come from its own checkpoint
-        params = sharding.place(load_init_params(cfg), mesh)
-    if cfg.branch_from and not resuming:  # the source's whole state: weights, optimizer, data, counters
-        src_dir, src_step = resolve_init_from(cfg, "branch_from")
-        src = checkpoints.open_manager(src_dir)
-        src_step = src.latest_step() if src_step is None else src_step
-        params, opt_state, sampler_state, _, p = _restore_state(src, src_step, params, opt_state, sampler_state, {},
-                                                                separate)
-        src.close()
-        prog = dataclasses.replace(prog, step=p["step"], tokens=p["tokens"], answer_tokens=p["answer_tokens"],
-                                   rng=p["rng"], pending=p["pending"])
-        key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
-        prog.next_stop = sum(q.tokens <= prog.tokens for q in points)  # stops already behind the branch
-        print(f"branching from {cfg.branch_from}: step {prog.step}, {prog.tokens:,} tokens")
-    if resume and not resuming:
-        _truncate_metrics(metrics_path, 0)  # a crash before the first checkpoint: start over
-    if resuming:
-        params, opt_state, sampler_state, averages, p = _restore_state(
-            mgr, mgr.latest_step(), params, opt_state, sampler_state, averages, separate)
-        prog = Progress(**p)
-        key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
-        _truncate_metrics(metrics_path, prog.step)
-        if prog.stopped:
-            print(f"{cfg.out_dir} was stopped at step {prog.step} ({prog.stopped}); nothing to resume")
-            mgr.close()
-            return checkpoints.list_checkpoints(cfg.out_dir)
-        print(f"resuming {cfg.out_dir} from step {prog.step} ({prog.tokens:,} tokens)")
+class Session:
+    """What one call of `train` holds besides the TrainState: the checkpoint manager, the metrics
+    log, the progress bar and the evaluation and checkpointing done at stopping points."""
 
-    log = _open_metrics(metrics_path)
-    bar = tqdm(total=points[-1].tokens, initial=prog.tokens, unit="tok", unit_scale=True,
-               disable=not (show_progress and sharding.is_primary()),
-               desc=os.path.basename(os.path.normpath(cfg.out_dir)),
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
-    started, window = time.perf_counter(), _Window()
-    last_line: dict[str, Any] = {}  # the latest train log line: the gradient norm a rule may watch
-    fired: dict[str, Any] = {}  # the evaluation at which a stopping rule fired
+    def __init__(self, cfg: RunConfig, parts: Parts, graphdef, optimizer, mesh, hooks: Sequence[Hook]):
+        self.cfg, self.parts, self.graphdef, self.mesh, self.hooks = cfg, parts, graphdef, mesh, hooks
+        # The weights evaluated, averaged and saved as `params`; schedule-free trains elsewhere (`train_params`).
+        self.separate = optimizer.eval_params is not None
+        self._eval_params = jax.jit(optimizer.eval_params) if self.separate else None
+        self.update_averages = running.make_update(parts.average_rules)
+        self.metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
+        self.mgr = self.log = self.bar = None
+        self.window = _Window()
+        self.last_line: dict[str, Any] = {}  # the latest train log line: the gradient norm a rule may watch
+        self.fired: dict[str, Any] = {}  # the evaluation at which a stopping rule fired
+        if mesh.size > 1 and sharding.is_primary():
+            print(f"training on {mesh.size} {mesh.devices.flat[0].platform} devices in {jax.process_count()} "
+                  f"process(es): mesh data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']}", flush=True)
 
-    def emit(event: Event) -> None:
-        for hook in hooks:
+    def evaluated(self, state: TrainState):
+        return self._eval_params(state.opt_state, state.params) if self.separate else state.params
+
+    def start(self, state: TrainState, resume: bool) -> TrainState:
+        """The state training starts from: a fresh one (with `init_from`'s weights), a branch's
+        source checkpoint, or the newest checkpoint of the run being resumed."""
+        cfg = self.cfg
+        if resume and sharding.is_primary():
+            for note in checkpoints.set_aside_corrupt(cfg.out_dir):
+                print(f"{note}; resuming from the newest intact checkpoint instead", flush=True)
+        sharding.barrier("corrupt checkpoints set aside")
+        self.mgr = checkpoints.open_manager(cfg.out_dir, writer=True)
+        if resume and self.mgr.latest_step() is not None:
+            state = restore(self.mgr, self.mgr.latest_step(), state, self.separate)
+            _truncate_metrics(self.metrics_path, state.progress.step)
+            if state.progress.stopped:
+                print(f"{cfg.out_dir} was stopped at step {state.progress.step} ({state.progress.stopped}); "
+                      "nothing to resume")
+            else:
+                print(f"resuming {cfg.out_dir} from step {state.progress.step} ({state.progress.tokens:,} tokens)")
+            return state
+        if resume:
+            _truncate_metrics(self.metrics_path, 0)  # a crash before the first checkpoint: start over
+        if self.parts.init_params is not None:  # a resumed run's weights come from its own checkpoint
+            state.params = sharding.place(self.parts.init_params(), self.mesh)
+        if cfg.branch_from:  # the source's whole state: weights, optimizer, data, counters
+            src_dir, src_step = resolve_init_from(cfg, "branch_from")
+            src = checkpoints.open_manager(src_dir)
+            src_step = src.latest_step() if src_step is None else src_step
+            branch = restore(src, src_step, dataclasses.replace(state, averages={}), self.separate)
+            src.close()
+            p = branch.progress
+            prog = dataclasses.replace(state.progress, step=p.step, tokens=p.tokens, answer_tokens=p.answer_tokens,
+                                       rng=p.rng, pending=p.pending)
+            prog.next_stop = sum(q.tokens <= prog.tokens for q in self.parts.points)  # stops behind the branch
+            state = dataclasses.replace(branch, averages=state.averages, progress=prog, pending=pending_of(prog),
+                                        key=None)  # None: the key is the source's, from `prog.rng`
+            print(f"branching from {cfg.branch_from}: step {prog.step}, {prog.tokens:,} tokens")
+        return state
+
+    def open_log(self, state: TrainState, show_progress: bool) -> None:
+        cfg = self.cfg
+        self.log = _open_metrics(self.metrics_path)
+        self.bar = tqdm(total=self.parts.points[-1].tokens, initial=state.progress.tokens, unit="tok",
+                        unit_scale=True, disable=not (show_progress and sharding.is_primary()),
+                        desc=os.path.basename(os.path.normpath(cfg.out_dir)),
+                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        self.started = time.perf_counter()
+        self.window.reset()
+
+    def emit(self, event: Event) -> None:
+        for hook in self.hooks:
             hook(event)
 
-    def log_train_line() -> None:
-        line = window.flush(prog)
-        last_line.update(line)
-        log.write(json.dumps({"event": "train", **line}) + "\n")
-        if line["loss"] is not None:
-            bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", refresh=False)
-        if "nonfinite_steps" in line:
-            prog.skipped += len(line["nonfinite_steps"])
-            if cfg.nonfinite != "skip":
-                raise NonFiniteLoss(line["nonfinite_steps"])
-            bar.write(f"  non-finite loss at step(s) {line['nonfinite_steps']}: update(s) skipped")
+    def stepped(self, state: TrainState, m, n_tokens: int, rows: np.ndarray) -> None:
+        """After each update: the progress bar, the log window, the hooks."""
+        prog, sampler = state.progress, self.parts.sampler
+        self.bar.update(n_tokens)
+        self.window.add(m, n_tokens, self.parts.train_split.difficulty[rows],
+                        sampler.info(state.sampler, prog.tokens) if sampler.info else {})
+        if prog.step % self.cfg.log_every == 0:
+            self.log_train_line(state)
+        self.emit(Event("step", prog.step, prog.tokens, {}))
 
-    def checkpoint(crossed: list[StopPoint], kind: str, reason: str | None = None, restored: int | None = None,
-                   weights=None) -> None:
-        """Evaluate, let hooks see it (a rule may stop the run here), then save. `weights`: what to
-        evaluate and save as `params` instead of the training state's (a restored best)."""
-        if window.losses:  # close the log window here, so a resumed run logs the same lines
-            log_train_line()
-        weights = evaluated(opt_state, params) if weights is None else weights
+    def log_train_line(self, state: TrainState) -> None:
+        line = self.window.flush(state.progress)
+        self.last_line.update(line)
+        self.log.write(json.dumps({"event": "train", **line}) + "\n")
+        if line["loss"] is not None:
+            self.bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", refresh=False)
+        if "nonfinite_steps" in line:
+            state.progress.skipped += len(line["nonfinite_steps"])
+            if not self.parts.nonfinite.skip:
+                raise NonFiniteLoss(line["nonfinite_steps"])
+            self.bar.write(f"  non-finite loss at step(s) {line['nonfinite_steps']}: update(s) skipped")
+
+    def checkpoint(self, state: TrainState, crossed: list[StopPoint], kind: str, reason: str | None = None,
+                   restored: int | None = None, weights=None) -> None:
+        """Evaluate, let the stopping rule and the hooks see it (either may stop the run here), then
+        save. `weights`: what to evaluate and save as `params` instead of the state's (a restored best)."""
+        cfg, prog, rule = self.cfg, state.progress, self.parts.stop_rule
+        if self.window.losses:  # close the log window here, so a resumed run logs the same lines
+            self.log_train_line(state)
+        weights = self.evaluated(state) if weights is None else weights
+        meta, tf = self._evaluate(state, crossed, kind, weights)
+        if reason:
+            meta["reason"] = prog.stopped = reason
+            if restored is not None:
+                meta["restored_best_step"] = restored
+            if self.fired:  # what the rule saw when it fired (the saved weights may be the restored best)
+                meta["fired_evaluation"] = dict(self.fired)
+        else:  # rules and hooks run before the save: one that fires here gets one `stopped` checkpoint
+            if rule is not None:
+                obs = Observation(prog.step, prog.tokens, prog.tokens / cfg.budget_tokens, tf["strict_em"],
+                                  tf["loss"], self.last_line.get("grad_norm"), tuple(int(c) for c in tf["correct"]),
+                                  max(meta.get("average_val_em", {}).values(), default=None))
+                prog.rules, decision = rule.update(prog.rules, obs)
+                meta["stopping"] = rule.report(prog.rules)
+                if decision.stop:
+                    self.fired.update(val_em=tf["strict_em"], val_loss=tf["loss"], **_packed(tf["correct"]),
+                                      average_val_em=meta.get("average_val_em", {}))
+                    raise StopTraining(decision.reason)
+            self.emit(Event("eval", prog.step, prog.tokens, meta))
+        # The log reaches the disk before the checkpoint can: once step S is saved, every line up to
+        # S is there, so a kill at any moment leaves nothing for a resumed run to miss or repeat.
+        self.log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"])}) + "\n")
+        self.log.flush()
+        save_t0 = time.perf_counter()
+        save(self.mgr, state, weights, meta, self.separate)
+        save_s = round(time.perf_counter() - save_t0, 4)  # the blocking part: the write goes on beside training
+        self.log.write(json.dumps({"event": "save", "step": prog.step, "tokens": prog.tokens, "save_s": save_s}) + "\n")
+        self.bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
+                       f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
+        self.window.t0 = time.perf_counter()  # evaluation is not training time: keep it out of tokens/s
+
+    def _evaluate(self, state: TrainState, crossed: list[StopPoint], kind: str, weights):
+        """The checkpoint's metadata and the teacher-forced validation scores of `weights`."""
+        cfg, prog, val = self.cfg, state.progress, self.parts.val_split
         # Every process scores its own full replica (the same figures): evaluation stays single-device code.
-        tf = evaluate.teacher_forced(graphdef, sharding.host_local(weights), val_split, cfg.eval_batch_size)
+        tf = evaluate.teacher_forced(self.graphdef, sharding.host_local(weights), val, cfg.eval_batch_size)
         # Label with the largest configured stop crossed (not a periodic point crossed with it);
         # the tokens fit under every crossed threshold, all listed in `fractions`.
         configured = [p.fraction for p in crossed if p.kind == "stop"]
@@ -357,171 +351,70 @@ def train(
             "step": prog.step,
             "val_em": tf["strict_em"],
             "val_loss": tf["loss"],
-            "wall_s": round(prog.wall_s + time.perf_counter() - started, 3),
+            "wall_s": round(prog.wall_s + time.perf_counter() - self.started, 3),
             "answer_tokens": prog.answer_tokens,
             "kind": kind,
-            "averages": list(averages),
+            "averages": list(state.averages),
         }
-        if averages:  # how good each weight average is now: for stopping rules and for reading the run
+        if state.averages:  # how good each weight average is now: for stopping rules and for reading the run
             meta["average_val_em"] = {
-                name: evaluate.teacher_forced(graphdef, sharding.host_local(running.value(a, like=weights)),
-                                              val_split, cfg.eval_batch_size)["strict_em"]
-                for name, a in averages.items() if float(a.weight) > 0}
-        if reason:
-            meta["reason"] = prog.stopped = reason
-            if restored is not None:
-                meta["restored_best_step"] = restored
-            if fired:  # what the rule saw when it fired (the saved weights may be the restored best)
-                meta["fired_evaluation"] = dict(fired)
-        else:  # rules and hooks run before the save: one that fires here gets one `stopped` checkpoint
-            if rule is not None:
-                obs = Observation(prog.step, prog.tokens, prog.tokens / cfg.budget_tokens, tf["strict_em"],
-                                  tf["loss"], last_line.get("grad_norm"), tuple(int(c) for c in tf["correct"]),
-                                  max(meta.get("average_val_em", {}).values(), default=None))
-                prog.rules, decision = rule.update(prog.rules, obs)
-                meta["stopping"] = rule.report(prog.rules)
-                if decision.stop:
-                    fired.update(val_em=tf["strict_em"], val_loss=tf["loss"], **_packed(tf["correct"]),
-                                 average_val_em=meta.get("average_val_em", {}))
-                    raise StopTraining(decision.reason)
-            emit(Event("eval", prog.step, prog.tokens, meta))
-        prog.pending = [(np.asarray(i).tolist(), np.asarray(x).tolist()) for i, x in pending]
-        prog_json = dataclasses.asdict(prog) | {"wall_s": meta["wall_s"]}
-        # The log reaches the disk before the checkpoint can: once step S is saved, every line up to
-        # S is there, so a kill at any moment leaves nothing for a resumed run to miss or repeat.
-        log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"])}) + "\n")
-        log.flush()
-        save_t0 = time.perf_counter()
-        checkpoints.save(mgr, prog.step, params=weights, opt_state=opt_state, sampler_state=sampler_state,
-                         progress=prog_json, metadata=meta, averages=_as_dicts(averages),
-                         train_params=params if separate else None)
-        save_s = round(time.perf_counter() - save_t0, 4)  # the blocking part: the write goes on beside training
-        log.write(json.dumps({"event": "save", "step": prog.step, "tokens": prog.tokens, "save_s": save_s}) + "\n")
-        bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
-                  f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
-        window.t0 = time.perf_counter()  # evaluation is not training time: keep it out of tokens/s
+                name: evaluate.teacher_forced(self.graphdef, sharding.host_local(running.value(a, like=weights)),
+                                              val, cfg.eval_batch_size)["strict_em"]
+                for name, a in state.averages.items() if float(a.weight) > 0}
+        return meta, tf
 
-    # (indices, per-example losses) of steps the sampler has not observed yet; saved at checkpoints.
-    pending = _pending(prog)
+    def roll_back(self, state: TrainState, bad: NonFiniteLoss) -> TrainState:
+        """Back to the newest checkpoint after a non-finite loss, with a lower learning rate."""
+        checkpoints.seal_finished(self.mgr)
+        policy, prog = self.parts.nonfinite, state.progress
+        scale, rollbacks = prog.lr_scale * policy.lr_factor, prog.rollbacks + 1
+        state = restore(self.mgr, self.mgr.latest_step(), state, self.separate)
+        state.progress.lr_scale, state.progress.rollbacks = scale, rollbacks
+        self.log.close()
+        _truncate_metrics(self.metrics_path, state.progress.step)
+        self.log = _open_metrics(self.metrics_path)
+        self.window.reset()
+        self.bar.write(f"  {bad}; rolled back to step {state.progress.step} ({state.progress.tokens:,} tokens), "
+                       f"learning rate x{scale:g} (rollback {rollbacks} of {policy.max_rollbacks})")
+        return state
 
-    try:
-        while True:  # one pass, or more when a rollback re-enters the loop from an earlier checkpoint
-            try:
-                while prog.next_stop < len(points):
-                    if sampler.observe is not None and len(pending) == 2:  # step t - 2's losses: done by now
-                        done_idx, done_losses = pending.pop(0)
-                        sampler_state = sampler.observe(sampler_state, done_idx, np.asarray(done_losses))
-                    data_t0 = time.perf_counter()
-                    idx, next_sampler_state = sampler.next(sampler_state, prog.tokens)
-                    batch = make_batch(train_split, idx)
-                    n_tokens = counted_tokens(batch)
-                    window.data_s += time.perf_counter() - data_t0
-                    # Take every stopping point this batch would cross *before* running it.
-                    crossed = []
-                    while prog.next_stop < len(points) and prog.tokens + n_tokens > points[prog.next_stop].tokens:
-                        crossed.append(points[prog.next_stop])
-                        prog.next_stop += 1
-                    if crossed:
-                        checkpoint(crossed, "stop" if any(p.kind == "stop" for p in crossed) else "periodic")
-                    if prog.next_stop == len(points):
-                        break
-                    sampler_state, example_losses = next_sampler_state, []
-                    # Usually one step; during a batch-size warmup, several over consecutive rows of the batch.
-                    for rows in np.split(np.asarray(idx), steps_per_batch(cfg, prog.tokens)):
-                        part = batch if len(rows) == len(idx) else make_batch(train_split, rows)
-                        n = n_tokens if part is batch else counted_tokens(part)
-                        step_key = jax.random.fold_in(key, prog.step)
-                        params, opt_state, m = train_step(len(rows))(
-                            params, opt_state, sharding.put_batch(part, mesh), np.float32(prog.tokens), step_key,
-                            np.float32(prog.lr_scale))
-                        prog.step += 1
-                        prog.tokens += n
-                        if averages:
-                            averages = update_averages(averages, evaluated(opt_state, params), np.float32(n),
-                                                       np.float32(prog.tokens))
-                        prog.answer_tokens += answer_tokens(part)
-                        example_losses.append(sharding.gather_rows(m["example_loss"]))
-                        bar.update(n)
-                        window.add(m, n, train_split.difficulty[rows],
-                                   sampler.info(sampler_state, prog.tokens) if sampler.info else {})
-                        if prog.step % cfg.log_every == 0:
-                            log_train_line()
-                        emit(Event("step", prog.step, prog.tokens, {}))
-                    if sampler.observe is not None:
-                        pending.append((idx, example_losses[0] if len(example_losses) == 1
-                                        else jnp.concatenate(example_losses)))
-                break
-            except NonFiniteLoss as bad:
-                if not _can_roll_back(cfg, prog, mgr):
-                    raise StopTraining(str(bad)) from None
-                checkpoints.seal_finished(mgr)
-                scale, rollbacks = prog.lr_scale * cfg.rollback_lr_factor, prog.rollbacks + 1
-                params, opt_state, sampler_state, averages, p = _restore_state(
-                    mgr, mgr.latest_step(), params, opt_state, sampler_state, averages, separate)
-                prog = Progress(**{**p, "lr_scale": scale, "rollbacks": rollbacks})
-                key = jax.random.wrap_key_data(jnp.asarray(prog.rng, jnp.uint32))
-                pending = _pending(prog)
-                log.close()
-                _truncate_metrics(metrics_path, prog.step)
-                log = _open_metrics(metrics_path)
-                window.reset()
-                bar.write(f"  {bad}; rolled back to step {prog.step} ({prog.tokens:,} tokens), learning rate "
-                          f"x{scale:g} (rollback {rollbacks} of {cfg.max_rollbacks})")
-    except StopTraining as stop:
-        bar.write(f"stopped at step {prog.step}: {stop}")
+    def stopped(self, state: TrainState, stop: StopTraining) -> None:
+        """A rule or a hook ended the run: one `stopped` checkpoint, holding the best evaluation's
+        weights when the rule keeps them (restore-best)."""
+        rule, prog = self.parts.stop_rule, state.progress
+        self.bar.write(f"stopped at step {prog.step}: {stop}")
         best = rule.best_step(prog.rules) if rule is not None else None
-        if best is not None and best != prog.step:  # restore-best, whichever rule (or hook) stopped the run
-            checkpoints.seal_finished(mgr)
-            best_weights = checkpoints.restore(mgr, best, params=params).params
-            bar.write(f"  restoring the best evaluation's weights (step {best}) into the stopped checkpoint")
         restored = best if best is not None and best != prog.step else None
-        checkpoint([], "stopped", reason=str(stop) or "a stopping rule fired", restored=restored,
-                   weights=best_weights if restored is not None else None)
-    except OSError as e:  # the metrics file could not be written: the disk is full or gone
-        raise checkpoints.SaveFailed(cfg.out_dir, e) from None
-    finally:
-        bar.close()
-        _close(mgr, log, cfg.out_dir, failing=sys.exc_info()[0] is not None)
-    return checkpoints.list_checkpoints(cfg.out_dir)
+        best_weights = None
+        if restored is not None:
+            checkpoints.seal_finished(self.mgr)
+            best_weights = checkpoints.restore(self.mgr, best, params=state.params).params
+            self.bar.write(f"  restoring the best evaluation's weights (step {best}) into the stopped checkpoint")
+        self.checkpoint(state, [], "stopped", reason=str(stop) or "a stopping rule fired", restored=restored,
+                        weights=best_weights)
 
-
-def _close(mgr, log, out_dir: str, failing: bool) -> None:
-    """Wait for the last save, seal it, close the files. When the run is already failing, a second
-    error here (the same full disk, reported again) must not hide the first."""
-    try:
+    def close(self, failing: bool) -> None:
+        """Wait for the last save, seal it, close the files. When the run is already failing, a second
+        error here (the same full disk, reported again) must not hide the first."""
+        if self.bar is not None:
+            self.bar.close()
         try:
-            checkpoints.seal_finished(mgr)
-        finally:
             try:
-                log.close()
+                checkpoints.seal_finished(self.mgr)
             finally:
-                mgr.close()
-    except (OSError, ValueError) as e:  # ConfigError (SaveFailed) is a ValueError too
-        if not failing:
-            raise e if isinstance(e, ConfigError) else checkpoints.SaveFailed(out_dir, e) from None
-
-
-def _restore_state(mgr, step: int, params, opt_state, sampler_state, averages: dict, separate: bool):
-    """(training params, opt_state, sampler_state, averages, progress dict) of checkpoint `step`,
-    restored into the given targets; the averages only when there are any to restore. `separate`:
-    the training weights are the `train_params` item (schedule-free), not the evaluated `params`."""
-    extra = {"averages": _as_dicts(averages)} if averages else {}
-    weights = {"train_params": params} if separate else {"params": params}
-    r = checkpoints.restore(mgr, step, opt_state=opt_state, sampler=sampler_state, progress=None, **weights,
-                            **extra)
-    if averages:
-        averages = {name: running.RunningAverage(**a) for name, a in r.averages.items()}
-    return r.train_params if separate else r.params, r.opt_state, r.sampler, averages, r.progress
+                try:
+                    if self.log is not None:
+                        self.log.close()
+                finally:
+                    self.mgr.close()
+        except (OSError, ValueError) as e:  # ConfigError (SaveFailed) is a ValueError too
+            if not failing:
+                raise e if isinstance(e, ConfigError) else checkpoints.SaveFailed(self.cfg.out_dir, e) from None
 
 
 def _packed(correct) -> dict[str, Any]:
     """Per-example validation correctness as hex bits: what `recoup tune-stopping` replays paired tests on."""
     return {"val_n": len(correct), "val_correct": np.packbits(np.asarray(correct, bool)).tobytes().hex()}
-
-
-def _as_dicts(averages: dict[str, running.RunningAverage]) -> dict[str, dict]:
-    """Orbax stores plain dicts: `{name: {"total": tree, "weight": scalar}}`."""
-    return {name: a._asdict() for name, a in averages.items()}
 
 
 class _Window:
@@ -565,11 +458,6 @@ class _Window:
             line["nonfinite_steps"] = [int(prog.step - len(bad) + 1 + i) for i in np.flatnonzero(bad)]
         self.reset()
         return line
-
-
-def _pending(prog: Progress) -> list[tuple[np.ndarray, Any]]:
-    """(indices, per-example losses) of steps the sampler has not observed yet, as saved in `prog`."""
-    return [(np.asarray(i), np.asarray(x, np.float32)) for i, x in prog.pending]
 
 
 def _open_metrics(path: str):

@@ -60,7 +60,7 @@ def cool_down_and_ship(run_dir: str, step: int, extra: str, *, shape: str | None
     done = list_checkpoints(cfg.out_dir) if os.path.isfile(os.path.join(cfg.out_dir, CONFIG_FILE)) else []
     if not any(c.get("fraction") == 1.0 for c in done):
         if train_fn is None:
-            from framework.training.train import train as train_fn
+            from framework.runner.build import train as train_fn
         log(f"cooling {run_dir} down from step {step} ({source['tokens']:,} tokens) over "
             f"{cfg.budget_tokens - source['tokens']:,} more tokens into {cfg.out_dir}")
         train_fn(cfg, resume=os.path.isdir(cfg.out_dir), show_progress=False)

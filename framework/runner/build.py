@@ -1,0 +1,88 @@
+"""The build step: a RunConfig in, the trainer's plain objects (`framework.training.parts.Parts`) out.
+
+    from framework.runner.build import train
+    train(cfg)                                   # = training.train.train(cfg, build(cfg))
+
+Every name a config holds (a curriculum, a pacing, a scorer, a schedule, an optimizer, a stopping
+rule) is looked up here, so a bad one fails naming its field before any data is encoded or anything
+compiles, and the trainer below only ever sees values.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from curricula.registry import rescore, sampler_factory
+from framework.config import BATCH_WARMUP_SPLITS, RunConfig, resolve_init_from
+from framework.data.encoding import EncodedSplit, Sampler, prepare
+from framework.runner.check import check
+from framework.stopping.points import stop_points
+from framework.training import averages, optimizers, schedules
+from framework.training.parts import NonFinitePolicy, Parts
+from framework.training.runs import open_run
+from framework.training.train import train as train_parts
+
+
+def steps_per_batch(cfg: RunConfig, tokens: int) -> int:
+    """How many optimizer steps share the batch drawn at `tokens` (RunConfig.batch_warmup): 8, 4, 2
+    in the thirds of the warmup, then 1."""
+    if cfg.batch_warmup <= 0:
+        return 1
+    third = int(tokens // (cfg.batch_warmup * cfg.budget_tokens / 3))
+    return BATCH_WARMUP_SPLITS[third] if third < len(BATCH_WARMUP_SPLITS) else 1
+
+
+def average_rules(cfg: RunConfig) -> list[averages.AverageRule]:
+    """The weight averages `cfg` asks the run to keep: one EMA per half-life, then SWA if set."""
+    rules = [averages.ema(h) for h in cfg.ema_half_lives]
+    if cfg.swa_start is not None:
+        rules.append(averages.swa(int(cfg.swa_start * cfg.budget_tokens)))
+    return rules
+
+
+def load_init_params(cfg: RunConfig):
+    """Weights of `cfg.init_from`: RUN_DIR (its newest checkpoint) or RUN_DIR/checkpoints/STEP."""
+    run_dir, step = resolve_init_from(cfg)
+    return open_run(run_dir).params(step)
+
+
+def nonfinite_policy(cfg: RunConfig) -> NonFinitePolicy:
+    rollbacks = cfg.max_rollbacks if cfg.nonfinite == "rollback" else 0
+    return NonFinitePolicy(skip=cfg.nonfinite == "skip", max_rollbacks=rollbacks, lr_factor=cfg.rollback_lr_factor)
+
+
+def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | None = None,
+          splits: dict[str, EncodedSplit] | None = None) -> Parts:
+    """The objects `cfg` names. `sampler_fn`: `(train_split, batch_size, seed) -> Sampler` instead of
+    the curriculum `cfg` names; `splits`: `prepare(cfg.data)` if the caller already built it."""
+    stop_rule = check(cfg)  # before any data is read
+    sampler_fn = sampler_fn or sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
+                                               cfg.pacing_args, cfg.budget_tokens)
+    splits = splits or prepare(cfg.data)
+    train_split = splits["train"]
+    if cfg.scorer:  # what the curriculum sorts by; validation and test keep the data's difficulty
+        train_split = rescore(train_split, cfg.scorer, cfg.scorer_args, cfg.scorer_percentile)
+    return Parts(
+        train_split=train_split,
+        val_split=splits["validation"],
+        sampler=sampler_fn(train_split, cfg.batch_size, cfg.seed),
+        schedule=schedules.build(cfg.optim, cfg.budget_tokens),
+        optimizer=functools.partial(optimizers.build, cfg.optim),
+        steps_per_batch=functools.partial(steps_per_batch, cfg),
+        points=stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens, cfg.train_until),
+        average_rules=tuple(average_rules(cfg)),
+        stop_rule=stop_rule,
+        init_params=functools.partial(load_init_params, cfg) if cfg.init_from else None,
+        nonfinite=nonfinite_policy(cfg),
+    )
+
+
+def train(cfg: RunConfig, *, resume: bool = False, hooks: Sequence = (),
+          sampler_fn: Callable[[Any, int, int], Sampler] | None = None, show_progress: bool = True,
+          splits: dict[str, EncodedSplit] | None = None) -> list[dict[str, Any]]:
+    """Build `cfg`'s objects and train them (framework.training.train.train); returns the
+    checkpoints' metadata. `hooks` see every step and evaluation and may raise StopTraining."""
+    return train_parts(cfg, build(cfg, sampler_fn=sampler_fn, splits=splits), resume=resume, hooks=hooks,
+                       show_progress=show_progress)

@@ -1,0 +1,44 @@
+"""The plain objects a run trains with, built once from its RunConfig by `framework.runner.build`.
+
+The trainer takes these, not names: it never looks up a schedule, an optimizer, a curriculum or a
+stopping rule by the string a config holds, so a user's own sampler, schedule or rule is just
+another value here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from framework.data.encoding import EncodedSplit, Sampler
+from framework.stopping.points import StopPoint
+from framework.stopping.rules import StopRule
+from framework.training.averages import AverageRule
+from framework.training.optimizers import Optimizer
+from framework.training.schedules import Schedule
+
+Params = Any  # a pytree of arrays
+
+
+class NonFinitePolicy(NamedTuple):
+    """What a non-finite loss or gradient does (its update is always dropped first)."""
+
+    skip: bool = False  # go on training, logging the skipped steps
+    max_rollbacks: int = 0  # else restore the last checkpoint, this many times at most; then stop
+    lr_factor: float = 0.5  # each rollback multiplies the learning rate by this
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    train_split: EncodedSplit  # what batches are drawn from (its difficulty rescored for a curriculum)
+    val_split: EncodedSplit  # scored at every stopping point
+    sampler: Sampler  # which training rows each batch draws
+    schedule: Schedule  # counted tokens -> learning rate
+    optimizer: Callable[[int], Optimizer]  # rows per step -> the optimizer (Adam's b2 may depend on them)
+    steps_per_batch: Callable[[int], int]  # tokens seen -> optimizer steps sharing the batch drawn there
+    points: Sequence[StopPoint]  # where to evaluate and checkpoint
+    average_rules: Sequence[AverageRule] = ()  # weight averages kept in every checkpoint
+    stop_rule: StopRule | None = None  # may end the run at an evaluation
+    init_params: Callable[[], Params] | None = None  # the weights to start from; None: a fresh model
+    nonfinite: NonFinitePolicy = NonFinitePolicy()
