@@ -48,7 +48,7 @@ from framework.config import (
     TASKS,
     load_run_config,
 )
-from framework.data.tasks import load_file
+from framework.data.files import load_file
 from framework.errors import ConfigError
 from tests.conftest import fuzz
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from framework.data import tasks
+from framework.data import files, tasks
 from framework.errors import ConfigError
 
 ADDITION = re.compile(r"^(0|[1-9][0-9]*)\+(0|[1-9][0-9]*)=$")
@@ -303,7 +303,7 @@ def write(tmp_path, kind: str, rows: dict = ROWS) -> str:
 
 @pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet", "saved_dataset", "saved_dict"])
 def test_load_file_formats_and_custom_columns(tmp_path, kind):
-    ds = tasks.load_file(write(tmp_path, kind), "question", "solution", "level")
+    ds = files.load_file(write(tmp_path, kind), "question", "solution", "level")
     assert ds.column_names == ["prompt", "answer", "difficulty"]
     assert ds.features["difficulty"].dtype == "int64"
     assert ds.features["answer"].dtype == "string"  # csv parses "2" as a number: cast back
@@ -313,14 +313,14 @@ def test_load_file_formats_and_custom_columns(tmp_path, kind):
 
 def test_load_file_defaults_and_unscored(tmp_path):
     path = write(tmp_path, "jsonl", {"prompt": ["a", "b"], "answer": [1, 2], "extra": [0, 0]})
-    ds = tasks.load_file(path)
+    ds = files.load_file(path)
     assert ds.to_dict() == {"prompt": ["a", "b"], "answer": ["1", "2"], "difficulty": [0, 0]}
 
 
 def test_load_file_float_difficulty(tmp_path):
     path = write(tmp_path, "parquet", {"prompt": ["a", "b"], "answer": ["x", "y"],
                                        "score": pa.array([0.5, 2.0], pa.float32())})
-    ds = tasks.load_file(path, difficulty_col="score")
+    ds = files.load_file(path, difficulty_col="score")
     assert ds.features["difficulty"].dtype == "float64"
     assert ds["difficulty"] == [0.5, 2.0]
 
@@ -338,20 +338,20 @@ def test_build_splits_from_file_with_duplicates(tmp_path):
 def test_load_file_missing_column_lists_columns(tmp_path):
     path = write(tmp_path, "jsonl")
     with pytest.raises(ConfigError) as err:
-        tasks.load_file(path, prompt_col="question")
+        files.load_file(path, prompt_col="question")
     assert str(err.value) == ("answer_col: column 'answer' not found in data.jsonl "
                               "(columns found: question, solution, level)")
     with pytest.raises(ConfigError, match=r"^prompt_col: column 'prompt' not found .*question"):
-        tasks.load_file(path)
+        files.load_file(path)
     with pytest.raises(ConfigError, match=r"^difficulty_col: column 'hardness' not found"):
-        tasks.load_file(path, "question", "solution", "hardness")
+        files.load_file(path, "question", "solution", "hardness")
 
 
 def test_load_file_missing_path_lists_parent(tmp_path):
     (tmp_path / "train.jsonl").write_text("")
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(ConfigError) as err:
-        tasks.load_file(str(tmp_path / "trian.jsonl"))
+        files.load_file(str(tmp_path / "trian.jsonl"))
     assert err.value.field == "data"
     assert "trian.jsonl not found" in str(err.value)
     assert "notes.txt, train.jsonl" in str(err.value)
@@ -361,18 +361,18 @@ def test_load_file_missing_path_long_listing(tmp_path):
     for i in range(25):
         (tmp_path / f"f{i:02d}.csv").write_text("")
     with pytest.raises(ConfigError, match=r"f19\.csv, \.\.\. \(\d+ more\)"):
-        tasks.load_file(str(tmp_path / "nope.csv"))
+        files.load_file(str(tmp_path / "nope.csv"))
 
 
 def test_load_file_missing_parent(tmp_path):
     with pytest.raises(ConfigError, match=r"^data: .*nowhere.*does not exist"):
-        tasks.load_file(str(tmp_path / "nowhere" / "data.jsonl"))
+        files.load_file(str(tmp_path / "nowhere" / "data.jsonl"))
 
 
 def test_load_file_unsupported_extension(tmp_path):
     (tmp_path / "data.txt").write_text("1+1=\t2\n")
     with pytest.raises(ConfigError) as err:
-        tasks.load_file(str(tmp_path / "data.txt"))
+        files.load_file(str(tmp_path / "data.txt"))
     assert "unsupported file type '.txt'" in str(err.value)
     assert {".jsonl", ".json", ".csv", ".parquet"} <= set(err.value.allowed)
 
@@ -380,7 +380,7 @@ def test_load_file_unsupported_extension(tmp_path):
 def test_load_file_not_a_saved_dataset(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(ConfigError, match="not one written by Dataset.save_to_disk"):
-        tasks.load_file(str(tmp_path / "folder"))
+        files.load_file(str(tmp_path / "folder"))
 
 
 def test_load_file_saved_splits_must_match(tmp_path):
@@ -388,17 +388,17 @@ def test_load_file_saved_splits_must_match(tmp_path):
     b = datasets.Dataset.from_dict({"prompt": ["b"], "answer": [1]})
     datasets.DatasetDict({"train": a, "test": b}).save_to_disk(tmp_path / "saved")
     with pytest.raises(ConfigError, match=r"^data: the splits in .*saved differ in columns"):
-        tasks.load_file(str(tmp_path / "saved"))
+        files.load_file(str(tmp_path / "saved"))
 
 
 def test_load_file_zero_rows(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ConfigError, match=r"^data: .*empty\.jsonl has no rows"):
-        tasks.load_file(str(tmp_path / "empty.jsonl"))
+        files.load_file(str(tmp_path / "empty.jsonl"))
     table = pa.table({"prompt": pa.array([], pa.string()), "answer": pa.array([], pa.string())})
     pq.write_table(table, tmp_path / "empty.parquet")
     with pytest.raises(ConfigError, match=r"^data: .*empty\.parquet has no rows"):
-        tasks.load_file(str(tmp_path / "empty.parquet"))
+        files.load_file(str(tmp_path / "empty.parquet"))
 
 
 @pytest.mark.parametrize("name, text, detail", [
@@ -409,20 +409,20 @@ def test_load_file_zero_rows(tmp_path):
 def test_load_file_malformed(tmp_path, name, text, detail):
     (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match=rf"^data: could not read .*{name}: .*{detail}"):
-        tasks.load_file(str(tmp_path / name))
+        files.load_file(str(tmp_path / name))
 
 
 def test_load_file_non_numeric_difficulty(tmp_path):
     path = write(tmp_path, "jsonl", {"prompt": ["a", "b"], "answer": ["x", "y"],
                                      "level": ["easy", "hard"]})
     with pytest.raises(ConfigError, match=r"^difficulty_col: column 'level' .* not numeric"):
-        tasks.load_file(path, difficulty_col="level")
+        files.load_file(path, difficulty_col="level")
 
 
 def test_load_file_null_cell(tmp_path):
     path = write(tmp_path, "jsonl", {"prompt": ["a", None], "answer": ["x", "y"]})
     with pytest.raises(ConfigError, match=r"^prompt_col: column 'prompt' .* empty in row 1"):
-        tasks.load_file(path)
+        files.load_file(path)
 
 
 # ---------------------------------------------------------------- build_splits
