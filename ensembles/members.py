@@ -85,8 +85,7 @@ class ParamStore:
 
     def run(self, run_dir: str) -> Run:
         if run_dir not in self._runs:
-            self._runs[run_dir] = open_run(run_dir)
-            self._runs[run_dir].prepare_data = self._prepare
+            self._runs[run_dir] = open_run(run_dir, prepare_data=self._prepare)
         return self._runs[run_dir]
 
     def _prepare(self, data: DataConfig) -> dict:

@@ -1,5 +1,6 @@
 """Tests for framework.data.tasks: generators, splits, file loading and their error messages."""
 
+import os
 import re
 import subprocess
 import sys
@@ -40,12 +41,34 @@ def assert_disjoint(splits: datasets.DatasetDict) -> None:
     assert not p["validation"] & p["test"]
 
 
-def test_import_is_jax_free_and_offline():
+def test_import_is_jax_free_and_changes_nothing():
     # In a fresh interpreter: other tests in the same session may have imported jax already.
-    code = ("import framework.data.tasks, sys, datasets.config; "
+    code = ("import os; before = dict(os.environ); import framework.data.tasks, sys, datasets; "
             "assert 'jax' not in sys.modules, 'framework.data.tasks imported jax'; "
-            "assert datasets.config.HF_HUB_OFFLINE")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+            "assert dict(os.environ) == before, 'importing recoup changed the environment'; "
+            "assert datasets.is_progress_bar_enabled()")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1], env=env)
+
+
+def test_reading_files_never_touches_the_network(tmp_path):
+    """recoup never downloads, without setting HF_*_OFFLINE for the user's process: each kind of file
+    loads with every socket call refused, in a fresh interpreter with no HF_ variables."""
+    pd = pytest.importorskip("pandas")
+    rows = {"prompt": ["1+1=", "2+2="], "answer": ["2", "4"]}
+    pd.DataFrame(rows).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "saved"))
+    code = ("import socket, sys\n"
+            "def refuse(*a, **k): raise RuntimeError('network call')\n"
+            "socket.socket.connect = socket.create_connection = socket.getaddrinfo = refuse\n"
+            "from framework.data.files import load_file\n"
+            "for name in sys.argv[1:]: assert len(load_file(name)) == 2, name\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HOME"] = str(tmp_path / "hf")  # a cold cache: nothing found there, nothing to fetch
+    paths = [str(tmp_path / n) for n in ("d.jsonl", "d.csv", "d.parquet", "saved")]
+    subprocess.run([sys.executable, "-c", code, *paths], check=True, cwd=Path(__file__).parents[1], env=env)
 
 
 # ---------------------------------------------------------------- addition

@@ -29,7 +29,7 @@ import sys
 from framework import __version__
 from framework.app import train_commands
 from framework.config import load_run_config, parse_tokens
-from framework.errors import ConfigError
+from framework.errors import ConfigError, RecoupError
 from framework.sweeps.report import DEFAULT_LEVELS
 from framework.sweeps.space import SAMPLERS, load_space_file, parse_param_flags
 from framework.sweeps.sweep import run_sweep
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except ConfigError as e:
+    except RecoupError as e:  # bad input, a damaged checkpoint, a failed save: one line each
         print(f"recoup: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,12 +17,12 @@ import json
 import os
 from collections.abc import Iterable
 
-from framework.errors import ConfigError
+from framework.errors import RecoupError
 
 _CHUNK = 1 << 20
 
 
-class CorruptCheckpoint(ConfigError):
+class CorruptCheckpoint(RecoupError):
     """A saved checkpoint whose files no longer match their seal."""
 
     def __init__(self, path: str, file: str, problem: str):

@@ -32,22 +32,18 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging as absl_logging
 
 from framework.checkpoints import integrity
 from framework.checkpoints.integrity import CorruptCheckpoint
 from framework.config import require_run_dir
-from framework.errors import ConfigError
+from framework.errors import ConfigError, RecoupError
 
 ITEMS = ("params", "opt_state", "sampler", "progress", "averages", "train_params")
 METRICS_FILE = "metrics.jsonl"
 
-# Orbax logs at INFO/WARNING on every open and partial restore, and a failed background save as
-# pages of tracebacks; users need none of it: a failed save is re-raised below as SaveFailed.
-absl_logging.set_verbosity(absl_logging.FATAL)
 
 
-class SaveFailed(ConfigError):
+class SaveFailed(RecoupError):
     """A save could not be written (disk full, directory gone or read-only). The finished
     checkpoints are untouched: Orbax only renames a step into place once it is complete."""
 
@@ -91,7 +87,10 @@ def open_manager(run_dir: str, writer: bool = False) -> ocp.CheckpointManager:
     """The run's checkpoints. Only the training process is a `writer`: it removes the temporary
     directories a killed save left behind (a reader doing so could delete a live run's save)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=writer)
-    return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_names=ITEMS)
+    # Naming each item's handler lets Orbax read any item's metadata without warning about the rest.
+    handlers = {name: ocp.JsonCheckpointHandler() if name == "progress" else ocp.StandardCheckpointHandler()
+                for name in ITEMS}
+    return ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_handlers=handlers)
 
 
 def _run_dir_of(mgr: ocp.CheckpointManager) -> str:

@@ -137,13 +137,26 @@ def _read(path: Path) -> datasets.Dataset:
     try:
         # datasets fails obscurely on a parquet file without rows: read the count from its footer.
         if path.stat().st_size > 0 and (builder != "parquet" or pq.read_metadata(path).num_rows):
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
+            return _load_quietly(builder, path)
     except Exception as exc:  # a malformed user file is bad input: report it with the cause
         cause = exc
         while cause.__cause__ is not None:  # datasets wraps the parser's error in a generic one
             cause = cause.__cause__
         raise ConfigError("data", f"could not read {path}: {cause}") from exc
     raise ConfigError("data", f"{path} has no rows")
+
+
+def _load_quietly(builder: str, path: Path) -> datasets.Dataset:
+    """A local file through datasets' packaged builders (no network: the builder ships with
+    datasets). Its "Generating train split" bars are noise for a file read in milliseconds: they are
+    off for this call only, not for the rest of the user's process."""
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
 
 
 def _column(ds: datasets.Dataset, field: str, col: str, name: str) -> list:

@@ -217,21 +217,21 @@ def warm_up(model: ServedModel, buckets: Buckets, log=print) -> int:
 
 # == compilations ===============================================================================
 
-_compiles = 0
-_lock = threading.Lock()
 
+class CompileCounter:
+    """XLA compilations in this process from the moment it is made: a jax.monitoring listener the
+    server registers when it starts, not when this module is imported. (jax has no public way to
+    remove a listener, so make one per server, not one per request.)"""
 
-def _on_event(event: str, duration: float, **_) -> None:
-    global _compiles
-    if event == "/jax/core/compile/backend_compile_duration":
-        with _lock:
-            _compiles += 1
+    def __init__(self):
+        self.count = 0
+        self._lock = threading.Lock()
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
 
+    def _on_event(self, event: str, duration: float, **_) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            with self._lock:
+                self.count += 1
 
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def compilations() -> int:
-    """XLA compilations in this process so far (every jitted shape compiled counts once)."""
-    return _compiles
-
+    def __call__(self) -> int:
+        return self.count

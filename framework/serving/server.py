@@ -24,7 +24,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
@@ -46,7 +46,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
-    def __init__(self, max_batch: int):
+    def __init__(self, max_batch: int, compilations: Callable[[], int]):
         self.registry = r = CollectorRegistry()
         self.requests = Counter("recoup_requests_total", "HTTP requests", ["endpoint", "status"], registry=r)
         self.latency = Histogram("recoup_request_latency_seconds", "Request latency", ["endpoint"],
@@ -55,7 +55,7 @@ class Metrics:
                                     buckets=[b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_batch])
         self.tokens = Counter("recoup_generated_tokens_total", "Tokens generated", ["model"], registry=r)
         self.compilations = Gauge("recoup_compilations", "XLA compilations in this process", registry=r)
-        self.compilations.set_function(generation.compilations)
+        self.compilations.set_function(compilations)
         self.waiting = Gauge("recoup_queue_rows", "Rows waiting for a batch", registry=r)
 
 
@@ -69,7 +69,8 @@ class State:
         self.models: dict[str, ServedModel] = {}
         self.ready = threading.Event()
         self.failed: str | None = None
-        self.metrics = Metrics(buckets.batch[-1])
+        self.compilations = generation.CompileCounter()  # from here on: loading and warming up count
+        self.metrics = Metrics(buckets.batch[-1], self.compilations)
         self.batcher = MicroBatcher(self._run_batch, buckets.batch[-1], max_wait_ms, max_queue, self._on_batch)
         self.metrics.waiting.set_function(lambda: self.batcher.waiting)
 

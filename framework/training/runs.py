@@ -64,11 +64,13 @@ class Run:
             mgr.close()
 
 
-def open_run(run_dir: str) -> Run:
+def open_run(run_dir: str, prepare_data: Callable[[DataConfig], dict[str, EncodedSplit]] = prepare) -> Run:
+    """The run in `run_dir`; its splits are built by `prepare_data` when first asked for (a caller
+    reading many runs of one data set passes one that builds them once)."""
     cfg = load_run_config(run_dir)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model, 0)), nnx.Param)
     # On one device, whatever mesh trained the run: Orbax reads each array into the target's sharding.
-    return Run(run_dir, cfg, graphdef, sharding.on_one_device(abstract))
+    return Run(run_dir, cfg, graphdef, sharding.on_one_device(abstract), prepare_data=prepare_data)
 
 
 def evaluate_checkpoint(run: Run, step: int | None = None, split: str = "test") -> dict[str, Any]:

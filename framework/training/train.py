@@ -29,7 +29,7 @@ from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import write_atomic
 from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, RunConfig, load_run_config, resolve_init_from
 from framework.data.encoding import answer_tokens, counted_tokens, make_batch
-from framework.errors import ConfigError
+from framework.errors import ConfigError, RecoupError
 from framework.evaluation import evaluate
 from framework.models.transformer import build_model
 from framework.stopping.points import StopPoint, StopTraining
@@ -407,9 +407,9 @@ class Session:
                         self.log.close()
                 finally:
                     self.mgr.close()
-        except (OSError, ValueError) as e:  # ConfigError (SaveFailed) is a ValueError too
+        except (OSError, ValueError, RecoupError) as e:  # seal_finished raises SaveFailed itself
             if not failing:
-                raise e if isinstance(e, ConfigError) else checkpoints.SaveFailed(self.cfg.out_dir, e) from None
+                raise e if isinstance(e, RecoupError) else checkpoints.SaveFailed(self.cfg.out_dir, e) from None
 
 
 def _packed(correct) -> dict[str, Any]:
