@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from framework.config import DataConfig
 from framework.data import files, tasks
 from framework.errors import ConfigError
 
@@ -351,9 +352,9 @@ def test_load_file_float_difficulty(tmp_path):
 def test_build_splits_from_file_with_duplicates(tmp_path):
     rows = {"question": [f"q{i % 10}" for i in range(40)], "solution": ["a"] * 40,
             "level": list(range(40))}
-    splits = tasks.build_splits(None, write(tmp_path, "csv", rows), seed=0, n_examples=999,
-                                val_size=2, test_size=3, prompt_col="question",
-                                answer_col="solution", difficulty_col="level")
+    splits = tasks.build_splits(DataConfig(task=None, data_path=write(tmp_path, "csv", rows), seed=0,
+                                           n_examples=999, val_size=2, test_size=3, prompt_col="question",
+                                           answer_col="solution", difficulty_col="level"))
     assert [len(splits[s]) for s in tasks.SPLITS] == [20, 8, 12]
     assert_disjoint(splits)
 
@@ -451,16 +452,16 @@ def test_load_file_null_cell(tmp_path):
 # ---------------------------------------------------------------- build_splits
 
 def test_build_splits_addition():
-    splits = tasks.build_splits("addition", None, seed=0, n_examples=500, val_size=50,
-                                test_size=60, max_digits=3)
+    splits = tasks.build_splits(DataConfig(task="addition", seed=0, n_examples=500, val_size=50,
+                                           test_size=60, max_digits=3))
     assert [len(splits[s]) for s in tasks.SPLITS] == [390, 50, 60]
     assert max(splits["train"]["difficulty"]) == 3
     assert_disjoint(splits)
 
 
 def test_build_splits_multihop():
-    splits = tasks.build_splits("multihop", None, seed=0, n_examples=200, val_size=30,
-                                test_size=40, max_hops=4)
+    splits = tasks.build_splits(DataConfig(task="multihop", seed=0, n_examples=200, val_size=30,
+                                           test_size=40, max_hops=4))
     assert [len(splits[s]) for s in tasks.SPLITS] == [100 * 4 + 130, 30, 40]
     assert max(splits["test"]["difficulty"]) <= 4
     assert_disjoint(splits)
@@ -473,6 +474,7 @@ def test_build_splits_multihop():
 ])
 def test_build_splits_task_errors(task, data_path, message):
     with pytest.raises(ConfigError) as err:
-        tasks.build_splits(task, data_path, seed=0, n_examples=10, val_size=1, test_size=1)
+        tasks.build_splits(DataConfig(task=task, data_path=data_path, seed=0, n_examples=10, val_size=1,
+                                      test_size=1))
     assert str(err.value).startswith(message)
     assert err.value.allowed == list(tasks.TASKS)

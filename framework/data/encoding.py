@@ -182,22 +182,6 @@ def prepare(cfg: DataConfig) -> dict[str, EncodedSplit]:
     Deterministic in `cfg`: the trainer and `recoup eval` call it with the run's saved config and
     get identical splits. The width is shared by all splits (a shape, not a tuned choice).
     """
-    raw = tasks.build_splits(
-        cfg.task,
-        cfg.data_path,
-        seed=cfg.seed,
-        n_examples=cfg.n_examples,
-        val_size=cfg.val_size,
-        test_size=cfg.test_size,
-        max_digits=cfg.max_digits,
-        max_hops=cfg.max_hops,
-        prompt_col=cfg.prompt_col,
-        answer_col=cfg.answer_col,
-        difficulty_col=cfg.difficulty_col,
-        operand_format=cfg.operand_format,
-        kb_entities=cfg.kb_entities,
-        kb_relations=cfg.kb_relations,
-        hop_answer=cfg.hop_answer,
-    )
+    raw = tasks.build_splits(cfg)
     width = sequence_width(raw, max_len=cfg.max_seq_len)
     return {name: encode_split(raw[name], width) for name in tasks.SPLITS}

@@ -7,8 +7,8 @@ pure function of `seed` (a local `random.Random`, never the global RNG) and buil
 with `Dataset.from_dict`, in memory: nothing is cached on disk or downloaded. No jax here, so the
 CLI can check a config and its data before jax starts.
 
-    splits = build_splits("addition", None, seed=0, n_examples=10_000, val_size=500,
-                          test_size=500, max_digits=5)
+    splits = build_splits(DataConfig(task="addition", seed=0, n_examples=10_000, val_size=500,
+                                     test_size=500, max_digits=5))
     splits["train"][0]  # {'prompt': '40000+09870=', 'answer': '4987', 'difficulty': 4} (4 + 7890)
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import datasets
 
+from framework.config import DataConfig
 from framework.data.files import COLUMNS, Row, load_file, to_dataset
 from framework.errors import ConfigError
 
@@ -320,48 +321,31 @@ def split_by_prompt(ds: datasets.Dataset, val_size: int, test_size: int,
 
 # ---------------------------------------------------------------- entry point
 
-# Each builder takes (seed, n_examples, val_size, test_size, options), options being build_splits'
-# task keyword arguments.
-_TASK_SPLITS: dict[str, Callable[..., datasets.DatasetDict]] = {
-    "addition": lambda seed, n, val, test, o: split_by_prompt(
-        addition(n, o["max_digits"], seed, o["operand_format"]), val, test, seed),
-    "multihop": lambda seed, n, val, test, o: multihop_splits(
-        n, o["max_hops"], seed, val, test, o["kb_entities"], o["kb_relations"], o["hop_answer"]),
+# A built-in task's splits from the DataConfig fields it reads; the names are what DataConfig.task takes.
+TASK_SPLITS: dict[str, Callable[[DataConfig], datasets.DatasetDict]] = {
+    "addition": lambda c: split_by_prompt(addition(c.n_examples, c.max_digits, c.seed, c.operand_format),
+                                          c.val_size, c.test_size, c.seed),
+    "multihop": lambda c: multihop_splits(c.n_examples, c.max_hops, c.seed, c.val_size, c.test_size,
+                                          c.kb_entities, c.kb_relations, c.hop_answer),
 }
-TASKS = tuple(_TASK_SPLITS)
+TASKS = tuple(TASK_SPLITS)
 
 
-def build_splits(task: str | None, data_path: str | None, *, seed: int, n_examples: int,
-                 val_size: int, test_size: int, max_digits: int = 5, max_hops: int = 3,
-                 prompt_col: str = "prompt", answer_col: str = "answer",
-                 difficulty_col: str | None = None, operand_format: str = "lsb-first", kb_entities: int = 100,
-                 kb_relations: int = 4, hop_answer: str = "chain") -> datasets.DatasetDict:
-    """Builds the train/validation/test splits of a built-in task or of a user's file.
-
-    Args:
-      task: a name in TASKS, or None when `data_path` is given.
-      data_path: a file or directory for `load_file`, or None when `task` is given.
-      seed: seeds generation and the split.
-      n_examples: addition: problems generated before the split; multihop: compositions
-        generated (all single-hop facts come on top); files: ignored.
-      val_size, test_size: held-out sizes (unique prompts; compositions for multihop).
-      max_digits, max_hops: for addition and for multihop.
-      operand_format: addition only, see `addition`.
-      kb_entities, kb_relations, hop_answer: multihop only, see `multihop`.
-      prompt_col, answer_col, difficulty_col: files only, see `load_file`.
+def build_splits(cfg: DataConfig) -> datasets.DatasetDict:
+    """The train/validation/test splits of a built-in task (`cfg.task`) or of a user's file
+    (`cfg.data_path`, read by `load_file` with `cfg`'s column names), split by `cfg.seed` into
+    `cfg.val_size` and `cfg.test_size` held-out prompts (compositions for multihop).
 
     Returns:
       A DatasetDict with keys SPLITS, each with columns prompt, answer, difficulty.
     """
-    if (task is None) == (data_path is None):
-        given = "both" if task is not None else "neither"
+    if (cfg.task is None) == (cfg.data_path is None):
+        given = "both" if cfg.task is not None else "neither"
         raise ConfigError("task", f"give exactly one of a task or a data file (got {given})",
                           allowed=TASKS)
-    if data_path is not None:
-        ds = load_file(data_path, prompt_col, answer_col, difficulty_col)
-        return split_by_prompt(ds, val_size, test_size, seed)
-    if task not in _TASK_SPLITS:
-        raise ConfigError("task", f"unknown task '{task}'", allowed=TASKS)
-    options = {"max_digits": max_digits, "max_hops": max_hops, "operand_format": operand_format,
-               "kb_entities": kb_entities, "kb_relations": kb_relations, "hop_answer": hop_answer}
-    return _TASK_SPLITS[task](seed, n_examples, val_size, test_size, options)
+    if cfg.data_path is not None:
+        ds = load_file(cfg.data_path, cfg.prompt_col, cfg.answer_col, cfg.difficulty_col)
+        return split_by_prompt(ds, cfg.val_size, cfg.test_size, cfg.seed)
+    if cfg.task not in TASK_SPLITS:
+        raise ConfigError("task", f"unknown task '{cfg.task}'", allowed=TASKS)
+    return TASK_SPLITS[cfg.task](cfg)
