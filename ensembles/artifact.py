@@ -120,7 +120,7 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
         "build_s": None,
     }
     os.makedirs(out_dir, exist_ok=True)
-    if best.combine == "weights":
+    if best.one_model:
         _, params = model
         ckptr = ocp.StandardCheckpointer()
         ckptr.save(os.path.abspath(os.path.join(out_dir, "params")), params)
@@ -199,7 +199,7 @@ def evaluate_ensemble(ens_dir: str, split: str = "test") -> dict[str, Any]:
     c = candidate_of(manifest)
     store = ParamStore()
     model = None
-    if c.combine == "weights":  # the saved average, not a recomputation from the members
+    if c.one_model:  # the saved average, not a recomputation from the members
         run = store.run(c.members[0].run)
         model = run.graphdef, saved_average(ens_dir, run)
     result = evaluate_candidate(store, c, split, model)

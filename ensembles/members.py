@@ -51,9 +51,15 @@ class Candidate:
     combine: str  # "weights" | "logits" | "vote"
 
     @property
+    def one_model(self) -> bool:
+        """Whether the candidate is a single parameter tree (a weight average): what is saved with an
+        ensemble and served, costing one forward pass."""
+        return COMBINERS[self.combine].one_model
+
+    @property
     def inference_cost(self) -> int:
         """Forward passes per generated token, relative to one model."""
-        return 1 if self.combine == "weights" else len(self.members)
+        return 1 if self.one_model else len(self.members)
 
     @property
     def training_tokens(self) -> int:
@@ -139,12 +145,13 @@ class Combiner(NamedTuple):
     # (prepared, split, batch_size) -> teacher-forced dict with "strict_em" and "loss"; None for a
     # vote, which has no single distribution to teacher-force: its strict EM is its decode's
     teacher_forced: Callable[[tuple, EncodedSplit, int], dict[str, Any]] | None
+    one_model: bool = False  # the members combine into one parameter tree (cost 1), not k forward passes
 
 
 COMBINERS: dict[str, Combiner] = {
     "weights": Combiner(weights_model,
                         lambda m, split, bs: evaluate.decode_split(*m, split, bs),
-                        lambda m, split, bs: evaluate.teacher_forced(*m, split, bs)),
+                        lambda m, split, bs: evaluate.teacher_forced(*m, split, bs), one_model=True),
     "logits": Combiner(_stacked,
                        lambda m, split, bs: output.decode_split_ensemble(*m, split, bs),
                        lambda m, split, bs: output.ensemble_teacher_forced(*m, split, bs)),
@@ -158,7 +165,7 @@ def logged_val_em(store: ParamStore, c: Candidate) -> float | None:
     score (a mix of members, an output ensemble, an average of a run that predates that record).
     Training scores with the same function, split and batch size on the same float32 weights, so
     the figure is the one `strict_em` would compute (a test checks it); reading it skips a pass."""
-    if c.combine != "weights" or len(c.members) != 1:
+    if not c.one_model or len(c.members) != 1:
         return None
     m = c.members[0]
     meta = store.metadata(m.run, m.step)

@@ -111,7 +111,7 @@ def load(path: str, model_id: str | None = None) -> ServedModel:
         run = store.run(c.members[0].run)
         info = {"kind": "ensemble", "method": c.method, "members": [m.label for m in c.members],
                 "training_tokens": manifest.get("training_tokens"), "inference_cost": c.inference_cost}
-        if c.combine == "weights":
+        if c.one_model:
             params, weights = artifact.saved_average(path, run), None
         else:
             params = output.stack_params([store.params(m) for m in c.members])
