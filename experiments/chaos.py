@@ -11,7 +11,7 @@
 - disk full: a save that cannot be written (a file-size limit stands in for a full disk: the
   write itself fails with an OS error, as it would there) ends the run with a one-line error and
   leaves the earlier checkpoints intact; `--resume` then finishes the run exactly.
-- fuzz: the hypothesis properties of tests/test_fuzz_inputs.py and tests/test_fuzz_requests.py
+- fuzz: the hypothesis properties of tests/test_fuzz_{configs,cli,files,requests}.py
   with many more examples each (RECOUP_FUZZ_EXAMPLES).
 - serving: experiments/chaos_serving.py, 2,000 requests at concurrency 32 with faults.
 
@@ -331,7 +331,8 @@ without privileges, which CI does not have).
 
 
 def fuzz_section(examples: int) -> tuple[str, bool]:
-    files = ["tests/test_fuzz_inputs.py", "tests/test_fuzz_requests.py"]
+    files = ["tests/test_fuzz_configs.py", "tests/test_fuzz_cli.py", "tests/test_fuzz_files.py",
+             "tests/test_fuzz_requests.py"]
     t = time.time()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "--hypothesis-show-statistics", *files], cwd=ROOT, capture_output=True, text=True,
@@ -347,7 +348,7 @@ def fuzz_section(examples: int) -> tuple[str, bool]:
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
     section = f"""## Fuzzing: invalid configs, CLI arguments, data files and request bodies
 
-`RECOUP_FUZZ_EXAMPLES={examples} python -m pytest tests/test_fuzz_inputs.py tests/test_fuzz_requests.py`
+`RECOUP_FUZZ_EXAMPLES={examples} python -m pytest {' '.join(files)}`
 ({time.time() - t:.0f} s; `python -m experiments.chaos fuzz`). Every property: the input ends in a
 clear error naming the field, flag, line or column (ConfigError, exit status 2, or an HTTP 4xx
 with an OpenAI error body), never a traceback from inside jax, datasets or pyarrow. The default

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 
+import datasets
 import jax
 import pytest
 
@@ -76,3 +78,16 @@ def fuzz(examples: int):
 
     return settings(max_examples=int(os.environ.get("RECOUP_FUZZ_EXAMPLES", examples)), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """The fuzzing tests' (tests/test_fuzz_*.py) scratch directory, an empty run directory
+    (config.json, no checkpoints) and a datasets cache of their own."""
+    root = tmp_path_factory.mktemp("fuzz")
+    run = root / "run"
+    run.mkdir()
+    (run / "config.json").write_text(tiny_config(run).dumps())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf-cache"))
+        yield {"root": root, "run": str(run), "n": itertools.count()}
