@@ -28,10 +28,11 @@ import sys
 
 from framework import __version__
 from framework.app import train_commands
+from framework.app.python_files import call_function_of
 from framework.config import load_run_config, parse_tokens
 from framework.errors import ConfigError, RecoupError
 from framework.sweeps.report import DEFAULT_LEVELS
-from framework.sweeps.space import SAMPLERS, load_space_file, parse_param_flags
+from framework.sweeps.space import SAMPLERS, Space, parse_param_flags
 from framework.sweeps.sweep import run_sweep
 
 
@@ -240,6 +241,14 @@ def _numbers(text: str, field: str, cast):
         return tuple(cast(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(field, f"{text!r} must be comma-separated numbers") from None
+
+
+def load_space_file(spec: str) -> Space:
+    """`get_space()` of a .py file or an importable module (the user names it, as with --config)."""
+    space = call_function_of(spec, "space", "get_space")
+    if not (isinstance(space, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in space.items())):
+        raise ConfigError("space", f"get_space() in {spec} must return {{field: spec string}}, got {space!r}")
+    return space
 
 
 def _cmd_sweep(args) -> int:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import importlib.util
 import json
-import os
 
+from framework.app.python_files import call_function_of
 from framework.config import (
     CURRICULA,
     DECAY_SHAPES,
@@ -244,24 +242,7 @@ def load_config_file(spec: str) -> RunConfig:
     An error raised by the file's own code keeps its traceback (it points into the user's file);
     a file that is not Python at all, or a get_config() that returns no RunConfig, is a ConfigError.
     """
-    try:
-        if spec.endswith(".py"):
-            if not os.path.isfile(spec):
-                raise ConfigError("config", f"no config file at {spec}")
-            module_spec = importlib.util.spec_from_file_location("recoup_config", spec)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        elif not spec or spec.startswith(".") or "/" in spec:  # import_module would raise ValueError or TypeError
-            raise ConfigError("config", f"{spec!r} is neither a .py file nor a module name (e.g. experiments.demo)")
-        else:
-            module = importlib.import_module(spec)
-    except ImportError as e:
-        raise ConfigError("config", f"cannot import {spec!r}: {e}") from None
-    except SyntaxError as e:  # also bytes that are not UTF-8 text, and NUL bytes
-        raise ConfigError("config", f"{e.filename or spec}{f' line {e.lineno}' if e.lineno else ''}: {e.msg}") from None
-    if not callable(getattr(module, "get_config", None)):
-        raise ConfigError("config", f"{spec} has no get_config() function")
-    cfg = module.get_config()
+    cfg = call_function_of(spec, "config", "get_config", " (e.g. experiments.demo)")
     if not isinstance(cfg, RunConfig):
         raise ConfigError("config", f"get_config() in {spec} returned {type(cfg).__name__}, not a RunConfig")
     for name, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig)):  # before asdict

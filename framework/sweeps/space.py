@@ -20,8 +20,6 @@ listing the fields its section has.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -144,31 +142,6 @@ def _section_class(section: str) -> type:
 
 def _field_names(section: str) -> list[str]:
     return sorted(f.name for f in dataclasses.fields(_section_class(section)))
-
-
-def load_space_file(spec: str) -> Space:
-    """`get_space()` of a .py file or an importable module (the user names it, as with --config)."""
-    try:
-        if spec.endswith(".py"):
-            if not os.path.isfile(spec):
-                raise ConfigError("space", f"no space file at {spec}")
-            module_spec = importlib.util.spec_from_file_location("recoup_space", spec)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        elif not spec or spec.startswith(".") or "/" in spec:
-            raise ConfigError("space", f"{spec!r} is neither a .py file nor a module name")
-        else:
-            module = importlib.import_module(spec)
-    except ImportError as e:
-        raise ConfigError("space", f"cannot import {spec!r}: {e}") from None
-    except SyntaxError as e:
-        raise ConfigError("space", f"{e.filename or spec}{f' line {e.lineno}' if e.lineno else ''}: {e.msg}") from None
-    if not callable(getattr(module, "get_space", None)):
-        raise ConfigError("space", f"{spec} has no get_space() function")
-    space = module.get_space()
-    if not (isinstance(space, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in space.items())):
-        raise ConfigError("space", f"get_space() in {spec} must return {{field: spec string}}, got {space!r}")
-    return space
 
 
 def parse_param_flags(pairs: list[str]) -> Space:
