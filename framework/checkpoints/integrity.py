@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Iterable
 
-from framework.errors import RecoupError
+from framework.errors import ConfigError, RecoupError
 
 _CHUNK = 1 << 20
 
@@ -93,3 +93,21 @@ def verify(root: str, record: str, items: Iterable[str] | None = None) -> bool:
         if _sha256(path) != want["sha256"]:
             raise CorruptCheckpoint(root, rel, "has changed since it was saved (sha256 differs)")
     return True
+
+
+def read_metrics(path: str, field: str) -> list[tuple[str, dict]]:
+    """(line, record) of each line of a metrics.jsonl. A torn last line (a kill while it was being
+    written; a resumed run redoes what it said) is left out; any other line that is not JSON is a
+    ConfigError on `field`."""
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip()]
+    out = []
+    for i, ln in enumerate(lines):
+        try:
+            out.append((ln, json.loads(ln)))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ConfigError(field, f"{path} line {i + 1} is not JSON; the metrics file was edited or "
+                                     "damaged, not cut short by a crash") from None
+    return out

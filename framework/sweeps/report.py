@@ -12,8 +12,7 @@ import json
 import os
 from typing import Any
 
-from framework.checkpoints.integrity import write_atomic
-from framework.errors import ConfigError
+from framework.checkpoints.integrity import read_metrics, write_atomic
 from framework.sweeps.space import Param, decode, describe
 
 DEFAULT_LEVELS = (0.5, 0.9, 0.95, 0.99)
@@ -32,19 +31,8 @@ def read_evals(run_dir: str) -> Evals:
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip()]
-    out = []
-    for i, ln in enumerate(lines):
-        try:
-            record = json.loads(ln)
-        except ValueError:
-            if i == len(lines) - 1:
-                break
-            raise ConfigError("run_dir", f"{path} line {i + 1} is not JSON: the file was edited or damaged") from None
-        if record.get("event") == "eval":
-            out.append({k: record[k] for k in KEPT if k in record})
-    return out
+    return [{k: record[k] for k in KEPT if k in record} for _, record in read_metrics(path, "run_dir")
+            if record.get("event") == "eval"]
 
 
 def best_single(e: dict) -> float:

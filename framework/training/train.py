@@ -26,7 +26,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from framework.checkpoints import store as checkpoints
-from framework.checkpoints.integrity import write_atomic
+from framework.checkpoints.integrity import read_metrics, write_atomic
 from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, RunConfig, load_run_config, resolve_init_from
 from framework.data.encoding import answer_tokens, counted_tokens, make_batch
 from framework.errors import ConfigError, RecoupError
@@ -470,17 +470,6 @@ def _truncate_metrics(path: str, step: int) -> None:
     Only the primary process owns the file."""
     if not sharding.is_primary() or not os.path.isfile(path):
         return
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip()]
-    keep = []
-    for i, ln in enumerate(lines):
-        try:
-            record = json.loads(ln)
-        except ValueError:
-            if i == len(lines) - 1:  # a kill in the middle of writing the last line: it will be redone
-                break
-            raise ConfigError("resume", f"{path} line {i + 1} is not JSON; the metrics file was "
-                                        "edited or damaged, not cut short by a crash") from None
-        if record.get("step", 0) <= step:
-            keep.append(ln if ln.endswith("\n") else ln + "\n")
+    keep = [ln if ln.endswith("\n") else ln + "\n" for ln, record in read_metrics(path, "resume")
+            if record.get("step", 0) <= step]
     write_atomic(path, "".join(keep))  # a kill while truncating must not lose the lines kept
