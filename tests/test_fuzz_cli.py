@@ -1,11 +1,6 @@
-"""Property-based fuzzing of `recoup` arguments (tests/fuzz_support.py holds what the three fuzz files share).
+"""Property-based fuzzing of `recoup` arguments.
 
-Whatever the input, it ends in a ConfigError naming the field, flag, file, line or column (the CLI
-prints it as one line and exits 2), never in a traceback from inside jax or datasets, and never in
-a started run: the CLI's data preparation is stubbed so that a test fails if bad input gets that far.
-Each property runs a bounded number of examples; `make chaos` runs many more:
-
-    RECOUP_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest tests/test_fuzz_*.py -q -p no:cacheprovider
+The contract every property checks, and how to run more examples: tests/fuzz_support.py.
 """
 
 from __future__ import annotations
