@@ -152,3 +152,26 @@ def join(pacings: Sequence[PacingFn], boundaries: Sequence[float]) -> PacingFn:
 def bind(fn: Callable[[jax.Array | float, int], jax.Array | float], budget_tokens: int) -> PacingFn:
     """A custom `f(tokens_seen, budget_tokens)` as a one-argument pacing function, clipped to (0, 1]."""
     return lambda tokens: _finish(jnp.asarray(fn(tokens, budget_tokens), jnp.float32))
+
+
+# PACINGS' names (curricula.registry): each built from the token budget and its arguments, with
+# ramps as a share of the budget (`ramp=0.5`: all the data is open from half-way).
+def constant_share(budget: int, fraction: float = 1.0) -> PacingFn:
+    return constant(fraction)
+
+
+def linear_share(budget: int, start: float = 0.1, ramp: float = 0.5) -> PacingFn:
+    return linear(ramp * budget, start)
+
+
+def root_share(budget: int, start: float = 0.1, p: float = 2.0, ramp: float = 0.5) -> PacingFn:
+    return root(ramp * budget, start, p)
+
+
+def geometric_share(budget: int, start: float = 0.1, ramp: float = 0.5) -> PacingFn:
+    return geometric(ramp * budget, start)
+
+
+def steps_share(budget: int, boundaries: Sequence[float] = (0.125, 0.25, 0.375),
+                fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0)) -> PacingFn:
+    return steps([b * budget for b in boundaries], fractions)

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from curricula.pacing import PacingFn
+from curricula.registry import CURRICULA
 from curricula.scorers import percentiles
 from framework.data.encoding import EncodedSplit, Sampler, uniform_sampler
 from framework.errors import ConfigError
@@ -140,12 +141,12 @@ def replay_mix(train: EncodedSplit, *, batch_size: int, seed: int, budget_tokens
     """
     if not 0.0 <= share <= 1.0:
         raise ConfigError("curriculum_args.share", f"{share!r} is outside [0, 1]")
-    if base not in BUILT_IN or base == "replay-mix":
+    if base not in CURRICULA or base == "replay-mix":
         raise ConfigError("curriculum_args.base", f"unknown base curriculum {base!r}",
-                          [k for k in BUILT_IN if k != "replay-mix"])
+                          [k for k in CURRICULA if k != "replay-mix"])
     k = int(round(share * batch_size))
-    inner = BUILT_IN[base](train, batch_size=batch_size - k, seed=seed, budget_tokens=budget_tokens,
-                           pacing=pacing) if k < batch_size else None
+    inner = CURRICULA[base](train, batch_size=batch_size - k, seed=seed, budget_tokens=budget_tokens,
+                            pacing=pacing) if k < batch_size else None
     everything = np.arange(len(train))
 
     def init() -> ReplayState:
@@ -166,13 +167,3 @@ def replay_mix(train: EncodedSplit, *, batch_size: int, seed: int, budget_tokens
         return {"replay_share": share, **(inner.info(state.base, tokens_seen) if inner and inner.info else {})}
 
     return Sampler(init, next_, observe if inner and inner.observe else None, info)
-
-
-BUILT_IN = {
-    "uniform": uniform,
-    "easy-to-hard": easy_to_hard,
-    "hard-to-easy": hard_to_easy,
-    "seqlen-warmup": seqlen_warmup,
-    "self-paced": self_paced,
-    "replay-mix": replay_mix,
-}

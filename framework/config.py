@@ -1,12 +1,13 @@
 """Typed run configuration: validated at the boundary, before jax is imported or anything compiles.
 
 Configs are frozen dataclasses with a comment on every field. `RunConfig.validate()` is pure (no
-rule code, no files read): it raises a `ConfigError` naming the field and the allowed values.
-Strings that name code (a schedule, an optimizer, a curriculum, a stopping rule) are resolved once,
-by `framework.runner.build`, into the plain objects the trainer takes (it never branches on a
-config string); a bad stopping rule fails there, naming its field, before any data is encoded. This module
-imports neither jax nor datasets, so everything here, including reading a run directory's
-config.json, can fail fast.
+rule code, no files read): it checks types, ranges and how fields fit together, and raises a
+`ConfigError` naming the field and the allowed values. Strings that name code (a task, a schedule,
+an optimizer, a curriculum, a stopping rule) are checked against the registry that owns them by
+`framework.runner.check` (still before jax), and resolved once, by `framework.runner.build`, into
+the plain objects the trainer takes (it never branches on a config string). This module imports
+neither jax nor datasets, so everything here, including reading a run directory's config.json,
+can fail fast.
 
 Units: every budget, stopping point and schedule length is in *counted training tokens*; see
 `framework.data.encoding.counted_tokens` for the definition.
@@ -23,20 +24,8 @@ from typing import Any
 
 from framework.errors import ConfigError
 
-TASKS = ("addition", "multihop")
-SCHEDULES = ("cosine", "wsd", "constant", "cooldown")
-DECAY_SHAPES = ("linear", "1-sqrt")  # mirrors framework.training.schedules.DECAY_SHAPES
-OPTIMIZERS = ("adamw", "schedule-free", "muon")  # mirrors framework.training.optimizers.OPTIMIZERS
 MLPS = ("gated", "gelu")
-OPERAND_FORMATS = ("lsb-first", "padded", "natural")  # mirrors framework.data.tasks.OPERAND_FORMATS
-HOP_ANSWERS = ("chain", "final")  # mirrors framework.data.tasks.HOP_ANSWERS
-N_RELATIONS = 12  # len(framework.data.tasks.RELATIONS)
-# Mirror curricula.registry (which imports jax); anything else must be an import path "module:attr".
-CURRICULA = ("uniform", "easy-to-hard", "hard-to-easy", "seqlen-warmup", "self-paced", "replay-mix")
-PACINGS = ("constant", "linear", "root", "geometric", "steps")
-SCORERS = ("column", "prompt-length", "answer-length", "model-loss")
 DEFAULT_STOPS = (0.25, 0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
-SPLIT_NAMES = ("train", "validation", "test")
 BATCH_WARMUP_SPLITS = (8, 4, 2)  # steps per drawn batch in each third of RunConfig.batch_warmup
 # Bounds past any run that could fit in memory: an absurd value (1e9 typed for 1e3) fails here, naming
 # its field, instead of hanging in data generation or overflowing inside jax.
@@ -48,7 +37,7 @@ MAX_INT = 2**63  # seeds: jax.random.key takes a signed 64-bit integer
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    task: str | None = "addition"  # built-in task (TASKS); None when data_path is set
+    task: str | None = "addition"  # built-in task (framework.data.registry.TASKS); None when data_path is set
     data_path: str | None = None  # a local .jsonl/.csv/.parquet file or a save_to_disk directory
     prompt_col: str = "prompt"  # column names in data_path
     answer_col: str = "answer"
@@ -57,7 +46,7 @@ class DataConfig:
     operand_format: str = "lsb-first"  # addition: lsb-first "75000" | padded "00057" | natural "57"
     max_hops: int = 3  # multihop: questions of 1..max_hops hops
     kb_entities: int = 100  # multihop: invented names in the knowledge base
-    kb_relations: int = 4  # multihop: relations, each a function from entity to entity
+    kb_relations: int = 4  # multihop: relations, each a function from entity to entity (1..12)
     hop_answer: str = "chain"  # multihop: "chain" "Kesu, Tomer" (every hop) | "final" "Tomer"
     n_examples: int = 30_000  # addition: problems generated; multihop: multi-hop compositions
     val_size: int = 500  # held-out prompts for validation EM at stopping points
@@ -67,21 +56,13 @@ class DataConfig:
 
     def validate(self) -> None:
         if (self.task is None) == (self.data_path is None):
-            raise ConfigError("task", "give exactly one of a built-in task or a data file", TASKS)
-        if self.task is not None and self.task not in TASKS:
-            raise ConfigError("task", f"unknown task {self.task!r}", TASKS)
+            raise ConfigError("task", "give exactly one of a built-in task or a data file")
         _text("data.data_path", self.data_path, optional=True)
         _text("data.prompt_col", self.prompt_col)
         _text("data.answer_col", self.answer_col)
         _text("data.difficulty_col", self.difficulty_col, optional=True)
-        if self.operand_format not in OPERAND_FORMATS:
-            raise ConfigError("data.operand_format", f"unknown format {self.operand_format!r}", OPERAND_FORMATS)
-        if self.hop_answer not in HOP_ANSWERS:
-            raise ConfigError("data.hop_answer", f"unknown answer format {self.hop_answer!r}", HOP_ANSWERS)
         if isinstance(self.kb_entities, int) and self.kb_entities < 2:
             raise ConfigError("data.kb_entities", f"{self.kb_entities} must be >= 2")
-        if isinstance(self.kb_relations, int) and not 1 <= self.kb_relations <= N_RELATIONS:
-            raise ConfigError("data.kb_relations", f"{self.kb_relations} must be in 1..{N_RELATIONS}")
         for name in ("max_digits", "max_hops", "n_examples", "val_size", "test_size", "max_seq_len",
                      "kb_entities", "kb_relations"):
             _positive_int(f"data.{name}", getattr(self, name))
@@ -143,13 +124,13 @@ PRESETS = {
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    schedule: str = "cosine"  # learning-rate shape over the token budget (SCHEDULES)
+    schedule: str = "cosine"  # learning-rate shape over the token budget (framework.training.registry.SCHEDULES)
     peak_lr: float = 3e-3  # AdamW peak learning rate
     warmup_frac: float = 0.05  # share of the budget spent warming up linearly from 0
     decay_frac: float = 0.2  # wsd only: share of the budget spent decaying linearly to 0
     end_lr_frac: float = 0.0  # cosine only: final learning rate as a share of the peak
     decay_start: int = 0  # cooldown only: counted tokens where the decay from peak_lr to 0 begins
-    decay_shape: str = "linear"  # wsd's and a cooldown's decay to 0: "linear" or "1-sqrt" (DECAY_SHAPES)
+    decay_shape: str = "linear"  # wsd's and a cooldown's decay to 0: DECAY_SHAPES in framework.training.registry
     weight_decay: float = 0.1  # decoupled weight decay on matrices (not norms or biases)
     clip_norm: float = 1.0  # global gradient-norm clip
     b1: float = 0.9  # Adam's first moment; schedule-free's interpolation; Muon's momentum
@@ -165,8 +146,6 @@ class OptimConfig:
     grokfast_alpha: float = 0.98  # Grokfast: the gradient EMA's decay per step
 
     def validate(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ConfigError("optim.schedule", f"unknown schedule {self.schedule!r}", SCHEDULES)
         _nonnegative_int("optim.decay_start", self.decay_start)  # only cooldown reads it, but check it always
         _positive("optim.peak_lr", self.peak_lr)
         _positive("optim.clip_norm", self.clip_norm)
@@ -180,10 +159,6 @@ class OptimConfig:
         for name in ("b1", "b2", "grokfast_alpha"):
             if not _is_number(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"optim.{name}", f"{getattr(self, name)} is outside [0, 1)")
-        if self.decay_shape not in DECAY_SHAPES:
-            raise ConfigError("optim.decay_shape", f"unknown decay shape {self.decay_shape!r}", DECAY_SHAPES)
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError("optim.optimizer", f"unknown optimizer {self.optimizer!r}", OPTIMIZERS)
         if self.optimizer == "schedule-free" and not self.b1 > 0:
             raise ConfigError("optim.b1", "schedule-free needs b1 > 0 (it interpolates with weight b1; 0.9 to 0.98)")
         if self.b2_batch is not None:
@@ -212,11 +187,12 @@ class RunConfig:
     eval_batch_size: int = 256  # sequences per evaluation forward pass
     log_every: int = 25  # steps between metrics.jsonl lines (each forces one device sync)
     init_from: str | None = None  # start from this run directory / checkpoint's weights
-    curriculum: str = "uniform"  # which examples batches draw: CURRICULA or "module:attr"
+    curriculum: str = "uniform"  # which examples batches draw: curricula.registry.CURRICULA or "module:attr"
     curriculum_args: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the curriculum
-    pacing: str = "constant"  # tokens -> share of the data open: PACINGS or "module:attr"
+    pacing: str = "constant"  # tokens -> share of the data open: curricula.registry.PACINGS or "module:attr"
     pacing_args: dict = dataclasses.field(default_factory=dict)  # e.g. {"start": 0.2, "ramp": 0.5}
-    scorer: str | None = None  # rescore the train split's difficulty: SCORERS or "module:attr"; None: keep
+    # rescore the train split's difficulty: curricula.registry.SCORERS or "module:attr"; None: keep
+    scorer: str | None = None
     scorer_args: dict = dataclasses.field(default_factory=dict)  # e.g. {"run_dir": "runs/a", "step": 120}
     scorer_percentile: bool = False  # store the scores as percentiles in (0, 1] instead of raw
     ema_half_lives: tuple[int, ...] = ()  # keep an EMA of the weights per half-life in counted tokens
@@ -272,12 +248,6 @@ class RunConfig:
             raise ConfigError("train_until", f"{self.train_until!r} must be a budget fraction in (0, 1]")
         if self.every_tokens is not None:
             _positive_int("every_tokens", self.every_tokens)
-        named = [("curriculum", self.curriculum, CURRICULA), ("pacing", self.pacing, PACINGS)]
-        if self.scorer is not None:
-            named.append(("scorer", self.scorer, SCORERS))
-        for field, value, known in named:
-            if not isinstance(value, str) or (value not in known and ":" not in value):
-                raise ConfigError(field, f"unknown {field} {value!r} (or give an import path 'module:attr')", known)
         for field in ("curriculum_args", "pacing_args", "scorer_args"):
             args = getattr(self, field)
             if not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):

@@ -4,23 +4,43 @@ import dataclasses
 
 import pytest
 
+from curricula.registry import CURRICULA, PACINGS, SCORERS
 from framework import config
 from framework.config import DataConfig, ModelConfig, OptimConfig, RunConfig, parse_stops, parse_tokens
-from framework.data import tasks
+from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, TASKS
 from framework.errors import ConfigError
+from framework.runner.check import check
+from framework.training.registry import DECAY_SHAPES, OPTIMIZERS, SCHEDULES
 
 
-def test_name_lists_match_the_registries_they_mirror():
-    # config.py keeps its own copies so that validating never imports datasets or jax.
-    assert config.TASKS == tasks.TASKS
-    assert config.OPERAND_FORMATS == tuple(tasks.OPERAND_FORMATS)
-    assert config.HOP_ANSWERS == tuple(tasks.HOP_ANSWERS)
-    assert config.N_RELATIONS == len(tasks.RELATIONS)
-    assert config.SPLIT_NAMES == tasks.SPLITS
-    from framework.training import optimizers, schedules
+def test_every_registered_name_imports_to_a_callable():
+    # A registry holds "module:attr" strings, so a typo there would only surface when that name is built.
+    for registry in (TASKS, OPERAND_FORMATS, HOP_ANSWERS, SCHEDULES, DECAY_SHAPES, OPTIMIZERS,
+                     CURRICULA, PACINGS, SCORERS):
+        assert len(registry) >= 2, registry
+        for name in registry:
+            assert callable(registry[name]), (registry, name)
 
-    assert config.OPTIMIZERS == tuple(optimizers.OPTIMIZERS)
-    assert config.DECAY_SHAPES == schedules.DECAY_SHAPES
+
+def test_config_holds_no_copy_of_a_registry():
+    # Each name list is written once, in its registry: config.py validates structure, the run check names.
+    registries = (TASKS, OPERAND_FORMATS, HOP_ANSWERS, SCHEDULES, DECAY_SHAPES, OPTIMIZERS, CURRICULA, PACINGS,
+                  SCORERS)
+    copies = [(attr, list(reg)) for attr, value in vars(config).items() if isinstance(value, tuple | list | set)
+              for reg in registries if len(set(value) & set(reg)) >= 2]
+    assert not copies
+
+
+def test_unknown_names_fail_in_the_run_check_naming_the_field_and_the_registry():
+    for cfg, field, allowed in [
+        (_run(data=DataConfig(task="nope")), "task", ["addition", "multihop"]),
+        (_run(optim=OptimConfig(optimizer="sgd")), "optim.optimizer", list(OPTIMIZERS)),
+        (_run(curriculum="nope"), "curriculum", list(CURRICULA)),
+    ]:
+        cfg.validate()  # structure only: the names are the registries' to check
+        with pytest.raises(ConfigError) as err:
+            check(cfg)
+        assert err.value.field == field and err.value.allowed == allowed
 
 
 def _run(**kw):
@@ -66,7 +86,7 @@ def _run(**kw):
 )
 def test_invalid_fields_are_named(cfg, field, allowed):
     with pytest.raises(ConfigError) as err:
-        cfg.validate()
+        check(cfg)  # validate(), then the names against their registries
     assert err.value.field == field
     if allowed:
         assert f"(allowed: {allowed})" in str(err.value)

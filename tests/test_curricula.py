@@ -7,11 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from curricula import pacing, registry, samplers
+from curricula import build, pacing, registry
 from framework.app.cli import main
 from framework.checkpoints import store as checkpoints
 from framework.errors import ConfigError
 from framework.runner.build import train
+from framework.runner.check import check
 from tests.conftest import crash_then_resume, logged_lines, tiny_config
 from tests.test_data import _split
 
@@ -29,8 +30,8 @@ def _drawn(sampler, steps=30, tokens=0):
 
 
 def _make(name, fraction, **args):
-    return samplers.BUILT_IN[name](SPLIT, batch_size=4, seed=0, budget_tokens=1000,
-                                   pacing=pacing.constant(fraction), **args)
+    return registry.CURRICULA[name](SPLIT, batch_size=4, seed=0, budget_tokens=1000,
+                                    pacing=pacing.constant(fraction), **args)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +111,7 @@ def half_the_budget_then_all(tokens_seen, budget_tokens, floor=0.25):
 
 
 def test_a_custom_pacing_function_by_import_path():
-    pace = registry.build_pacing("tests.test_curricula:half_the_budget_then_all", {"floor": 0.4}, 1000)
+    pace = build.build_pacing("tests.test_curricula:half_the_budget_then_all", {"floor": 0.4}, 1000)
     assert float(pace(np.float32(100))) == pytest.approx(0.4) and float(pace(np.float32(600))) == 1.0
 
 
@@ -130,16 +131,16 @@ def test_a_custom_pacing_function_by_import_path():
 def test_import_path_and_signature_errors_fail_at_start_up(kind, name, args, match):
     with pytest.raises(ConfigError, match=match):
         if kind == "pacing":
-            registry.build_pacing(name, args, 1000)
+            build.build_pacing(name, args, 1000)
         else:
-            registry.sampler_factory(name, args, "constant", {}, 1000)
+            build.sampler_factory(name, args, "constant", {}, 1000)
 
 
 def test_unknown_names_list_the_built_ins(tmp_path):
     with pytest.raises(ConfigError, match="easy-to-hard, hard-to-easy"):
-        tiny_config(tmp_path, curriculum="easiest-first").validate()
+        check(tiny_config(tmp_path, curriculum="easiest-first"))
     with pytest.raises(ConfigError, match="constant, linear, root, geometric, steps"):
-        tiny_config(tmp_path, pacing="cosine").validate()
+        check(tiny_config(tmp_path, pacing="cosine"))
 
 
 def test_cli_curriculum_logs_its_pacing_fraction(tmp_path, capsys):
@@ -158,16 +159,10 @@ def test_cli_curriculum_logs_its_pacing_fraction(tmp_path, capsys):
     assert saved["pacing_args"] == {"start": 0.3, "ramp": 0.5}
 
 
-def test_config_name_lists_mirror_the_registry():
-    from framework import config
-
-    assert config.CURRICULA == tuple(registry.CURRICULA) and config.PACINGS == tuple(registry.PACINGS)
-
-
 def test_rescore_replaces_the_train_difficulty_raw_or_as_percentiles():
-    raw = registry.rescore(SPLIT, "prompt-length", {}, as_percentile=False)
+    raw = build.rescore(SPLIT, "prompt-length", {}, as_percentile=False)
     assert raw.difficulty.tolist() == [float(4 + i) for i in range(10)]  # "9+1=", "99+1=", ...
-    pct = registry.rescore(SPLIT, "prompt-length", {}, as_percentile=True)
+    pct = build.rescore(SPLIT, "prompt-length", {}, as_percentile=True)
     assert pct.difficulty.tolist() == [(i + 1) / 10 for i in range(10)]
     assert raw.prompts == SPLIT.prompts and np.array_equal(raw.tokens, SPLIT.tokens)
 
@@ -182,7 +177,7 @@ def test_rescore_replaces_the_train_difficulty_raw_or_as_percentiles():
 )
 def test_scorer_errors_name_the_problem(scorer, args, match):
     with pytest.raises(ConfigError, match=match):
-        registry.rescore(SPLIT, scorer, args, as_percentile=False)
+        build.rescore(SPLIT, scorer, args, as_percentile=False)
 
 
 def test_transfer_scoring_drives_a_curriculum_end_to_end(trained_run, tmp_path):

@@ -12,21 +12,16 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
+from curricula.registry import CURRICULA, PACINGS, SCORERS
 from framework.app.train_commands import _TRAIN_FLAGS
 from framework.config import (
-    CURRICULA,
     DTYPES,
-    HOP_ANSWERS,
     MAX_KB_ENTITIES,
-    N_RELATIONS,
     NONFINITE_POLICIES,
-    OPERAND_FORMATS,
-    PACINGS,
     PRESETS,
-    SCHEDULES,
-    SCORERS,
-    TASKS,
 )
+from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, RELATIONS, TASKS
+from framework.training.registry import SCHEDULES
 from tests.conftest import fuzz
 from tests.fuzz_support import (
     _fails,
@@ -70,7 +65,7 @@ INVALID_FLAGS = {
     "max_digits": int_text(st.integers(max_value=0) | st.integers(510, 10**40)),
     "max_seq_len": int_text(st.integers(max_value=10)),  # 3-digit problems take 11 tokens
     "kb_entities": int_text(st.integers(max_value=1) | st.integers(MAX_KB_ENTITIES + 1, 10**40)),
-    "kb_relations": int_text(st.integers(max_value=0) | st.integers(N_RELATIONS + 1, 10**40)),
+    "kb_relations": int_text(st.integers(max_value=0) | st.integers(len(RELATIONS) + 1, 10**40)),
     **{flag: int_text(st.integers(max_value=-1) | st.integers(2**63, 10**40)) for flag in ("seed", "data_seed")},
     "dropout": float_text(0.0, 1.0, hi_ok=False),
     "lr": float_text(0.0, math.inf, lo_ok=False),

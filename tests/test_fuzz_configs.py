@@ -14,25 +14,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from curricula.registry import CURRICULA, PACINGS, SCORERS
 from framework.config import (
-    CURRICULA,
     DTYPES,
-    HOP_ANSWERS,
     MAX_KB_ENTITIES,
     MAX_LAYERS,
     MAX_WIDTH,
     MLPS,
-    N_RELATIONS,
     NONFINITE_POLICIES,
-    OPERAND_FORMATS,
-    PACINGS,
     PRESETS,
-    SCHEDULES,
-    SCORERS,
-    TASKS,
     load_run_config,
 )
+from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, RELATIONS, TASKS
 from framework.errors import ConfigError
+from framework.training.registry import SCHEDULES
 from tests.conftest import fuzz
 from tests.fuzz_support import JSON_VALUES, _fresh, _int, outside, some_of
 
@@ -118,7 +113,7 @@ BROKEN = {
     "data.operand_format": unknown_name(OPERAND_FORMATS),
     "data.max_hops": not_positive_int(),
     "data.kb_entities": not_positive_int(MAX_KB_ENTITIES) | st.just(1),
-    "data.kb_relations": not_positive_int(N_RELATIONS),
+    "data.kb_relations": not_positive_int(len(RELATIONS)),
     "data.hop_answer": unknown_name(HOP_ANSWERS),
     "data.n_examples": not_positive_int(),
     "data.val_size": not_positive_int(),

@@ -10,20 +10,11 @@ import argparse
 import dataclasses
 import json
 
+from curricula.registry import CURRICULA, PACINGS, SCORERS
 from framework.app.python_files import call_function_of
 from framework.config import (
-    CURRICULA,
-    DECAY_SHAPES,
     DEFAULT_STOPS,
-    HOP_ANSWERS,
-    OPERAND_FORMATS,
-    OPTIMIZERS,
-    PACINGS,
     PRESETS,
-    SCHEDULES,
-    SCORERS,
-    SPLIT_NAMES,
-    TASKS,
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -34,8 +25,10 @@ from framework.config import (
     parse_tokens,
     preset,
 )
+from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, SPLITS, TASKS
 from framework.errors import ConfigError
 from framework.runner.check import check
+from framework.training.registry import DECAY_SHAPES, OPTIMIZERS, SCHEDULES
 
 # -- recoup train --------------------------------------------------------------------------------
 
@@ -326,7 +319,7 @@ def _cmd_train(args) -> int:
     from framework.training import sharding  # before any other JAX work: joins the other processes, if any
 
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
-    from curricula.registry import sampler_factory  # imports jax, and the user's module if named
+    from curricula.build import sampler_factory  # imports jax, and the user's module if named
 
     sampler_fn = sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing, cfg.pacing_args,
                                  cfg.budget_tokens)
@@ -379,8 +372,8 @@ def _format_stops(stops: list[dict]) -> str:
 
 
 def _cmd_eval(args) -> int:
-    if args.split not in SPLIT_NAMES:  # before jax, and before the data is rebuilt
-        raise ConfigError("split", f"unknown split {args.split!r}", SPLIT_NAMES)
+    if args.split not in SPLITS:  # before jax, and before the data is rebuilt
+        raise ConfigError("split", f"unknown split {args.split!r}", SPLITS)
     from framework.checkpoints.store import resolve_step
     from framework.training.runs import evaluate_checkpoint, open_run
 

@@ -23,11 +23,9 @@ import datasets
 
 from framework.config import DataConfig
 from framework.data.files import COLUMNS, Row, load_file, to_dataset
+from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, RELATIONS, SPLITS, TASKS
 from framework.errors import ConfigError
 
-SPLITS = ("train", "validation", "test")
-RELATIONS = ("teacher", "friend", "mother", "boss", "neighbor", "doctor", "cousin", "mentor",
-             "father", "landlord", "coach", "sister")
 
 def _rows(ds: datasets.Dataset) -> list[Row]:
     return list(zip(*(ds[c] for c in COLUMNS), strict=True))
@@ -85,11 +83,17 @@ def decode_addition_answer(answer: str) -> int:
 
 
 # How an operand is written, given the task's max_digits. The answer is always LSB-first.
-OPERAND_FORMATS: dict[str, Callable[[int, int], str]] = {
-    "lsb-first": lambda x, width: reverse_digits(f"{x:0{width}d}"),  # 57 -> "75000"
-    "padded": lambda x, width: f"{x:0{width}d}",  # 57 -> "00057"
-    "natural": lambda x, width: str(x),  # 57 -> "57"
-}
+# DataConfig.operand_format's names: framework.data.registry.OPERAND_FORMATS.
+def lsb_first(x: int, width: int) -> str:
+    return reverse_digits(f"{x:0{width}d}")  # 57 -> "75000"
+
+
+def padded(x: int, width: int) -> str:
+    return f"{x:0{width}d}"  # 57 -> "00057"
+
+
+def natural(x: int, width: int) -> str:
+    return str(x)  # 57 -> "57"
 
 
 def _operand(rng: random.Random, digits: int) -> int:
@@ -174,10 +178,13 @@ class KnowledgeBase:
 # How a multi-hop answer is written: the whole chain of entities ("Kesu, Tomer": friend(Alba), then
 # its teacher), or only the final one ("Tomer"). The chain is what a small model learns at a modest
 # budget: every hop is a fact it is trained to recall, in the order it has to compose them.
-HOP_ANSWERS: dict[str, Callable[[list[str]], str]] = {
-    "chain": ", ".join,
-    "final": lambda path: path[-1],
-}
+# DataConfig.hop_answer's names: framework.data.registry.HOP_ANSWERS.
+def whole_chain(path: list[str]) -> str:
+    return ", ".join(path)
+
+
+def final_entity(path: list[str]) -> str:
+    return path[-1]
 
 
 def question(chain: tuple[str, ...], start: str) -> str:
@@ -321,14 +328,16 @@ def split_by_prompt(ds: datasets.Dataset, val_size: int, test_size: int,
 
 # ---------------------------------------------------------------- entry point
 
-# A built-in task's splits from the DataConfig fields it reads; the names are what DataConfig.task takes.
-TASK_SPLITS: dict[str, Callable[[DataConfig], datasets.DatasetDict]] = {
-    "addition": lambda c: split_by_prompt(addition(c.n_examples, c.max_digits, c.seed, c.operand_format),
-                                          c.val_size, c.test_size, c.seed),
-    "multihop": lambda c: multihop_splits(c.n_examples, c.max_hops, c.seed, c.val_size, c.test_size,
-                                          c.kb_entities, c.kb_relations, c.hop_answer),
-}
-TASKS = tuple(TASK_SPLITS)
+# A built-in task's splits from the DataConfig fields it reads (DataConfig.task's names:
+# framework.data.registry.TASKS).
+def addition_task(c: DataConfig) -> datasets.DatasetDict:
+    return split_by_prompt(addition(c.n_examples, c.max_digits, c.seed, c.operand_format),
+                           c.val_size, c.test_size, c.seed)
+
+
+def multihop_task(c: DataConfig) -> datasets.DatasetDict:
+    return multihop_splits(c.n_examples, c.max_hops, c.seed, c.val_size, c.test_size,
+                           c.kb_entities, c.kb_relations, c.hop_answer)
 
 
 def build_splits(cfg: DataConfig) -> datasets.DatasetDict:
@@ -346,6 +355,5 @@ def build_splits(cfg: DataConfig) -> datasets.DatasetDict:
     if cfg.data_path is not None:
         ds = load_file(cfg.data_path, cfg.prompt_col, cfg.answer_col, cfg.difficulty_col)
         return split_by_prompt(ds, cfg.val_size, cfg.test_size, cfg.seed)
-    if cfg.task not in TASK_SPLITS:
-        raise ConfigError("task", f"unknown task '{cfg.task}'", allowed=TASKS)
-    return TASK_SPLITS[cfg.task](cfg)
+    TASKS.check(cfg.task)
+    return TASKS[cfg.task](cfg)

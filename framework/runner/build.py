@@ -14,14 +14,13 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from curricula.registry import rescore, sampler_factory
+from curricula.build import rescore, sampler_factory
 from framework.config import BATCH_WARMUP_SPLITS, RunConfig, resolve_init_from
 from framework.data.encoding import EncodedSplit, Sampler, prepare
 from framework.runner.check import check
 from framework.stopping.points import stop_points
 from framework.training import averages, optimizers, schedules
 from framework.training.parts import NonFinitePolicy, Parts
-from framework.training.runs import open_run
 from framework.training.train import train as train_parts
 
 
@@ -40,12 +39,6 @@ def average_rules(cfg: RunConfig) -> list[averages.AverageRule]:
     if cfg.swa_start is not None:
         rules.append(averages.swa(int(cfg.swa_start * cfg.budget_tokens)))
     return rules
-
-
-def load_init_params(cfg: RunConfig):
-    """Weights of `cfg.init_from`: RUN_DIR (its newest checkpoint) or RUN_DIR/checkpoints/STEP."""
-    run_dir, step = resolve_init_from(cfg)
-    return open_run(run_dir).params(step)
 
 
 def nonfinite_policy(cfg: RunConfig) -> NonFinitePolicy:
@@ -74,7 +67,8 @@ def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | No
         points=stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens, cfg.train_until),
         average_rules=tuple(average_rules(cfg)),
         stop_rule=stop_rule,
-        init_params=functools.partial(load_init_params, cfg) if cfg.init_from else None,
+        init_from=resolve_init_from(cfg) if cfg.init_from else None,
+        branch_from=resolve_init_from(cfg, "branch_from") if cfg.branch_from else None,
         nonfinite=nonfinite_policy(cfg),
     )
 

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from framework.config import RunConfig
 from framework.errors import ConfigError
+from framework.runner.check import check_names
 from framework.stopping.registry import build as build_stop_rule
 
 KINDS = ("choice", "log", "uniform", "int", "logint")
@@ -181,9 +182,12 @@ def check_options(base: RunConfig, params: list[Param], out_dir: str, objective:
         raise ConfigError("out", f"{out_dir} is a file; give a directory for the sweep")
     placeholder = os.path.join(out_dir, "trials", "check")
     dataclasses.replace(base, out_dir=placeholder).validate()
+    check_names(base)
     build_stop_rule(base.stop_rules, base.stop_combine)  # names and arguments: what validate() leaves to the build
     try:
-        apply(dataclasses.replace(base, out_dir=placeholder), low_point(params)).validate()
+        low = apply(dataclasses.replace(base, out_dir=placeholder), low_point(params))
+        low.validate()
+        check_names(low)
     except ConfigError as e:
         raise ConfigError(e.field, f"{e.message} (at the space's low end: {describe(low_point(params))})",
                           e.allowed) from None

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 from framework.checkpoints.integrity import write_atomic
 from framework.config import RunConfig
 from framework.errors import ConfigError
+from framework.runner.check import check_names
 from framework.sweeps.report import (
     DEFAULT_LEVELS,
     intermediate,
@@ -248,6 +249,7 @@ def _objective(study, sw: _Sweep, trials: int):
         try:
             for i, cfg in enumerate(cfgs):
                 cfg.validate()
+                check_names(cfg)  # a name the space chose
                 # Pruning watches the first seed only; the base config is never pruned: it is the yardstick.
                 trained, evals, pruned = _train_one(sw, cfg, trial, i == 0, not is_base, seen)
                 tokens, per_seed = tokens + trained, per_seed + [evals]

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from framework.config import OptimConfig
+from framework.training.registry import OPTIMIZERS
 
 Params = Any
 
@@ -100,31 +101,29 @@ def _muon_direction(o: OptimConfig, b2: float) -> optax.GradientTransformation:
     # Each matrix as [fan_in, fan_out] (nnx.Linear's kernel layout); a callable, so that the leaves
     # `partition` masks out for Adam are left out here too.
     dims = lambda updates: jax.tree.map(lambda _: optax.contrib.MuonDimensionNumbers(0, 1), updates)  # noqa: E731
-    muon = optax.contrib.scale_by_muon(beta=o.b1, weight_dimension_numbers=dims)
-    return optax.partition({"muon": optax.chain(muon, rms),
+    orthogonalized = optax.contrib.scale_by_muon(beta=o.b1, weight_dimension_numbers=dims)
+    return optax.partition({"muon": optax.chain(orthogonalized, rms),
                             "adam": optax.scale_by_adam(b1=o.b1, b2=b2)}, _muon_labels)
 
 
-def _adamw(o: OptimConfig, b2: float, head: list, decay) -> Optimizer:
+# OptimConfig.optimizer's names (framework.training.registry.OPTIMIZERS): each takes the config, the
+# effective b2, the transformations that come first (clip, Grokfast) and the weight decay.
+def adamw(o: OptimConfig, b2: float, head: list, decay) -> Optimizer:
     # optax.adamw's arithmetic, with the rate applied last: `p + (-lr) * u` is bitwise `p - lr * u`.
     return Optimizer(lambda lr: optax.chain(*head, optax.scale_by_adam(b1=o.b1, b2=b2), decay, optax.scale(-lr)),
                      _same)
 
 
-def _muon(o: OptimConfig, b2: float, head: list, decay) -> Optimizer:
+def muon(o: OptimConfig, b2: float, head: list, decay) -> Optimizer:
     return Optimizer(lambda lr: optax.chain(*head, _muon_direction(o, b2), decay, optax.scale(-lr)), _same)
 
 
-def _schedule_free(o: OptimConfig, b2: float, head: list, decay) -> Optimizer:
+def schedule_free(o: OptimConfig, b2: float, head: list, decay) -> Optimizer:
     def make(lr):  # the base optimizer's own momentum off, as Defazio et al. prescribe
         base = optax.chain(*head, optax.scale_by_adam(b1=0.0, b2=b2), decay, optax.scale(-lr))
         return optax.contrib.schedule_free(base, learning_rate=lr, b1=o.b1)
 
     return Optimizer(make, _schedule_free_x)
-
-
-# The names OptimConfig.optimizer accepts (framework.config.OPTIMIZERS mirrors them, without jax).
-OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {"adamw": _adamw, "schedule-free": _schedule_free, "muon": _muon}
 
 
 def build(o: OptimConfig, batch: int) -> Optimizer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from framework.data.encoding import EncodedSplit, Sampler
 from framework.stopping.points import StopPoint
@@ -17,8 +17,6 @@ from framework.stopping.rules import StopRule
 from framework.training.averages import AverageRule
 from framework.training.optimizers import Optimizer
 from framework.training.schedules import Schedule
-
-Params = Any  # a pytree of arrays
 
 
 class NonFinitePolicy(NamedTuple):
@@ -40,5 +38,9 @@ class Parts:
     points: Sequence[StopPoint]  # where to evaluate and checkpoint
     average_rules: Sequence[AverageRule] = ()  # weight averages kept in every checkpoint
     stop_rule: StopRule | None = None  # may end the run at an evaluation
-    init_params: Callable[[], Params] | None = None  # the weights to start from; None: a fresh model
+    # (run directory, step or None for its newest) whose evaluated weights a new run starts from;
+    # None: a fresh model (RunConfig.init_from)
+    init_from: tuple[str, int | None] | None = None
+    # (run directory, step or None) whose whole training state a branch continues (RunConfig.branch_from)
+    branch_from: tuple[str, int | None] | None = None
     nonfinite: NonFinitePolicy = NonFinitePolicy()

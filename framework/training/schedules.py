@@ -8,14 +8,14 @@ Each factory returns a plain `tokens_seen -> learning rate` callable built from 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from framework.training.registry import DECAY_SHAPES, SCHEDULES
+
 Schedule = Callable[[jax.Array | float], jax.Array]
-DECAY_SHAPES = ("linear", "1-sqrt")
 
 
 def decay(peak: float, length: int, shape: str = "linear") -> Schedule:
@@ -25,12 +25,16 @@ def decay(peak: float, length: int, shape: str = "linear") -> Schedule:
     >>> float(decay(1.0, 100, "1-sqrt")(25))
     0.5
     """
-    length = max(length, 1)
-    if shape == "linear":
-        return optax.linear_schedule(peak, 0.0, length)
-    if shape == "1-sqrt":
-        return lambda count: peak * (1.0 - jnp.sqrt(jnp.clip(jnp.asarray(count, jnp.float32) / length, 0.0, 1.0)))
-    raise ValueError(f"unknown decay shape {shape!r}; known: {', '.join(DECAY_SHAPES)}")
+    DECAY_SHAPES.check(shape)
+    return DECAY_SHAPES[shape](peak, max(length, 1))
+
+
+def linear_decay(peak: float, length: int) -> Schedule:
+    return optax.linear_schedule(peak, 0.0, length)
+
+
+def one_minus_sqrt_decay(peak: float, length: int) -> Schedule:
+    return lambda count: peak * (1.0 - jnp.sqrt(jnp.clip(jnp.asarray(count, jnp.float32) / length, 0.0, 1.0)))
 
 
 def warmup_cosine(budget: int, peak: float, warmup_frac: float = 0.05, end_frac: float = 0.0) -> Schedule:
@@ -86,13 +90,22 @@ def cooldown(budget: int, peak: float, decay_start: int, shape: str = "linear") 
                                 [decay_start])
 
 
-# The names OptimConfig.schedule accepts (framework.config.SCHEDULES mirrors them, without jax).
-SCHEDULES: dict[str, Callable[[Any, int], Schedule]] = {
-    "cosine": lambda o, b: warmup_cosine(b, o.peak_lr, o.warmup_frac, o.end_lr_frac),
-    "wsd": lambda o, b: warmup_stable_decay(b, o.peak_lr, o.warmup_frac, o.decay_frac, o.decay_shape),
-    "constant": lambda o, b: warmup_constant(b, o.peak_lr, o.warmup_frac),
-    "cooldown": lambda o, b: cooldown(b, o.peak_lr, o.decay_start, o.decay_shape),
-}
+# OptimConfig.schedule's names (framework.training.registry.SCHEDULES): each builds its schedule
+# from the OptimConfig and the token budget.
+def cosine_from(o, budget: int) -> Schedule:
+    return warmup_cosine(budget, o.peak_lr, o.warmup_frac, o.end_lr_frac)
+
+
+def wsd_from(o, budget: int) -> Schedule:
+    return warmup_stable_decay(budget, o.peak_lr, o.warmup_frac, o.decay_frac, o.decay_shape)
+
+
+def constant_from(o, budget: int) -> Schedule:
+    return warmup_constant(budget, o.peak_lr, o.warmup_frac)
+
+
+def cooldown_from(o, budget: int) -> Schedule:
+    return cooldown(budget, o.peak_lr, o.decay_start, o.decay_shape)
 
 
 def build(o, budget_tokens: int) -> Schedule:

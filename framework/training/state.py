@@ -1,7 +1,8 @@
 """Everything that changes over a run, in one value: `TrainState`, saved and restored whole.
 
-Resuming, rolling back after a non-finite loss and branching a cooldown all go through `restore`:
-they differ only in which checkpoint they read and what they keep of its progress afterwards.
+Resuming, rolling back after a non-finite loss, branching a cooldown and starting from another
+run's weights (`init_from`) all go through `restore`: they differ only in which checkpoint they
+read and what they keep of it afterwards.
 """
 
 from __future__ import annotations
@@ -65,10 +66,13 @@ def save(mgr, state: TrainState, weights: Params, metadata: dict, separate: bool
                      averages=_as_dicts(state.averages), train_params=state.params if separate else None)
 
 
-def restore(mgr, step: int, like: TrainState, separate: bool) -> TrainState:
+def restore(mgr, step: int, like: TrainState, separate: bool, weights_only: bool = False) -> TrainState:
     """The state saved at checkpoint `step`, read into `like`'s structure and shardings (its averages
     only when `like` keeps any). `separate`: the training weights are the `train_params` item
-    (schedule-free), not the evaluated `params`."""
+    (schedule-free), not the evaluated `params`. `weights_only`: `like` with the checkpoint's
+    evaluated weights and nothing else (a new run starting from another run's model)."""
+    if weights_only:
+        return dataclasses.replace(like, params=checkpoints.restore(mgr, step, params=like.params).params)
     extra = {"averages": _as_dicts(like.averages)} if like.averages else {}
     weights = {"train_params": like.params} if separate else {"params": like.params}
     r = checkpoints.restore(mgr, step, opt_state=like.opt_state, sampler=like.sampler, progress=None, **weights,
@@ -77,6 +81,16 @@ def restore(mgr, step: int, like: TrainState, separate: bool) -> TrainState:
     progress = Progress(**r.progress)
     return TrainState(r.train_params if separate else r.params, r.opt_state, averages, r.sampler, progress,
                       pending_of(progress))
+
+
+def restore_from(run_dir: str, step: int | None, like: TrainState, separate: bool,
+                 weights_only: bool = False) -> TrainState:
+    """`restore` from another run's checkpoint `step` (its newest when None), opened read-only."""
+    mgr = checkpoints.open_manager(run_dir)
+    try:
+        return restore(mgr, mgr.latest_step() if step is None else step, like, separate, weights_only)
+    finally:
+        mgr.close()
 
 
 def pending_of(progress: Progress) -> list[tuple[np.ndarray, Any]]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import read_metrics, write_atomic
-from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, RunConfig, load_run_config, resolve_init_from
+from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, RunConfig, load_run_config
 from framework.data.encoding import answer_tokens, counted_tokens, make_batch
 from framework.errors import ConfigError, RecoupError
 from framework.evaluation import evaluate
@@ -37,7 +37,7 @@ from framework.stopping.rules import Observation
 from framework.training import averages as running
 from framework.training import sharding
 from framework.training.parts import Parts
-from framework.training.state import Progress, TrainState, pending_of, restore, save
+from framework.training.state import Progress, TrainState, pending_of, restore, restore_from, save
 from framework.training.step import make_train_step
 
 
@@ -243,14 +243,10 @@ class Session:
             return state
         if resume:
             _truncate_metrics(self.metrics_path, 0)  # a crash before the first checkpoint: start over
-        if self.parts.init_params is not None:  # a resumed run's weights come from its own checkpoint
-            state.params = sharding.place(self.parts.init_params(), self.mesh)
-        if cfg.branch_from:  # the source's whole state: weights, optimizer, data, counters
-            src_dir, src_step = resolve_init_from(cfg, "branch_from")
-            src = checkpoints.open_manager(src_dir)
-            src_step = src.latest_step() if src_step is None else src_step
-            branch = restore(src, src_step, dataclasses.replace(state, averages={}), self.separate)
-            src.close()
+        if self.parts.init_from is not None:  # a resumed run's weights come from its own checkpoint
+            state = restore_from(*self.parts.init_from, state, self.separate, weights_only=True)
+        if self.parts.branch_from is not None:  # the source's whole state: weights, optimizer, data, counters
+            branch = restore_from(*self.parts.branch_from, dataclasses.replace(state, averages={}), self.separate)
             p = branch.progress
             prog = dataclasses.replace(state.progress, step=p.step, tokens=p.tokens, answer_tokens=p.answer_tokens,
                                        rng=p.rng, pending=p.pending)
