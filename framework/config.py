@@ -37,10 +37,10 @@ MAX_INT = 2**63  # seeds: jax.random.key takes a signed 64-bit integer
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    task: str | None = "addition"  # built-in task (framework.data.registry.TASKS); None when data_path is set
+    task: str | None = "addition"  # built-in task (framework.data.registry.TASKS); None when data_path is given
     data_path: str | None = None  # a local .jsonl/.csv/.parquet file or a save_to_disk directory
-    prompt_col: str = "prompt"  # column names in data_path
-    answer_col: str = "answer"
+    prompt_col: str = "prompt"  # data_path: the prompt column
+    answer_col: str = "answer"  # data_path: the answer column
     difficulty_col: str | None = None  # optional; rows are "unscored" (difficulty 0) without it
     max_digits: int = 5  # addition: operands have 1..max_digits digits
     operand_format: str = "lsb-first"  # addition: lsb-first "75000" | padded "00057" | natural "57"
@@ -124,17 +124,17 @@ PRESETS = {
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    schedule: str = "cosine"  # learning-rate shape over the token budget (framework.training.registry.SCHEDULES)
+    schedule: str = "cosine"  # learning-rate shape over the token budget
     peak_lr: float = 3e-3  # AdamW peak learning rate
     warmup_frac: float = 0.05  # share of the budget spent warming up linearly from 0
     decay_frac: float = 0.2  # wsd only: share of the budget spent decaying linearly to 0
     end_lr_frac: float = 0.0  # cosine only: final learning rate as a share of the peak
     decay_start: int = 0  # cooldown only: counted tokens where the decay from peak_lr to 0 begins
-    decay_shape: str = "linear"  # wsd's and a cooldown's decay to 0: DECAY_SHAPES in framework.training.registry
+    decay_shape: str = "linear"  # wsd's and a cooldown's decay to 0
     weight_decay: float = 0.1  # decoupled weight decay on matrices (not norms or biases)
     clip_norm: float = 1.0  # global gradient-norm clip
     b1: float = 0.9  # Adam's first moment; schedule-free's interpolation; Muon's momentum
-    b2: float = 0.98
+    b2: float = 0.98  # Adam's second moment (see b2_batch)
     # b2 was chosen for this batch size: a step of B sequences uses b2 ** (B / b2_batch), which keeps
     # Adam's second-moment half-life in tokens (Marek et al. 2025). None: b2 as given at any batch.
     b2_batch: int | None = None
@@ -170,10 +170,10 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     out_dir: str  # run directory: config.json, metrics.jsonl, checkpoints/
-    budget_tokens: int  # planned training budget in counted tokens
-    data: DataConfig = DataConfig()
-    model: ModelConfig = PRESETS["small"]
-    optim: OptimConfig = OptimConfig()
+    budget_tokens: int  # planned training budget in counted tokens (2000000, 2M, 500k)
+    data: DataConfig = DataConfig()  # what is trained on
+    model: ModelConfig = PRESETS["small"]  # what is trained
+    optim: OptimConfig = OptimConfig()  # how
     preset: str | None = "small"  # name of the model preset, recorded for humans
     batch_size: int = 128  # sequences per training step
     # Grow the batch over this share of the budget: each drawn batch is split into 8 steps of
@@ -186,18 +186,22 @@ class RunConfig:
     seed: int = 0  # training seed: initialization, data order, dropout
     eval_batch_size: int = 256  # sequences per evaluation forward pass
     log_every: int = 25  # steps between metrics.jsonl lines (each forces one device sync)
-    init_from: str | None = None  # start from this run directory / checkpoint's weights
-    curriculum: str = "uniform"  # which examples batches draw: curricula.registry.CURRICULA or "module:attr"
+    # start from the weights of RUN_DIR (its newest checkpoint) or RUN_DIR/checkpoints/STEP
+    init_from: str | None = None
+    curriculum: str = "uniform"  # which examples batches draw (curricula.registry), or a "module:attr" of your own
     curriculum_args: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the curriculum
-    pacing: str = "constant"  # tokens -> share of the data open: curricula.registry.PACINGS or "module:attr"
-    pacing_args: dict = dataclasses.field(default_factory=dict)  # e.g. {"start": 0.2, "ramp": 0.5}
-    # rescore the train split's difficulty: curricula.registry.SCORERS or "module:attr"; None: keep
+    pacing: str = "constant"  # tokens -> share of the data open (curricula.registry), or a "module:attr"
+    # keyword arguments of the pacing, e.g. {"start": 0.2, "ramp": 0.5} (--pacing-arg start=0.2)
+    pacing_args: dict = dataclasses.field(default_factory=dict)
+    # rescore the train split's difficulty (curricula.registry), or a "module:attr"; None: keep the data's
     scorer: str | None = None
-    scorer_args: dict = dataclasses.field(default_factory=dict)  # e.g. {"run_dir": "runs/a", "step": 120}
+    # keyword arguments of the scorer, e.g. {"run_dir": "runs/a", "step": 120} (--scorer-arg step=120)
+    scorer_args: dict = dataclasses.field(default_factory=dict)
     scorer_percentile: bool = False  # store the scores as percentiles in (0, 1] instead of raw
     ema_half_lives: tuple[int, ...] = ()  # keep an EMA of the weights per half-life in counted tokens
     swa_start: float | None = None  # keep a running mean of the weights from this budget fraction on
-    stop_rules: tuple = ()  # stopping rules, e.g. ({"rule": "patience", "patience": 3},): framework.stopping.rules
+    # rules that may end the run early (framework.stopping.rules), e.g. ({"rule": "patience", "patience": 3},)
+    stop_rules: tuple = ()
     stop_combine: str = "any"  # stop when "any" rule fires, or only when "all" fire at one evaluation
     branch_from: str | None = None  # RUN_DIR/checkpoints/STEP: start from its full training state (cooldown)
     # (data, fsdp) devices of the training mesh; -1: every device the fsdp axis leaves. Not part of
@@ -208,8 +212,8 @@ class RunConfig:
     # checkpoint, learning rate x rollback_lr_factor, at most max_rollbacks times, then stop).
     # Read at each log line (every log_every steps), so acting costs no per-step host sync.
     nonfinite: str = "stop"
-    rollback_lr_factor: float = 0.5
-    max_rollbacks: int = 3
+    rollback_lr_factor: float = 0.5  # rollback: the learning rate is multiplied by this each time
+    max_rollbacks: int = 3  # rollback: at most this many, then stop
 
     def validate(self) -> None:
         """Raise ConfigError on the first invalid field. Pure Python: safe before jax."""

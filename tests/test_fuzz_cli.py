@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curricula.registry import CURRICULA, PACINGS, SCORERS
-from framework.app.train_commands import _TRAIN_FLAGS
+from framework.app.train_commands import TRAIN_FLAGS
 from framework.config import (
     DTYPES,
     MAX_KB_ENTITIES,
@@ -112,12 +112,13 @@ INVALID_FLAGS = {
 # Fields an error may name for a flag, besides the flag and the field it sets.
 RELATED = {"config": {"data", "model", "optim"}, "out": {"out_dir"}, "data": {"task", "data_path"},
            "max_seq_len": {"data.max_digits", "data.max_hops"}, "task": {"data.max_hops", "data.max_digits"},
-           "max_digits": {"data.max_seq_len"}, "warmup": {"optim.decay_frac"}}
+           "max_digits": {"data.max_seq_len"}, "warmup": {"optim.decay_frac"},
+           "d_model": {"model.n_heads"}, "budget_tokens": {"optim.decay_start"}}
 
 
 def names_flag(field: str, flags: list[str]) -> bool:
     for flag in flags:
-        section, name, _ = _TRAIN_FLAGS.get(flag, ("", flag, None))
+        section, name = (TRAIN_FLAGS[flag].section, TRAIN_FLAGS[flag].field) if flag in TRAIN_FLAGS else ("", flag)
         if field in {flag, name, f"{section}.{name}", *RELATED.get(flag, ())} or field.startswith(name + "."):
             return True
     return False
@@ -152,7 +153,7 @@ def test_train_with_invalid_flags_exits_2_naming_one_of_them(sandbox, pairs):
     assert not os.path.exists(out)
 
 
-ANY_FLAGS = sorted(set(_TRAIN_FLAGS) - {"data", "out", "init_from"} | {"preset", "num_processes"})
+ANY_FLAGS = sorted(set(TRAIN_FLAGS) - {"data", "out", "init_from"} | {"preset", "num_processes"})
 
 
 @fuzz(60)

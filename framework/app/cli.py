@@ -28,6 +28,7 @@ import sys
 
 from framework import __version__
 from framework.app import train_commands
+from framework.app.flags import int_list
 from framework.app.python_files import call_function_of
 from framework.config import load_run_config, parse_tokens
 from framework.errors import ConfigError, RecoupError
@@ -178,7 +179,6 @@ def _cmd_serve(args) -> int:
     if args.max_wait_ms < 0 or args.max_queue < 1:
         raise ConfigError("max_wait_ms" if args.max_wait_ms < 0 else "max_queue",
                           "--max-wait-ms must be >= 0 and --max-queue >= 1")
-    int_list = train_commands.int_list
     buckets = Buckets(int_list(args.batch_buckets, "batch_buckets"), int_list(args.prompt_buckets, "prompt_buckets"),
                       int_list(args.new_token_buckets, "new_buckets")).validate()
     serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue)

@@ -10,10 +10,9 @@ import argparse
 import dataclasses
 import json
 
-from curricula.registry import CURRICULA, PACINGS, SCORERS
+from framework.app.flags import add_train_flags, train_flags
 from framework.app.python_files import call_function_of
 from framework.config import (
-    DEFAULT_STOPS,
     PRESETS,
     DataConfig,
     ModelConfig,
@@ -21,116 +20,20 @@ from framework.config import (
     RunConfig,
     load_run_config,
     parse_share_or_tokens,
-    parse_stops,
     parse_tokens,
     preset,
 )
-from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, SPLITS, TASKS
+from framework.data.registry import SPLITS
 from framework.errors import ConfigError
 from framework.runner.check import check
-from framework.training.registry import DECAY_SHAPES, OPTIMIZERS, SCHEDULES
+from framework.training.registry import DECAY_SHAPES
 
 # -- recoup train --------------------------------------------------------------------------------
 
-# flag -> (config section, field, parser). Defaults are None so we can tell "given" from "omitted":
-# omitted flags fall back to --config, to the run being resumed, or to the dataclass default.
-_TRAIN_FLAGS = {
-    "task": ("data", "task", str),
-    "data": ("data", "data_path", str),
-    "prompt_col": ("data", "prompt_col", str),
-    "answer_col": ("data", "answer_col", str),
-    "difficulty_col": ("data", "difficulty_col", str),
-    "max_digits": ("data", "max_digits", int),
-    "operand_format": ("data", "operand_format", str),
-    "max_hops": ("data", "max_hops", int),
-    "kb_entities": ("data", "kb_entities", int),
-    "kb_relations": ("data", "kb_relations", int),
-    "hop_answer": ("data", "hop_answer", str),
-    "n_examples": ("data", "n_examples", int),
-    "val_size": ("data", "val_size", int),
-    "test_size": ("data", "test_size", int),
-    "data_seed": ("data", "seed", int),
-    "max_seq_len": ("data", "max_seq_len", int),
-    "dropout": ("model", "dropout", float),
-    "dtype": ("model", "dtype", str),
-    "schedule": ("optim", "schedule", str),
-    "lr": ("optim", "peak_lr", float),
-    "warmup": ("optim", "warmup_frac", float),
-    "decay": ("optim", "decay_frac", float),
-    "decay_shape": ("optim", "decay_shape", str),
-    "optimizer": ("optim", "optimizer", str),
-    "b1": ("optim", "b1", float),
-    "b2": ("optim", "b2", float),
-    "b2_batch": ("optim", "b2_batch", int),
-    "grokfast_lambda": ("optim", "grokfast_lambda", float),
-    "grokfast_alpha": ("optim", "grokfast_alpha", float),
-    "weight_decay": ("optim", "weight_decay", float),
-    "clip": ("optim", "clip_norm", float),
-    "budget_tokens": ("run", "budget_tokens", lambda s: parse_tokens(s, "budget_tokens")),
-    "stops": ("run", "stops", parse_stops),
-    "every_tokens": ("run", "every_tokens", lambda s: parse_tokens(s, "every_tokens")),
-    "train_until": ("run", "train_until", float),
-    "batch_size": ("run", "batch_size", int),
-    "batch_warmup": ("run", "batch_warmup", float),
-    "mesh": ("run", "mesh_shape", lambda s: _mesh(s)),
-    "nonfinite": ("run", "nonfinite", str),
-    "rollback_lr_factor": ("run", "rollback_lr_factor", float),
-    "max_rollbacks": ("run", "max_rollbacks", int),
-    "seed": ("run", "seed", int),
-    "out": ("run", "out_dir", str),
-    "init_from": ("run", "init_from", str),
-    "curriculum": ("run", "curriculum", str),
-    "curriculum_arg": ("run", "curriculum_args", lambda pairs: _kv(pairs, "curriculum_args")),
-    "pacing": ("run", "pacing", str),
-    "pacing_arg": ("run", "pacing_args", lambda pairs: _kv(pairs, "pacing_args")),
-    "scorer": ("run", "scorer", str),
-    "scorer_arg": ("run", "scorer_args", lambda pairs: _kv(pairs, "scorer_args")),
-    "scorer_percentile": ("run", "scorer_percentile", bool),
-    "ema_half_life": ("run", "ema_half_lives",
-                      lambda s: tuple(parse_tokens(t, "ema_half_lives") for t in s.split(",") if t.strip())),
-    "swa_start": ("run", "swa_start", float),
-    "stop_rule": ("run", "stop_rules", lambda specs: tuple(_stop_rule(s) for s in specs)),
-    "stop_combine": ("run", "stop_combine", str),
-}
-
-
-def int_list(text: str, field: str, what: str = "comma-separated integers, e.g. 1,8,32") -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(field, f"{text!r} must be {what}") from None
-
-
-def _mesh(text: str) -> tuple[int, int]:
-    what = "DATA,FSDP device counts, e.g. -1,1 or 2,4"
-    counts = int_list(text, "mesh_shape", what)
-    if len(counts) != 2:
-        raise ConfigError("mesh_shape", f"{text!r} must be {what}")
-    return counts
-
-
-def _stop_rule(spec: str) -> dict:
-    """'patience:patience=3,min_delta=0.01' -> {"rule": "patience", "patience": 3, "min_delta": 0.01}."""
-    name, _, args = spec.partition(":")
-    return {"rule": name, **_kv([a for a in args.split(",") if a], "stop_rules")}
-
-
-def _kv(pairs: list[str], field: str) -> dict:
-    """--x-arg k=v ... -> {k: v}, values read as JSON when they parse ('0.2' -> 0.2)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(field, f"{pair!r} is not key=value")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-# Defaults shown in --help come from the dataclasses, so they cannot drift from what is used.
-_D, _O, _R = DataConfig(), OptimConfig(), RunConfig(out_dir="", budget_tokens=1)
+# flag -> what it sets, generated from the config dataclasses (framework.app.flags). Flags default
+# to None so we can tell "given" from "omitted": omitted flags fall back to --config, to the run
+# being resumed, or to the dataclass default.
+TRAIN_FLAGS = train_flags()
 
 
 def _add_train_parser(sub) -> None:
@@ -139,93 +42,24 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--recipe", help="start from a tuned recipe: plain (cosine planned for the budget, the final "
                                     "checkpoint) | anytime (recoup's, for runs that may stop anywhere: constant "
                                     "learning rate, EMAs); flags beside it override (framework.training.recipes)")
-    g = p.add_argument_group("data (one of --task / --data)")
-    g.add_argument("--task", help=f"built-in task: {'|'.join(TASKS)}")
-    g.add_argument("--data", help="a local .jsonl/.csv/.parquet file or a save_to_disk directory")
-    g.add_argument("--prompt-col", help="prompt column of --data (default: prompt)")
-    g.add_argument("--answer-col", help="answer column of --data (default: answer)")
-    g.add_argument("--difficulty-col", help="optional difficulty column of --data")
-    g.add_argument("--max-digits", help=f"addition: operands of 1..N digits (default {_D.max_digits})")
-    g.add_argument("--operand-format", help=f"addition: {'|'.join(OPERAND_FORMATS)} (default {_D.operand_format})")
-    g.add_argument("--max-hops", help=f"multihop: questions of 1..H hops (default {_D.max_hops})")
-    g.add_argument("--kb-entities", help=f"multihop: names in the knowledge base (default {_D.kb_entities})")
-    g.add_argument("--kb-relations", help=f"multihop: relations, 1..12 (default {_D.kb_relations})")
-    g.add_argument("--hop-answer", help=f"multihop: {'|'.join(HOP_ANSWERS)}, answer every hop or only the last "
-                                        f"(default {_D.hop_answer})")
-    g.add_argument("--n-examples", help=f"examples generated for a built-in task (default {_D.n_examples})")
-    g.add_argument("--val-size", help=f"validation prompts (default {_D.val_size})")
-    g.add_argument("--test-size", help=f"test prompts (default {_D.test_size})")
-    g.add_argument("--data-seed", help=f"seed of the data generator and split (default {_D.seed})")
-    g.add_argument("--max-seq-len",
-                   help=f"longest example in tokens, BOS and EOS included (default {_D.max_seq_len})")
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", help=f"model size: {'|'.join(PRESETS)} (default {_R.preset})")
-    g.add_argument("--dropout", help="residual dropout (default: the preset's)")
-    g.add_argument("--dtype", help="compute dtype: float32 or bfloat16 (parameters stay float32; default: preset)")
-    g = p.add_argument_group("optimizer")
-    g.add_argument("--schedule",
-                   help=f"learning-rate schedule over the budget: {'|'.join(SCHEDULES)} (default {_O.schedule})")
-    g.add_argument("--lr", help=f"peak learning rate (default {_O.peak_lr})")
-    g.add_argument("--warmup", help=f"warmup as a fraction of the budget (default {_O.warmup_frac})")
-    g.add_argument("--decay", help=f"wsd: decay phase as a fraction of the budget (default {_O.decay_frac})")
-    g.add_argument("--decay-shape", help=f"wsd and cooldowns: {'|'.join(DECAY_SHAPES)} (default {_O.decay_shape})")
-    g.add_argument("--optimizer", help=f"{'|'.join(OPTIMIZERS)} (default {_O.optimizer}; schedule-free wants "
-                                       "--schedule constant and evaluates its averaged weights)")
-    g.add_argument("--b1", help=f"Adam's b1; schedule-free's interpolation; Muon's momentum (default {_O.b1})")
-    g.add_argument("--b2", help=f"Adam's b2 (default {_O.b2})")
-    g.add_argument("--b2-batch", metavar="BATCH", help="b2 was chosen for this batch size: use b2**(batch_size/BATCH), "
-                                                       "keeping its half-life in tokens (default: b2 as given)")
-    g.add_argument("--grokfast-lambda", help="Grokfast: add lambda x an EMA of the gradients to each (default 0: off)")
-    g.add_argument("--grokfast-alpha", help=f"Grokfast: that EMA's decay per step (default {_O.grokfast_alpha})")
-    g.add_argument("--weight-decay", help=f"AdamW weight decay (default {_O.weight_decay})")
-    g.add_argument("--clip", help=f"global gradient-norm clip (default {_O.clip_norm})")
-    g = p.add_argument_group("run")
-    g.add_argument("--budget-tokens", help="planned budget in counted tokens: 2000000, 2M, 500k")
-    g.add_argument("--stops", help=f"stopping fractions (default {','.join(map(str, DEFAULT_STOPS))})")
-    g.add_argument("--every-tokens", help="also checkpoint every N tokens")
-    g.add_argument("--train-until", help="end training at this budget fraction, e.g. 0.62: the schedule still "
-                                         "plans for --budget-tokens (default 1.0)")
-    g.add_argument("--batch-size", help=f"sequences per step (default {_R.batch_size})")
-    g.add_argument("--batch-warmup", metavar="FRACTION",
-                   help="grow the batch from batch_size/8 to batch_size over this share of the budget (default 0: off)")
-    g.add_argument("--mesh", metavar="DATA,FSDP",
-                   help="devices of the training mesh: data-parallel x FSDP (default -1,1: data parallel over "
-                        "every device; 2,4: 2 replicas of parameters split 4 ways)")
-    g.add_argument("--seed", help=f"training seed (default {_R.seed})")
-    g.add_argument("--out", help="run directory")
+    groups = {"model (each flag overrides the preset's)": p.add_argument_group("model (each flag overrides the "
+                                                                              "preset's)")}
+    groups["model (each flag overrides the preset's)"].add_argument(
+        "--preset", help=f"model size: {'|'.join(PRESETS)} (default {RunConfig.preset})")
+    add_train_flags(p, TRAIN_FLAGS, groups)
+    g = groups["run"]
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
-    g.add_argument("--init-from", help="start from RUN_DIR or RUN_DIR/checkpoints/STEP weights")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--nonfinite", help="on a non-finite loss (its update is always dropped): stop|skip|rollback "
-                                       f"(default {_R.nonfinite})")
-    g.add_argument("--rollback-lr-factor", help=f"rollback: learning rate multiplier (default {_R.rollback_lr_factor})")
-    g.add_argument("--max-rollbacks", help=f"rollback: at most this many, then stop (default {_R.max_rollbacks})")
+    g = groups["stopping rules"]
+    g.add_argument("--cooldown-on-stop", metavar="TOKENS",
+                   help="when a stopping rule fires, cool down for this many more tokens (a share of the budget, "
+                        "0.1, or a count) and ship the best on validation of the cooled-down weights and the run's "
+                        "averages at the stop (the controller; tokens counted)")
     g = p.add_argument_group("several processes (jax.distributed; or RECOUP_COORDINATOR, RECOUP_NUM_PROCESSES, "
                              "RECOUP_PROCESS_ID)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same for every process")
     g.add_argument("--num-processes", type=int, help="how many processes train together")
     g.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (0 writes the run files)")
-    g.add_argument("--ema-half-life", metavar="TOKENS[,TOKENS]",
-                   help="keep an EMA of the weights with this half-life in tokens (e.g. 50k), in every checkpoint")
-    g.add_argument("--swa-start", metavar="FRACTION",
-                   help="keep a running mean of the weights from this budget fraction on, saved in every checkpoint")
-    g.add_argument("--stop-rule", action="append", metavar="RULE[:K=V,...]",
-                   help="stop early: patience|moving-average|grad-norm|paired-test|budget with arguments, e.g. "
-                        "patience:patience=3,min_delta=0.01 or budget:price=2 (repeatable; see --stop-combine)")
-    g.add_argument("--stop-combine", help="with several --stop-rule: stop when any fires (default) or all do")
-    g.add_argument("--cooldown-on-stop", metavar="TOKENS",
-                   help="when a stopping rule fires, cool down for this many more tokens (a share of the budget, "
-                        "0.1, or a count) and ship the best on validation of the cooled-down weights and the run's "
-                        "averages at the stop (the controller; tokens counted)")
-    g = p.add_argument_group("curriculum (see curricula/ and the README)")
-    g.add_argument("--curriculum", help=f"{'|'.join(CURRICULA)}|module:attr (default {_R.curriculum})")
-    g.add_argument("--curriculum-arg", action="append", metavar="K=V", help="a curriculum argument (repeatable)")
-    g.add_argument("--pacing", help=f"{'|'.join(PACINGS)}|module:attr (default {_R.pacing})")
-    g.add_argument("--pacing-arg", action="append", metavar="K=V", help="a pacing argument (repeatable)")
-    g.add_argument("--scorer", help=f"rescore the train split's difficulty: {'|'.join(SCORERS)}|module:attr")
-    g.add_argument("--scorer-arg", action="append", metavar="K=V", help="a scorer argument (repeatable)")
-    g.add_argument("--scorer-percentile", action="store_const", const=True,
-                   help="store scores as percentiles in (0, 1]")
     p.set_defaults(func=_cmd_train)
 
 
@@ -246,7 +80,7 @@ def load_config_file(spec: str) -> RunConfig:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Merge, in increasing priority: defaults, --config or the resumed run, explicit flags."""
-    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if args.resume and not args.out:
         raise ConfigError("out", "--resume needs --out RUN_DIR")
     base: RunConfig | None = None
@@ -269,9 +103,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.recipe is not None:  # over --config and a resumed run's settings, under every flag given
         _apply_recipe(sections, args.recipe, given)
     for flag, value in given.items():
-        section, field, parse = _TRAIN_FLAGS[flag]
+        f = TRAIN_FLAGS[flag]
         try:
-            sections[section][field] = parse(value)
+            sections[f.section][f.field] = f.parse(value)
         except ConfigError:
             raise
         except ValueError:
