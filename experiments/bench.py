@@ -23,7 +23,6 @@ import jax
 import numpy as np
 from flax import nnx
 
-from experiments.common import median_seconds
 from framework.checkpoints import store as checkpoints
 from framework.config import PRESETS, DataConfig, OptimConfig
 from framework.data.encoding import make_batch, prepare, uniform_sampler
@@ -32,6 +31,7 @@ from framework.models.transformer import build_model
 from framework.training.optimizers import build as build_optimizer
 from framework.training.schedules import warmup_constant
 from framework.training.step import make_train_step
+from harness.report import median_seconds
 
 
 def bench_eval(graphdef, params, split) -> dict:
@@ -86,7 +86,7 @@ def bench_trained(run_dir: str) -> dict | None:
             **bench_eval(run.graphdef, run.params(), run.split("validation"))}
 
 
-def bench_datamedian_seconds(budget_tokens: int = 200_000) -> list[dict]:
+def bench_data_time(budget_tokens: int = 200_000) -> list[dict]:
     """Share of wall time the host spends choosing and building batches, per curriculum.
 
     The demo's model and data, a short run each; the first log window (compilation) is left out.
@@ -121,7 +121,7 @@ def main() -> None:
     splits = prepare(DataConfig(task="addition", max_digits=5, n_examples=6_000, val_size=1_000, test_size=500))
     rows = [bench_preset(p, splits["validation"], splits["train"]) for p in ("tiny", "small")]
     trained = bench_trained("runs/demo/addition/cosine-seed0")  # the plain recipe of `make demo`
-    data_rows = bench_datamedian_seconds()
+    data_rows = bench_data_time()
     eval_rows = rows + ([trained] if trained else [])
     device = jax.devices()[0]
     on_gpu = device.platform == "gpu"

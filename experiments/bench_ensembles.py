@@ -20,13 +20,13 @@ import numpy as np
 from flax import nnx
 
 from ensembles.output import ensemble_greedy_decode, member_weights, stack_params
-from experiments.common import median_seconds
 from experiments.demo import get_config
 from framework.config import PRESETS
 from framework.data import tasks
 from framework.data.tokenizer import PAD
 from framework.evaluation import evaluate
 from framework.models.transformer import build_model
+from harness.report import median_seconds
 
 
 def output_ensemble_latency(ks=(2, 4, 8), n_prompts: int = 128, max_new: int = 11, repeats: int = 5,

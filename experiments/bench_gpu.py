@@ -87,10 +87,10 @@ def step_comparison(cfg, train_split) -> dict:
 
 def main(batches=(512, 2048, 4096)) -> None:
     from experiments.bench_ensembles import output_ensemble_latency
-    from experiments.bench_serving import _machine, splice
     from experiments.bench_training import _config, hand_written_tokens_per_s, peak_matmul_flops, training_benchmark
     from framework.data.encoding import mean_counted_tokens, prepare
     from framework.models.transformer import build_model, count_params, training_flops
+    from harness.report import machine, splice
 
     if jax.default_backend() == "cpu":
         raise SystemExit("experiments.bench_gpu needs a GPU: jax sees only the CPU here")
@@ -112,7 +112,7 @@ def main(batches=(512, 2048, 4096)) -> None:
     best_batch, best_tps = max(sweep, key=lambda x: x[1])
     steps = step_comparison(dataclasses.replace(cfg, batch_size=best_batch), train_split)
     hand, ours, donated = steps["hand-written"], steps["recoup"], steps["recoup, donated"]
-    lines = [SECTION, "", _machine(), "",
+    lines = [SECTION, "", machine(), "",
              f"`python -m experiments.bench_gpu`: the hand-written loop of `experiments.bench_training` (30 timed "
              f"steps after 5 warm-ups) at each batch; the demo's data, {mean_len:.1f} counted tokens per sequence; "
              f"MFU against the measured peak ({peak / 1e12:.0f} TFLOP/s, {how}).", "",

@@ -15,17 +15,13 @@ On a CPU the clients and the server share the cores; compare rows, not machines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from typing import NamedTuple
 
 import numpy as np
+
+from harness.report import machine, splice
+from harness.served import recoup_serve
 
 RUN = "runs/demo/addition/cosine-seed0"
 OUT = "runs/bench-serve"
@@ -89,16 +85,6 @@ async def _level(url: str, model: str, prompts: list[str], concurrency: int, sec
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
 
 
-def _machine() -> str:
-    import platform
-
-    import jax
-
-    d = jax.devices()[0]
-    return f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on {d.platform} " \
-           f"({d.device_kind})."
-
-
 def _compilations(metrics_text: str) -> float:
     lines = metrics_text.splitlines()
     return next(float(line.split()[-1]) for line in lines if line.startswith("recoup_compilations "))
@@ -128,7 +114,7 @@ def serving_benchmark(run_dir: str = RUN, out: str = OUT, concurrencies=(1, 8, 3
         compiles_at_end = _compilations(httpx.get(url + "/metrics").text)
     after = "none" if compiles_at_end == compiles_at_ready else f"{compiles_at_end - compiles_at_ready:g} (a bug)"
     label = {"avg": "weight average (latest-k, 1x)", "ens3": "log-prob ensemble of 3 (3x)"}
-    lines = [SECTION, "", _machine(), "",
+    lines = [SECTION, "", machine(), "",
              f"`python -m experiments.bench_serving`: the demo's plain run served as a weight average and a 3-member "
              f"log-prob ensemble; greedy, max_tokens {MAX_TOKENS}, test-split prompts, each level for {seconds:g} s "
              f"after start-up ({ready_s:.0f} s to load and compile; compilations while serving: {after}). "
@@ -140,62 +126,6 @@ def serving_benchmark(run_dir: str = RUN, out: str = OUT, concurrencies=(1, 8, 3
                f"{r['tps']:.0f} | {r['tps'] / direct[r['model']]:.2f} | {1e3 * r['p50']:.0f} | {1e3 * r['p99']:.0f} |"
                for r in rows], ""]
     return "\n".join(lines)
-
-
-class Served(NamedTuple):
-    url: str  # http://127.0.0.1:PORT
-    proc: subprocess.Popen
-    ready_s: float  # seconds from start to /health 200 (loading and compiling)
-
-
-@contextlib.contextmanager
-def recoup_serve(paths: list[str], *args: str, log_path: str | None = None, ready_timeout: float = 600.0,
-                 env: dict[str, str] | None = None) -> Iterator[Served]:
-    """`recoup serve PATHS ARGS` in its own process on a free loopback port, yielded once /health
-    answers 200 and terminated on exit. Its output goes to `log_path` (default: a temporary file),
-    never to a pipe that nobody reads while it serves; it is shown if the server exits or never
-    becomes ready. `env`: the server's environment (default: this process's)."""
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+") as log:
-        argv = [sys.executable, "-m", "framework.app.cli", "serve", *paths, "--port", str(port), *args]
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            t = time.perf_counter()
-            while True:
-                if proc.poll() is not None or time.perf_counter() - t > ready_timeout:
-                    log.seek(0)
-                    raise SystemExit(f"recoup serve {'exited' if proc.poll() is not None else 'never became ready'}"
-                                     f": {log.read()}")
-                try:
-                    if httpx.get(url + "/health").status_code == 200:
-                        break
-                except httpx.ConnectError:
-                    pass
-                time.sleep(0.2)
-            yield Served(url, proc, time.perf_counter() - t)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
-
-def splice(section: str, path: str = "docs/benchmarks.md", title: str = "# Benchmarks") -> None:
-    """Replace the section of `path` with `section`'s heading (its first line), or append it; a
-    missing file starts with `title`."""
-    text = open(path).read() if os.path.isfile(path) else title + "\n"
-    heading = section.splitlines()[0]
-    start = text.find(heading + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section.rstrip("\n") + ("\n" + text[end:] if end >= 0 else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

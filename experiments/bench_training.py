@@ -141,9 +141,9 @@ def training_benchmark(preset: str = "small", batch_size: int = 128, tokens: int
                        cadence_tokens: int | None = None) -> str:
     """The section; `cadence_tokens` (default `tokens`) sizes the run that times saves at the default stops:
     a run of a few seconds would overstate what seven saves cost a real one."""
-    from experiments.bench_serving import _machine
     from framework.data.encoding import mean_counted_tokens, prepare
     from framework.models.transformer import build_model, count_params, training_flops
+    from harness.report import machine
 
     cfg = _config("unused", preset, batch_size)
     train_split = prepare(cfg.data)["train"]
@@ -166,7 +166,7 @@ def training_benchmark(preset: str = "small", batch_size: int = 128, tokens: int
         (f" --cadence-tokens {cadence_tokens}" if cadence_tokens else "")
     command = "python -m experiments.bench_training" + ("" if default else flags)
     heading = SECTION if default else f"{SECTION} ({preset}, {cfg.model.dtype}, batch {batch_size})"
-    lines = [heading, "", _machine(), "",
+    lines = [heading, "", machine(), "",
              f"`{command}`: the `{preset}` model ({n_params:,} parameters, {cfg.model.dtype} compute), batch "
              f"{batch_size} sequences of the demo's data ({mean_len:.1f} counted tokens each on average), "
              f"{tokens:,} tokens per timed run"
@@ -189,7 +189,7 @@ def training_benchmark(preset: str = "small", batch_size: int = 128, tokens: int
 if __name__ == "__main__":
     import argparse
 
-    from experiments.bench_serving import splice
+    from harness.report import splice
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small", help="model preset (GPU: base, ~106M parameters in bfloat16)")

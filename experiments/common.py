@@ -9,7 +9,6 @@ import dataclasses
 import io
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 from typing import Any
@@ -130,16 +129,3 @@ def run_pairs(pairs, work, jobs: int, t0: float) -> list[Any]:
             done.result()  # a failed seed stops the sweep here, with its traceback
             print(f"{task} seed {seed} done ({time.perf_counter() - t0:.0f} s so far)", flush=True)
         return [f.result() for f in futures]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median seconds of `fn()` after one warm-up call (which compiles)."""
-    import jax  # only the benchmarks time compiled functions
-
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return float(statistics.median(times))

@@ -67,7 +67,7 @@ def crash_then_resume(cfg: RunConfig, after_fraction: float = 0.6) -> list[dict]
 
 def logged_lines(run_dir: str) -> list[dict]:
     """metrics.jsonl without the wall-clock fields and lines, which differ between any two runs."""
-    from experiments.chaos import metrics_lines
+    from harness.faults import metrics_lines
 
     return metrics_lines(run_dir)
 

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from experiments import chaos
 from framework.checkpoints import store as checkpoints
 from framework.config import load_run_config
 from framework.runner.build import train
+from harness import faults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,15 +19,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("crash") / "straight")
-    subprocess.run(chaos.train_argv(out, budget="100k"), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(faults.train_argv(out, budget="100k"), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return out
 
 
 def test_repeated_sigkills_resume_to_the_uninterrupted_result(straight, tmp_path):
     killed = str(tmp_path / "killed")
-    report = chaos.kill_and_resume(killed, kills=2, seed=1, budget="100k", log=lambda _: None)
+    report = faults.kill_and_resume(killed, kills=2, seed=1, budget="100k", log=lambda _: None)
     assert report["kills"] >= 1
-    result = chaos.check_against_straight(killed, straight)
+    result = faults.check_against_straight(killed, straight)
     assert result["bitwise_equal_params"]
     assert result["metrics_equal"] and result["duplicate_lines"] == 0
     assert result["checkpoints_equal"] and result["checkpoints"] == 10
@@ -40,8 +40,8 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(straight, tmp_path):
     subprocess.run(["cp", "-r", straight, run], check=True)
     last = checkpoints.list_checkpoints(run)[-1]["step"]
     metrics = os.path.join(run, checkpoints.METRICS_FILE)
-    before = chaos.metrics_lines(run)
+    before = faults.metrics_lines(run)
     with open(metrics, "a") as f:
         f.write('{"event": "train", "step": 99')  # cut short
     train(dataclasses.replace(load_run_config(run), out_dir=run), resume=True, show_progress=False)
-    assert chaos.metrics_lines(run) == before and checkpoints.list_checkpoints(run)[-1]["step"] == last
+    assert faults.metrics_lines(run) == before and checkpoints.list_checkpoints(run)[-1]["step"] == last

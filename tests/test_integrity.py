@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import chaos
 from framework.app import cli
 from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import CorruptCheckpoint
 from framework.errors import ConfigError
 from framework.runner.build import train
 from framework.training.runs import open_run
+from harness import faults
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,12 +36,12 @@ def run_copy(tiny, tmp_path):
     return out
 
 
-DAMAGE = {"truncated": (chaos.truncate_half, "truncated"), "altered": (chaos.flip_one_bit, "sha256 differs"),
+DAMAGE = {"truncated": (faults.truncate_half, "truncated"), "altered": (faults.flip_one_bit, "sha256 differs"),
           "deleted": (os.remove, "is missing")}
 
 
 def _biggest_file(step_dir: str, item: str) -> str:
-    return chaos.damage_targets(step_dir)[item]
+    return faults.damage_targets(step_dir)[item]
 
 
 def test_every_finished_checkpoint_is_sealed(tiny):
@@ -88,19 +88,19 @@ def test_an_unsealed_checkpoint_loads_and_is_sealed_when_its_run_resumes(run_cop
 
 def test_resume_sets_a_corrupt_checkpoint_aside_and_redoes_it_exactly(tiny, run_copy, capsys):
     steps = [c["step"] for c in checkpoints.list_checkpoints(run_copy)]
-    chaos.flip_one_bit(_biggest_file(checkpoints.step_dir(run_copy, steps[-1]), "opt_state"))
+    faults.flip_one_bit(_biggest_file(checkpoints.step_dir(run_copy, steps[-1]), "opt_state"))
     train(tiny_config(run_copy), resume=True, show_progress=False)
     said = capsys.readouterr().out
     assert f"{steps[-1]} is corrupt" in said and "newest intact checkpoint" in said
     assert f"resuming {run_copy} from step {steps[0]}" in said
     assert os.path.isdir(os.path.join(run_copy, "corrupt", str(steps[-1])))
     assert [c["step"] for c in checkpoints.list_checkpoints(run_copy)] == steps
-    assert chaos.same_params(run_copy, tiny)
+    assert faults.same_params(run_copy, tiny)
 
 
 def test_ensemble_build_skips_a_corrupt_checkpoint_and_says_which(run_copy, tmp_path, capsys):
     steps = [c["step"] for c in checkpoints.list_checkpoints(run_copy)]
-    chaos.truncate_half(_biggest_file(checkpoints.step_dir(run_copy, steps[0]), "params"))
+    faults.truncate_half(_biggest_file(checkpoints.step_dir(run_copy, steps[0]), "params"))
     out = str(tmp_path / "ens")
     assert cli.main(["ensemble", "build", run_copy, "--budget", "1.0", "--max-cost", "1", "--out", out]) == 0
     err = capsys.readouterr().err
@@ -110,10 +110,10 @@ def test_ensemble_build_skips_a_corrupt_checkpoint_and_says_which(run_copy, tmp_
     assert steps[0] not in [m["step"] for m in members]
 
 
-# A full disk, simulated with a file-size limit (chaos.FILL_DISK): past it, every write fails with an
+# A full disk, simulated with a file-size limit (faults.FILL_DISK): past it, every write fails with an
 # OS error (EFBIG), inside Orbax's background writer as it would with ENOSPC. Set at the second save
 # (1.0), after the first (0.5) is complete, small enough that the second cannot be written.
-_FILL_DISK = chaos.FILL_DISK + """
+_FILL_DISK = faults.FILL_DISK + """
 from framework.runner.build import train
 from tests.conftest import tiny_config
 try:
@@ -139,7 +139,7 @@ def test_a_full_disk_is_a_clear_error_and_resume_finishes_exactly(tiny, tmp_path
     assert [c["step"] for c in checkpoints.list_checkpoints(out)] == [first]
     open_run(out).params(first)  # the earlier checkpoint still loads (and matches its seal, if sealed)
     train(tiny_config(out), resume=True, show_progress=False)
-    assert chaos.same_params(out, tiny)
+    assert faults.same_params(out, tiny)
     assert not [n for n in os.listdir(checkpoints.checkpoint_dir(out)) if not n.isdigit()]
 
 

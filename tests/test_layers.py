@@ -1,6 +1,7 @@
 """Imports point down: framework's foundation <- curricula, ensembles <- the runner (the build step)
-<- framework's serving, sweeps and app <- experiments. Walks every import statement (function-local
-ones included: a lazy import is still an arrow) with `ast`, so nothing is imported to check it."""
+<- framework's serving, sweeps and app <- harness <- experiments; tests use harness, not
+experiments. Walks every import statement (function-local ones included: a lazy import is still an
+arrow) with `ast`, so nothing is imported to check it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ("framework", "curricula", "ensembles", "experiments")
+PACKAGES = ("framework", "curricula", "ensembles", "harness", "experiments")
 
 # Floors, lowest first. A module may import its own floor and the floors below, never above.
 FLOORS = (
@@ -19,6 +20,7 @@ FLOORS = (
     ("curricula", "ensembles"),
     ("framework.runner",),
     ("framework.serving", "framework.sweeps", "framework.app"),
+    ("harness",),
     ("experiments",),
 )
 FLOOR = {node: i for i, nodes in enumerate(FLOORS) for node in nodes}
@@ -127,6 +129,23 @@ def test_the_walk_sees_an_upward_arrow(source, expect, tmp_path):
     found = imports("framework.training.x", path, set(modules()))
     a, b = expect.split(" -> ")
     assert b in found and floor_of(node_of(b)) > floor_of(node_of(a))
+
+
+# The experiments a test file may import: the ones it tests. Anything shared lives in harness/.
+TESTED_EXPERIMENTS = {
+    "test_flagship.py": {"experiments", "experiments.byo_task", "experiments.common", "experiments.early_stop_recovery",
+                         "experiments.fair_tuning", "experiments.flagship_report"},
+    "test_fair_tuning.py": {"experiments", "experiments.fair_tuning", "experiments.tuning_report"},
+    "test_curricula.py": {"experiments.custom_curriculum"},  # the README's example, run as written
+}
+
+
+def test_tests_import_experiments_only_to_test_them():
+    known = set(modules())
+    borrowed = {f"{path.name} -> {m}" for path in sorted((ROOT / "tests").glob("*.py"))
+                for m in imports("tests." + path.stem, path, known)
+                if m.startswith("experiments") and m not in TESTED_EXPERIMENTS.get(path.name, set())}
+    assert not borrowed, "tests borrowing from experiments (move it to harness/):\n" + "\n".join(sorted(borrowed))
 
 
 def test_a_circle_is_found():

@@ -15,10 +15,10 @@ import pytest
 
 from ensembles import artifact
 from ensembles.members import COMBINERS, ParamStore
-from experiments.bench_serving import recoup_serve
 from framework.serving import generation
 from framework.serving.completions import APIError, parse
 from framework.serving.generation import Buckets, Completion, Row, apply_stop
+from harness.served import recoup_serve
 from tests.conftest import tiny_config
 
 BUCKETS = Buckets(batch=(1, 4), prompt=(32,), new=(4, 16))  # 4 shapes: each costs ~1.5 s per model to compile
@@ -226,7 +226,7 @@ def test_a_client_that_disconnects_does_not_wedge_the_server(served):
     """Two clients go mid-request, held there by a gate on the batch runner: one while its row is
     being generated, one while its rows wait in the queue. The server hears both go (499) without
     waiting for the batch, computes none of the waiting rows, and answers the next request."""
-    from experiments.chaos_serving import served_statuses
+    from harness.load import served_statuses
 
     server, _, _ = served
     batcher = server.app.state.recoup.batcher
@@ -274,7 +274,7 @@ def test_load_with_faults_gets_no_5xx_and_does_not_wedge(served):
     """experiments/chaos_serving.py, small: 200 requests from 32 concurrent clients (greedy, sampled,
     stop strings, invalid bodies, clients that go as soon as their body is sent). Its memory check
     is left to the experiment: here the server shares the test process."""
-    from experiments.chaos_serving import chaos
+    from harness.load import chaos
 
     server, _, root = served
     prompts, _, _ = _eval_decodes(str(root / "avg"))
@@ -365,7 +365,7 @@ def test_buckets_and_the_request_limits_are_checked():
 
 
 def test_benchmark_sections_are_spliced_by_their_own_heading(tmp_path):
-    from experiments.bench_serving import splice
+    from harness.report import splice
 
     path = str(tmp_path / "b.md")
     splice("## A\n\nold a\n", path)
