@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from ensembles import trees
 from ensembles.members import Candidate, Member, ParamStore, check_compatible, run_members, strict_em
 from framework.checkpoints import store as checkpoints
 from framework.config import parse_share_or_tokens
@@ -89,16 +90,10 @@ def _kept_averages(run_dir: str, step: int) -> list[str]:
 
 
 def greedy_soup(ranked: Sequence[Member], score: Callable[[Candidate], float]) -> tuple[Candidate, float]:
-    """Wortsman et al.'s greedy soup: from the best member down, keep each one whose addition to
-    the uniform average does not lower the validation score."""
-    soup = [ranked[0]]
-    best = score(Candidate("soup", tuple(soup), (1.0,), "weights"))
-    for m in ranked[1:]:
-        trial = Candidate("soup", (*soup, m), (1.0,) * (len(soup) + 1), "weights")
-        s = score(trial)
-        if s >= best:
-            soup, best = [*soup, m], s
-    return Candidate("soup", tuple(soup), (1.0,) * len(soup), "weights"), best
+    """Wortsman et al.'s greedy soup (`ensembles.trees.greedy_soup`) over a run's checkpoints: from the
+    best member down, keep each one whose addition to the uniform average does not lower the score."""
+    members, best = trees.greedy_soup(ranked, lambda ms: score(Candidate("soup", ms, (1.0,) * len(ms), "weights")))
+    return Candidate("soup", members, (1.0,) * len(members), "weights"), best
 
 
 def select(run_dirs: Sequence[str], budget_tokens: int, max_cost: int = 1, method: str = "auto",

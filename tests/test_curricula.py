@@ -212,3 +212,33 @@ def test_carries_scorer_counts_carries_of_lsb_first_sums():
 
     # 5+5 (one carry), 999+1 (three), 123+456 (none); prompts are LSB-first and zero-padded.
     assert carries()({"prompt": ["500+500=", "999+100=", "321+654="]}) == [1.0, 3.0, 0.0]
+
+
+def test_a_named_curriculum_draws_the_same_rows_of_a_dataset_as_of_an_encoded_split():
+    """curricula.for_datasets: a user's own datasets.Dataset with a difficulty column gets the very
+    sampler recoup's trainer uses (same draws for the same difficulty and lengths)."""
+    import datasets
+
+    from curricula.for_datasets import dataset_sampler
+
+    ds = datasets.Dataset.from_dict({"prompt": SPLIT.prompts, "answer": SPLIT.answers,
+                                     "difficulty": SPLIT.difficulty.tolist()})
+    for name in ("easy-to-hard", "seqlen-warmup"):
+        ours = dataset_sampler(ds, name, batch_size=4, seed=3, budget_tokens=1000, pacing="linear")
+        theirs = build.sampler_factory(name, {}, "linear", {}, 1000)(SPLIT, 4, 3)
+        a, b = ours.init(), theirs.init()
+        for t in (0, 300, 900):
+            (i, a), (j, b) = ours.next(a, t), theirs.next(b, t)
+            assert i.tolist() == j.tolist()
+
+
+def test_a_dataset_without_the_difficulty_column_is_named():
+    import datasets
+
+    from curricula.for_datasets import dataset_sampler
+
+    ds = datasets.Dataset.from_dict({"text": ["a", "b"], "hardness": ["x", "y"]})
+    with pytest.raises(ConfigError, match="no column 'difficulty'.*allowed: text, hardness"):
+        dataset_sampler(ds, "easy-to-hard", batch_size=1, seed=0, budget_tokens=10)
+    with pytest.raises(ConfigError, match="must hold numbers"):
+        dataset_sampler(ds, "easy-to-hard", batch_size=1, seed=0, budget_tokens=10, difficulty_col="hardness")
