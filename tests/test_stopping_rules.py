@@ -206,6 +206,14 @@ def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(t
     assert all(len(e.correct) == cfg.data.val_size for e in evals)
     outcome = tune.replay(list(cfg.stop_rules), "any", evals)
     assert outcome.tokens == last["tokens"] and outcome.reason == last["reason"]
+    # A torn last line (a run killed mid-write) is left out; a damaged line before it is named.
+    with open(f"{cfg.out_dir}/metrics.jsonl", "a") as f:
+        f.write('{"event": "eval", "st')
+    assert tune.load_evaluations(cfg.out_dir) == evals
+    with open(f"{cfg.out_dir}/metrics.jsonl", "a") as f:
+        f.write('\n{"event": "train"}\n')
+    with pytest.raises(ConfigError, match="is not JSON"):
+        tune.load_evaluations(cfg.out_dir)
 
 
 def test_rule_state_survives_a_crash_and_the_resumed_run_stops_at_the_same_step(tmp_path):

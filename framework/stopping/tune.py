@@ -16,13 +16,13 @@ chosen when it pays. Replay is pure Python over the logs: deterministic, and no 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from framework.checkpoints.integrity import read_metrics
 from framework.checkpoints.store import METRICS_FILE
 from framework.config import load_run_config
 from framework.errors import ConfigError
@@ -38,28 +38,21 @@ def load_evaluations(run_dir: str) -> list[Observation]:
     if not os.path.isfile(path):
         raise ConfigError("run_dir", f"{run_dir} has no {METRICS_FILE}: it has not started training")
     out, grad = [], None
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise ConfigError("run_dir", f"{path}:{n} is not JSON") from None
-            if rec.get("event") == "train":
-                grad = rec.get("grad_norm")
-            elif rec.get("event") == "eval":
-                if rec.get("kind") == "stopped":  # replay what the rule saw when it fired, if one did
-                    if "fired_evaluation" not in rec:
-                        continue
-                    rec = {**rec, **rec["fired_evaluation"]}
-                correct = None
-                if rec.get("val_correct") is not None:
-                    bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["val_correct"]), np.uint8))
-                    correct = tuple(int(b) for b in bits[: rec["val_n"]])  # packbits pads to bytes
-                out.append(Observation(rec["step"], rec["tokens"], rec["tokens"] / budget,
-                                       rec["val_em"], rec["val_loss"], grad, correct,
-                                       max(rec.get("average_val_em", {}).values(), default=None)))
+    for _, rec in read_metrics(path, "run_dir"):  # a torn last line (a run killed mid-write) is left out
+        if rec.get("event") == "train":
+            grad = rec.get("grad_norm")
+        elif rec.get("event") == "eval":
+            if rec.get("kind") == "stopped":  # replay what the rule saw when it fired, if one did
+                if "fired_evaluation" not in rec:
+                    continue
+                rec = {**rec, **rec["fired_evaluation"]}
+            correct = None
+            if rec.get("val_correct") is not None:
+                bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["val_correct"]), np.uint8))
+                correct = tuple(int(b) for b in bits[: rec["val_n"]])  # packbits pads to bytes
+            out.append(Observation(rec["step"], rec["tokens"], rec["tokens"] / budget,
+                                   rec["val_em"], rec["val_loss"], grad, correct,
+                                   max(rec.get("average_val_em", {}).values(), default=None)))
     if not out:
         raise ConfigError("run_dir", f"{run_dir} has no evaluations in {METRICS_FILE}")
     return out
