@@ -34,9 +34,10 @@ import sys
 import time
 from typing import Any, NamedTuple
 
-from experiments.common import TASKS, ensure_branch, ensure_trained, in_worker, run_pairs
+from experiments.common import TASKS
 from framework.checkpoints.integrity import write_atomic
 from framework.config import RunConfig
+from harness.studies import ensure_branch, ensure_trained, in_worker, run_pairs
 
 STOPS = (0.38, 0.5, 0.62, 0.75, 0.88, 1.0)
 ORACLES = (0.38, 0.5, 0.62, 0.75)

@@ -38,9 +38,10 @@ import time
 
 import numpy as np
 
-from experiments.common import TASKS, ensure_branch, ensure_trained, labelled, spawn_pool, task_config
+from experiments.common import TASKS, task_config
 from framework.checkpoints.integrity import write_atomic
 from framework.config import DEFAULT_STOPS, RunConfig
+from harness.studies import ensure_branch, ensure_trained, labelled, spawn_pool
 
 TRIALS = 16  # per sweep; the plain and the anytime sweeps at B get the same number
 SWEEP_SEED, LADDER_SEEDS, CONFIRM_SEEDS = 100, (101, 102, 103), (101, 102, 103)

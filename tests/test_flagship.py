@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from experiments import byo_task, common, early_stop_recovery, fair_tuning, flagship_report
+from experiments import byo_task, early_stop_recovery, fair_tuning, flagship_report
 from framework.config import DataConfig
+from harness import studies
 from tests.conftest import tiny_config
 
 
@@ -33,10 +34,10 @@ def test_byo_file_is_deterministic_distinct_and_read_like_any_user_file(tmp_path
 
 def test_a_saved_run_serves_a_plan_that_trains_less_far(tmp_path):
     cfg = tiny_config(tmp_path / "a")
-    assert common.same_run(dataclasses.replace(cfg, out_dir="x"), cfg)
-    assert common.same_run(cfg, dataclasses.replace(cfg, train_until=0.62))
-    assert not common.same_run(dataclasses.replace(cfg, train_until=0.62), cfg)
-    assert not common.same_run(dataclasses.replace(cfg, seed=1), cfg)
+    assert studies.same_run(dataclasses.replace(cfg, out_dir="x"), cfg)
+    assert studies.same_run(cfg, dataclasses.replace(cfg, train_until=0.62))
+    assert not studies.same_run(dataclasses.replace(cfg, train_until=0.62), cfg)
+    assert not studies.same_run(dataclasses.replace(cfg, seed=1), cfg)
 
 
 def _seed(seed, full, anytime62, anytime5, oracle62, ctrl_frac, ctrl_test):
@@ -126,11 +127,11 @@ def _pair_worker(task, seed):
 
 def test_pairs_run_in_other_processes_keep_their_order_and_raise_a_failure():
     pairs = [("addition", 0), ("multihop", 1), ("byo", 2)]
-    got = common.run_pairs(pairs, _pair_worker, jobs=2, t0=0.0)
+    got = studies.run_pairs(pairs, _pair_worker, jobs=2, t0=0.0)
     assert [(g["task"], g["seed"]) for g in got] == pairs
     assert os.getpid() not in {g["pid"] for g in got}
     with pytest.raises(ValueError, match="byo seed 13 failed"):
-        common.run_pairs([("addition", 0), ("byo", 13)], _pair_worker, jobs=2, t0=0.0)
+        studies.run_pairs([("addition", 0), ("byo", 13)], _pair_worker, jobs=2, t0=0.0)
 
 
 def test_jobs_below_one_is_refused_before_anything_runs(tmp_path):
@@ -143,7 +144,7 @@ def test_worker_output_is_prefixed_line_by_line_even_when_written_in_pieces():
     import io
 
     out = io.StringIO()
-    stream = common.PrefixedLines("[byo seed 3] ", out)
+    stream = studies.PrefixedLines("[byo seed 3] ", out)
     stream.write("  periodic 0.10: step 25")
     assert out.getvalue() == ""  # half a line waits for its end
     stream.write(", val EM 0.000\n  stop 0.25\nsaved")
