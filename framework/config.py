@@ -227,6 +227,14 @@ class RunConfig:
             raise ConfigError("out_dir", "a run directory is required")
         _text("out_dir", self.out_dir)
         _text("preset", self.preset, optional=True)
+        if self.preset is not None:  # a label that names the model it stands for, not another one
+            named = preset(self.preset)
+            differ = [f"{n}={getattr(self.model, n)!r}" for n in SHAPE_FIELDS
+                      if getattr(self.model, n) != getattr(named, n)]
+            if differ:
+                raise ConfigError("preset", f"preset {self.preset!r} is not the model given ({', '.join(differ)}): "
+                                            f"pass model=preset({self.preset!r}), or preset=None for a model of "
+                                            "your own")
         _text("init_from", self.init_from, optional=True)
         _text("branch_from", self.branch_from, optional=True)
         _positive_int("budget_tokens", self.budget_tokens)
@@ -252,6 +260,9 @@ class RunConfig:
             raise ConfigError("train_until", f"{self.train_until!r} must be a budget fraction in (0, 1]")
         if self.every_tokens is not None:
             _positive_int("every_tokens", self.every_tokens)
+            if self.every_tokens > self.budget_tokens:
+                raise ConfigError("every_tokens", f"{self.every_tokens:,} is more than budget_tokens "
+                                                  f"{self.budget_tokens:,}: no periodic checkpoint would be saved")
         for field in ("curriculum_args", "pacing_args", "scorer_args"):
             args = getattr(self, field)
             if not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):
@@ -260,6 +271,10 @@ class RunConfig:
             raise ConfigError("scorer_percentile", f"{self.scorer_percentile!r} must be true or false")
         for h in self.ema_half_lives:
             _positive_int("ema_half_lives", h)
+            if h > self.budget_tokens:
+                raise ConfigError("ema_half_lives", f"half-life {h:,} is more than budget_tokens "
+                                                    f"{self.budget_tokens:,}: that average would still be mostly "
+                                                    "its first steps at the end")
         if len(set(self.ema_half_lives)) != len(self.ema_half_lives):
             raise ConfigError("ema_half_lives", f"{list(self.ema_half_lives)} repeats a half-life")
         if self.swa_start is not None and not (_is_number(self.swa_start) and 0.0 <= self.swa_start < 1.0):
@@ -329,15 +344,29 @@ def parse_tokens(text: str | int, field: str = "budget_tokens") -> int:
     return int(round(value))
 
 
-def parse_share_or_tokens(spec: str | float, planned_tokens: int, field: str) -> int:
-    """'0.62' (a share of `planned_tokens`, <= 1) or a token count ('40000', '500k', '1.2M') -> tokens."""
+def parse_share_or_tokens(spec: str | float, planned_tokens: int, field: str, minimum: int = 1) -> int:
+    """'0.62' (a share of `planned_tokens`, in (0, 1]) or a whole token count ('40000', '500k', '1.2M')
+    -> tokens. Anything else is a ConfigError naming `field`: 0 or less, a number above 1 that is not
+    whole ('1.5'), or fewer tokens than `minimum` (a caller's one batch: '2.0' is no cooldown)."""
     try:
         value = float(spec)
     except (TypeError, ValueError):
         value = math.nan
     if not math.isfinite(value):  # not a number: a count such as '500k', or an error naming `field`
-        return parse_tokens(str(spec), field)
-    return int(value * planned_tokens) if value <= 1 else int(value)
+        tokens = parse_tokens(str(spec), field)
+    elif 0 < value <= 1:
+        tokens = int(value * planned_tokens)
+    elif value > 1 and value == int(value):
+        tokens = int(value)
+    elif value <= 0:
+        raise ConfigError(field, f"{spec!r} gives no tokens: give a share of the budget (0.05) or a count (40k)")
+    else:
+        raise ConfigError(field, f"{spec!r} is neither a share of the budget in (0, 1] (0.05) nor a whole token "
+                                 "count (40000, 40k)")
+    if tokens < minimum:
+        raise ConfigError(field, f"{spec!r} gives {tokens:,} tokens, fewer than one batch ({minimum:,}): give a "
+                                 "share of the budget (0.05) or a count (40k)")
+    return tokens
 
 
 def _is_number(value) -> bool:

@@ -81,6 +81,9 @@ def _run(**kw):
         (_run(optim=OptimConfig(grokfast_lambda=-1.0)), "optim.grokfast_lambda", None),
         (_run(optim=OptimConfig(grokfast_alpha=1.0)), "optim.grokfast_alpha", None),
         (_run(batch_warmup=1.0), "batch_warmup", None),
+        (_run(preset="tiny"), "preset", None),  # the label says tiny, the model is small
+        (_run(every_tokens=2_000), "every_tokens", None),  # more than the 1,000-token budget
+        (_run(ema_half_lives=(500, 5_000)), "ema_half_lives", None),
         (_run(batch_warmup=0.2, batch_size=100), "batch_warmup", None),
     ],
 )
@@ -128,3 +131,32 @@ def test_parse_stops_sorts_dedupes_and_ends_at_the_budget():
 def test_presets_are_valid():
     for name, model in config.PRESETS.items():
         dataclasses.replace(_run(), model=model, preset=name).validate()
+
+
+@pytest.mark.parametrize("spec, minimum, tokens, message", [
+    ("0.05", 1, 50, None), ("1", 1, 1000, None), ("40k", 1, 40_000, None), ("400", 32, 400, None),
+    ("0", 1, None, "gives no tokens"), ("-0.1", 1, None, "gives no tokens"),
+    ("1.5", 1, None, "neither a share of the budget"), ("2.0", 32, None, r"fewer than one batch \(32\)"),
+    ("0.01", 32, None, "gives 10 tokens, fewer than one batch"),
+])
+def test_a_share_or_a_count_means_one_thing(spec, minimum, tokens, message):
+    from framework.config import parse_share_or_tokens
+
+    if message is None:
+        assert parse_share_or_tokens(spec, 1000, "tokens", minimum) == tokens
+    else:
+        with pytest.raises(ConfigError, match=message):
+            parse_share_or_tokens(spec, 1000, "tokens", minimum)
+
+
+def test_the_cli_drops_the_preset_label_when_a_flag_changes_the_shape():
+    from framework.app.cli import build_parser
+    from framework.app.train_commands import config_from_args
+
+    args = build_parser().parse_args(["train", "--out", "x", "--budget-tokens", "10k", "--preset", "tiny",
+                                      "--d-model", "64"])
+    cfg = config_from_args(args)
+    assert cfg.preset is None and cfg.model.d_model == 64 and cfg.model.n_layers == 2  # the rest is tiny's
+    args = build_parser().parse_args(["train", "--out", "x", "--budget-tokens", "10k", "--preset", "tiny",
+                                      "--dropout", "0.1"])
+    assert config_from_args(args).preset == "tiny"  # dropout is no shape: still the tiny model

@@ -134,7 +134,8 @@ def test_members_of_different_models_are_a_clear_error(ens_runs, tmp_path):
     from framework.config import PRESETS
     from framework.runner.build import train
 
-    wide = tiny_config(tmp_path / "wide", model=dataclasses.replace(PRESETS["tiny"], d_model=48, n_heads=2))
+    wide = tiny_config(tmp_path / "wide", model=dataclasses.replace(PRESETS["tiny"], d_model=48, n_heads=2),
+                       preset=None)
     train(wide, show_progress=False)
     with pytest.raises(ConfigError, match="members must share one model config"):
         select.select([ens_runs[0].out_dir, wide.out_dir], wide.budget_tokens, 1, log=lambda _: None)

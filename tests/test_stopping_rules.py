@@ -289,7 +289,10 @@ def test_cooldown_bad_input_is_one_clear_line(trained_run, tmp_path, capsys):
     cfg, _ = trained_run
     for args, message in [(["--from", "0.1", "--tokens", "0.05"], "from: no checkpoint"),
                           (["--from", "half", "--tokens", "0.05"], "from: 'half' is not a budget fraction"),
-                          (["--from", "0.5", "--tokens", "0"], "tokens: '0' gives no extra tokens")]:
+                          (["--from", "0.5", "--tokens", "0"], "tokens: '0' gives no tokens"),
+                          (["--from", "0.5", "--tokens", "2.0"], "tokens: '2.0' gives 2 tokens, fewer than one batch"),
+                          (["--from", "0.5", "--tokens", "1.5"], "tokens: '1.5' is neither a share of the budget"),
+                          (["--from", "0.7", "--tokens", "0.05"], "from: no checkpoint")]:
         assert main(["cooldown", cfg.out_dir, *args, "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "x").exists()

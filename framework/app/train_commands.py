@@ -14,6 +14,7 @@ from framework.app.flags import add_train_flags, train_flags
 from framework.app.python_files import call_function_of
 from framework.config import (
     PRESETS,
+    SHAPE_FIELDS,
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -110,6 +111,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise
         except ValueError:
             raise ConfigError(flag.replace("_", "-"), f"cannot parse {value!r}") from None
+    if any(TRAIN_FLAGS[f].section == "model" and TRAIN_FLAGS[f].field in SHAPE_FIELDS for f in given):
+        sections["run"]["preset"] = None  # a shape of the user's own: no preset names it any more
     if "budget_tokens" not in sections["run"]:
         raise ConfigError("budget-tokens", "required (for example --budget-tokens 2M)")
     if "out_dir" not in sections["run"]:
@@ -143,9 +146,7 @@ def _cmd_train(args) -> int:
     if args.cooldown_on_stop is not None:  # checked before anything trains
         if not cfg.stop_rules:
             raise ConfigError("cooldown-on-stop", "needs a --stop-rule to fire (e.g. budget:price=8)")
-        if parse_share_or_tokens(args.cooldown_on_stop, cfg.budget_tokens, "cooldown-on-stop") <= 0:
-            raise ConfigError("cooldown-on-stop", f"{args.cooldown_on_stop!r} gives no tokens: give a share of the "
-                                                  "budget (0.1) or a count (40k)")
+        parse_share_or_tokens(args.cooldown_on_stop, cfg.budget_tokens, "cooldown-on-stop", minimum=cfg.batch_size)
     check(cfg)  # the stopping rules, the run directory, init_from: what validate() leaves to the build
     from framework.data.encoding import prepare  # datasets, not jax: a bad file or column fails here
 
@@ -240,7 +241,7 @@ def _cmd_cooldown(args) -> int:
                           "if you trust that run directory")
     from framework.runner.build import train
 
-    print(f"cooldown of {args.run_dir} from {cfg.optim.decay_start:,} tokens: learning rate "
+    print(f"cooldown of {args.run_dir} from {cfg.branch_from} ({cfg.optim.decay_start:,} tokens): learning rate "
           f"{cfg.optim.peak_lr:.2e} -> 0 ({cfg.optim.decay_shape}) over "
           f"{cfg.budget_tokens - cfg.optim.decay_start:,} tokens, into {cfg.out_dir}")
     print(_format_stops(train(cfg, show_progress=not args.no_progress)))

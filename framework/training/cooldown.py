@@ -20,7 +20,8 @@ from framework.errors import ConfigError
 
 
 def pick_checkpoint(run_dir: str, spec: str) -> dict:
-    """The checkpoint labelled with fraction `spec`, else the latest with tokens <= spec * budget."""
+    """The checkpoint labelled with fraction `spec`, else the latest with tokens <= spec * budget if it
+    is within one training step of it; anything further is an error listing the fractions there are."""
     cfg = load_run_config(run_dir)
     try:
         f = float(spec)
@@ -31,9 +32,12 @@ def pick_checkpoint(run_dir: str, spec: str) -> dict:
     if labelled:
         return labelled[-1]
     under = [c for c in ckpts if c["tokens"] <= f * cfg.budget_tokens]
-    if not under:
-        raise ConfigError("from", f"no checkpoint of {run_dir} within {f} of its budget",
-                          [round(c["fraction"], 3) for c in ckpts] or ["no checkpoints"])
+    # One step's tokens, as the run trained them (its last checkpoint's tokens per step).
+    step_tokens = max(ckpts[-1]["tokens"] / max(ckpts[-1]["step"], 1), 1.0) if ckpts else 0.0
+    if not under or f * cfg.budget_tokens - under[-1]["tokens"] > step_tokens:
+        raise ConfigError("from", f"no checkpoint of {run_dir} at {f} of its budget (within one step, "
+                                  f"{step_tokens:,.0f} tokens)", [round(c["fraction"], 3) for c in ckpts] or
+                          ["no checkpoints"])
     return under[-1]
 
 
@@ -52,10 +56,7 @@ def cooldown_config(run_dir: str, from_spec: str, tokens_spec: str, out_dir: str
     checkpoint (a stopped one too) instead of the one `from_spec` picks."""
     src = load_run_config(run_dir)
     ckpt = pick_checkpoint(run_dir, from_spec) if step is None else checkpoint_at(run_dir, step)
-    extra = parse_share_or_tokens(tokens_spec, src.budget_tokens, "tokens")
-    if extra <= 0:
-        raise ConfigError("tokens", f"{tokens_spec!r} gives no extra tokens: give a fraction of the budget (0.05) "
-                                    "or a count (40k)")
+    extra = parse_share_or_tokens(tokens_spec, src.budget_tokens, "tokens", minimum=src.batch_size)
     lr = float(_schedule(src)(ckpt["tokens"]))
     out = out_dir or f"{run_dir.rstrip('/')}-cooldown{ckpt['fraction']:g}+{tokens_spec}"
     cfg = dataclasses.replace(
