@@ -63,6 +63,35 @@ def recovery(em_ensemble: float, em_at_budget: float, em_full: float | None) -> 
     return (em_ensemble - em_at_budget) / (em_full - em_at_budget)
 
 
+def recovery_interval(em_ensemble: float, em_at_budget: float, em_full: float | None, n: int) -> dict | None:
+    """Recovery with its 95% half-width, and whether the gap itself is within noise: each EM is a
+    share of `n` test prompts (binomial standard error); the ratio's error by the delta method. The
+    three models answer the same prompts, so leaving out their covariance makes the interval wider,
+    not narrower. None without a full-budget EM."""
+    if em_full is None or n <= 0:
+        return None
+    var = [p * (1 - p) / n for p in (em_ensemble, em_at_budget, em_full)]
+    gap, won = em_full - em_at_budget, em_ensemble - em_at_budget
+    gap_hw = 1.96 * (var[2] + var[1]) ** 0.5
+    out = {"gap": gap, "gap_half_width": gap_hw, "within_noise": gap <= gap_hw, "recovery": None,
+           "half_width": None}
+    if gap > 0:
+        r = won / gap
+        out["recovery"] = r
+        out["half_width"] = 1.96 * ((var[0] + var[1]) + r * r * (var[2] + var[1])) ** 0.5 / gap
+    return out
+
+
+def describe_recovery(ci: dict | None) -> str:
+    """One line: "35.0% ± 12.1% (95%)", or why there is no recovery to speak of."""
+    if ci is None:
+        return "n/a (no full-budget checkpoint)"
+    gap = f"gap {ci['gap']:.3f} ± {ci['gap_half_width']:.3f}"
+    if ci["within_noise"]:
+        return f"within noise: the full-budget model is not measurably better than the early-stopped one ({gap})"
+    return f"{ci['recovery']:.1%} ± {ci['half_width']:.1%} (95%; {gap})"
+
+
 def baselines(store: ParamStore, run_dir: str, budget_tokens: int, split: str = "test") -> dict[str, Any]:
     """The plain early-stopped model (latest checkpoint within budget) and the full-budget one."""
     under = run_members(run_dir, budget_tokens)
@@ -97,6 +126,7 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
     base = baselines(store, run_dirs[0], budget_tokens)
     at, full = base.get("single_at_budget"), base.get("single_full")
     rec = recovery(test["em"], at["em"], full["em"] if full else None) if at else None
+    rec_ci = recovery_interval(test["em"], at["em"], full["em"] if full else None, test["n"]) if at else None
     first = store.run(run_dirs[0])
     manifest = {
         "format": FORMAT,
@@ -113,6 +143,7 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
         "test": test,
         "baselines": base,
         "recovery": rec,
+        "recovery_interval": rec_ci,
         "model": dataclasses.asdict(first.cfg.model),
         "candidates": [{"method": c.method, "members": [m.label for m in c.members], "run": c.members[0].run,
                         "inference_cost": c.inference_cost, "training_tokens": c.training_tokens, "val_em": s}

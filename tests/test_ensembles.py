@@ -1,6 +1,7 @@
 """Selection under budgets, ensemble artifacts and `recoup ensemble build / eval`."""
 
 import json
+import os
 
 import jax
 import pytest
@@ -229,3 +230,32 @@ def test_validation_em_that_training_logged_is_read_not_recomputed(ens_runs, mon
     last = members.run_members(run_dir)[-1]
     assert members.strict_em(store, Candidate("single", (last,), (1.0,), "weights"), "validation") == \
         store.metadata(run_dir, last.step)["val_em"]
+
+
+def test_recovery_comes_with_its_uncertainty_and_a_gap_in_the_noise_says_so():
+    from ensembles.artifact import describe_recovery, recovery_interval
+
+    noisy = recovery_interval(0.030, 0.000, 0.010, n=300)  # the issue's "recovery: 300.0%"
+    assert noisy["within_noise"] and describe_recovery(noisy).startswith("within noise")
+    clear = recovery_interval(0.60, 0.40, 0.90, n=2000)
+    assert not clear["within_noise"] and abs(clear["recovery"] - 0.4) < 1e-12
+    assert 0.02 < clear["half_width"] < 0.1  # about 6 points at n = 2000
+    assert describe_recovery(clear).startswith("40.0% ± ")
+    assert recovery_interval(0.5, 0.4, 0.9, n=200)["half_width"] > clear["half_width"]  # fewer prompts, wider
+    assert describe_recovery(None).startswith("n/a")
+
+
+def test_report_refuses_runs_of_different_data(tmp_path):
+    from framework.app.report import write_report
+    from framework.config import CONFIG_FILE, DataConfig
+
+    dirs = []
+    for name, data in (("a", DataConfig(task="addition", max_digits=3)), ("b", DataConfig(task="multihop"))):
+        cfg = tiny_config(tmp_path / name, data=data)
+        os.makedirs(cfg.out_dir)
+        with open(os.path.join(cfg.out_dir, CONFIG_FILE), "w") as f:
+            f.write(cfg.dumps())
+        dirs.append(cfg.out_dir)
+    with pytest.raises(ConfigError, match="other data than .*a report averages runs of one task"):
+        write_report(dirs, str(tmp_path / "report"))
+    assert not (tmp_path / "report").exists()

@@ -130,8 +130,9 @@ def _cmd_ensemble_build(args) -> int:
     for key, name in (("single_at_budget", "single model at the budget"), ("single_full", "full-budget model")):
         if key in base:
             print(f"  {name}: test EM {base[key]['em']:.4f} (step {base[key]['step']}, {base[key]['tokens']:,} tokens)")
-    rec = manifest["recovery"]
-    print("  recovery: " + ("n/a (no full-budget checkpoint, or no gap to recover)" if rec is None else f"{rec:.1%}"))
+    from ensembles.artifact import describe_recovery
+
+    print("  recovery: " + describe_recovery(manifest.get("recovery_interval")))
     return 0
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from framework.config import load_run_config
+from framework.config import SHAPE_FIELDS, load_run_config
 from framework.errors import ConfigError
 
 KINDS = ("single", "average", "output", "cooldown")
@@ -144,8 +144,14 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max_cost: int = 3,
                  log=print) -> dict:
-    for d in run_dirs:
-        load_run_config(d)  # every input is a run directory, before any work
+    cfgs = [load_run_config(d) for d in run_dirs]  # every input is a run directory, before any work
+    for d, cfg in zip(run_dirs[1:], cfgs[1:], strict=True):  # seeds of one task: one data, one model
+        if cfg.data != cfgs[0].data:
+            raise ConfigError("run_dirs", f"{d} was trained on other data than {run_dirs[0]} ({cfg.data} vs "
+                                          f"{cfgs[0].data}); a report averages runs of one task and data")
+        if any(getattr(cfg.model, f) != getattr(cfgs[0].model, f) for f in SHAPE_FIELDS):
+            raise ConfigError("run_dirs", f"{d} trains another model than {run_dirs[0]}; a report compares runs "
+                                          "of one model")
     if os.path.isfile(out_dir):
         raise ConfigError("out", f"{out_dir} is a file; give a directory for the report")
     points = collect(run_dirs, max_cost, log)
