@@ -15,6 +15,7 @@ import pytest
 
 from ensembles import artifact
 from ensembles.members import COMBINERS, ParamStore
+from framework.errors import ConfigError
 from framework.serving import generation
 from framework.serving.completions import APIError, parse
 from framework.serving.generation import Buckets, Completion, Row, apply_stop
@@ -158,9 +159,9 @@ BAD = [  # (raw body or JSON object, status, words the message must contain)
     ({"model": "avg", "prompt": ["1+1=", 5]}, 400, "prompt"),
     (b'{"model": "avg", "prompt": "1+\\ud800="}', 400, "not valid Unicode"),
     (b'{"model": "avg", "prompt": "1+1=", "temperature": NaN}', 400, "temperature"),
-    ({"model": "avg", "prompt": "9" * 40}, 400, "at most 32"),
-    ({"model": "avg", "prompt": "1+1=", "max_tokens": 0}, 400, "max_tokens must be an integer from 1 to 16"),
-    ({"model": "avg", "prompt": "1+1=", "max_tokens": 17}, 400, "max_tokens"),
+    ({"model": "avg", "prompt": "9" * 2000}, 400, "maximum context length is 1024"),
+    ({"model": "avg", "prompt": "1+1=", "max_tokens": 0}, 400, "max_tokens must be an integer from 1 to 1023"),
+    ({"model": "avg", "prompt": "1+1=", "max_tokens": 1024}, 400, "max_tokens"),
     ({"model": "avg", "prompt": "1+1=", "max_tokens": "5"}, 400, "max_tokens"),
     ({"model": "avg", "prompt": "1+1=", "max_tokens": True}, 400, "max_tokens"),
     ({"model": "avg", "prompt": "1+1=", "temperature": -1}, 400, "temperature"),
@@ -184,6 +185,41 @@ def test_bad_input_is_a_4xx_with_an_openai_error_body(served, body, status, word
     err = r.json()["error"]
     assert words in err["message"] and err["type"] == "invalid_request_error"
     assert httpx.get(server.url + "/health").status_code == 200  # the server is still up
+
+
+def test_a_request_past_the_compiled_buckets_is_served_and_agrees_with_one_inside_them(served):
+    """Buckets are what is compiled ahead, not a limit (issue 21): max_tokens 40 > the largest new-token
+    bucket (16) and a 40-token prompt > the prompt bucket (32) compile their own shapes once."""
+    server, _, _ = served
+    short = _complete(server.url, model="avg", prompt="12+34=", max_tokens=16)["choices"][0]
+    long = _complete(server.url, model="avg", prompt="12+34=", max_tokens=40, user="client-7")["choices"][0]
+    if short["finish_reason"] == "stop":  # EOS before 16 tokens: the longer budget changes nothing
+        assert long["text"] == short["text"] and long["finish_reason"] == "stop"
+    else:
+        assert long["text"].startswith(short["text"])
+    assert _complete(server.url, model="avg", prompt="1" * 39 + "=", max_tokens=2)["choices"][0]["text"] is not None
+    no_limit = _complete(server.url, model="avg", prompt="12+34=")  # OpenAI's default 16
+    assert no_limit["usage"]["completion_tokens"] <= 16
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v1/chat/completions"), ("GET", "/v1/completions"),
+                                          ("GET", "/nope")])
+def test_an_unknown_route_gets_an_openai_error_body(served, method, path):
+    server, _, _ = served
+    r = httpx.request(method, server.url + path, json={"model": "avg"}, timeout=30)
+    assert r.status_code in (404, 405)
+    err = r.json()["error"]
+    assert "recoup serves POST /v1/completions" in err["message"] and err["code"] == "unknown_url"
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    from framework.serving.server import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(ConfigError, match=r"port: cannot listen on 127.0.0.1:\d+ .*another --port"):
+            serve([str(tmp_path / "never-loaded")], port=s.getsockname()[1])
 
 
 def test_models_lists_every_served_model(served):
@@ -357,11 +393,16 @@ def test_buckets_and_the_request_limits_are_checked():
         Buckets((8, 1), (16,), (4,)).validate()
     model = generation.ServedModel("m", ".", "weights", None, None, None, context=20, info={})
     with pytest.raises(APIError, match="maximum context length is 20"):
-        parse({"model": "m", "prompt": "1" * 10, "max_tokens": 12}, {"m": model}, Buckets((1,), (32,), (16,)))
-    req = parse({"model": "m", "prompt": ["1", "2"], "seed": 5, "temperature": 1}, {"m": model},
-                Buckets((1,), (32,), (16,)))
-    assert [r.seed for r in req.rows] == [5, 6] and req.rows[0] == Row((1, 52), 16, 1.0, 5)
+        parse({"model": "m", "prompt": "1" * 10, "max_tokens": 12}, {"m": model})
+    req = parse({"model": "m", "prompt": ["1", "2"], "seed": 5, "temperature": 1, "user": "u-17"}, {"m": model})
+    assert [r.seed for r in req.rows] == [5, 6] and req.rows[0] == Row((1, 52), 16, 1.0, 5) and req.user == "u-17"
     assert np.all([r.max_tokens == 16 for r in req.rows])
+    # No max_tokens: OpenAI's 16, or what the context leaves; a prompt that fills the context is refused.
+    assert parse({"model": "m", "prompt": "1" * 10}, {"m": model}).rows[0].max_tokens == 9
+    with pytest.raises(APIError, match="leaving no room to generate"):
+        parse({"model": "m", "prompt": "1" * 19}, {"m": model})
+    with pytest.raises(APIError, match="user must be a string"):
+        parse({"model": "m", "prompt": "1", "user": 5}, {"m": model})
 
 
 def test_benchmark_sections_are_spliced_by_their_own_heading(tmp_path):

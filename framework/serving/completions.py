@@ -14,14 +14,16 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from framework.serving.generation import Buckets, Completion, Row, ServedModel, encode_prompt
+from framework.serving.generation import Completion, Row, ServedModel, encode_prompt
 
 MAX_STOPS = 4  # as OpenAI
 MAX_PROMPTS = 64  # prompts in one request (a list); each is one row of a batch
 # Accepted and ignored when they ask for what recoup does anyway; anything else is refused by name.
 NEUTRAL = {"n": 1, "stream": False, "echo": False, "logprobs": None, "best_of": 1, "top_p": 1,
-           "presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None, "user": None,
+           "presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None,
            "stream_options": None}
+DEFAULT_MAX_TOKENS = 16  # OpenAI's, for a request without max_tokens (less if the context has no room)
+MAX_USER = 256  # characters of the end-user id a client may send
 
 
 class APIError(Exception):
@@ -38,6 +40,7 @@ class CompletionRequest(NamedTuple):
     model: ServedModel
     rows: list[Row]
     stops: list[str]
+    user: str | None = None  # the end-user id OpenAI clients send; logged with the request's errors
 
 
 def _is_int(x) -> bool:
@@ -48,8 +51,9 @@ def _is_number(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
-def parse(body: Any, models: Mapping[str, ServedModel], buckets: Buckets) -> CompletionRequest:
-    """Check a decoded JSON body against the served models and the compiled shapes."""
+def parse(body: Any, models: Mapping[str, ServedModel]) -> CompletionRequest:
+    """Check a decoded JSON body against the served models and their context lengths (not against
+    the compiled shapes: a request past them compiles its own, see `generation.fit`)."""
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     for name, value in body.items():
@@ -57,7 +61,7 @@ def parse(body: Any, models: Mapping[str, ServedModel], buckets: Buckets) -> Com
             if value != NEUTRAL[name] and not (value is None or (name == "logit_bias" and value == {})):
                 raise APIError(400, f"{name}={value!r} is not supported (recoup serves {name}={NEUTRAL[name]!r})",
                                name, "unsupported_parameter")
-        elif name not in ("model", "prompt", "max_tokens", "temperature", "seed", "stop"):
+        elif name not in ("model", "prompt", "max_tokens", "temperature", "seed", "stop", "user"):
             raise APIError(400, f"unrecognized request argument supplied: {name}", name, "unknown_parameter")
     model_id = body.get("model")
     if not isinstance(model_id, str):
@@ -79,12 +83,13 @@ def parse(body: Any, models: Mapping[str, ServedModel], buckets: Buckets) -> Com
             p.encode("utf-8")
         except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") that JSON allows but UTF-8 does not
             raise APIError(400, f"prompt is not valid Unicode text ({e.reason} at {e.start})", "prompt") from None
-    max_new = min(buckets.new[-1], model.context - 1)
-    max_tokens = body.get("max_tokens", 16)
-    if max_tokens is None:
-        max_tokens = 16
-    if not _is_int(max_tokens) or not 1 <= max_tokens <= max_new:
-        raise APIError(400, f"max_tokens must be an integer from 1 to {max_new}, got {max_tokens!r}", "max_tokens")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not _is_int(max_tokens) or not 1 <= max_tokens <= model.context - 1):
+        raise APIError(400, f"max_tokens must be an integer from 1 to {model.context - 1} (the model's context "
+                            f"length less one), got {max_tokens!r}", "max_tokens")
+    user = body.get("user")
+    if user is not None and not (isinstance(user, str) and len(user) <= MAX_USER):
+        raise APIError(400, f"user must be a string of at most {MAX_USER} characters", "user")
     temperature = body.get("temperature", 0.0)
     temperature = 0.0 if temperature is None else temperature
     if not _is_number(temperature) or not 0 <= temperature <= 2:
@@ -101,17 +106,17 @@ def parse(body: Any, models: Mapping[str, ServedModel], buckets: Buckets) -> Com
     seed = uuid.uuid4().int % 2**63 if seed is None else seed  # unseeded sampling differs between requests
     for i, text in enumerate(prompts):
         tokens = encode_prompt(text)
-        limit = min(buckets.prompt[-1], model.context - 1)
-        if len(tokens) > limit:
-            raise APIError(400, f"prompt{'' if len(prompts) == 1 else f'[{i}]'} is {len(tokens)} tokens "
-                                f"(BOS included); this server takes at most {limit}", "prompt",
-                           "context_length_exceeded")
-        if len(tokens) + max_tokens > model.context:
+        if len(tokens) >= model.context:
+            raise APIError(400, f"this model's maximum context length is {model.context} tokens; "
+                                f"prompt{'' if len(prompts) == 1 else f'[{i}]'} is {len(tokens)} (BOS included), "
+                                "leaving no room to generate", "prompt", "context_length_exceeded")
+        wanted = min(DEFAULT_MAX_TOKENS, model.context - len(tokens)) if max_tokens is None else max_tokens
+        if len(tokens) + wanted > model.context:
             raise APIError(400, f"this model's maximum context length is {model.context} tokens; the prompt "
-                                f"({len(tokens)}) plus max_tokens ({max_tokens}) is more", "max_tokens",
+                                f"({len(tokens)}) plus max_tokens ({wanted}) is more", "max_tokens",
                            "context_length_exceeded")
-        rows.append(Row(tokens, max_tokens, float(temperature), (seed + i) % 2**63))
-    return CompletionRequest(model, rows, stops)
+        rows.append(Row(tokens, wanted, float(temperature), (seed + i) % 2**63))
+    return CompletionRequest(model, rows, stops, user)
 
 
 def response(req: CompletionRequest, completions: list[Completion]) -> dict[str, Any]:

@@ -53,8 +53,10 @@ class Buckets(NamedTuple):
 
 
 def fit(n: int, sizes: Sequence[int]) -> int:
-    """The smallest bucket that holds n."""
-    return next(s for s in sizes if s >= n)
+    """The smallest bucket that holds n; past the largest, the next power of two. Buckets are the
+    shapes compiled at start-up, not a limit: a longer prompt or a larger max_tokens compiles its
+    shape on first use (counted in /metrics as recoup_compilations) and reuses it after."""
+    return next((s for s in sizes if s >= n), 1 << (n - 1).bit_length())
 
 
 class Row(NamedTuple):
@@ -175,7 +177,7 @@ DECODERS = {"weights": (_decode_one, np.asarray), "logits": (_decode_logits, np.
 
 
 def generate(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[Completion]:
-    """Decode `rows` (at most the largest batch bucket, each fitting the prompt and new buckets)."""
+    """Decode `rows` (at most the largest batch bucket) in the smallest shape that holds them (`fit`)."""
     b = fit(len(rows), buckets.batch)
     p = fit(max(len(r.prompt) for r in rows), buckets.prompt)
     m = fit(max(r.max_tokens for r in rows), buckets.new)

@@ -6,7 +6,8 @@
 
 Endpoints: POST /v1/completions, GET /v1/models, GET /health (503 while loading and compiling,
 200 when ready), GET /metrics (Prometheus text). Requests are micro-batched (`batcher`) and padded
-to the compiled buckets (`generation`), so after start-up no request compiles. A client that
+to the compiled buckets (`generation`), so after start-up no request inside them compiles (one past
+them compiles its shape once: buckets are not limits). A client that
 disconnects before its answer is ready has its rows that still wait dropped, none computed; its
 request is counted in /metrics with status 499 (nginx's "client closed request"), never a 5xx.
 
@@ -22,6 +23,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +32,7 @@ from typing import TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from framework.errors import ConfigError
@@ -171,13 +174,22 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
             raise APIError(503, "the server is loading and compiling its models; retry shortly (see /health)",
                            None, "loading", "server_error")
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # an unknown route or method: OpenAI's body too
+        if e.status_code in (404, 405):
+            return error(APIError(e.status_code, f"no route {request.method} {request.url.path}: recoup serves POST "
+                                                 "/v1/completions, GET /v1/models, /health and /metrics", None,
+                                  "unknown_url"))
+        return error(APIError(e.status_code, str(e.detail)))
+
     @app.middleware("http")
     async def count(request: Request, call_next):
         t = time.perf_counter()
         try:
             response = await call_next(request)
         except Exception as e:  # noqa: BLE001 - never a bare 500 page: an OpenAI-style body, and logged
-            log(f"recoup serve: {request.url.path}: {type(e).__name__}: {e}")
+            user = getattr(request.state, "user", None)  # the client's end-user id, when it sent one
+            log(f"recoup serve: {request.url.path}{f' (user {user!r})' if user else ''}: {type(e).__name__}: {e}")
             response = error(APIError(500, f"internal error: {type(e).__name__}", kind="server_error"))
         endpoint = request.url.path if request.url.path in KNOWN else "other"
         state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
@@ -197,7 +209,8 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise APIError(400, f"the request body is not valid JSON ({e})") from None
-            req = completions.parse(body, state.models, state.buckets)
+            req = completions.parse(body, state.models)
+            request.state.user = req.user
             try:
                 done = await unless_disconnected(request, state.batcher.submit(req.model.id, req.rows))
             except QueueFull as e:
@@ -241,6 +254,13 @@ def serve(paths: Sequence[str], host: str = "127.0.0.1", port: int = 8000, api_k
     import uvicorn
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    with socket.socket() as s:  # a port in use is one line, not uvicorn's traceback after loading
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError("port", f"cannot listen on {host}:{port} ({e.strerror}); is another server there? "
+                                      "Choose another --port") from None
     app = create_app(paths, buckets, max_wait_ms, api_key, max_queue)
     print(f"recoup serve: http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'}); "
           "loading and compiling, /health says when ready", flush=True)
