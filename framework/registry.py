@@ -14,10 +14,22 @@ entry the build step asks for.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from framework.errors import ConfigError
+
+
+def import_user_module(name: str):
+    """`importlib.import_module(name)`, finding modules in the current directory as `python -m` and
+    uvicorn do (the `recoup` script alone would not look there). Only a user's own import path gets
+    here, and the directory is added once, when first needed."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
 
 
 def import_object(spec: str, field: str) -> Any:
@@ -27,7 +39,7 @@ def import_object(spec: str, field: str) -> Any:
     if not module_name or not attr:
         raise ConfigError(field, f"{spec!r} is neither a built-in name nor an import path 'module:attribute'")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except ImportError as e:
         raise ConfigError(field, f"cannot import module {module_name!r} ({e})") from None
     if not hasattr(module, attr):

@@ -242,3 +242,29 @@ def test_a_dataset_without_the_difficulty_column_is_named():
         dataset_sampler(ds, "easy-to-hard", batch_size=1, seed=0, budget_tokens=10)
     with pytest.raises(ConfigError, match="must hold numbers"):
         dataset_sampler(ds, "easy-to-hard", batch_size=1, seed=0, budget_tokens=10, difficulty_col="hardness")
+
+
+def test_the_readme_custom_curriculum_runs_as_written_from_the_directory_of_its_file(tmp_path):
+    """The README's example saved as mymod.py: `recoup train --curriculum mymod:...` finds it in the
+    current directory with no PYTHONPATH (issue 21), and `recoup cooldown` of that run asks for
+    --trust-imports, as the README says."""
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    section = readme.split("Writing your own, in your own file", 1)[1]
+    (tmp_path / "mymod.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    recoup = os.path.join(os.path.dirname(sys.executable), "recoup")  # the console script: cwd is not on its path
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    train = [recoup, "train", "--task", "addition", "--max-digits", "3", "--n-examples", "2000", "--val-size", "50",
+             "--test-size", "50", "--preset", "tiny", "--batch-size", "32", "--budget-tokens", "12k", "--stops",
+             "0.5,1.0", "--curriculum", "mymod:fewest_first", "--curriculum-arg", "replay=0.25",
+             "--pacing", "mymod:warm_then_all", "--out", "run", "--no-progress"]
+    done = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cool = [recoup, "cooldown", "run", "--from", "0.5", "--tokens", "0.1", "--no-progress"]
+    refused = subprocess.run(cool, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--trust-imports" in refused.stderr
+    assert "--trust-imports" in readme.split("Writing your own, in your own file", 1)[1].split("\n## ", 1)[0]

@@ -8,6 +8,7 @@ import importlib.util
 import os
 
 from framework.errors import ConfigError
+from framework.registry import import_user_module
 
 
 def call_function_of(spec: str, field: str, function: str, example: str = ""):
@@ -24,7 +25,7 @@ def call_function_of(spec: str, field: str, function: str, example: str = ""):
         elif not spec or spec.startswith(".") or "/" in spec:  # import_module would raise ValueError or TypeError
             raise ConfigError(field, f"{spec!r} is neither a .py file nor a module name{example}")
         else:
-            module = importlib.import_module(spec)
+            module = import_user_module(spec)  # found in the current directory too
     except ImportError as e:
         raise ConfigError(field, f"cannot import {spec!r}: {e}") from None
     except SyntaxError as e:  # also bytes that are not UTF-8 text, and NUL bytes
