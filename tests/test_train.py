@@ -286,3 +286,23 @@ def test_train_until_must_be_a_budget_fraction(tmp_path):
     for bad in (0, 1.5, "half", float("nan")):
         with pytest.raises(ConfigError, match="train_until"):
             tiny_config(tmp_path, train_until=bad).validate()
+
+
+def test_progress_off_a_terminal_is_whole_lines(capsys):
+    """Piped to a file, progress is plain lines (issue 21): no carriage returns to run into the
+    evaluation lines, and the evaluation lines themselves go to stdout whole."""
+    from framework.training.progress import PlainProgress, progress
+
+    bar = progress(1000, 0, "run", enabled=True)  # pytest's stderr is no terminal
+    assert isinstance(bar, PlainProgress)
+    bar.every_s = 0.0
+    bar.set_postfix(loss="0.5000")
+    bar.update(250)
+    bar.write("  stop 0.25: step 10")
+    out, err = capsys.readouterr()
+    assert out == "  stop 0.25: step 10\n" and "\r" not in err
+    assert err.startswith("run: 250/1,000 tokens (25%), ") and err.rstrip().endswith("loss 0.5000")
+    quiet = progress(1000, 0, "run", enabled=False)
+    quiet.every_s = 0.0
+    quiet.update(10)
+    assert capsys.readouterr().err == ""

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import read_metrics, write_atomic
@@ -37,6 +36,7 @@ from framework.stopping.rules import Observation
 from framework.training import averages as running
 from framework.training import sharding
 from framework.training.parts import Parts
+from framework.training.progress import progress
 from framework.training.state import Progress, TrainState, pending_of, restore, restore_from, save
 from framework.training.step import make_train_step
 
@@ -259,10 +259,8 @@ class Session:
     def open_log(self, state: TrainState, show_progress: bool) -> None:
         cfg = self.cfg
         self.log = _open_metrics(self.metrics_path)
-        self.bar = tqdm(total=self.parts.points[-1].tokens, initial=state.progress.tokens, unit="tok",
-                        unit_scale=True, disable=not (show_progress and sharding.is_primary()),
-                        desc=os.path.basename(os.path.normpath(cfg.out_dir)),
-                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        self.bar = progress(self.parts.points[-1].tokens, state.progress.tokens,
+                            os.path.basename(os.path.normpath(cfg.out_dir)), show_progress and sharding.is_primary())
         self.started = time.perf_counter()
         self.window.reset()
 
