@@ -137,11 +137,16 @@ def test_config_file_supplies_defaults_that_flags_override(tmp_path):
     argv = ["train", "--config", os.path.join(os.path.dirname(__file__), "..", "experiments", "demo.py"),
             "--preset", "tiny", "--budget-tokens", "3k", "--max-digits", "3", "--n-examples", "1000",
             "--val-size", "20", "--test-size", "20", "--out", out, "--no-progress"]
+    # The file's 40k checkpoint cadence and 20k/80k EMAs do not fit a 3k budget: an error naming both
+    # (issue 21), not a run that silently keeps them.
+    assert main(argv) == 2 and not os.path.exists(out)
+    argv += ["--every-tokens", "1k", "--ema-half-life", "500,1k"]
     assert main(argv) == 0
     saved = json.load(open(os.path.join(out, "config.json")))
     assert saved["budget_tokens"] == 3_000 and saved["data"]["max_digits"] == 3  # flags
     assert saved["optim"]["warmup_frac"] == 0.15 and saved["data"]["test_size"] == 20  # file, then flag
     assert saved["preset"] == "tiny" and saved["model"]["d_model"] == 32
+    assert saved["every_tokens"] == 1_000 and saved["ema_half_lives"] == [500, 1_000]
 
 
 def test_unknown_config_module_is_a_clear_error(tmp_path, capsys):

@@ -18,7 +18,7 @@ UNSAFE_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "cloudpickle
 # The only places that import by name: `--config FILE|MODULE`, `recoup sweep --space FILE|MODULE` and
 # `module:attr` curricula, pacings and scorers, which the user names (a saved config naming one needs
 # --trust-imports, below).
-IMPORTERS = {os.path.join("framework", "app", "python_files.py"), os.path.join("curricula", "registry.py")}
+IMPORTERS = {os.path.join("framework", "app", "python_files.py"), os.path.join("framework", "registry.py")}
 
 
 def _sources():
