@@ -109,14 +109,14 @@ def baselines(store: ParamStore, run_dir: str, budget_tokens: int, split: str = 
 
 
 def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, method: str = "auto",
-          log=print) -> dict[str, Any]:
+          log=print, allow_changed_data: bool = False) -> dict[str, Any]:
     """Select on validation, write the ensemble, then score it and the baselines on test."""
     if os.path.exists(os.path.join(out_dir, MANIFEST)):
         raise ConfigError("out", f"{out_dir} already holds an ensemble; choose another --out")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ConfigError("out", f"{out_dir} is not empty; choose a new directory for the ensemble")
     t0 = time.perf_counter()
-    store = ParamStore()
+    store = ParamStore(allow_changed_data=allow_changed_data)
     log(f"scoring candidates on the {SELECTION_SPLIT} split (budget {budget_tokens:,} tokens, max cost {max_cost})")
     sel = select(run_dirs, budget_tokens, max_cost, method, store=store, log=log)
     best = sel.best
@@ -149,6 +149,7 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
                         "inference_cost": c.inference_cost, "training_tokens": c.training_tokens, "val_em": s}
                        for c, s in sel.scored],
         "build_s": None,
+        **({"data_changed": store.data_changes()} if store.data_changes() else {}),
     }
     os.makedirs(out_dir, exist_ok=True)
     if best.one_model:
@@ -222,13 +223,13 @@ def candidate_of(manifest: dict[str, Any]) -> Candidate:
     return Candidate(manifest["method"], members, weights, manifest["combine"])
 
 
-def evaluate_ensemble(ens_dir: str, split: str = "test") -> dict[str, Any]:
+def evaluate_ensemble(ens_dir: str, split: str = "test", allow_changed_data: bool = False) -> dict[str, Any]:
     """The same fields as `recoup eval`'s JSON, for an ensemble directory."""
     if split not in SPLITS:
         raise ConfigError("split", f"unknown split {split!r}", SPLITS)
     manifest = load_manifest(ens_dir)
     c = candidate_of(manifest)
-    store = ParamStore()
+    store = ParamStore(allow_changed_data=allow_changed_data)
     model = None
     if c.one_model:  # the saved average, not a recomputation from the members
         run = store.run(c.members[0].run)
@@ -236,4 +237,5 @@ def evaluate_ensemble(ens_dir: str, split: str = "test") -> dict[str, Any]:
     result = evaluate_candidate(store, c, split, model)
     return {"run_dir": ens_dir, "step": None, "tokens": manifest["training_tokens"],
             "fraction": manifest["budgets"]["fraction"], "split": split, **result,
-            "method": manifest["method"], "inference_cost": manifest["inference_cost"]}
+            "method": manifest["method"], "inference_cost": manifest["inference_cost"],
+            **({"data_changed": store.data_changes()} if store.data_changes() else {})}

@@ -81,7 +81,8 @@ class ParamStore:
     flat for large models (`average` streams whatever is not kept straight from disk) without
     thrashing on small ones."""
 
-    def __init__(self, max_trees: int | None = None, max_bytes: int = 2 << 30):
+    def __init__(self, max_trees: int | None = None, max_bytes: int = 2 << 30, allow_changed_data: bool = False):
+        self.allow_changed_data = allow_changed_data  # read runs whose data changed since (framework.data.identity)
         self._runs: dict[str, Run] = {}
         self._metadata: dict[str, dict[int, dict]] = {}
         self._splits: dict[DataConfig, dict] = {}
@@ -91,8 +92,13 @@ class ParamStore:
 
     def run(self, run_dir: str) -> Run:
         if run_dir not in self._runs:
-            self._runs[run_dir] = open_run(run_dir, prepare_data=self._prepare)
+            self._runs[run_dir] = open_run(run_dir, prepare_data=self._prepare,
+                                           allow_changed_data=self.allow_changed_data)
         return self._runs[run_dir]
+
+    def data_changes(self) -> list[str]:
+        """What differed from the runs' data records, for the runs read so far (with allow_changed_data)."""
+        return [f"{d}: {c}" for d, run in self._runs.items() for c in run.data_changes]
 
     def _prepare(self, data: DataConfig) -> dict:
         """The splits of `data`, built once: a run's cooldowns, schedules and curricula read the same

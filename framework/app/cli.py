@@ -30,6 +30,7 @@ from framework import __version__
 from framework.app import train_commands
 from framework.app.flags import int_list
 from framework.app.python_files import call_function_of
+from framework.app.train_commands import ALLOW_HELP
 from framework.config import load_run_config, parse_tokens
 from framework.errors import ConfigError, RecoupError
 from framework.sweeps.report import DEFAULT_LEVELS
@@ -76,7 +77,7 @@ def _cmd_report(args) -> int:
     prices = _prices(args.prices) if args.prices else [0.5, 2.0, 10.0]
     if args.max_cost < 1:
         raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
-    write_report(args.run_dirs, args.out, prices, args.max_cost)
+    write_report(args.run_dirs, args.out, prices, args.max_cost, allow_changed_data=args.allow_changed_data)
     print(f"wrote {args.out}/report.md and {args.out}/em_vs_tokens.png")
     return 0
 
@@ -98,6 +99,7 @@ def _add_report_parser(sub) -> None:
     r.add_argument("--out", required=True, help="directory for report.md, report.json and em_vs_tokens.png")
     r.add_argument("--max-cost", type=int, default=3, help="largest output ensemble considered (default 3)")
     r.add_argument("--prices", help="EM points per million tokens for 'what to ship' (default 0.5,2,10)")
+    r.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     r.set_defaults(func=_cmd_report)
 
 
@@ -119,7 +121,8 @@ def _cmd_ensemble_build(args) -> int:
 
     budget = parse_budget(args.budget, cfgs[0].budget_tokens)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    manifest = build(args.run_dirs, budget, args.max_cost, args.out, args.method, log=log)
+    manifest = build(args.run_dirs, budget, args.max_cost, args.out, args.method, log=log,
+                     allow_changed_data=args.allow_changed_data)
     if args.json:
         print(json.dumps({k: v for k, v in manifest.items() if k != "candidates"}, indent=2))
         return 0
@@ -133,6 +136,7 @@ def _cmd_ensemble_build(args) -> int:
     from ensembles.artifact import describe_recovery
 
     print("  recovery: " + describe_recovery(manifest.get("recovery_interval")))
+    _note_changed_data(manifest.get("data_changed"))
     return 0
 
 
@@ -140,7 +144,7 @@ def _cmd_ensemble_eval(args) -> int:
     from ensembles.artifact import evaluate_ensemble, load_manifest
 
     load_manifest(args.ens_dir)  # a clear error before jax work
-    result = evaluate_ensemble(args.ens_dir, args.split)
+    result = evaluate_ensemble(args.ens_dir, args.split, allow_changed_data=args.allow_changed_data)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -148,7 +152,14 @@ def _cmd_ensemble_eval(args) -> int:
               f"n={result['n']}")
         print(f"  EM {result['em']:.4f}  strict EM {result['strict_em']:.4f}  F1 {result['f1']:.4f}  "
               f"(teacher-forced strict EM {result['teacher_forced_strict_em']:.4f})")
+    _note_changed_data(result.get("data_changed"))
     return 0
+
+
+def _note_changed_data(changes: list[str] | None) -> None:
+    """--allow-changed-data went on: say so beside the figures."""
+    if changes:
+        print("NOTE: the data changed since training: " + "; ".join(changes), file=sys.stderr)
 
 
 def _add_ensemble_parser(sub) -> None:
@@ -163,11 +174,13 @@ def _add_ensemble_parser(sub) -> None:
     b.add_argument("--method", default="auto", help=f"{'|'.join(ENSEMBLE_METHODS)} (default auto: the best)")
     b.add_argument("--out", required=True, help="new directory for the ensemble")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON (progress goes to stderr)")
+    b.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     b.set_defaults(func=_cmd_ensemble_build)
     e = ens_sub.add_parser("eval", help="greedy-decode an ensemble on a split and score it")
     e.add_argument("ens_dir")
     e.add_argument("--split", default="test", help="train|validation|test (default test)")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     e.set_defaults(func=_cmd_ensemble_eval)
 
 

@@ -43,12 +43,12 @@ class Point(NamedTuple):
     what: str  # e.g. "ema[ema-20000@159]"
 
 
-def collect(run_dirs: list[str], max_cost: int = 3, log=print) -> list[Point]:
+def collect(run_dirs: list[str], max_cost: int = 3, log=print, allow_changed_data: bool = False) -> list[Point]:
     # jax: only after the inputs are checked
     from ensembles.members import Candidate, ParamStore, run_members, strict_em
     from ensembles.select import select
 
-    points, store = [], ParamStore()
+    points, store = [], ParamStore(allow_changed_data=allow_changed_data)
     for run in run_dirs:
         cfg = load_run_config(run)
         if cfg.branch_from:  # a cooldown: its last checkpoint, at the tokens it really used
@@ -143,7 +143,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 
 def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max_cost: int = 3,
-                 log=print) -> dict:
+                 log=print, allow_changed_data: bool = False) -> dict:
     cfgs = [load_run_config(d) for d in run_dirs]  # every input is a run directory, before any work
     for d, cfg in zip(run_dirs[1:], cfgs[1:], strict=True):  # seeds of one task: one data, one model
         if cfg.data != cfgs[0].data:
@@ -154,7 +154,7 @@ def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max
                                           "of one model")
     if os.path.isfile(out_dir):
         raise ConfigError("out", f"{out_dir} is a file; give a directory for the report")
-    points = collect(run_dirs, max_cost, log)
+    points = collect(run_dirs, max_cost, log, allow_changed_data)
     if not points:
         raise ConfigError("run_dirs", f"no checkpoints to report in {', '.join(run_dirs)}")
     rows = aggregate(points)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from framework.app.flags import add_train_flags, train_flags
 from framework.app.python_files import call_function_of
@@ -35,6 +36,8 @@ from framework.training.registry import DECAY_SHAPES
 # to None so we can tell "given" from "omitted": omitted flags fall back to --config, to the run
 # being resumed, or to the dataclass default.
 TRAIN_FLAGS = train_flags()
+ALLOW_HELP = ("go on when the run's data file or splits differ from what it recorded when it trained "
+              "(RUN/data.json); the output says what changed")
 
 
 def _add_train_parser(sub) -> None:
@@ -50,6 +53,7 @@ def _add_train_parser(sub) -> None:
     add_train_flags(p, TRAIN_FLAGS, groups)
     g = groups["run"]
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = groups["stopping rules"]
     g.add_argument("--cooldown-on-stop", metavar="TOKENS",
@@ -149,8 +153,9 @@ def _cmd_train(args) -> int:
         parse_share_or_tokens(args.cooldown_on_stop, cfg.budget_tokens, "cooldown-on-stop", minimum=cfg.batch_size)
     check(cfg)  # the stopping rules, the run directory, init_from: what validate() leaves to the build
     from framework.data.encoding import prepare  # datasets, not jax: a bad file or column fails here
+    from framework.data.identity import data_of
 
-    splits = prepare(cfg.data)
+    splits = prepare(data_of(cfg))
     from framework.training import sharding  # before any other JAX work: joins the other processes, if any
 
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -161,7 +166,7 @@ def _cmd_train(args) -> int:
     from framework.runner.build import train
 
     stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits,
-                  sampler_fn=sampler_fn)
+                  sampler_fn=sampler_fn, allow_changed_data=args.allow_changed_data)
     print(_format_stops(stops))
     if args.cooldown_on_stop is not None:
         _cool_down_if_stopped(cfg.out_dir, args.cooldown_on_stop)
@@ -212,7 +217,7 @@ def _cmd_eval(args) -> int:
     from framework.checkpoints.store import resolve_step
     from framework.training.runs import evaluate_checkpoint, open_run
 
-    run = open_run(args.run_dir)
+    run = open_run(args.run_dir, allow_changed_data=args.allow_changed_data)
     step = resolve_step(args.run_dir, args.step)
     result = evaluate_checkpoint(run, step, args.split)
     if args.json:
@@ -222,6 +227,8 @@ def _cmd_eval(args) -> int:
         print(f"  EM {result['em']:.4f}  strict EM {result['strict_em']:.4f}  F1 {result['f1']:.4f}  "
               f"(teacher-forced strict EM {result['teacher_forced_strict_em']:.4f})")
         print("  EM by difficulty: " + ", ".join(f"{k}: {v:.3f}" for k, v in result["em_by_difficulty"].items()))
+    if run.data_changes:  # --allow-changed-data: the figures above are not on the run's held-out split
+        print("  NOTE: the data changed since training (" + "; ".join(run.data_changes) + ")", file=sys.stderr)
     return 0
 
 
@@ -244,7 +251,7 @@ def _cmd_cooldown(args) -> int:
     print(f"cooldown of {args.run_dir} from {cfg.branch_from} ({cfg.optim.decay_start:,} tokens): learning rate "
           f"{cfg.optim.peak_lr:.2e} -> 0 ({cfg.optim.decay_shape}) over "
           f"{cfg.budget_tokens - cfg.optim.decay_start:,} tokens, into {cfg.out_dir}")
-    print(_format_stops(train(cfg, show_progress=not args.no_progress)))
+    print(_format_stops(train(cfg, show_progress=not args.no_progress, allow_changed_data=args.allow_changed_data)))
     return 0
 
 
@@ -258,6 +265,7 @@ def _add_cooldown_parser(sub) -> None:
     c.add_argument("--shape", help=f"the decay: {'|'.join(DECAY_SHAPES)} (default: the run's decay_shape, linear "
                                    "unless it was set)")
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     c.add_argument("--trust-imports", action="store_true",
                    help="allow the run's config to name a module:attr curriculum, pacing or scorer (runs its code)")
     c.set_defaults(func=_cmd_cooldown)
@@ -280,5 +288,6 @@ def add_parsers(sub) -> None:
     ev.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     ev.add_argument("--split", default="test", help="train|validation|test (default test)")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     ev.set_defaults(func=_cmd_eval)
     _add_cooldown_parser(sub)

@@ -16,6 +16,7 @@ from typing import Any
 
 from curricula.build import rescore, sampler_factory
 from framework.config import BATCH_WARMUP_SPLITS, RunConfig, resolve_init_from
+from framework.data import identity
 from framework.data.encoding import EncodedSplit, Sampler, prepare
 from framework.runner.check import check
 from framework.stopping.points import stop_points
@@ -53,7 +54,8 @@ def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | No
     stop_rule = check(cfg)  # before any data is read
     sampler_fn = sampler_fn or sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
                                                cfg.pacing_args, cfg.budget_tokens)
-    splits = splits or prepare(cfg.data)
+    data = identity.data_of(cfg)
+    splits = splits or prepare(data)
     train_split = splits["train"]
     if cfg.scorer:  # what the curriculum sorts by; validation and test keep the data's difficulty
         train_split = rescore(train_split, cfg.scorer, cfg.scorer_args, cfg.scorer_percentile)
@@ -70,13 +72,16 @@ def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | No
         init_from=resolve_init_from(cfg) if cfg.init_from else None,
         branch_from=resolve_init_from(cfg, "branch_from") if cfg.branch_from else None,
         nonfinite=nonfinite_policy(cfg),
+        data_identity=identity.record(data, splits),
     )
+
 
 
 def train(cfg: RunConfig, *, resume: bool = False, hooks: Sequence = (),
           sampler_fn: Callable[[Any, int, int], Sampler] | None = None, show_progress: bool = True,
-          splits: dict[str, EncodedSplit] | None = None) -> list[dict[str, Any]]:
+          splits: dict[str, EncodedSplit] | None = None, allow_changed_data: bool = False) -> list[dict[str, Any]]:
     """Build `cfg`'s objects and train them (framework.training.train.train); returns the
-    checkpoints' metadata. `hooks` see every step and evaluation and may raise StopTraining."""
+    checkpoints' metadata. `hooks` see every step and evaluation and may raise StopTraining.
+    `allow_changed_data`: resume (or branch from) a run whose data changed since, saying so."""
     return train_parts(cfg, build(cfg, sampler_fn=sampler_fn, splits=splits), resume=resume, hooks=hooks,
-                       show_progress=show_progress)
+                       show_progress=show_progress, allow_changed_data=allow_changed_data)

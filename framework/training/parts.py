@@ -44,3 +44,6 @@ class Parts:
     # (run directory, step or None) whose whole training state a branch continues (RunConfig.branch_from)
     branch_from: tuple[str, int | None] | None = None
     nonfinite: NonFinitePolicy = NonFinitePolicy()
+    # What the data was (framework.data.identity.record): written with a new run, compared on resume
+    # and with a branch's source. None: not recorded (a caller that built its own parts).
+    data_identity: dict | None = None

@@ -15,6 +15,7 @@ from flax import nnx
 
 from framework.checkpoints import store as checkpoints
 from framework.config import DataConfig, RunConfig, load_run_config
+from framework.data import identity
 from framework.data.encoding import EncodedSplit, prepare
 from framework.data.tasks import SPLITS
 from framework.errors import ConfigError
@@ -31,11 +32,16 @@ class Run:
     abstract_params: Any
     _splits: dict[str, EncodedSplit] | None = None
     prepare_data: Callable[[DataConfig], dict[str, EncodedSplit]] = prepare  # a ParamStore shares one build
+    allow_changed_data: bool = False  # read data that differs from what the run recorded, saying so
+    data_changes: list[str] = dataclasses.field(default_factory=list)  # what differed, when allowed
 
     @property
     def splits(self) -> dict[str, EncodedSplit]:
         if self._splits is None:  # built lazily: `runs show` needs no data
-            self._splits = self.prepare_data(self.cfg.data)
+            data = identity.resolved(self.cfg.data, [self.run_dir])
+            splits = self.prepare_data(data)
+            self.data_changes = identity.check(self.run_dir, identity.record(data, splits), self.allow_changed_data)
+            self._splits = splits
         return self._splits
 
     def split(self, name: str) -> EncodedSplit:
@@ -64,13 +70,16 @@ class Run:
             mgr.close()
 
 
-def open_run(run_dir: str, prepare_data: Callable[[DataConfig], dict[str, EncodedSplit]] = prepare) -> Run:
+def open_run(run_dir: str, prepare_data: Callable[[DataConfig], dict[str, EncodedSplit]] = prepare,
+             allow_changed_data: bool = False) -> Run:
     """The run in `run_dir`; its splits are built by `prepare_data` when first asked for (a caller
-    reading many runs of one data set passes one that builds them once)."""
+    reading many runs of one data set passes one that builds them once) and checked against the
+    run's data record (`framework.data.identity`; `allow_changed_data` goes on, listing the changes)."""
     cfg = load_run_config(run_dir)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model, 0)), nnx.Param)
     # On one device, whatever mesh trained the run: Orbax reads each array into the target's sharding.
-    return Run(run_dir, cfg, graphdef, sharding.on_one_device(abstract), prepare_data=prepare_data)
+    return Run(run_dir, cfg, graphdef, sharding.on_one_device(abstract), prepare_data=prepare_data,
+               allow_changed_data=allow_changed_data)
 
 
 def evaluate_checkpoint(run: Run, step: int | None = None, split: str = "test") -> dict[str, Any]:
@@ -84,6 +93,7 @@ def evaluate_checkpoint(run: Run, step: int | None = None, split: str = "test") 
         "fraction": meta.get("fraction"),
         "split": split,
         **score_params(run.graphdef, run.params(step), run.split(split), run.cfg.eval_batch_size),
+        **({"data_changed": run.data_changes} if run.data_changes else {}),  # only with allow_changed_data
     }
 
 

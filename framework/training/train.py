@@ -27,6 +27,7 @@ from flax import nnx
 from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import read_metrics, write_atomic
 from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, RunConfig, load_run_config
+from framework.data import identity
 from framework.data.encoding import answer_tokens, counted_tokens, make_batch
 from framework.errors import ConfigError, RecoupError
 from framework.evaluation import evaluate
@@ -72,7 +73,7 @@ class NonFiniteLoss(Exception):
 
 
 def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence[Hook] = (),
-          show_progress: bool = True) -> list[dict[str, Any]]:
+          show_progress: bool = True, allow_changed_data: bool = False) -> list[dict[str, Any]]:
     """Train `parts` (built from `cfg` by framework.runner.build), checkpointing at every stopping
     point; returns the checkpoints' metadata.
 
@@ -83,9 +84,11 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
       hooks: called with an `Event` after every step and every evaluation; one may raise
         `StopTraining` to end the run (a `stopped` checkpoint records why).
       show_progress: a tqdm bar in tokens, with tokens/s and ETA.
+      allow_changed_data: resume, or branch from, a run whose data has changed since (framework.data.identity).
     """
     mesh = _check_input(cfg, parts, resume)  # everything that can be wrong, before the run directory is touched
-    _prepare_run_dir(cfg, resume, write=sharding.is_primary())
+    changes = _check_data(cfg, parts, resume, allow_changed_data)
+    _prepare_run_dir(cfg, resume, write=sharding.is_primary(), data_identity=parts.data_identity, changes=changes)
     sharding.barrier("run directory ready")
     graphdef, params = nnx.split(build_model(cfg.model, cfg.seed), nnx.Param)
     params = sharding.place(params, mesh)  # everything on the device below is laid out on the mesh
@@ -178,14 +181,33 @@ def _check_input(cfg: RunConfig, parts: Parts, resume: bool):
     return mesh
 
 
-def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True) -> None:
-    """Check (every process) and create (the primary, `write`) the run directory."""
+def _check_data(cfg: RunConfig, parts: Parts, resume: bool, allow: bool) -> list[str]:
+    """A resumed run, or a branch, must read the data its source was trained on (the sampler's state
+    holds row indices into it); what changed, when `allow` lets it go on."""
+    if parts.data_identity is None:
+        return []
+    changes = []
+    if resume and os.path.isfile(os.path.join(cfg.out_dir, CONFIG_FILE)):
+        changes += identity.check(cfg.out_dir, parts.data_identity, allow)
+    if parts.branch_from is not None:
+        changes += identity.check(parts.branch_from[0], parts.data_identity, allow, "branch_from")
+    return changes
+
+
+def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True, data_identity: dict | None = None,
+                     changes: Sequence[str] = ()) -> None:
+    """Check (every process) and create (the primary, `write`) the run directory, with its data record."""
     if resume:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
         for field in dataclasses.fields(RunConfig):
             if field.name not in RESUME_MAY_DIFFER and getattr(saved, field.name) != getattr(cfg, field.name):
                 raise ConfigError(field.name, f"differs from the run being resumed in {cfg.out_dir} "
                                   f"({getattr(saved, field.name)!r} there); resume with the same config")
+        if write and changes:  # allowed: the record says from when on the data differed
+            rec = identity.read(cfg.out_dir) or {}
+            identity.write(cfg.out_dir, {**rec, "changed_on_resume": [*rec.get("changed_on_resume", []), *changes]})
+        elif write and data_identity is not None and identity.read(cfg.out_dir) is None:
+            identity.write(cfg.out_dir, data_identity)  # a run from before records were kept
         return
     ckpt_dir = checkpoints.checkpoint_dir(cfg.out_dir)
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
@@ -195,6 +217,9 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True) -> None:
         return
     try:
         os.makedirs(cfg.out_dir, exist_ok=True)
+        if data_identity is not None:  # before config.json: a run directory with a config has its record
+            extra = {"changed_from_source": list(changes)} if changes else {}
+            identity.write(cfg.out_dir, {**data_identity, **extra})
         write_atomic(os.path.join(cfg.out_dir, CONFIG_FILE), cfg.dumps())  # a kill here leaves no half config
         open(os.path.join(cfg.out_dir, checkpoints.METRICS_FILE), "w").close()
     except OSError as e:
