@@ -229,12 +229,11 @@ class RunConfig:
         _text("preset", self.preset, optional=True)
         if self.preset is not None:  # a label that names the model it stands for, not another one
             named = preset(self.preset)
-            differ = [f"{n}={getattr(self.model, n)!r}" for n in SHAPE_FIELDS
-                      if getattr(self.model, n) != getattr(named, n)]
+            differ = [n for n in SHAPE_FIELDS if getattr(self.model, n) != getattr(named, n)]
             if differ:
-                raise ConfigError("preset", f"preset {self.preset!r} is not the model given ({', '.join(differ)}): "
-                                            f"pass model=preset({self.preset!r}), or preset=None for a model of "
-                                            "your own")
+                shown = ", ".join(f"{n}={getattr(self.model, n)!r}" for n in differ)
+                raise ConfigError("preset", f"preset {self.preset!r} is not the model given ({shown}): pass "
+                                            f"model=preset({self.preset!r}), or preset=None for a model of your own")
         _text("init_from", self.init_from, optional=True)
         _text("branch_from", self.branch_from, optional=True)
         _positive_int("budget_tokens", self.budget_tokens)

@@ -23,6 +23,7 @@ from framework.config import (
     MLPS,
     NONFINITE_POLICIES,
     PRESETS,
+    SHAPE_FIELDS,
     load_run_config,
 )
 from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, RELATIONS, TASKS
@@ -252,9 +253,11 @@ def test_an_edited_config_json_loads_or_names_the_field_and_file(sandbox, saved)
     except ConfigError as e:
         assert "config.json" in str(e)
         # the field edited, or one of its section checked against it (data.max_seq_len: data.max_digits;
-        # data.task, data.data_path: task), or run_dir for a file that holds no config at all
+        # data.task, data.data_path: task), or run_dir for a file that holds no config at all; a model
+        # shape field is checked against the preset that labels it (preset names the pair)
         section = path.rpartition(".")[0]
-        assert e.field in (path, "run_dir", "task") or e.field.startswith(path) or (
+        shape_vs_preset = e.field == "preset" and path.removeprefix("model.") in SHAPE_FIELDS
+        assert e.field in (path, "run_dir", "task") or e.field.startswith(path) or shape_vs_preset or (
             section and e.field.startswith(section + ".")), f"{e} for an edit of {path}"
     else:
         assert kind in ("set", "delete"), f"{kind} of {path} was accepted"
