@@ -1,7 +1,7 @@
 """Chaos: the long reliability checks behind `make chaos`, written to docs/reliability.md.
 
     make chaos                                   # everything below (~5 min on 2 idle CPU cores)
-    python -m experiments.chaos kills --kills 10 # one part: kills | corruption | disk | fuzz | serving
+    python -m experiments.chaos kills --kills 10 # one part: kills | corruption | disk | fuzz | serving | data
 
 - kills: `recoup train` killed with SIGKILL at random moments, again and again, resuming each
   time; the final weights must equal an uninterrupted run's bit for bit, metrics.jsonl must hold
@@ -14,6 +14,10 @@
 - fuzz: the hypothesis properties of tests/test_fuzz_{configs,cli,files,requests}.py
   with many more examples each (RECOUP_FUZZ_EXAMPLES).
 - serving: experiments/chaos_serving.py, 2,000 requests at concurrency 32 with faults.
+- data: a tiny run trained on a JSON Lines file given by a relative path; then the file is edited
+  (rows appended, rows reordered, one answer changed, the file removed) and `recoup eval`,
+  `ensemble build`, `report`, `tune-stopping` and `--resume` must refuse the changed data in one
+  line (or, with --allow-changed-data, go on, say so, and keep every prompt on its side).
 
 The default test suite runs each of these once, small (tests/test_crash.py, tests/test_integrity.py).
 """
@@ -21,7 +25,9 @@ The default test suite runs each of these once, small (tests/test_crash.py, test
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -179,6 +185,106 @@ without privileges, which CI does not have).
     return section, ok
 
 
+# -- data edited between training and evaluation ------------------------------------------------
+
+DATA_TRAIN = ("--preset tiny --budget-tokens 12k --batch-size 16 --stops 0.5,1.0 --val-size 40 --test-size 60 "
+              "--max-seq-len 32 --no-progress").split()
+
+
+def _products(a_range) -> list[str]:
+    return [json.dumps({"prompt": f"{a}*{b}=", "answer": str(a * b)}) + "\n" for a in a_range for b in range(2, 12)]
+
+
+def _cli(argv: list[str], cwd: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "framework.app.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def data_section(work: str) -> tuple[str, bool]:
+    """Each edit of the data file on a fresh copy of one trained run: every command that reads the
+    run's data refuses it in one line; allowed, eval goes on, says so, and no prompt changed sides."""
+    from framework.training.runs import open_run
+
+    base = os.path.abspath(os.path.join(work, "data-edit"))
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(os.path.join(base, "trained", "data"))
+    with open(os.path.join(base, "trained", "data", "mul.jsonl"), "w") as f:
+        f.writelines(_products(range(2, 40)))
+    _cli(["train", "--data", "data/mul.jsonl", *DATA_TRAIN, "--out", "run"], os.path.join(base, "trained")).check_returncode()
+    held = {s: set(open_run(os.path.join(base, "trained", "run")).split(s).prompts) for s in ("validation", "test")}
+
+    def edit_append(path):
+        with open(path, "a") as f:
+            f.writelines(_products(range(40, 60)))
+
+    def edit_reorder(path):
+        lines = open(path).readlines()
+        random.Random(0).shuffle(lines)
+        open(path, "w").writelines(lines)
+
+    def edit_answer(path):
+        lines = open(path).readlines()
+        lines[7] = lines[7].replace('"answer": "', '"answer": "1')
+        open(path, "w").writelines(lines)
+
+    edits = {"200 rows appended": edit_append, "rows reordered": edit_reorder, "one answer changed": edit_answer,
+             "file removed": os.remove}
+    rows, ok = [], True
+    for name, edit in edits.items():
+        root = os.path.join(base, name.replace(" ", "-"))
+        shutil.copytree(os.path.join(base, "trained"), root)
+        run, data = os.path.join(root, "run"), os.path.join(root, "data", "mul.jsonl")
+        rec_path = os.path.join(run, "data.json")
+        rec = json.load(open(rec_path))
+        json.dump({**rec, "data_path": data}, open(rec_path, "w"))  # the copy trains on its own file
+        edit(data)
+        refused = {}
+        for cmd, argv in {"eval": ["eval", run], "ensemble build": ["ensemble", "build", run, "--budget", "1.0",
+                                                                    "--out", os.path.join(root, "ens")],
+                          "report": ["report", run, "--out", os.path.join(root, "rep"), "--max-cost", "1"],
+                          "tune-stopping": ["tune-stopping", run, "--price", "2"],
+                          "--resume": ["train", "--data", "data/mul.jsonl", *DATA_TRAIN, "--out", "run", "--resume"]
+                          }.items():
+            p = _cli(argv, root)
+            lines = p.stderr.strip().splitlines()
+            refused[cmd] = (p.returncode == 2 and len(lines) == 1 and "mul.jsonl" in lines[0]
+                            and ("has changed" in lines[0] or "not found" in lines[0]))
+            if not refused[cmd]:
+                print(f"  {name}: {cmd} exited {p.returncode}: {p.stderr[-400:]}", flush=True)
+        if name == "file removed":
+            said = _cli(["eval", run], root).stderr.strip().replace(root + os.sep, "")
+            allowed, kept = "-", "-"
+            refused.pop("tune-stopping")  # no file here to compare: a serving machine holds no data
+        else:
+            p = _cli(["eval", run, "--json", "--allow-changed-data"], root)
+            allowed = p.returncode == 0 and bool(json.loads(p.stdout).get("data_changed")) and "NOTE" in p.stderr
+            said = _cli(["eval", run], root).stderr.strip().replace(root + os.sep, "")
+            now = open_run(run, allow_changed_data=True)
+            kept = all(held[s] <= set(now.split(s).prompts) for s in held)
+            ok &= allowed and kept
+        ok &= all(refused.values())
+        rows.append(f"| {name} | {', '.join(c for c, r in refused.items() if r)} | "
+                    f"{', '.join(c for c, r in refused.items() if not r) or '-'} | `{said[:200]}` | {allowed} | {kept} |")
+    section = f"""## Data edited between training and evaluation
+
+`python -m experiments.chaos data`. A tiny run trained on `data/mul.jsonl` (380 products, split by
+hash: 40 validation and 60 test prompts), given relative to the directory it trained in; then, on a
+fresh copy of the run and its file each time, the file is edited and every command that reads the
+run's data is run on it from the copy's directory. Each must refuse in one line naming what
+changed (exit status 2). With `--allow-changed-data`, `recoup eval` goes on, its JSON lists the
+change and stderr says so; and every validation and test prompt of the run is still held out
+(splits by hash, at the cuts the run recorded). `tune-stopping` and `serve` read no examples: they
+compare the file's sha256 where the file is still there (a serving machine holds no training data).
+
+| edit | refused in one line | not refused | what `recoup eval` said | allowed: eval goes on and says so | no held-out prompt moved |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Verdict: **{'passed' if ok else 'FAILED'}**.
+"""
+    return section, ok
+
+
 # -- fuzzing -----------------------------------------------------------------------------------
 
 
@@ -218,7 +324,7 @@ test suite runs the same properties with fewer examples.
 def main() -> int:
     from harness.report import splice
 
-    parts = ("kills", "corruption", "disk", "fuzz", "serving")
+    parts = ("kills", "corruption", "disk", "fuzz", "serving", "data")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # No `choices=`: with nargs="*", Python 3.11's argparse rejects the empty default against them.
     p.add_argument("what", nargs="*", help=f"the parts to run: {' '.join(parts)} (default: all)")
@@ -242,6 +348,7 @@ def main() -> int:
         section, ok = {"kills": lambda: kills_section(args.work, args.kills, args.seed),
                        "corruption": lambda: corruption_section(args.work),
                        "disk": lambda: disk_section(args.work),
+                       "data": lambda: data_section(args.work),
                        "fuzz": lambda: fuzz_section(args.fuzz_examples)}[part]()
         print(section, flush=True)
         splice(section, DOC, "# Reliability")

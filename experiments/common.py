@@ -24,4 +24,5 @@ def task_config(task: str, out_dir: str, data_dir: str) -> RunConfig:
     cfg = base_config("addition", out_dir)
     return dataclasses.replace(cfg, budget_tokens=BYO_BUDGET, data=DataConfig(
         task=None, data_path=path, prompt_col=byo_task.PROMPT_COL, answer_col=byo_task.ANSWER_COL,
-        difficulty_col=byo_task.DIFFICULTY_COL, val_size=500, test_size=2_000))
+        difficulty_col=byo_task.DIFFICULTY_COL, val_size=500, test_size=2_000,
+        split_by="shuffle"))  # the split the byo figures were measured on (the file never changes)

@@ -52,6 +52,8 @@ class DataConfig:
     val_size: int = 500  # held-out prompts for validation EM at stopping points
     test_size: int = 2_000  # held-out prompts, never used for any choice
     seed: int = 0  # data seed; fixed across training seeds so test sets stay comparable
+    split_by: str = "hash"  # data_path: "hash" (a prompt's split follows from a hash of it and the seed, so added or reordered rows move no prompt) | "shuffle" (one seeded shuffle of the sorted prompts: runs made before December 2026)
+    split_cuts: tuple[int, int] | None = None  # split_by "hash": the hash values below which a prompt is test, then validation; None: cut at val_size and test_size prompts (a run records them in RUN/data.json and keeps them)
     max_seq_len: int = 1024  # longest `BOS prompt answer EOS` allowed (attention cost is quadratic)
 
     def validate(self) -> None:
@@ -67,6 +69,13 @@ class DataConfig:
                      "kb_entities", "kb_relations"):
             _positive_int(f"data.{name}", getattr(self, name))
         _nonnegative_int("data.seed", self.seed)
+        if self.split_by not in SPLIT_BY:
+            raise ConfigError("data.split_by", f"unknown way to split {self.split_by!r}", SPLIT_BY)
+        c = self.split_cuts
+        if c is not None and not (isinstance(c, tuple) and len(c) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 2**64 for x in c) and c[0] <= c[1]):
+            raise ConfigError("data.split_cuts", f"{c!r} must be two hash values (test, validation), "
+                                                 "0 <= test <= validation <= 2**64, or null")
         if self.kb_entities > MAX_KB_ENTITIES:
             raise ConfigError("data.kb_entities", f"{self.kb_entities} is more than the {MAX_KB_ENTITIES:,} names "
                                                   "the knowledge base can invent")
@@ -81,6 +90,7 @@ class DataConfig:
 
 
 DTYPES = ("float32", "bfloat16")
+SPLIT_BY = ("hash", "shuffle")
 NONFINITE_POLICIES = ("stop", "skip", "rollback")
 
 
@@ -300,7 +310,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
-        d["data"] = _from_fields(DataConfig, d.get("data", {}), "data")
+        data = dict(d.get("data", {}))
+        data.setdefault("split_by", "shuffle")  # a run made before splits by hash: its splits stay the ones it had
+        if isinstance(data.get("split_cuts"), list):
+            data["split_cuts"] = tuple(data["split_cuts"])
+        d["data"] = _from_fields(DataConfig, data, "data")
         d["model"] = _from_fields(ModelConfig, d.get("model", {}), "model")
         d["optim"] = _from_fields(OptimConfig, d.get("optim", {}), "optim")
         d["stops"] = tuple(d.get("stops", DEFAULT_STOPS))

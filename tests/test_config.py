@@ -1,6 +1,7 @@
 """Config validation (pure Python, before jax) and its parsers."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -160,3 +161,16 @@ def test_the_cli_drops_the_preset_label_when_a_flag_changes_the_shape():
     args = build_parser().parse_args(["train", "--out", "x", "--budget-tokens", "10k", "--preset", "tiny",
                                       "--dropout", "0.1"])
     assert config_from_args(args).preset == "tiny"  # dropout is no shape: still the tiny model
+
+
+def test_split_by_is_checked_and_runs_made_before_it_keep_their_shuffle_split():
+    with pytest.raises(ConfigError) as err:
+        DataConfig(task=None, data_path="x.jsonl", split_by="random").validate()
+    assert err.value.field == "data.split_by" and "hash" in str(err.value) and "shuffle" in str(err.value)
+    with pytest.raises(ConfigError, match="data.split_cuts"):
+        DataConfig(task=None, data_path="x.jsonl", split_cuts=(5, 2)).validate()
+    old = RunConfig(out_dir="r", budget_tokens=10_000).to_dict()
+    del old["data"]["split_by"], old["data"]["split_cuts"]  # a config.json written before December 2026
+    assert RunConfig.from_dict(old).data.split_by == "shuffle"
+    new = RunConfig(out_dir="r", budget_tokens=10_000, data=DataConfig(task=None, data_path="x.jsonl", split_cuts=(2, 5)))
+    assert RunConfig.from_dict(json.loads(new.dumps())) == new  # cuts come back as a tuple

@@ -61,6 +61,22 @@ def test_changed_data_is_refused_by_eval_and_resume_unless_allowed(run_on_a_file
     assert main(["eval", run, "--json", "--allow-changed-data"]) == 0
     out, err = capsys.readouterr()
     assert any("has changed" in c for c in json.loads(out)["data_changed"]) and "NOTE: the data changed" in err
+    assert main(["report", run, "--out", str(root / "rep"), "--max-cost", "1"]) == 2  # report refuses too...
+    assert "was trained on other data" in capsys.readouterr().err
+    assert main(["report", run, "--out", str(root / "rep"), "--max-cost", "1", "--allow-changed-data"]) == 0
+    assert "NOTE: the data changed" in capsys.readouterr().err  # ...and says so in report.md when allowed
+    assert "The data changed since these runs were trained" in (root / "rep" / "report.md").read_text()
+    # tune-stopping and serve read no examples: they compare the file's hash
+    assert main(["tune-stopping", run, "--price", "2", "--json"]) == 2
+    assert "mul.jsonl has changed since it trained" in capsys.readouterr().err
+    assert main(["tune-stopping", run, "--price", "2", "--json", "--allow-changed-data"]) == 0
+    assert json.loads(capsys.readouterr().out)["data_changed"]
+    assert main(["serve", run, "--port", "1"]) == 2  # refused before any port is bound or model loaded
+    assert "has changed since it trained" in capsys.readouterr().err
+    assert identity.check_file([run], allow=True)
+    os.rename(root / "data" / "mul.jsonl", root / "data" / "moved.jsonl")  # a serving machine holds no data
+    assert identity.check_file([run], allow=False) == []
+    os.rename(root / "data" / "moved.jsonl", root / "data" / "mul.jsonl")
     here = os.getcwd()
     os.chdir(root)
     try:
@@ -87,3 +103,28 @@ def test_differences_name_what_changed():
     assert identity.differences(was, was) == []
     changes = identity.differences(was, now)
     assert changes[0].startswith("/d.jsonl has changed") and changes[1] == "the test split differs (61 rows, 60 then)"
+
+
+def test_rows_added_after_training_move_no_prompt_between_splits(run_on_a_file, tmp_path):
+    """Issue 21's contamination: with splits by hash and the run's recorded cuts, the prompts the run
+    held out are still held out after rows are added, and none of its training prompts is in test."""
+    import shutil
+
+    from framework.training.runs import open_run
+
+    root = tmp_path / "grown"
+    shutil.copytree(run_on_a_file, root)
+    run = str(root / "run")
+    rec = identity.read(run)
+    assert len(rec["split_cuts"]) == 2
+    before = {s: set(open_run(run).split(s).prompts) for s in ("train", "validation", "test")}
+    identity.write(run, {**rec, "data_path": str(root / "data" / "mul.jsonl")})
+    with open(root / "data" / "mul.jsonl", "a") as f:
+        f.writelines(json.dumps({"prompt": f"{a}*{b}=", "answer": str(a * b)}) + "\n"
+                     for a in range(40, 70) for b in range(2, 12))
+    grown = open_run(run, allow_changed_data=True)
+    after = {s: set(grown.split(s).prompts) for s in ("train", "validation", "test")}
+    assert grown.data_changes and any("has changed" in c for c in grown.data_changes)
+    for s in after:
+        assert before[s] <= after[s], f"a {s} prompt moved"
+    assert not after["test"] & before["train"] and len(after["test"]) > len(before["test"])

@@ -41,7 +41,11 @@ from framework.sweeps.sweep import run_sweep
 def _cmd_tune_stopping(args) -> int:
     from framework.stopping.tune import describe, tune
 
-    result = tune(args.run_dirs, args.price)
+    from framework.data import identity
+
+    changed = identity.check_file(args.run_dirs, args.allow_changed_data)
+    result = tune(args.run_dirs, args.price) | ({"data_changed": changed} if changed else {})
+    _note_changed_data(changed)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "ranked"} | {"ranked": result["ranked"][:10]},
                          indent=2))
@@ -65,6 +69,7 @@ def _add_tune_parser(sub) -> None:
     t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     t.add_argument("--price", type=float, required=True, help="EM points one million training tokens is worth")
     t.add_argument("--json", action="store_true")
+    t.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     t.set_defaults(func=_cmd_tune_stopping)
 
 
@@ -77,8 +82,9 @@ def _cmd_report(args) -> int:
     prices = _prices(args.prices) if args.prices else [0.5, 2.0, 10.0]
     if args.max_cost < 1:
         raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
-    write_report(args.run_dirs, args.out, prices, args.max_cost, allow_changed_data=args.allow_changed_data)
+    result = write_report(args.run_dirs, args.out, prices, args.max_cost, allow_changed_data=args.allow_changed_data)
     print(f"wrote {args.out}/report.md and {args.out}/em_vs_tokens.png")
+    _note_changed_data(result.get("data_changed"))
     return 0
 
 
@@ -185,6 +191,7 @@ def _add_ensemble_parser(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
+    from framework.data import identity
     from framework.serving.generation import Buckets
     from framework.serving.server import serve
 
@@ -195,8 +202,22 @@ def _cmd_serve(args) -> int:
                           "--max-wait-ms must be >= 0 and --max-queue >= 1")
     buckets = Buckets(int_list(args.batch_buckets, "batch_buckets"), int_list(args.prompt_buckets, "prompt_buckets"),
                       int_list(args.new_token_buckets, "new_buckets")).validate()
+    _note_changed_data(identity.check_file(_trained_runs(args.paths), args.allow_changed_data))
     serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue)
     return 0
+
+
+def _trained_runs(paths: list[str]) -> list[str]:
+    """The run directories behind served paths: a run itself, or an ensemble's member runs."""
+    from ensembles import artifact
+
+    runs = []
+    for path in paths:
+        if os.path.isfile(os.path.join(path, artifact.MANIFEST)):
+            runs += [m["run"] for m in artifact.load_manifest(path)["members"]]
+        else:
+            runs.append(path)
+    return runs
 
 
 def _add_serve_parser(sub) -> None:
@@ -216,6 +237,7 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to share its batch (default 5)")
     s.add_argument("--max-queue", type=int, default=4096, help="rows that may wait before requests get 429")
+    s.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     s.set_defaults(func=_cmd_serve)
 
 

@@ -34,6 +34,7 @@ NOT_FLAGS = {
     "run.data", "run.model", "run.optim",  # sections: their fields are the flags
     "run.preset",  # --preset names a whole model (a command option); the field is its label
     "run.branch_from",  # `recoup cooldown` sets it
+    "data.split_cuts",  # a run's first build sets them (RUN/data.json); later builds of the run reuse them
 }
 # The short names of flags that users already type.
 RENAMED = {"data.data_path": "data", "data.seed": "data_seed", "optim.peak_lr": "lr", "optim.warmup_frac": "warmup",

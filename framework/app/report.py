@@ -43,12 +43,15 @@ class Point(NamedTuple):
     what: str  # e.g. "ema[ema-20000@159]"
 
 
-def collect(run_dirs: list[str], max_cost: int = 3, log=print, allow_changed_data: bool = False) -> list[Point]:
+def collect(run_dirs: list[str], max_cost: int = 3, log=print, allow_changed_data: bool = False,
+            store=None) -> list[Point]:
+    """The test EM of what each run could ship at each stop. `store`: an ensembles.members.ParamStore
+    to read the runs through (its data_changes() then say what differed, when allowed)."""
     # jax: only after the inputs are checked
     from ensembles.members import Candidate, ParamStore, run_members, strict_em
     from ensembles.select import select
 
-    points, store = [], ParamStore(allow_changed_data=allow_changed_data)
+    points, store = [], store or ParamStore(allow_changed_data=allow_changed_data)
     for run in run_dirs:
         cfg = load_run_config(run)
         if cfg.branch_from:  # a cooldown: its last checkpoint, at the tokens it really used
@@ -154,7 +157,11 @@ def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max
                                           "of one model")
     if os.path.isfile(out_dir):
         raise ConfigError("out", f"{out_dir} is a file; give a directory for the report")
-    points = collect(run_dirs, max_cost, log, allow_changed_data)
+    from ensembles.members import ParamStore
+
+    store = ParamStore(allow_changed_data=allow_changed_data)
+    points = collect(run_dirs, max_cost, log, store=store)
+    changed = store.data_changes()
     if not points:
         raise ConfigError("run_dirs", f"no checkpoints to report in {', '.join(run_dirs)}")
     rows = aggregate(points)
@@ -166,7 +173,12 @@ def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max
     lines = ["# Trade-off report", "", f"Runs: {', '.join(run_dirs)}", "",
              "Test strict EM (teacher-forced) by what is shipped and where the run stopped; mean ± sd over runs. "
              "Weight averages and output ensembles were chosen on the validation split. * = on the Pareto front.",
-             "", "![EM against training tokens](em_vs_tokens.png)", "",
+             ""]
+    if changed:  # --allow-changed-data went on: the figures are not on the splits the runs held out
+        lines += ["**The data changed since these runs were trained** (`--allow-changed-data`): test EM below is "
+                  "measured on the splits of today's data, not exactly the ones the runs held out.", "",
+                  *[f"- {c}" for c in changed], ""]
+    lines += ["![EM against training tokens](em_vs_tokens.png)", "",
              "| kind | stop | tokens | test EM | inference cost | runs |", "|---|---|---|---|---|---|"]
     for r in rows:
         star = " *" if (r["kind"], r["fraction"]) in front else ""
@@ -180,7 +192,8 @@ def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max
                      f"{s['em']:.3f} | {s['j']:.1f} |")
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    result = {"points": [p._asdict() for p in points], "rows": rows, "what_to_ship": ship}
+    result = {"points": [p._asdict() for p in points], "rows": rows, "what_to_ship": ship,
+              **({"data_changed": changed} if changed else {})}
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result

@@ -1,9 +1,11 @@
 """What a run's data was, so that nothing reads other data as if it were the same.
 
 When a run starts, `RUN/data.json` records the data file's resolved path and sha256 (a
-`save_to_disk` directory: over its files) and a sha256 of each split's rows, in order. Every later
+`save_to_disk` directory: over its files), a sha256 of each split's rows, in order, and for a file
+split by hash the cut points, which every later build for the run keeps. Every later
 reading of the run's data (`--resume`, a cooldown branch, `recoup eval`, `ensemble build/eval`,
-`report`) rebuilds the splits and compares: a changed file or split is a ConfigError saying what
+`report`) rebuilds the splits and compares (`serve` and `tune-stopping`, which read no examples,
+compare the file's sha256 where the file is still there): a changed file or split is a ConfigError saying what
 changed, unless the caller allows it (`--allow-changed-data`), and then the result says so. A data
 path given relative to where the run was trained is found from any directory through the
 recorded absolute path. Runs made before this file existed are read as they always were.
@@ -51,11 +53,21 @@ def split_fingerprints(splits: Mapping[str, Any]) -> dict[str, dict]:
     return out
 
 
+def hashed(data: DataConfig) -> bool:
+    """Whether `data`'s splits are cut by prompt hash (a data file split by "hash")."""
+    return data.data_path is not None and data.split_by == "hash"
+
+
 def record(data: DataConfig, splits: Mapping[str, Any]) -> dict:
-    """What `data.json` holds for `data` and the splits built from it."""
+    """What `data.json` holds for `data` and the splits built from it; for splits by hash, the cuts
+    they were made at, which every later build for the run reuses."""
     path = os.path.abspath(data.data_path) if data.data_path else None
-    return {"data_path": path, "data_sha256": fingerprint_path(path) if path else None,
-            "splits": split_fingerprints(splits)}
+    rec = {"data_path": path, "data_sha256": fingerprint_path(path) if path else None,
+           "splits": split_fingerprints(splits)}
+    if hashed(data):
+        from framework.data.tasks import split_cuts_of  # datasets: only where splits were built anyway
+        rec["split_cuts"] = list(data.split_cuts or split_cuts_of(splits, data.seed))
+    return rec
 
 
 def read(run_dir: str) -> dict | None:
@@ -76,19 +88,24 @@ def write(run_dir: str, rec: dict) -> None:
 
 def resolved(data: DataConfig, run_dirs: Iterable[str]) -> DataConfig:
     """`data` with its file found: as given (relative to here), else where the first of `run_dirs`
-    that recorded it trained on it."""
-    if data.data_path is None or os.path.exists(data.data_path):
+    that recorded it trained on it; and, split by hash, with the cuts the first of them recorded
+    (so rows added since fall where their hash puts them, and no earlier prompt moves)."""
+    if data.data_path is None:
         return data
-    for run_dir in run_dirs:
-        rec = read(run_dir)
-        if rec and rec.get("data_path") and os.path.exists(rec["data_path"]):
-            return dataclasses.replace(data, data_path=rec["data_path"])
-    return data  # reading it fails with the usual "not found", naming the path
+    records = [rec for rec in map(read, run_dirs) if rec]
+    if not os.path.exists(data.data_path):
+        found = [r["data_path"] for r in records if r.get("data_path") and os.path.exists(r["data_path"])]
+        if found:
+            data = dataclasses.replace(data, data_path=found[0])  # else reading fails with "not found"
+    cuts = [r["split_cuts"] for r in records if r.get("split_cuts")]
+    if hashed(data) and data.split_cuts is None and cuts:
+        data = dataclasses.replace(data, split_cuts=tuple(cuts[0]))
+    return data
 
 
 def data_of(cfg: RunConfig) -> DataConfig:
-    """`cfg.data` with its file found from here: as given, or where the run (or the run it branches
-    from) recorded training on it (a path given relative to another directory)."""
+    """`cfg.data` as the run (or the run it branches from) recorded it: its file found from here
+    (a path given relative to another directory) and its hash cuts."""
     sources = [cfg.out_dir] + ([resolve_init_from(cfg, "branch_from")[0]] if cfg.branch_from else [])
     return resolved(cfg.data, sources)
 
@@ -117,3 +134,21 @@ def check(run_dir: str, now: dict, allow: bool, what: str = "data") -> list[str]
                                 "splits are not the ones it held out; pass --allow-changed-data to go on anyway "
                                 "(results will say so)")
     return changes
+
+
+def check_file(run_dirs: Iterable[str], allow: bool) -> list[str]:
+    """For commands that read no examples (`serve`, `tune-stopping`): each run's data file, where it
+    is still on this machine, must be the one it trained on (sha256 only; no splits are rebuilt).
+    A file that is not here is no change: a serving machine holds no training data."""
+    changes = []
+    for run_dir in dict.fromkeys(run_dirs):
+        saved = read(run_dir)
+        path = saved and saved.get("data_path")
+        if path and saved.get("data_sha256") and os.path.exists(path) and fingerprint_path(path) != saved["data_sha256"]:
+            changes.append(f"{run_dir}: {path} has changed since it trained")
+    if changes and not allow:
+        raise ConfigError("data", f"{'; '.join(changes)}; what the runs recorded (validation EM at "
+                                  "every stop) was measured on the data as it was. Pass --allow-changed-data to go on "
+                                  "anyway")
+    return changes
+

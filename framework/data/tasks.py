@@ -14,6 +14,7 @@ CLI can check a config and its data before jax starts.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from collections.abc import Callable, Mapping
@@ -298,32 +299,69 @@ def multihop_splits(n_examples: int, max_hops: int, seed: int, val_size: int, te
 
 # ---------------------------------------------------------------- splits
 
-def split_by_prompt(ds: datasets.Dataset, val_size: int, test_size: int,
-                    seed: int) -> datasets.DatasetDict:
+def prompt_hash(prompt: str, seed: int) -> int:
+    """A prompt's place in [0, 2**64) under data seed `seed`: the first 8 bytes of a sha256, so it
+    depends on nothing but the prompt and the seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()[:8], "big")
+
+
+def hash_cuts(prompts, val_size: int, test_size: int, seed: int) -> tuple[int, int]:
+    """Cut points that put exactly `test_size` of the unique `prompts` in test and `val_size` in
+    validation: the hash of the first prompt past each (prompts below a cut are in)."""
+    hashes = sorted({prompt_hash(p, seed) for p in set(prompts)})
+    return hashes[test_size], hashes[test_size + val_size]  # _check_split_sizes leaves >= 1 to train
+
+
+def split_by_prompt(ds: datasets.Dataset, val_size: int, test_size: int, seed: int,
+                    split_by: str = "hash", cuts: tuple[int, int] | None = None) -> datasets.DatasetDict:
     """Splits by unique prompt, so that no question sits on both sides of a split.
 
-    The unique prompts are sorted (the split then depends on the set of prompts, not on row
-    order) and shuffled with `seed`: the first `test_size` go to test, the next `val_size` to
-    validation, the rest to train. Rows keep their order within a split.
+    "hash": a prompt is test when `prompt_hash(prompt, seed)` is below `cuts[0]`, validation when
+    below `cuts[1]`, train otherwise. `cuts` default to `hash_cuts` (exactly `test_size` and
+    `val_size` prompts); a run keeps the cuts of its first build, so rows added to the file later
+    fall where their hash puts them and no earlier prompt changes sides.
+    "shuffle" (splits made before December 2026): the unique prompts are sorted and shuffled with
+    `seed`; the first `test_size` go to test, the next `val_size` to validation. Any new prompt
+    reshuffles them all.
+    Rows keep their order within a split.
 
     Args:
       ds: a Dataset with a `prompt` column.
       val_size, test_size: unique prompts for validation and for test.
-      seed: the shuffle seed.
+      seed: the data seed.
+      split_by, cuts: as above (DataConfig.split_by, DataConfig.split_cuts).
 
     Returns:
       A DatasetDict with keys "train", "validation", "test".
     """
     prompts = list(ds["prompt"])
-    unique = sorted(set(prompts))
-    _check_split_sizes(len(unique), "unique prompts", val_size, test_size, 1)
-    random.Random(seed).shuffle(unique)
-    split_of = dict.fromkeys(unique[:test_size], "test")
-    split_of.update(dict.fromkeys(unique[test_size:test_size + val_size], "validation"))
+    if split_by == "hash":
+        if cuts is None:
+            _check_split_sizes(len(set(prompts)), "unique prompts", val_size, test_size, 1)
+            cuts = hash_cuts(prompts, val_size, test_size, seed)
+        test_cut, val_cut = cuts
+        split_of = {}
+        for prompt in set(prompts):
+            h = prompt_hash(prompt, seed)
+            split_of[prompt] = "test" if h < test_cut else "validation" if h < val_cut else "train"
+    else:
+        unique = sorted(set(prompts))
+        _check_split_sizes(len(unique), "unique prompts", val_size, test_size, 1)
+        random.Random(seed).shuffle(unique)
+        split_of = dict.fromkeys(unique[:test_size], "test")
+        split_of.update(dict.fromkeys(unique[test_size:test_size + val_size], "validation"))
     indices: dict[str, list[int]] = {s: [] for s in SPLITS}
     for i, prompt in enumerate(prompts):
         indices[split_of.get(prompt, "train")].append(i)
     return datasets.DatasetDict({s: ds.select(indices[s], keep_in_memory=True) for s in SPLITS})
+
+
+def split_cuts_of(splits: Mapping, seed: int) -> tuple[int, int]:
+    """The hash cuts that `splits` (made by hash, each with a `prompts` list) were cut at: the
+    smallest hash outside test, and outside test and validation."""
+    def lowest(*names):
+        return min(prompt_hash(p, seed) for n in names for p in splits[n].prompts)
+    return lowest("validation", "train"), lowest("train")
 
 
 # ---------------------------------------------------------------- entry point
@@ -332,7 +370,7 @@ def split_by_prompt(ds: datasets.Dataset, val_size: int, test_size: int,
 # framework.data.registry.TASKS).
 def addition_task(c: DataConfig) -> datasets.DatasetDict:
     return split_by_prompt(addition(c.n_examples, c.max_digits, c.seed, c.operand_format),
-                           c.val_size, c.test_size, c.seed)
+                           c.val_size, c.test_size, c.seed, "shuffle")  # a generated task has no rows to add
 
 
 def multihop_task(c: DataConfig) -> datasets.DatasetDict:
@@ -354,6 +392,6 @@ def build_splits(cfg: DataConfig) -> datasets.DatasetDict:
                           allowed=TASKS)
     if cfg.data_path is not None:
         ds = load_file(cfg.data_path, cfg.prompt_col, cfg.answer_col, cfg.difficulty_col)
-        return split_by_prompt(ds, cfg.val_size, cfg.test_size, cfg.seed)
+        return split_by_prompt(ds, cfg.val_size, cfg.test_size, cfg.seed, cfg.split_by, cfg.split_cuts)
     TASKS.check(cfg.task)
     return TASKS[cfg.task](cfg)
