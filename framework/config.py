@@ -311,7 +311,8 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
         data = dict(d.get("data", {}))
-        data.setdefault("split_by", "shuffle")  # a run made before splits by hash: its splits stay the ones it had
+        if data.get("data_path"):  # a file split before splits by hash: its splits stay the ones it had (a
+            data.setdefault("split_by", "shuffle")  # built-in task ignores the field: it reads as the default)
         if isinstance(data.get("split_cuts"), list):
             data["split_cuts"] = tuple(data["split_cuts"])
         d["data"] = _from_fields(DataConfig, data, "data")

@@ -169,8 +169,13 @@ def test_split_by_is_checked_and_runs_made_before_it_keep_their_shuffle_split():
     assert err.value.field == "data.split_by" and "hash" in str(err.value) and "shuffle" in str(err.value)
     with pytest.raises(ConfigError, match="data.split_cuts"):
         DataConfig(task=None, data_path="x.jsonl", split_cuts=(5, 2)).validate()
-    old = RunConfig(out_dir="r", budget_tokens=10_000).to_dict()
-    del old["data"]["split_by"], old["data"]["split_cuts"]  # a config.json written before December 2026
-    assert RunConfig.from_dict(old).data.split_by == "shuffle"
+    on_file = RunConfig(out_dir="r", budget_tokens=10_000, data=DataConfig(task=None, data_path="x.jsonl"))
+    for cfg in (on_file, RunConfig(out_dir="r", budget_tokens=10_000)):
+        old = cfg.to_dict()
+        del old["data"]["split_by"], old["data"]["split_cuts"]  # a config.json written before December 2026
+        # a file keeps its shuffle split; a built-in task's config reads as today's (same run: reused, resumable)
+        expected = "shuffle" if cfg is on_file else "hash"
+        assert RunConfig.from_dict(old).data.split_by == expected
+    assert RunConfig.from_dict(old) == cfg
     new = RunConfig(out_dir="r", budget_tokens=10_000, data=DataConfig(task=None, data_path="x.jsonl", split_cuts=(2, 5)))
     assert RunConfig.from_dict(json.loads(new.dumps())) == new  # cuts come back as a tuple
