@@ -210,7 +210,8 @@ def data_section(work: str) -> tuple[str, bool]:
     os.makedirs(os.path.join(base, "trained", "data"))
     with open(os.path.join(base, "trained", "data", "mul.jsonl"), "w") as f:
         f.writelines(_products(range(2, 40)))
-    _cli(["train", "--data", "data/mul.jsonl", *DATA_TRAIN, "--out", "run"], os.path.join(base, "trained")).check_returncode()
+    trained = _cli(["train", "--data", "data/mul.jsonl", *DATA_TRAIN, "--out", "run"], os.path.join(base, "trained"))
+    trained.check_returncode()
     held = {s: set(open_run(os.path.join(base, "trained", "run")).split(s).prompts) for s in ("validation", "test")}
 
     def edit_append(path):
@@ -263,8 +264,8 @@ def data_section(work: str) -> tuple[str, bool]:
             kept = all(held[s] <= set(now.split(s).prompts) for s in held)
             ok &= allowed and kept
         ok &= all(refused.values())
-        rows.append(f"| {name} | {', '.join(c for c, r in refused.items() if r)} | "
-                    f"{', '.join(c for c, r in refused.items() if not r) or '-'} | `{said[:200]}` | {allowed} | {kept} |")
+        yes, no = [c for c, r in refused.items() if r], [c for c, r in refused.items() if not r]
+        rows.append(f"| {name} | {', '.join(yes)} | {', '.join(no) or '-'} | `{said[:200]}` | {allowed} | {kept} |")
     section = f"""## Data edited between training and evaluation
 
 `python -m experiments.chaos data`. A tiny run trained on `data/mul.jsonl` (380 products, split by
@@ -276,7 +277,7 @@ change and stderr says so; and every validation and test prompt of the run is st
 (splits by hash, at the cuts the run recorded). `tune-stopping` and `serve` read no examples: they
 compare the file's sha256 where the file is still there (a serving machine holds no training data).
 
-| edit | refused in one line | not refused | what `recoup eval` said | allowed: eval goes on and says so | no held-out prompt moved |
+| edit | refused in one line | not refused | what `recoup eval` said | allowed: eval goes on, says so | none moved |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 

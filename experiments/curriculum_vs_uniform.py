@@ -21,9 +21,10 @@ import time
 
 import numpy as np
 
-from experiments.demo import ci95_half_width, get_config
+from experiments.demo import get_config
 from framework.config import DataConfig, RunConfig
 from framework.evaluation.metrics import by_bucket
+from harness.report import ci95_half_width
 
 # name -> (curriculum, curriculum_args, pacing, pacing_args). Pacing ramps over half the budget.
 VARIANTS = {

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from framework.config import PRESETS, DataConfig, OptimConfig, RunConfig
+from harness.report import ci95_half_width
 
 
 def get_config(out_dir: str = "runs/recipe") -> RunConfig:
@@ -100,16 +101,6 @@ def stop_table(run_dir: str) -> list[dict]:
             }
         )
     return rows
-
-
-# Two-sided 95% Student-t quantiles by degrees of freedom (n_seeds - 1); 1.96 beyond the table.
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
-
-
-def ci95_half_width(values) -> float:
-    """Half-width of the two-sided 95% t-interval of the mean over seeds (0 for one seed)."""
-    v = np.asarray(values, float)
-    return float(_T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:

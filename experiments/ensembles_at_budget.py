@@ -31,7 +31,7 @@ import numpy as np
 
 from ensembles.artifact import recovery
 from experiments.curriculum_vs_uniform import base_config
-from experiments.demo import ci95_half_width
+from harness.report import ci95_half_width
 
 BUDGET = 0.62
 EMA_HALF_LIVES = (0.00625, 0.0125, 0.025, 0.05, 0.1)  # of the budget: 5k..80k tokens on addition; chosen on validation

@@ -52,8 +52,10 @@ class DataConfig:
     val_size: int = 500  # held-out prompts for validation EM at stopping points
     test_size: int = 2_000  # held-out prompts, never used for any choice
     seed: int = 0  # data seed; fixed across training seeds so test sets stay comparable
-    split_by: str = "hash"  # data_path: "hash" (a prompt's split follows from a hash of it and the seed, so added or reordered rows move no prompt) | "shuffle" (one seeded shuffle of the sorted prompts: runs made before December 2026)
-    split_cuts: tuple[int, int] | None = None  # split_by "hash": the hash values below which a prompt is test, then validation; None: cut at val_size and test_size prompts (a run records them in RUN/data.json and keeps them)
+    split_by: str = "hash"  # data_path: "hash" (by prompt and seed: added rows move no prompt) | "shuffle" (old)
+    # split_by "hash": the hashes below which a prompt is test, then validation; None: cut at test_size and
+    # val_size prompts at a run's first build (RUN/data.json keeps them for its later builds)
+    split_cuts: tuple[int, int] | None = None
     max_seq_len: int = 1024  # longest `BOS prompt answer EOS` allowed (attention cost is quadratic)
 
     def validate(self) -> None:

@@ -1,5 +1,6 @@
-"""What benchmarks and chaos checks share to report: the machine they ran on, a median timing, and
-writing a section into a docs page (docs/benchmarks.md, docs/reliability.md) in place."""
+"""What benchmarks, chaos checks and studies share to report: the machine they ran on, a median
+timing, a 95% interval over seeds, and writing a section into a docs page (docs/benchmarks.md,
+docs/reliability.md) in place."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import platform
 import statistics
 import time
+
+import numpy as np
 
 
 def machine() -> str:
@@ -44,3 +47,13 @@ def median_seconds(fn, repeats: int) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
     return float(statistics.median(times))
+
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n_seeds - 1); 1.96 beyond the table.
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+def ci95_half_width(values) -> float:
+    """Half-width of the two-sided 95% t-interval of the mean over seeds (0 for one seed)."""
+    v = np.asarray(values, float)
+    return float(_T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0

@@ -177,5 +177,6 @@ def test_split_by_is_checked_and_runs_made_before_it_keep_their_shuffle_split():
         expected = "shuffle" if cfg is on_file else "hash"
         assert RunConfig.from_dict(old).data.split_by == expected
     assert RunConfig.from_dict(old) == cfg
-    new = RunConfig(out_dir="r", budget_tokens=10_000, data=DataConfig(task=None, data_path="x.jsonl", split_cuts=(2, 5)))
+    new = RunConfig(out_dir="r", budget_tokens=10_000,
+                    data=DataConfig(task=None, data_path="x.jsonl", split_cuts=(2, 5)))
     assert RunConfig.from_dict(json.loads(new.dumps())) == new  # cuts come back as a tuple

@@ -1,5 +1,6 @@
-"""experiments.fair_tuning without training: the plateau rule, the budget ladder, and the export
-of a tuned task into experiments/tuned.json and the "Fair tuning" section of docs/results.md."""
+"""Fair tuning (harness.tuning, recipe experiments.fair_tuning) without training: the plateau rule,
+the budget ladder, and the export of a tuned task into experiments/tuned.json and the "Fair tuning"
+section of docs/results.md."""
 
 import json
 import os
@@ -7,7 +8,8 @@ import os
 import pytest
 
 from experiments import fair_tuning
-from experiments.tuning_report import BEGIN, END
+from harness import tuning
+from harness.tuning_report import BEGIN, END
 
 
 def rows(pairs):
@@ -21,11 +23,11 @@ def rows(pairs):
     ([0.99, 0.98, 0.99, 0.992, 0.99, 0.99, 0.99, 0.99], 300),  # after a dip, 200 -> 300 adds a point
 ])
 def test_the_plateau_is_the_smallest_budget_from_which_every_step_adds_under_half_a_point(means, expected):
-    assert fair_tuning.plateau(rows(zip(range(100, 900, 100), means, strict=True))) == expected
+    assert tuning.plateau(rows(zip(range(100, 900, 100), means, strict=True))) == expected
 
 
 def test_the_ladder_steps_by_a_quarter_around_its_centre():
-    assert fair_tuning.ladder_budgets(800_000, 2, 1) == [512_000, 640_000, 800_000, 1_000_000]
+    assert tuning.ladder_budgets(800_000, 2, 1) == [512_000, 640_000, 800_000, 1_000_000]
 
 
 def sweep(objective, base=0.9):
@@ -74,3 +76,9 @@ def test_export_writes_the_winners_and_a_report_section_that_a_rerun_replaces(tm
     fair_tuning.export(str(out), path, results_path=str(results))  # again: replaced, not added
     assert results.read_text() == text and text.count(BEGIN) == text.count(END) == 1
     assert os.path.isfile(path)
+    with open(path) as f:  # a task tuned in another directory keeps its entry: exports merge
+        other = {**json.load(f), "multihop": {"budget": 1}}
+    with open(path, "w") as f:
+        json.dump(other, f)
+    assert set(fair_tuning.export(str(out), path)) == {"addition", "multihop"}
+    assert json.load(open(path))["multihop"] == {"budget": 1}

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from experiments import byo_task, early_stop_recovery, fair_tuning, flagship_report
+from experiments import byo_task, early_stop_recovery, fair_tuning
 from framework.config import DataConfig
-from harness import studies
+from harness import flagship, flagship_report, studies
 from tests.conftest import tiny_config
 
 
@@ -97,7 +97,7 @@ def test_one_tiny_seed_end_to_end(tmp_path, monkeypatch):
                           "anytime": {"optim.peak_lr": 3e-3, "optim.optimizer": "schedule-free"},
                           "cooldown": {"fraction": 0.2, "shape": "1-sqrt"}}}
     plan = early_stop_recovery.QUICK._replace(every=0.25, prices=(8, 1000))
-    result = early_stop_recovery.run_seed("addition", 0, str(tmp_path), plan, tuned, log=lambda _: None)
+    result = flagship.run_seed("addition", 0, str(tmp_path), plan, tuned, log=lambda _: None)
     rows = {r["variant"]: r for r in result["rows"]}
     stops = early_stop_recovery.STOPS
     expected = {"full", "oracle-0.62", "cooldown-0.62", "controller-8", "controller-1000",
@@ -114,7 +114,7 @@ def test_one_tiny_seed_end_to_end(tmp_path, monkeypatch):
     assert rows["anytime-0.62"]["val_em"] >= rows["cooldown-0.62"]["val_em"]
     assert all(0.0 <= r["test_em"] <= 1.0 and r["flops"] > 0 for r in rows.values())
     assert [c["tokens"] for c in result["curve"]] == sorted(c["tokens"] for c in result["curve"])
-    again = early_stop_recovery.run_seed("addition", 0, str(tmp_path), plan, tuned, log=lambda _: None)
+    again = flagship.run_seed("addition", 0, str(tmp_path), plan, tuned, log=lambda _: None)
     assert again == result  # scored seeds are cached, runs reused
 
 

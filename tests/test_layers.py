@@ -134,8 +134,8 @@ def test_the_walk_sees_an_upward_arrow(source, expect, tmp_path):
 # The experiments a test file may import: the ones it tests. Anything shared lives in harness/.
 TESTED_EXPERIMENTS = {
     "test_flagship.py": {"experiments", "experiments.byo_task", "experiments.early_stop_recovery",
-                         "experiments.fair_tuning", "experiments.flagship_report"},
-    "test_fair_tuning.py": {"experiments", "experiments.fair_tuning", "experiments.tuning_report"},
+                         "experiments.fair_tuning"},
+    "test_fair_tuning.py": {"experiments", "experiments.fair_tuning"},
     "test_curricula.py": {"experiments.custom_curriculum"},  # the README's example, run as written
 }
 

@@ -39,9 +39,8 @@ from framework.sweeps.sweep import run_sweep
 
 
 def _cmd_tune_stopping(args) -> int:
-    from framework.stopping.tune import describe, tune
-
     from framework.data import identity
+    from framework.stopping.tune import describe, tune
 
     changed = identity.check_file(args.run_dirs, args.allow_changed_data)
     result = tune(args.run_dirs, args.price) | ({"data_changed": changed} if changed else {})

@@ -144,7 +144,8 @@ def check_file(run_dirs: Iterable[str], allow: bool) -> list[str]:
     for run_dir in dict.fromkeys(run_dirs):
         saved = read(run_dir)
         path = saved and saved.get("data_path")
-        if path and saved.get("data_sha256") and os.path.exists(path) and fingerprint_path(path) != saved["data_sha256"]:
+        if path and saved.get("data_sha256") and os.path.exists(path) \
+                and fingerprint_path(path) != saved["data_sha256"]:
             changes.append(f"{run_dir}: {path} has changed since it trained")
     if changes and not allow:
         raise ConfigError("data", f"{'; '.join(changes)}; what the runs recorded (validation EM at "

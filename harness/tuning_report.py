@@ -97,8 +97,8 @@ def section(tuned: dict) -> str:
 
 def write_section(tuned: dict, results_path: str) -> None:
     """Swap the marked section of `results_path`, or put it after the flagship's (or the title)."""
-    from experiments.flagship_report import END as FLAGSHIP_END
-    from experiments.flagship_report import replace_block
+    from harness.flagship_report import END as FLAGSHIP_END
+    from harness.flagship_report import replace_block
 
     text = open(results_path).read() if os.path.isfile(results_path) else "# Results\n"
     after = re.escape(FLAGSHIP_END) if FLAGSHIP_END in text else r"^# .*$"

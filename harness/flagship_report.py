@@ -1,4 +1,4 @@
-"""Tables, targets and the plot of the flagship (`experiments.early_stop_recovery`).
+"""Tables, targets and the plot of the flagship (`experiments.early_stop_recovery`, harness.flagship).
 
 `summarize` turns the per-seed rows into means with 95% t-intervals and paired differences, and
 judges the targets of issue 19; `write_docs` writes them into a marked section of docs/results.md
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.demo import ci95_half_width as _ci
 from framework.checkpoints.integrity import write_atomic
+from harness.report import ci95_half_width as _ci
 
 HEADLINE_STOPS = (0.62, 0.5)  # the stops at which recoup's 1x model must reach the plain recipe's full EM
 ORACLE_SLACK = 0.01  # the anytime run may trail the oracle planned for a stop by at most 1 point
