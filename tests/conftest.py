@@ -11,6 +11,7 @@ import jax
 import pytest
 
 from framework.config import PRESETS, DataConfig, OptimConfig, RunConfig
+from framework.data.registry import SPLITS
 
 # Tests compare with float64 references at float32 tolerances. On a GPU, float32 matmuls default to
 # TF32 (~2e-4 relative error, seen on an H100): ask for full float32 there; on the CPU this changes nothing.
@@ -91,3 +92,14 @@ def sandbox(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf-cache"))
         yield {"root": root, "run": str(run), "n": itertools.count()}
+
+
+def prompts_of(splits: datasets.DatasetDict) -> dict[str, set[str]]:
+    return {name: set(splits[name]["prompt"]) for name in SPLITS}
+
+
+def assert_disjoint(splits: datasets.DatasetDict) -> None:
+    p = prompts_of(splits)
+    assert not p["train"] & p["validation"]
+    assert not p["train"] & p["test"]
+    assert not p["validation"] & p["test"]
