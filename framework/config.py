@@ -106,8 +106,13 @@ class ModelConfig:
     dropout: float = 0.0  # residual dropout during training
     rope_base: float = 10_000.0  # RoPE frequency base
     dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (parameters and softmax stay float32)
+    factory: str | None = None  # "module:attr": your own nnx model, attr(vocab_size, rngs)
 
     def validate(self) -> None:
+        if self.factory is not None and (not isinstance(self.factory, str) or self.factory.count(":") != 1
+                                         or not all(self.factory.split(":"))):
+            raise ConfigError("model.factory", f"{self.factory!r} must be an import path 'module:attr' "
+                                               "(a function of vocab_size and rngs that returns an nnx.Module)")
         for name in ("d_model", "n_layers", "n_heads", "d_ff"):
             _positive_int(f"model.{name}", getattr(self, name))
         for name, most in (("d_model", MAX_WIDTH), ("d_ff", MAX_WIDTH), ("n_layers", MAX_LAYERS)):
@@ -412,7 +417,7 @@ def _text(field: str, value, optional: bool = False) -> None:
 # -- run directories, read without jax ----------------------------------------------------------
 
 CONFIG_FILE = "config.json"
-SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "mlp")  # what parameter shapes depend on
+SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "mlp", "factory")  # what parameter shapes depend on
 
 
 def require_run_dir(run_dir: str) -> None:

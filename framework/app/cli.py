@@ -30,7 +30,7 @@ from framework import __version__
 from framework.app import train_commands
 from framework.app.flags import int_list
 from framework.app.python_files import call_function_of
-from framework.app.train_commands import ALLOW_HELP
+from framework.app.train_commands import ALLOW_HELP, TRUST_HELP, require_trust
 from framework.config import load_run_config, parse_tokens
 from framework.errors import ConfigError, RecoupError
 from framework.sweeps.report import DEFAULT_LEVELS
@@ -81,6 +81,7 @@ def _cmd_report(args) -> int:
     prices = _prices(args.prices) if args.prices else [0.5, 2.0, 10.0]
     if args.max_cost < 1:
         raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
+    require_trust(args.run_dirs, args.trust_imports)
     result = write_report(args.run_dirs, args.out, prices, args.max_cost, allow_changed_data=args.allow_changed_data)
     print(f"wrote {args.out}/report.md and {args.out}/em_vs_tokens.png")
     _note_changed_data(result.get("data_changed"))
@@ -105,6 +106,7 @@ def _add_report_parser(sub) -> None:
     r.add_argument("--max-cost", type=int, default=3, help="largest output ensemble considered (default 3)")
     r.add_argument("--prices", help="EM points per million tokens for 'what to ship' (default 0.5,2,10)")
     r.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
+    r.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     r.set_defaults(func=_cmd_report)
 
 
@@ -121,6 +123,7 @@ def _cmd_ensemble_build(args) -> int:
         raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
     if os.path.isfile(args.out) or (os.path.isdir(args.out) and os.listdir(args.out)):
         raise ConfigError("out", f"{args.out} exists and is not empty; choose a new directory for the ensemble")
+    require_trust(args.run_dirs, args.trust_imports)
     from ensembles.artifact import build
     from ensembles.select import parse_budget
 
@@ -148,7 +151,8 @@ def _cmd_ensemble_build(args) -> int:
 def _cmd_ensemble_eval(args) -> int:
     from ensembles.artifact import evaluate_ensemble, load_manifest
 
-    load_manifest(args.ens_dir)  # a clear error before jax work
+    manifest = load_manifest(args.ens_dir)  # a clear error before jax work
+    require_trust([m["run"] for m in manifest["members"]], args.trust_imports)
     result = evaluate_ensemble(args.ens_dir, args.split, allow_changed_data=args.allow_changed_data)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -180,12 +184,14 @@ def _add_ensemble_parser(sub) -> None:
     b.add_argument("--out", required=True, help="new directory for the ensemble")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON (progress goes to stderr)")
     b.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
+    b.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     b.set_defaults(func=_cmd_ensemble_build)
     e = ens_sub.add_parser("eval", help="greedy-decode an ensemble on a split and score it")
     e.add_argument("ens_dir")
     e.add_argument("--split", default="test", help="train|validation|test (default test)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
+    e.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     e.set_defaults(func=_cmd_ensemble_eval)
 
 
@@ -201,6 +207,7 @@ def _cmd_serve(args) -> int:
                           "--max-wait-ms must be >= 0 and --max-queue >= 1")
     buckets = Buckets(int_list(args.batch_buckets, "batch_buckets"), int_list(args.prompt_buckets, "prompt_buckets"),
                       int_list(args.new_token_buckets, "new_buckets")).validate()
+    require_trust(_trained_runs(args.paths), args.trust_imports)
     _note_changed_data(identity.check_file(_trained_runs(args.paths), args.allow_changed_data))
     serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue)
     return 0
@@ -237,6 +244,7 @@ def _add_serve_parser(sub) -> None:
                    help="how long a request waits for others to share its batch (default 5)")
     s.add_argument("--max-queue", type=int, default=4096, help="rows that may wait before requests get 429")
     s.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
+    s.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     s.set_defaults(func=_cmd_serve)
 
 

@@ -37,7 +37,8 @@ NOT_FLAGS = {
     "data.split_cuts",  # a run's first build sets them (RUN/data.json); later builds of the run reuse them
 }
 # The short names of flags that users already type.
-RENAMED = {"data.data_path": "data", "data.seed": "data_seed", "optim.peak_lr": "lr", "optim.warmup_frac": "warmup",
+RENAMED = {"data.data_path": "data", "model.factory": "model",
+           "data.seed": "data_seed", "optim.peak_lr": "lr", "optim.warmup_frac": "warmup",
            "optim.decay_frac": "decay", "optim.clip_norm": "clip", "run.out_dir": "out", "run.mesh_shape": "mesh",
            "run.ema_half_lives": "ema_half_life", "run.stop_rules": "stop_rule",
            "run.curriculum_args": "curriculum_arg", "run.pacing_args": "pacing_arg", "run.scorer_args": "scorer_arg"}

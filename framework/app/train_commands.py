@@ -36,6 +36,27 @@ from framework.training.registry import DECAY_SHAPES
 # to None so we can tell "given" from "omitted": omitted flags fall back to --config, to the run
 # being resumed, or to the dataclass default.
 TRAIN_FLAGS = train_flags()
+TRUST_HELP = ("import the code a run's config.json names (a module:attr model, curriculum, pacing or scorer): "
+              "only for run directories you trust")
+
+
+def code_named(cfg: RunConfig, fields=("model", "curriculum", "pacing", "scorer")) -> dict[str, str]:
+    """The import paths among `fields` of a saved config: code that reading the run would run."""
+    named = {"model": cfg.model.factory, "curriculum": cfg.curriculum, "pacing": cfg.pacing, "scorer": cfg.scorer}
+    return {f: named[f] for f in fields if named[f] and ":" in named[f]}
+
+
+def require_trust(run_dirs, trusted: bool, fields=("model",)) -> None:
+    """A run's config.json is data: a command refuses to import the code it names unless trusted."""
+    if trusted:
+        return
+    for run_dir in dict.fromkeys(run_dirs):
+        if named := code_named(load_run_config(run_dir), fields):
+            raise ConfigError("trust_imports", f"{run_dir}/config.json names code to import "
+                              f"({', '.join(f'{f}={v}' for f, v in named.items())}); pass --trust-imports "
+                              "if you trust that run directory")
+
+
 ALLOW_HELP = ("go on when the run's data file or splits differ from what it recorded when it trained "
               "(RUN/data.json); the output says what changed")
 
@@ -217,6 +238,7 @@ def _cmd_eval(args) -> int:
     from framework.checkpoints.store import resolve_step
     from framework.training.runs import evaluate_checkpoint, open_run
 
+    require_trust([args.run_dir], args.trust_imports)
     run = open_run(args.run_dir, allow_changed_data=args.allow_changed_data)
     step = resolve_step(args.run_dir, args.step)
     result = evaluate_checkpoint(run, step, args.split)
@@ -240,12 +262,7 @@ def _cmd_cooldown(args) -> int:
 
     cfg = cooldown_config(args.run_dir, args.from_, args.tokens, args.out, args.shape)
     # The run's saved config is data, but an import path in it is code this command would run.
-    imports = {f: v for f, v in (("curriculum", cfg.curriculum), ("pacing", cfg.pacing), ("scorer", cfg.scorer))
-               if v and ":" in v}
-    if imports and not args.trust_imports:
-        raise ConfigError("trust_imports", f"{args.run_dir}/config.json names code to import "
-                          f"({', '.join(f'{f}={v}' for f, v in imports.items())}); pass --trust-imports "
-                          "if you trust that run directory")
+    require_trust([args.run_dir], args.trust_imports, ("model", "curriculum", "pacing", "scorer"))
     from framework.runner.build import train
 
     print(f"cooldown of {args.run_dir} from {cfg.branch_from} ({cfg.optim.decay_start:,} tokens): learning rate "
@@ -266,8 +283,7 @@ def _add_cooldown_parser(sub) -> None:
                                    "unless it was set)")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
-    c.add_argument("--trust-imports", action="store_true",
-                   help="allow the run's config to name a module:attr curriculum, pacing or scorer (runs its code)")
+    c.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     c.set_defaults(func=_cmd_cooldown)
 
 
@@ -289,5 +305,6 @@ def add_parsers(sub) -> None:
     ev.add_argument("--split", default="test", help="train|validation|test (default test)")
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
+    ev.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     ev.set_defaults(func=_cmd_eval)
     _add_cooldown_parser(sub)

@@ -20,6 +20,10 @@ def check(cfg: RunConfig):
     rule (None for none)."""
     cfg.validate()
     check_names(cfg)
+    if cfg.model.factory:  # the user's module: built abstractly and traced once, nothing compiled
+        from framework.models import protocol
+
+        protocol.check(cfg.model)
     if os.path.isfile(cfg.out_dir):
         raise ConfigError("out", f"{cfg.out_dir} is a file; give a directory for the run")
     stop_rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)

@@ -20,7 +20,7 @@ from framework.data.encoding import EncodedSplit, prepare
 from framework.data.tasks import SPLITS
 from framework.errors import ConfigError
 from framework.evaluation import evaluate
-from framework.models.transformer import build_model
+from framework.models import protocol
 from framework.training import averages, sharding
 
 
@@ -76,7 +76,7 @@ def open_run(run_dir: str, prepare_data: Callable[[DataConfig], dict[str, Encode
     reading many runs of one data set passes one that builds them once) and checked against the
     run's data record (`framework.data.identity`; `allow_changed_data` goes on, listing the changes)."""
     cfg = load_run_config(run_dir)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model, 0)), nnx.Param)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: protocol.build(cfg.model, 0)), nnx.Param)
     # On one device, whatever mesh trained the run: Orbax reads each array into the target's sharding.
     return Run(run_dir, cfg, graphdef, sharding.on_one_device(abstract), prepare_data=prepare_data,
                allow_changed_data=allow_changed_data)

@@ -31,7 +31,7 @@ from framework.data import identity
 from framework.data.encoding import answer_tokens, counted_tokens, make_batch
 from framework.errors import ConfigError, RecoupError
 from framework.evaluation import evaluate
-from framework.models.transformer import build_model
+from framework.models import protocol
 from framework.stopping.points import StopPoint, StopTraining
 from framework.stopping.rules import Observation
 from framework.training import averages as running
@@ -90,7 +90,7 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
     changes = _check_data(cfg, parts, resume, allow_changed_data)
     _prepare_run_dir(cfg, resume, write=sharding.is_primary(), data_identity=parts.data_identity, changes=changes)
     sharding.barrier("run directory ready")
-    graphdef, params = nnx.split(build_model(cfg.model, cfg.seed), nnx.Param)
+    graphdef, params = nnx.split(protocol.build(cfg.model, cfg.seed), nnx.Param)
     params = sharding.place(params, mesh)  # everything on the device below is laid out on the mesh
     optimizer, key, rule = parts.optimizer(cfg.batch_size), jax.random.key(cfg.seed), parts.stop_rule
     state = TrainState(params, sharding.place(optimizer.init(params), mesh),
