@@ -220,7 +220,8 @@ def _trained_runs(paths: list[str]) -> list[str]:
     runs = []
     for path in paths:
         if os.path.isfile(os.path.join(path, artifact.MANIFEST)):
-            runs += [m["run"] for m in artifact.load_manifest(path)["members"]]
+            with contextlib.suppress(ConfigError):  # a bad manifest: serving it fails, saying why
+                runs += [m["run"] for m in artifact.load_manifest(path)["members"]]
         else:
             runs.append(path)
     return runs

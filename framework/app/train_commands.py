@@ -51,7 +51,11 @@ def require_trust(run_dirs, trusted: bool, fields=("model",)) -> None:
     if trusted:
         return
     for run_dir in dict.fromkeys(run_dirs):
-        if named := code_named(load_run_config(run_dir), fields):
+        try:
+            cfg = load_run_config(run_dir)
+        except ConfigError:  # not a readable run: nothing will be imported from it, and the command says why
+            continue
+        if named := code_named(cfg, fields):
             raise ConfigError("trust_imports", f"{run_dir}/config.json names code to import "
                               f"({', '.join(f'{f}={v}' for f, v in named.items())}); pass --trust-imports "
                               "if you trust that run directory")
