@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from framework.errors import ConfigError
 
 # (k, v) per layer, each [batch, cache_len, kv_heads, head_dim].
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
@@ -360,6 +362,19 @@ def _hf_shape(leaf, transposed: bool) -> tuple[int, ...]:
     return tuple(reversed(leaf.shape)) if transposed else tuple(leaf.shape)
 
 
+def _to_param(array, transposed: bool) -> jax.Array:
+    """`array` as a float32 parameter (transposed if asked), converted in one pass into a fresh 64-byte
+    aligned host buffer that jax on a CPU then uses in place (`may_alias`) instead of copying it again;
+    on an accelerator, device_put copies it over and the host buffer goes with `array`."""
+    source = np.asarray(array)
+    source = source.T if transposed else source
+    raw = np.empty(source.size * 4 + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start:start + source.size * 4].view(np.float32).reshape(source.shape)
+    np.copyto(out, source, casting="unsafe")  # float16 and bfloat16 (ml_dtypes) widen exactly
+    return jax.device_put(out, may_alias=True)
+
+
 def from_hf_state_dict(cfg: LlamaConfig, tensors: Mapping[str, Any]) -> Llama:
     """A `Llama` holding the weights of a transformers state dict (numpy-like arrays of any float
     dtype, converted to float32). Every unknown, missing or misshapen tensor is named in one ValueError.
@@ -367,30 +382,44 @@ def from_hf_state_dict(cfg: LlamaConfig, tensors: Mapping[str, Any]) -> Llama:
     A tied model's `lm_head.weight` may be present (torch's state_dict keeps it) if it equals the
     embedding. RoPE's `inv_freq` buffers, which older checkpoints saved, are recomputed and skipped.
     """
+    shapes = {name: tuple(np.shape(array)) for name, array in tensors.items()}
+    return from_hf_tensors(cfg, shapes, tensors.__getitem__)
+
+
+def from_hf_tensors(cfg: LlamaConfig, shapes: Mapping[str, tuple[int, ...]], read: Callable[[str], Any],
+                    source: str = "Hugging Face state dict") -> Llama:
+    """`from_hf_state_dict` for tensors read one at a time: `shapes` names every tensor there is and
+    `read(name)` gives one (numpy-like, any float dtype). Every name and shape is checked before any
+    data is read, and each tensor is converted (float32, transposed) straight into its slot of an
+    abstractly built model, so the host holds the parameters plus about one tensor in flight, not two
+    copies of the weights (a tied checkpoint's redundant lm_head is read once, to compare it).
+
+    Raises a ConfigError (a ValueError) naming `source` and every bad tensor at once.
+    """
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))))
     pure = nnx.to_pure_dict(state)
     layout = hf_layout(cfg)
     problems = []
-    for name in sorted(set(tensors) - set(layout)):
+    for name in sorted(set(shapes) - set(layout)):
         if name.endswith("rotary_emb.inv_freq"):
             continue
-        if name == "lm_head.weight" and cfg.tie_word_embeddings and "model.embed_tokens.weight" in tensors:
-            if not np.array_equal(np.asarray(tensors[name]), np.asarray(tensors["model.embed_tokens.weight"])):
+        if name == "lm_head.weight" and cfg.tie_word_embeddings and "model.embed_tokens.weight" in shapes:
+            if not np.array_equal(np.asarray(read(name)), np.asarray(read("model.embed_tokens.weight"))):
                 problems.append(f"{name}: differs from model.embed_tokens.weight, but tie_word_embeddings is true")
             continue
         problems.append(f"{name}: unknown to this config")
     for name, (path, transposed) in layout.items():
         expected = _hf_shape(_get(pure, path), transposed)
-        if name not in tensors:
+        if name not in shapes:
             problems.append(f"{name}: missing (expected shape {expected})")
-            continue
-        array = np.asarray(tensors[name], dtype=np.float32)
-        if array.shape != expected:
-            problems.append(f"{name}: shape {array.shape}, expected {expected}")
-            continue
-        _set(pure, path, jnp.asarray(array.T if transposed else array))
+        elif tuple(shapes[name]) != expected:
+            problems.append(f"{name}: shape {tuple(shapes[name])}, expected {expected}")
     if problems:
-        raise ValueError(f"{len(problems)} bad tensor(s) in the Hugging Face state dict:\n  " + "\n  ".join(problems))
+        raise ConfigError(source, f"{len(problems)} bad tensor(s):\n  " + "\n  ".join(problems))
+    # Largest first: the buffer of each tensor read, once freed, then fits every later one, so the host
+    # allocator reuses it rather than growing by the sum of them all.
+    for name, (path, transposed) in sorted(layout.items(), key=lambda item: -math.prod(shapes[item[0]])):
+        _set(pure, path, _to_param(read(name), transposed))
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
 
