@@ -130,9 +130,11 @@ def check(run_dir: str, now: dict, allow: bool, what: str = "data") -> list[str]
     saved = read(run_dir)
     changes = differences(saved, now) if saved else []
     if changes and not allow:
-        raise ConfigError(what, f"{run_dir} was trained on other data: {'; '.join(changes)}. Its held-out "
-                                "splits are not the ones it held out; pass --allow-changed-data to go on anyway "
-                                "(results will say so)")
+        held = all(saved["splits"].get(s) == now.get("splits", {}).get(s) for s in ("validation", "test"))
+        why = ("Its validation and test splits are still the ones it held out (split by hash), but it did not "
+               "train on this data" if held else "Its held-out splits are not the ones it held out")
+        raise ConfigError(what, f"{run_dir} was trained on other data: {'; '.join(changes)}. {why}; pass "
+                                "--allow-changed-data to go on anyway (results will say so)")
     return changes
 
 
