@@ -157,7 +157,8 @@ class OptimConfig:
     b2_batch: int | None = None
     # "adamw"; "schedule-free" (AdamW without a schedule's decay: evaluate and save its averaged
     # weights; pair it with schedule "constant"); "muon" (orthogonalized updates on the weight
-    # matrices, AdamW on the rest). See framework.training.optimizers.
+    # matrices, AdamW on the rest); or "module:attr", your own optax optimizer: attr(learning_rate)
+    # -> GradientTransformation, as optax.adamw. See framework.training.optimizers.
     optimizer: str = "adamw"
     grokfast_lambda: float = 0.0  # Grokfast: each gradient g += lambda * EMA(g); 0: off
     grokfast_alpha: float = 0.98  # Grokfast: the gradient EMA's decay per step

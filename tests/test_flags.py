@@ -43,7 +43,7 @@ def test_comments_above_and_beside_a_field_are_its_help():
 
 
 def test_help_lists_a_registry_names_and_the_default():
-    assert "(adamw|schedule-free|muon) (default adamw)" in TRAIN_FLAGS["optimizer"].help
+    assert "(adamw|schedule-free|muon|module:attr) (default adamw)" in TRAIN_FLAGS["optimizer"].help
     assert "|module:attr)" in TRAIN_FLAGS["curriculum"].help
     assert TRAIN_FLAGS["d_model"].help.endswith("(default: the preset's)")
     help_text = build_parser().parse_args  # argparse formats every help string (a stray % would raise)

@@ -20,6 +20,15 @@ from framework.training.runs import open_run
 from tests.conftest import crash_then_resume, logged_lines, tiny_config
 
 
+def sgd_momentum(learning_rate):
+    """A user's own optimizer (--optimizer tests.test_optimizers:sgd_momentum), as optax writes them."""
+    return optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(learning_rate, momentum=0.9))
+
+
+def not_an_optimizer(learning_rate):
+    return {"lr": learning_rate}
+
+
 def _params():
     return nnx.split(build_model(PRESETS["tiny"], 0), nnx.Param)[1]
 
@@ -122,6 +131,7 @@ LEVERS = {
     "schedule-free": dict(optim=OptimConfig(schedule="constant", optimizer="schedule-free", grokfast_lambda=1.0,
                                             b2_batch=128), batch_warmup=0.9, ema_half_lives=(3_000,)),
     "muon, 1-sqrt wsd": dict(optim=OptimConfig(schedule="wsd", optimizer="muon", decay_shape="1-sqrt")),
+    "a user's optax optimizer": dict(optim=OptimConfig(optimizer="tests.test_optimizers:sgd_momentum")),
 }
 
 
@@ -163,3 +173,25 @@ def test_a_cooldown_keeps_or_sets_the_decay_shape(trained_run, tmp_path):
     assert shaped.optim.decay_shape == "1-sqrt" and shaped.optim.schedule == "cooldown"
     assert dataclasses.replace(shaped.optim, decay_shape="linear") == cooldown_config(
         cfg.out_dir, "0.5", "0.1", str(tmp_path / "c")).optim
+
+
+def test_a_users_optimizer_is_clip_then_its_own_transformation():
+    params = _params()
+    mine, _ = _run_steps(optimizers.build(OptimConfig(optimizer="tests.test_optimizers:sgd_momentum", clip_norm=0.5),
+                                          32), params)
+    ref = optimizers.Optimizer(lambda lr: optax.chain(optax.clip_by_global_norm(0.5), sgd_momentum(lr)), None)
+    expected, _ = _run_steps(ref, params)
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, mine, expected)))
+
+
+def test_a_users_optimizer_that_is_not_one_fails_before_anything_is_built(tmp_path, capsys):
+    from framework.app.cli import main
+
+    argv = ["train", "--preset", "tiny", "--budget-tokens", "4k", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*argv, "--optimizer", "tests.test_optimizers:not_an_optimizer"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optim.optimizer" in err[0] and "not an optax.GradientTransformation" in err[0]
+    assert main([*argv, "--optimizer", "tests.test_optimizers:nothing_here"]) == 2
+    assert "has no attribute 'nothing_here'" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+

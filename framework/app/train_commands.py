@@ -36,13 +36,15 @@ from framework.training.registry import DECAY_SHAPES
 # to None so we can tell "given" from "omitted": omitted flags fall back to --config, to the run
 # being resumed, or to the dataclass default.
 TRAIN_FLAGS = train_flags()
-TRUST_HELP = ("import the code a run's config.json names (a module:attr model, curriculum, pacing or scorer): "
+TRUST_HELP = ("import the code a run's config.json names (a module:attr model, optimizer, curriculum, pacing or "
+              "scorer): "
               "only for run directories you trust")
 
 
-def code_named(cfg: RunConfig, fields=("model", "curriculum", "pacing", "scorer")) -> dict[str, str]:
+def code_named(cfg: RunConfig, fields=("model", "optimizer", "curriculum", "pacing", "scorer")) -> dict[str, str]:
     """The import paths among `fields` of a saved config: code that reading the run would run."""
-    named = {"model": cfg.model.factory, "curriculum": cfg.curriculum, "pacing": cfg.pacing, "scorer": cfg.scorer}
+    named = {"model": cfg.model.factory, "optimizer": cfg.optim.optimizer, "curriculum": cfg.curriculum,
+             "pacing": cfg.pacing, "scorer": cfg.scorer}
     return {f: named[f] for f in fields if named[f] and ":" in named[f]}
 
 
@@ -266,7 +268,7 @@ def _cmd_cooldown(args) -> int:
 
     cfg = cooldown_config(args.run_dir, args.from_, args.tokens, args.out, args.shape)
     # The run's saved config is data, but an import path in it is code this command would run.
-    require_trust([args.run_dir], args.trust_imports, ("model", "curriculum", "pacing", "scorer"))
+    require_trust([args.run_dir], args.trust_imports, ("model", "optimizer", "curriculum", "pacing", "scorer"))
     from framework.runner.build import train
 
     print(f"cooldown of {args.run_dir} from {cfg.branch_from} ({cfg.optim.decay_start:,} tokens): learning rate "

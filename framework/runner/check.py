@@ -20,6 +20,10 @@ def check(cfg: RunConfig):
     rule (None for none)."""
     cfg.validate()
     check_names(cfg)
+    if ":" in cfg.optim.optimizer:  # the user's optax factory: called once, nothing compiled
+        from framework.training.optimizers import check_user
+
+        check_user(cfg.optim.optimizer)
     if cfg.model.factory:  # the user's module: built abstractly and traced once, nothing compiled
         from framework.models import protocol
 

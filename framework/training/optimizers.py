@@ -14,6 +14,10 @@ step with a traced `lr`, nothing recompiles as the rate moves.
                    blocks' weight matrices, Adam on the embedding and the norms; the matrices'
                    updates are scaled to Adam's RMS (0.2·sqrt(max(fan_in, fan_out)), Liu et al.
                    2025), so one learning rate serves both
+    module:attr    a user's own: clip -> [grokfast] -> attr(lr), where attr(learning_rate) returns
+                   an optax GradientTransformation whose updates are added to the parameters
+                   (optax.adamw, optax.lion, a chain of one's own); its weight decay, betas and
+                   state are its own business, the state checkpointed like AdamW's
 
 Adam's b2 can keep its half-life in tokens across batch sizes (Marek et al. 2025): with
 `b2_batch` set, a step of `batch` sequences uses b2 ** (batch / b2_batch). Grokfast (Lee et al.
@@ -31,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from framework.config import OptimConfig
+from framework.errors import ConfigError
 from framework.training.registry import OPTIMIZERS
 
 Params = Any
@@ -126,10 +131,30 @@ def schedule_free(o: OptimConfig, b2: float, head: list, decay) -> Optimizer:
     return Optimizer(make, _schedule_free_x)
 
 
+def users(factory: Callable, head: list) -> Optimizer:
+    """A user's `factory(learning_rate) -> GradientTransformation`, after recoup's clip and Grokfast."""
+    return Optimizer(lambda lr: optax.chain(*head, factory(lr)), _same)
+
+
+def check_user(spec: str) -> None:
+    """A user's optimizer factory, called once with a rate: a ConfigError unless it gives an optax
+    GradientTransformation (before anything is built or compiled)."""
+    factory = OPTIMIZERS.resolve(spec)
+    try:
+        made = factory(1e-3)
+    except Exception as e:  # the user's code: its error is the message
+        raise ConfigError("optim.optimizer", f"{spec}(learning_rate) failed: {type(e).__name__}: {e}") from None
+    if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):
+        raise ConfigError("optim.optimizer", f"{spec}(learning_rate) returned a {type(made).__name__}, not an "
+                                             "optax.GradientTransformation (init and update)")
+
+
 def build(o: OptimConfig, batch: int) -> Optimizer:
     """The optimizer `o` names, for steps of `batch` sequences (b2 depends on it; see `effective_b2`)."""
     head = [optax.clip_by_global_norm(o.clip_norm)]
     if o.grokfast_lambda > 0:
         head.append(grokfast(o.grokfast_alpha, o.grokfast_lambda))
+    if o.optimizer not in set(OPTIMIZERS):  # a user's "module:attr"
+        return users(OPTIMIZERS.resolve(o.optimizer), head)
     decay = optax.add_decayed_weights(o.weight_decay, mask=_matrices)
     return OPTIMIZERS[o.optimizer](o, effective_b2(o, batch), head, decay)

@@ -17,4 +17,4 @@ OPTIMIZERS = Registry("optim.optimizer", "optimizer", {
     "adamw": "framework.training.optimizers:adamw",
     "schedule-free": "framework.training.optimizers:schedule_free",
     "muon": "framework.training.optimizers:muon",
-})
+}, import_paths=True)  # or a user's factory: learning rate -> optax.GradientTransformation
