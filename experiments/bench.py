@@ -160,11 +160,13 @@ def main() -> None:
         "|---|---|---|",
         *[f"| {r['curriculum']} | {100 * r['data_frac']:.2f}% | {100 * r['data_frac_max']:.2f}% |" for r in data_rows],
     ]
-    from experiments.bench_ensembles import averaging_cost, output_ensemble_latency
-    from experiments.bench_serving import serving_benchmark
-    from experiments.bench_training import training_benchmark
+    from experiments.demo import get_config
+    from harness.bench_ensembles import averaging_cost, output_ensemble_latency
+    from harness.bench_serving import serving_benchmark
+    from harness.bench_training import training_benchmark
 
-    lines += ["", output_ensemble_latency(), averaging_cost(), serving_benchmark(), training_benchmark()]
+    base = get_config()
+    lines += ["", output_ensemble_latency(base), averaging_cost(), serving_benchmark(), training_benchmark(base)]
     if on_gpu:
         lines += ["", "## Absolute times (GPU)", "", "| preset | train step ms | teacher-forced s | decode s |",
                   "|---|---|---|---|",

@@ -43,12 +43,12 @@ def step_comparison(cfg, train_split) -> dict:
     """Seconds per step, on the same device-resident batches: the hand-written step, recoup's step as
     it is (nothing donated: an asynchronous save may still be reading the previous state), and
     recoup's step with params and optimizer state donated. Each timed twice, alternating; the better kept."""
-    from experiments.bench_training import hand_written_step
     from framework.data.encoding import make_batch
     from framework.models.transformer import build_model
     from framework.training.optimizers import build as build_optimizer
     from framework.training.schedules import warmup_constant
     from framework.training.step import make_train_step
+    from harness.bench_training import hand_written_step
 
     rng = np.random.default_rng(0)
     batches = [jax.device_put(make_batch(train_split, rng.integers(0, len(train_split), cfg.batch_size)))
@@ -86,15 +86,17 @@ def step_comparison(cfg, train_split) -> dict:
 
 
 def main(batches=(512, 2048, 4096)) -> None:
-    from experiments.bench_ensembles import output_ensemble_latency
-    from experiments.bench_training import _config, hand_written_tokens_per_s, peak_matmul_flops, training_benchmark
+    from experiments.demo import get_config
     from framework.data.encoding import mean_counted_tokens, prepare
     from framework.models.transformer import build_model, count_params, training_flops
+    from harness.bench_ensembles import output_ensemble_latency
+    from harness.bench_training import bench_config, hand_written_tokens_per_s, peak_matmul_flops, training_benchmark
     from harness.report import machine, splice
 
     if jax.default_backend() == "cpu":
         raise SystemExit("experiments.bench_gpu needs a GPU: jax sees only the CPU here")
-    cfg = _config("unused", "base")
+    base = get_config()
+    cfg = bench_config(base, "unused", "base")
     train_split = prepare(cfg.data)["train"]
     mean_len = mean_counted_tokens(train_split)
     flops_per_token = training_flops(cfg.model, count_params(build_model(cfg.model, 0)), 1, mean_len)
@@ -127,10 +129,10 @@ def main(batches=(512, 2048, 4096)) -> None:
     step_tokens = best_batch * mean_len
     tokens = int(60 * step_tokens)  # ~60 steps per timed run: five log windows after the compiling one
     cadence = int(max(tokens, 60 * best_tps))  # about a minute of training at the default stops
-    section = training_benchmark("base", best_batch, tokens, cadence)
+    section = training_benchmark(base, "base", best_batch, tokens, cadence)
     splice(section)
     for preset in ("small", "base"):
-        splice(output_ensemble_latency(preset=preset))
+        splice(output_ensemble_latency(base, preset=preset))
     print(open("docs/benchmarks.md").read())
 
 
