@@ -27,7 +27,7 @@ import os
 import sys
 
 from framework import __version__
-from framework.app import train_commands
+from framework.app import export, train_commands
 from framework.app.flags import int_list
 from framework.app.python_files import call_function_of
 from framework.app.train_commands import ALLOW_HELP, TRUST_HELP, require_trust
@@ -327,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(sub)
     _add_serve_parser(sub)
     _add_sweep_parser(sub)
+    export.add_parser(sub)
     return parser
 
 
