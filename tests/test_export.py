@@ -88,3 +88,19 @@ def test_a_model_of_ones_own_that_is_not_a_llama_is_refused():
         model=ModelConfig(factory="mymod:make")))  # a factory's module that is recoup's Transformer, not a Llama
     with pytest.raises(ConfigError, match="recoup exports its Transformer and framework.models.llama.Llama"):
         _llama(run, params)
+
+
+def test_an_output_ensemble_exports_its_members_and_says_it_is_not_one_model(trained_run, tmp_path, capsys):
+    cfg, _ = trained_run
+    ens = tmp_path / "ens"
+    assert main(["ensemble", "build", cfg.out_dir, "--budget", "1.0", "--max-cost", "2", "--method", "logits",
+                 "--out", str(ens)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(ens), "--hf", str(tmp_path / "hf")]) == 0
+    out, err = capsys.readouterr()
+    assert "not one model" in err and "output ensemble" in out
+    manifest = json.loads((tmp_path / "hf" / "ensemble.json").read_text())
+    assert manifest["combine"] == "logits" and manifest["members"] == ["member-0", "member-1"]
+    for member in manifest["members"]:
+        assert (tmp_path / "hf" / member / "model.safetensors").is_file()
+        assert (tmp_path / "hf" / member / "tokenizer.json").is_file()
