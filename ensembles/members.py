@@ -24,10 +24,10 @@ import jax
 from ensembles import averaging, output
 from framework.checkpoints import store as checkpoints
 from framework.config import SHAPE_FIELDS, DataConfig
-from framework.data.encoding import EncodedSplit, prepare
+from framework.data.encoding import EncodedSplit
 from framework.errors import ConfigError
 from framework.evaluation import evaluate
-from framework.training.runs import Run, open_run
+from framework.training.runs import Run, open_run, prepare_with_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +100,11 @@ class ParamStore:
         """What differed from the runs' data records, for the runs read so far (with allow_changed_data)."""
         return [f"{d}: {c}" for d, run in self._runs.items() for c in run.data_changes]
 
-    def _prepare(self, data: DataConfig) -> dict:
-        """The splits of `data`, built once: a run's cooldowns, schedules and curricula read the same
-        data (building multihop's takes about 3 s)."""
+    def _prepare(self, data: DataConfig) -> tuple[dict, dict]:
+        """The splits of `data` and their identity record, built once: a run's cooldowns, schedules and
+        curricula read the same data (building multihop's takes about 3 s; hashing a file, its size)."""
         if data not in self._splits:
-            self._splits[data] = prepare(data)
+            self._splits[data] = prepare_with_record(data)
         return self._splits[data]
 
     def metadata(self, run_dir: str, step: int) -> dict:

@@ -178,8 +178,8 @@ def test_param_store_builds_the_data_of_runs_that_share_it_once(ens_runs, monkey
     a, b = (cfg.out_dir for cfg in ens_runs)
     assert ens_runs[0].data == ens_runs[1].data  # two seeds of one task: the same splits
     built = []
-    real = members_module.prepare  # the real splits: each run checks them against its data record
-    monkeypatch.setattr(members_module, "prepare", lambda data: built.append(data) or real(data))
+    real = members_module.prepare_with_record  # the real splits and record: each run checks them against its own
+    monkeypatch.setattr(members_module, "prepare_with_record", lambda data: built.append(data) or real(data))
     store = ParamStore()
     assert store.run(a).split("test") is store.run(b).split("test")
     assert len(built) == 1

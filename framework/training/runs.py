@@ -31,7 +31,8 @@ class Run:
     graphdef: Any
     abstract_params: Any
     _splits: dict[str, EncodedSplit] | None = None
-    prepare_data: Callable[[DataConfig], dict[str, EncodedSplit]] = prepare  # a ParamStore shares one build
+    # data -> (its splits, identity.record of them); a ParamStore shares one build (and one file hash)
+    prepare_data: Callable[[DataConfig], tuple[dict[str, EncodedSplit], dict]] = None
     allow_changed_data: bool = False  # read data that differs from what the run recorded, saying so
     data_changes: list[str] = dataclasses.field(default_factory=list)  # what differed, when allowed
 
@@ -39,8 +40,8 @@ class Run:
     def splits(self) -> dict[str, EncodedSplit]:
         if self._splits is None:  # built lazily: `runs show` needs no data
             data = identity.resolved(self.cfg.data, [self.run_dir])
-            splits = self.prepare_data(data)
-            self.data_changes = identity.check(self.run_dir, identity.record(data, splits), self.allow_changed_data)
+            splits, record = (self.prepare_data or prepare_with_record)(data)
+            self.data_changes = identity.check(self.run_dir, record, self.allow_changed_data)
             self._splits = splits
         return self._splits
 
@@ -70,11 +71,18 @@ class Run:
             mgr.close()
 
 
-def open_run(run_dir: str, prepare_data: Callable[[DataConfig], dict[str, EncodedSplit]] = prepare,
+def prepare_with_record(data: DataConfig) -> tuple[dict[str, EncodedSplit], dict]:
+    """`data`'s splits and what identifies them (framework.data.identity.record)."""
+    splits = prepare(data)
+    return splits, identity.record(data, splits)
+
+
+def open_run(run_dir: str, prepare_data: Callable[[DataConfig], tuple[dict[str, EncodedSplit], dict]] | None = None,
              allow_changed_data: bool = False) -> Run:
-    """The run in `run_dir`; its splits are built by `prepare_data` when first asked for (a caller
-    reading many runs of one data set passes one that builds them once) and checked against the
-    run's data record (`framework.data.identity`; `allow_changed_data` goes on, listing the changes)."""
+    """The run in `run_dir`; its splits are built by `prepare_data` (default `prepare_with_record`)
+    when first asked for (a caller reading many runs of one data set passes one that builds them,
+    and hashes the file, once) and checked against the run's data record (`framework.data.identity`;
+    `allow_changed_data` goes on, listing the changes)."""
     cfg = load_run_config(run_dir)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: protocol.build(cfg.model, 0)), nnx.Param)
     # On one device, whatever mesh trained the run: Orbax reads each array into the target's sharding.
