@@ -149,7 +149,7 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
                         "inference_cost": c.inference_cost, "training_tokens": c.training_tokens, "val_em": s}
                        for c, s in sel.scored],
         "build_s": None,
-        **({"data_changed": store.data_changes()} if store.data_changes() else {}),
+        **({"data_changed": changed} if (changed := store.data_changes()) else {}),
     }
     os.makedirs(out_dir, exist_ok=True)
     if best.one_model:
@@ -238,4 +238,4 @@ def evaluate_ensemble(ens_dir: str, split: str = "test", allow_changed_data: boo
     return {"run_dir": ens_dir, "step": None, "tokens": manifest["training_tokens"],
             "fraction": manifest["budgets"]["fraction"], "split": split, **result,
             "method": manifest["method"], "inference_cost": manifest["inference_cost"],
-            **({"data_changed": store.data_changes()} if store.data_changes() else {})}
+            **({"data_changed": changed} if (changed := store.data_changes()) else {})}

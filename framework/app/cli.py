@@ -30,7 +30,7 @@ from framework import __version__
 from framework.app import export, train_commands
 from framework.app.flags import int_list
 from framework.app.python_files import call_function_of
-from framework.app.train_commands import ALLOW_HELP, TRUST_HELP, require_trust
+from framework.app.train_commands import ALLOW_HELP, TRUST_HELP, note_changed_data, require_trust, trained_runs
 from framework.config import load_run_config, parse_tokens
 from framework.errors import ConfigError, RecoupError
 from framework.sweeps.report import DEFAULT_LEVELS
@@ -44,7 +44,7 @@ def _cmd_tune_stopping(args) -> int:
 
     changed = identity.check_file(args.run_dirs, args.allow_changed_data)
     result = tune(args.run_dirs, args.price) | ({"data_changed": changed} if changed else {})
-    _note_changed_data(changed)
+    note_changed_data(changed)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "ranked"} | {"ranked": result["ranked"][:10]},
                          indent=2))
@@ -84,7 +84,7 @@ def _cmd_report(args) -> int:
     require_trust(args.run_dirs, args.trust_imports)
     result = write_report(args.run_dirs, args.out, prices, args.max_cost, allow_changed_data=args.allow_changed_data)
     print(f"wrote {args.out}/report.md and {args.out}/em_vs_tokens.png")
-    _note_changed_data(result.get("data_changed"))
+    note_changed_data(result.get("data_changed"))
     return 0
 
 
@@ -144,7 +144,7 @@ def _cmd_ensemble_build(args) -> int:
     from ensembles.artifact import describe_recovery
 
     print("  recovery: " + describe_recovery(manifest.get("recovery_interval")))
-    _note_changed_data(manifest.get("data_changed"))
+    note_changed_data(manifest.get("data_changed"))
     return 0
 
 
@@ -161,14 +161,8 @@ def _cmd_ensemble_eval(args) -> int:
               f"n={result['n']}")
         print(f"  EM {result['em']:.4f}  strict EM {result['strict_em']:.4f}  F1 {result['f1']:.4f}  "
               f"(teacher-forced strict EM {result['teacher_forced_strict_em']:.4f})")
-    _note_changed_data(result.get("data_changed"))
+    note_changed_data(result.get("data_changed"))
     return 0
-
-
-def _note_changed_data(changes: list[str] | None) -> None:
-    """--allow-changed-data went on: say so beside the figures."""
-    if changes:
-        print("NOTE: the data changed since training: " + "; ".join(changes), file=sys.stderr)
 
 
 def _add_ensemble_parser(sub) -> None:
@@ -207,24 +201,11 @@ def _cmd_serve(args) -> int:
                           "--max-wait-ms must be >= 0 and --max-queue >= 1")
     buckets = Buckets(int_list(args.batch_buckets, "batch_buckets"), int_list(args.prompt_buckets, "prompt_buckets"),
                       int_list(args.new_token_buckets, "new_buckets")).validate()
-    require_trust(_trained_runs(args.paths), args.trust_imports)
-    _note_changed_data(identity.check_file(_trained_runs(args.paths), args.allow_changed_data))
+    runs = trained_runs(args.paths)
+    require_trust(runs, args.trust_imports)
+    note_changed_data(identity.check_file(runs, args.allow_changed_data))
     serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue)
     return 0
-
-
-def _trained_runs(paths: list[str]) -> list[str]:
-    """The run directories behind served paths: a run itself, or an ensemble's member runs."""
-    from ensembles import artifact
-
-    runs = []
-    for path in paths:
-        if os.path.isfile(os.path.join(path, artifact.MANIFEST)):
-            with contextlib.suppress(ConfigError):  # a bad manifest: serving it fails, saying why
-                runs += [m["run"] for m in artifact.load_manifest(path)["members"]]
-        else:
-            runs.append(path)
-    return runs
 
 
 def _add_serve_parser(sub) -> None:

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from framework.app.train_commands import TRUST_HELP, require_trust
+from framework.app.train_commands import TRUST_HELP, require_trust, trained_runs
 from framework.errors import ConfigError
 
 GENERATION_IDS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # framework.data.tokenizer's
@@ -89,15 +89,9 @@ def export(path: str, out: str, step: int | None = None, average: str | None = N
 
 
 def _cmd_export(args) -> int:
-    from ensembles import artifact
-
     if args.dtype not in ("float32", "bfloat16"):
         raise ConfigError("dtype", f"{args.dtype!r} cannot be exported", ("float32", "bfloat16"))
-    if os.path.isfile(os.path.join(args.path, artifact.MANIFEST)):
-        runs = [m["run"] for m in artifact.load_manifest(args.path)["members"]]
-    else:
-        runs = [args.path]
-    require_trust(runs, args.trust_imports)
+    require_trust(trained_runs([args.path]), args.trust_imports)
     result = export(args.path, args.hf, args.step, args.average, args.dtype,
                     log=lambda *a, **k: print(*a, **k))
     print(f"wrote {result['out']}: {result['kind']} as a Hugging Face checkpoint "

@@ -7,8 +7,10 @@ trainer (and with it jax), so bad input fails in a second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 
 from framework.app.flags import add_train_flags, train_flags
@@ -37,8 +39,7 @@ from framework.training.registry import DECAY_SHAPES
 # being resumed, or to the dataclass default.
 TRAIN_FLAGS = train_flags()
 TRUST_HELP = ("import the code a run's config.json names (a module:attr model, optimizer, curriculum, pacing or "
-              "scorer): "
-              "only for run directories you trust")
+              "scorer): only for run directories you trust")
 
 
 def code_named(cfg: RunConfig, fields=("model", "optimizer", "curriculum", "pacing", "scorer")) -> dict[str, str]:
@@ -61,6 +62,27 @@ def require_trust(run_dirs, trusted: bool, fields=("model",)) -> None:
             raise ConfigError("trust_imports", f"{run_dir}/config.json names code to import "
                               f"({', '.join(f'{f}={v}' for f, v in named.items())}); pass --trust-imports "
                               "if you trust that run directory")
+
+
+def trained_runs(paths) -> list[str]:
+    """The run directories behind `paths`: a run itself, or an ensemble's member runs (a manifest
+    that cannot be read adds none: the command that reads it says why)."""
+    from ensembles import artifact
+
+    runs = []
+    for path in paths:
+        if os.path.isfile(os.path.join(path, artifact.MANIFEST)):
+            with contextlib.suppress(ConfigError):
+                runs += [m["run"] for m in artifact.load_manifest(path)["members"]]
+        else:
+            runs.append(path)
+    return runs
+
+
+def note_changed_data(changes: list[str] | None) -> None:
+    """--allow-changed-data went on: say so beside the figures."""
+    if changes:
+        print("NOTE: the data changed since training: " + "; ".join(changes), file=sys.stderr)
 
 
 ALLOW_HELP = ("go on when the run's data file or splits differ from what it recorded when it trained "
@@ -255,8 +277,7 @@ def _cmd_eval(args) -> int:
         print(f"  EM {result['em']:.4f}  strict EM {result['strict_em']:.4f}  F1 {result['f1']:.4f}  "
               f"(teacher-forced strict EM {result['teacher_forced_strict_em']:.4f})")
         print("  EM by difficulty: " + ", ".join(f"{k}: {v:.3f}" for k, v in result["em_by_difficulty"].items()))
-    if run.data_changes:  # --allow-changed-data: the figures above are not on the run's held-out split
-        print("  NOTE: the data changed since training (" + "; ".join(run.data_changes) + ")", file=sys.stderr)
+    note_changed_data(run.data_changes)  # --allow-changed-data: the figures above are not on the held-out split
     return 0
 
 
