@@ -92,8 +92,7 @@ def _cmd_export(args) -> int:
     if args.dtype not in ("float32", "bfloat16"):
         raise ConfigError("dtype", f"{args.dtype!r} cannot be exported", ("float32", "bfloat16"))
     require_trust(trained_runs([args.path]), args.trust_imports)
-    result = export(args.path, args.hf, args.step, args.average, args.dtype,
-                    log=lambda *a, **k: print(*a, **k))
+    result = export(args.path, args.hf, args.step, args.average, args.dtype)
     print(f"wrote {result['out']}: {result['kind']} as a Hugging Face checkpoint "
           "(AutoModelForCausalLM.from_pretrained and AutoTokenizer load it)")
     return 0
