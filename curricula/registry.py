@@ -32,7 +32,7 @@ CURRICULA = Registry("curriculum", "curriculum", {
 }, import_paths=True)
 SCORERS = Registry("scorer", "scorer", {
     "column": "curricula.scorers:from_column",  # args: name
-    "prompt-length": "curricula.scorers:prompt_length",
-    "answer-length": "curricula.scorers:answer_length",
+    "prompt-length": "curricula.scorers:prompt_length",  # args: tokenizer (default byte)
+    "answer-length": "curricula.scorers:answer_length",  # args: tokenizer
     "model-loss": "curricula.scorers:model_loss",  # args: run_dir, step
 }, import_paths=True)

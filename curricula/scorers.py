@@ -19,7 +19,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from framework.data import tokenizer
+from framework.data.tokenizer import load as load_tokenizer
 from framework.errors import ConfigError
 
 Batch = dict[str, list[Any]]
@@ -37,14 +37,16 @@ def from_column(name: str) -> Scorer:
     return score
 
 
-def prompt_length() -> Scorer:
-    """Prompt length in tokens (bytes, with the byte tokenizer)."""
-    return lambda batch: [float(len(tokenizer.encode(p))) for p in batch["prompt"]]
+def prompt_length(tokenizer: str = "byte") -> Scorer:
+    """Prompt length in tokens of `tokenizer` ("byte": bytes; or a tokenizer.json, or a directory with one)."""
+    tok = load_tokenizer(tokenizer)
+    return lambda batch: [float(len(tok.encode(p))) for p in batch["prompt"]]
 
 
-def answer_length() -> Scorer:
-    """Answer length in tokens."""
-    return lambda batch: [float(len(tokenizer.encode(a))) for a in batch["answer"]]
+def answer_length(tokenizer: str = "byte") -> Scorer:
+    """Answer length in tokens of `tokenizer` (as `prompt_length`)."""
+    tok = load_tokenizer(tokenizer)
+    return lambda batch: [float(len(tok.encode(a))) for a in batch["answer"]]
 
 
 def model_loss(run_dir: str, step: int | None = None, batch_size: int = 256) -> Scorer:
@@ -65,10 +67,11 @@ def model_loss(run_dir: str, step: int | None = None, batch_size: int = 256) -> 
 
         if not loaded:
             run = open_run(run_dir)
-            loaded.update(graphdef=run.graphdef, params=run.params(step))
+            loaded.update(graphdef=run.graphdef, params=run.params(step), tokenizer=run.tokenizer)
         ds = datasets.Dataset.from_dict({"prompt": batch["prompt"], "answer": batch["answer"],
                                          "difficulty": [0] * len(batch["prompt"])})
-        split = data.encode_split(ds, data.sequence_width({"batch": ds}))
+        tok = loaded["tokenizer"]  # the checkpoint reads text as it was trained to
+        split = data.encode_split(ds, data.sequence_width({"batch": ds}, tok), tok)
         result = evaluate.teacher_forced(loaded["graphdef"], loaded["params"], split, batch_size)
         return [float(x) for x in result["example_loss"]]
 

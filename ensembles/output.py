@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from framework.data.encoding import EncodedSplit
+from framework.data.tokenizer import Ends
 from framework.errors import ConfigError
 from framework.evaluation import evaluate
 from framework.evaluation.evaluate import Decoded
@@ -107,9 +108,9 @@ def _leaf_name(path) -> str:
 # == log-prob averaging =========================================================================
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def ensemble_greedy_decode(graphdef, stacked_params: Params, weights: jax.Array | None, prompts: jax.Array,
-                           max_new: int) -> jax.Array:
+                           max_new: int, ends: Ends) -> jax.Array:
     """Greedy decoding by averaged log-probs: `evaluate.greedy_decode`'s contract, for stacked members.
 
     Args:
@@ -118,12 +119,13 @@ def ensemble_greedy_decode(graphdef, stacked_params: Params, weights: jax.Array 
       weights: [k] member weights (normalized here), or None for uniform.
       prompts: [batch, width] left-padded prompts (`evaluate.left_padded_prompts`).
       max_new: tokens to generate at most.
+      ends: the tokenizer's PAD and end-of-answer ids (`Tokenizer.ends`).
 
     Returns:
       [batch, max_new] token ids: the answer, then EOS, then PAD.
     """
     step, cache = ensemble_step(graphdef, stacked_params, weights, prompts.shape[0], prompts.shape[1] + max_new)
-    return evaluate.decode_loop(step, cache, prompts, max_new)
+    return evaluate.decode_loop(step, cache, prompts, max_new, ends)
 
 
 def ensemble_step(graphdef, stacked_params: Params, weights: jax.Array | None, batch: int, length: int):
@@ -153,8 +155,10 @@ def decode_split_ensemble(graphdef, stacked: Params, weights, split: EncodedSpli
                           slack: int = 4) -> Decoded:
     """Averaged-log-prob greedy answers for every prompt of a split (see `evaluate.decode_split`)."""
     w = member_weights(weights, n_members(stacked))
+    tok = split.tokenizer
     decode = functools.partial(ensemble_greedy_decode, graphdef, stacked, w)
-    return evaluate.to_decoded(evaluate.decode_batches(decode, split, batch_size, slack))
+    return evaluate.to_decoded(evaluate.decode_batches(lambda p, m: decode(p, m, tok.ends), split, batch_size, slack),
+                               tok)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -213,8 +217,9 @@ def vote(graphdef, params_list: Sequence[Params], split: EncodedSplit, batch_siz
     answers, scores = [], []
     for params in params_list:
         decode = functools.partial(evaluate.greedy_decode_with_logprob, graphdef, params)
-        tokens, logprob = evaluate.decode_batches(decode, split, batch_size, slack)
-        decoded = evaluate.to_decoded(tokens)
+        tokens, logprob = evaluate.decode_batches(lambda p, m, d=decode: d(p, m, split.tokenizer.ends), split,
+                                                  batch_size, slack)
+        decoded = evaluate.to_decoded(tokens, split.tokenizer)
         answers.append(list(zip(decoded.texts, decoded.ended, strict=True)))
         scores.append(logprob)
     winners = majority(answers, np.stack(scores))

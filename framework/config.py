@@ -57,6 +57,7 @@ class DataConfig:
     # val_size prompts at a run's first build (RUN/data.json keeps them for its later builds)
     split_cuts: tuple[int, int] | None = None
     max_seq_len: int = 1024  # longest `BOS prompt answer EOS` allowed (attention cost is quadratic)
+    tokenizer: str = "byte"  # "byte", or a Hugging Face tokenizer.json / a directory holding one
 
     def validate(self) -> None:
         if (self.task is None) == (self.data_path is None):
@@ -65,6 +66,7 @@ class DataConfig:
         _text("data.prompt_col", self.prompt_col)
         _text("data.answer_col", self.answer_col)
         _text("data.difficulty_col", self.difficulty_col, optional=True)
+        _text("data.tokenizer", self.tokenizer)
         if isinstance(self.kb_entities, int) and self.kb_entities < 2:
             raise ConfigError("data.kb_entities", f"{self.kb_entities} must be >= 2")
         for name in ("max_digits", "max_hops", "n_examples", "val_size", "test_size", "max_seq_len",
@@ -107,8 +109,14 @@ class ModelConfig:
     rope_base: float = 10_000.0  # RoPE frequency base
     dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (parameters and softmax stay float32)
     factory: str | None = None  # "module:attr": your own nnx model, attr(vocab_size, rngs)
+    # a Hugging Face checkpoint directory: the model is the Llama-family model its config.json describes
+    # (the shape fields above do not apply); `--init-from hf:DIR` sets it
+    hf_config: str | None = None
 
     def validate(self) -> None:
+        _text("model.hf_config", self.hf_config, optional=True)
+        if self.factory is not None and self.hf_config is not None:
+            raise ConfigError("model.hf_config", "a model is your own factory's or a Hugging Face config's, not both")
         if self.factory is not None and (not isinstance(self.factory, str) or self.factory.count(":") != 1
                                          or not all(self.factory.split(":"))):
             raise ConfigError("model.factory", f"{self.factory!r} must be an import path 'module:attr' "
@@ -254,6 +262,14 @@ class RunConfig:
                                             f"model=preset({self.preset!r}), or preset=None for a model of your own")
         _text("init_from", self.init_from, optional=True)
         _text("branch_from", self.branch_from, optional=True)
+        if hf_source(self.init_from) is not None:
+            if self.model.hf_config is None or os.path.abspath(self.model.hf_config) != hf_source(self.init_from):
+                raise ConfigError("init_from", f"{self.init_from} needs model.hf_config={self.init_from[3:]!r} "
+                                               f"(the model its weights fit; `recoup train --init-from` sets it)")
+            if self.data.tokenizer == "byte":
+                raise ConfigError("data.tokenizer", f"{self.init_from}'s embeddings are for its own tokenizer, not "
+                                                    f"the byte tokenizer: give --tokenizer {self.init_from[3:]} (or "
+                                                    "its tokenizer.json)")
         _positive_int("budget_tokens", self.budget_tokens)
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_batch_size", self.eval_batch_size)
@@ -418,7 +434,27 @@ def _text(field: str, value, optional: bool = False) -> None:
 # -- run directories, read without jax ----------------------------------------------------------
 
 CONFIG_FILE = "config.json"
-SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "mlp", "factory")  # what parameter shapes depend on
+SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "mlp", "factory", "hf_config")  # what shapes depend on
+MODEL_DIR = "model"  # RUN/model/config.json: a copy of a Hugging Face model's config, made when the run starts
+
+
+def run_model(cfg: RunConfig, run_dir: str) -> ModelConfig:
+    """`cfg.model` as the run in `run_dir` builds it: a Hugging Face config read from the run's own copy
+    (the checkpoint directory it came from may be gone, or elsewhere on this machine)."""
+    copy = os.path.join(run_dir, MODEL_DIR)
+    if cfg.model.hf_config is not None and os.path.isfile(os.path.join(copy, "config.json")):
+        return dataclasses.replace(cfg.model, hf_config=copy)
+    return cfg.model
+
+
+HF_PREFIX = "hf:"  # init_from "hf:DIR": start from a Hugging Face checkpoint directory's weights
+
+
+def hf_source(init_from: str | None) -> str | None:
+    """The absolute checkpoint directory of an `init_from` of "hf:DIR"; None for any other."""
+    if isinstance(init_from, str) and init_from.startswith(HF_PREFIX) and init_from[len(HF_PREFIX):]:
+        return os.path.abspath(init_from[len(HF_PREFIX):])
+    return None
 
 
 def require_run_dir(run_dir: str) -> None:

@@ -15,7 +15,7 @@ from flax import nnx
 from ensembles.output import ensemble_greedy_decode, member_weights, stack_params
 from framework.config import PRESETS
 from framework.data import tasks
-from framework.data.tokenizer import PAD
+from framework.data.tokenizer import BYTE
 from framework.evaluation import evaluate
 from framework.models.transformer import build_model
 from harness.report import median_seconds
@@ -42,22 +42,22 @@ def output_ensemble_latency(base, ks=(2, 4, 8), n_prompts: int = 128, max_new: i
     graphdef, _ = nnx.split(build_model(cfg.model, 0), nnx.Param)
     members = [nnx.split(build_model(cfg.model, seed), nnx.Param)[1] for seed in range(max(ks))]
     raw = tasks.addition(n_prompts, cfg.data.max_digits, seed=0, operand_format=cfg.data.operand_format)
-    prompts = evaluate.left_padded_prompts(list(raw["prompt"]))
+    prompts = evaluate.left_padded_prompts(list(raw["prompt"]), BYTE)
 
     def single(params):
-        return evaluate.greedy_decode(graphdef, params, prompts, max_new)
+        return evaluate.greedy_decode(graphdef, params, prompts, max_new, BYTE.ends)
 
     t_one = median_seconds(lambda: single(members[0]), repeats)
     rows, outputs = [], [single(p) for p in members]
     for k in ks:
         stacked, weights = stack_params(members[:k]), member_weights(None, k)
-        ensemble = functools.partial(ensemble_greedy_decode, graphdef, stacked, weights, prompts, max_new)
+        ensemble = functools.partial(ensemble_greedy_decode, graphdef, stacked, weights, prompts, max_new, BYTE.ends)
         t_vmap = median_seconds(ensemble, repeats)
         t_seq = median_seconds(lambda k=k: [single(p) for p in members[:k]], repeats)
         rows.append((k, t_vmap, t_seq))
         outputs.append(ensemble())
     # A row that ended early would let its decode stop sooner: say whether any did.
-    full_length = all(bool((np.asarray(out) != PAD).all()) for out in outputs)
+    full_length = all(bool((np.asarray(out) != BYTE.pad).all()) for out in outputs)
 
     on_cpu = jax.default_backend() == "cpu"
     device = jax.devices()[0].device_kind

@@ -38,7 +38,7 @@ def _direct_tokens_per_s(ens_dir: str, prompts: list[str], repeats: int = 5) -> 
 
     model = generation.load(ens_dir)
     buckets = generation.Buckets((32,), (32,), (16,))
-    rows = [generation.Row(generation.encode_prompt(p), MAX_TOKENS) for p in prompts[:32]]
+    rows = [generation.Row(generation.encode_prompt(model.tokenizer, p), MAX_TOKENS) for p in prompts[:32]]
     generation.generate(model, rows, buckets)  # compile
     t = time.perf_counter()
     n = sum(c.completion_tokens for _ in range(repeats) for c in generation.generate(model, rows, buckets))

@@ -66,7 +66,7 @@ def hand_written_tokens_per_s(cfg, train_split, steps: int = 50, warmup: int = 5
             jax.block_until_ready(loss)
             t0, tokens = time.perf_counter(), 0
         b = make_batch(train_split, rng.integers(0, len(train_split), cfg.batch_size))
-        tokens += counted_tokens(b)
+        tokens += counted_tokens(b, train_split.tokenizer.pad)
         params, opt_state, loss = step(params, opt_state, b.inputs, b.targets, b.loss_mask)
     jax.block_until_ready(loss)
     return tokens / (time.perf_counter() - t0)

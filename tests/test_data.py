@@ -4,16 +4,15 @@ import pytest
 
 from framework.config import DataConfig
 from framework.data import encoding as data
-from framework.data import tokenizer
-from framework.data.tokenizer import BOS, EOS, PAD
+from framework.data.tokenizer import BOS, BYTE, EOS, PAD
 
 
 def _split(rows, width=None):
     ds = datasets.Dataset.from_dict(
         {"prompt": [r[0] for r in rows], "answer": [r[1] for r in rows], "difficulty": [1] * len(rows)}
     )
-    width = width or data.sequence_width({"train": ds})
-    return data.encode_split(ds, width)
+    width = width or data.sequence_width({"train": ds}, BYTE)
+    return data.encode_split(ds, width, BYTE)
 
 
 def test_token_accounting_on_a_hand_computed_batch():
@@ -21,22 +20,22 @@ def test_token_accounting_on_a_hand_computed_batch():
     # "12+34=" -> "64": BOS + 6 + 2 = 9 counted, 2 + EOS = 3 loss tokens.
     split = _split([("1+2=", "3"), ("12+34=", "64")])
     batch = data.make_batch(split, np.array([0, 1]))
-    assert data.counted_tokens(batch) == 6 + 9
+    assert data.counted_tokens(batch, PAD) == 6 + 9
     assert data.answer_tokens(batch) == 2 + 3
     # The same examples in a wider layout count the same (padding never counts).
     wide = data.make_batch(_split([("1+2=", "3"), ("12+34=", "64")], width=33), np.array([0, 1]))
-    assert data.counted_tokens(wide) == 15 and data.answer_tokens(wide) == 5
+    assert data.counted_tokens(wide, PAD) == 15 and data.answer_tokens(wide) == 5
 
 
 def test_batch_layout_and_loss_mask():
     split = _split([("1+2=", "3")])
     b = data.make_batch(split, np.array([0]))
-    seq = [BOS, *tokenizer.encode("1+2=3"), EOS]
+    seq = [BOS, *BYTE.encode("1+2=3"), EOS]
     assert b.inputs[0, :6].tolist() == seq[:6] and (b.inputs[0, 6:] == PAD).all()
     assert b.targets[0, :6].tolist() == seq[1:]
     # Loss on the answer "3" (target index 4) and the EOS (index 5) only.
     assert b.loss_mask[0].tolist()[:8] == [0, 0, 0, 0, 1, 1, 0, 0]
-    assert tokenizer.decode(b.targets[0][b.loss_mask[0] == 1]) == "3"
+    assert BYTE.decode(b.targets[0][b.loss_mask[0] == 1]) == "3"
 
 
 def test_sequence_width_fits_every_example_and_is_aligned():

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from framework.app.cli import main
 from framework.config import ModelConfig
 from framework.data import tokenizer
+from framework.data.tokenizer import BYTE
 from framework.errors import ConfigError
 from framework.models import convert
 from framework.models.protocol import build
@@ -35,11 +36,11 @@ def test_recoups_transformer_is_a_llama():
 
 
 def test_the_byte_tokenizer_as_hugging_face_files_encodes_and_decodes_as_recoup(tmp_path):
-    tokenizer.write_hf_tokenizer(str(tmp_path))
+    BYTE.write_hf(str(tmp_path))
     tok = AutoTokenizer.from_pretrained(tmp_path)
     for text in ("12+34=", "Who is the boss of Kesu?", "héllo ✓ \n\t x"):
         ids = tok(text)["input_ids"]
-        assert ids == [tokenizer.BOS, *tokenizer.encode(text)]
+        assert ids == [tokenizer.BOS, *BYTE.encode(text)]
         assert tok.decode(ids, skip_special_tokens=True) == text
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (tokenizer.PAD, tokenizer.BOS, tokenizer.EOS)
 

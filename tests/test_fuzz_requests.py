@@ -7,11 +7,12 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from framework.data.tokenizer import BYTE
 from framework.serving.completions import APIError, CompletionRequest, parse
 from framework.serving.generation import ServedModel
 from tests.conftest import fuzz
 
-MODEL = ServedModel("m", ".", "weights", None, None, None, context=64, info={})
+MODEL = ServedModel("m", ".", "weights", None, None, None, context=64, info={}, tokenizer=BYTE)
 MODELS = {"m": MODEL}
 FIELDS = ["model", "prompt", "max_tokens", "temperature", "seed", "stop", "n", "stream", "echo", "logprobs",
           "top_p", "user", "suffix", "logit_bias", "frobnicate"]

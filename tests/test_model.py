@@ -7,7 +7,7 @@ from flax import nnx
 
 from framework.config import PRESETS
 from framework.data.encoding import make_batch
-from framework.data.tokenizer import EOS
+from framework.data.tokenizer import BYTE, EOS
 from framework.evaluation import evaluate
 from framework.models.transformer import build_model, causal_mask, forward
 from framework.training.runs import open_run
@@ -52,8 +52,8 @@ def test_greedy_decoding_agrees_with_teacher_forcing(trained_run):
     logits = _forward(model, jnp.asarray(batch.inputs))
     argmax = np.asarray(jnp.argmax(logits, -1))
     decoded = np.asarray(
-        evaluate.greedy_decode(run.graphdef, params, evaluate.left_padded_prompts(split.prompts),
-                               int(split.answer_lens.max()) + 2)
+        evaluate.greedy_decode(run.graphdef, params, evaluate.left_padded_prompts(split.prompts, BYTE),
+                               int(split.answer_lens.max()) + 2, BYTE.ends)
     )
     checked = 0
     for i in range(n):
@@ -77,7 +77,7 @@ def test_decode_stops_and_pads_after_eos():
     # Make EOS likely (a large EOS output embedding), then check what follows it.
     emb = params["embed"]["embedding"]
     params["embed"]["embedding"] = nnx.Param(emb[...].at[EOS].set(100.0))
-    out = evaluate.greedy_decode(graphdef, params, evaluate.left_padded_prompts(["1+1=", "22+3="]), 5)
+    out = evaluate.greedy_decode(graphdef, params, evaluate.left_padded_prompts(["1+1=", "22+3="], BYTE), 5, BYTE.ends)
     for row in out.tolist():
         assert EOS in row
         assert all(t == 0 for t in row[row.index(EOS) + 1 :])  # PAD after the first EOS
@@ -86,10 +86,10 @@ def test_decode_stops_and_pads_after_eos():
 def test_decode_compiles_once_per_shape():
     model = build_model(PRESETS["tiny"], 0)
     graphdef, params = nnx.split(model, nnx.Param)
-    prompts = evaluate.left_padded_prompts(["1+1=", "22+3="])
-    evaluate.greedy_decode(graphdef, params, prompts, 4)
+    prompts = evaluate.left_padded_prompts(["1+1=", "22+3="], BYTE)
+    evaluate.greedy_decode(graphdef, params, prompts, 4, BYTE.ends)
     before = evaluate.greedy_decode._cache_size()
-    evaluate.greedy_decode(graphdef, params, prompts[::-1], 4)
+    evaluate.greedy_decode(graphdef, params, prompts[::-1], 4, BYTE.ends)
     assert evaluate.greedy_decode._cache_size() == before
 
 
@@ -121,6 +121,6 @@ def test_bfloat16_compute_keeps_float32_parameters_and_decodes():
     half = forward(model, np.ones((2, 8), np.int32))
     assert half.dtype == np.float32 and 0 < float(np.max(np.abs(half - full))) < 0.1  # bf16 rounding, same model
     assert model.init_cache(1, 4)[0][0].dtype == jax.numpy.bfloat16
-    assert greedy_decode(graphdef, params, left_padded_prompts(["1+2="]), 4).shape == (1, 4)
+    assert greedy_decode(graphdef, params, left_padded_prompts(["1+2="], BYTE), 4, BYTE.ends).shape == (1, 4)
     with pytest.raises(ConfigError, match="model.dtype"):
         ModelConfig(dtype="float16").validate()

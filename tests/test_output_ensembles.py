@@ -15,7 +15,7 @@ from ensembles import output
 from framework.checkpoints.store import list_checkpoints
 from framework.config import PRESETS
 from framework.data.encoding import make_batch
-from framework.data.tokenizer import BOS, EOS, PAD, encode
+from framework.data.tokenizer import BOS, BYTE, EOS, PAD
 from framework.errors import ConfigError
 from framework.evaluation import evaluate
 from framework.models.transformer import build_model, forward
@@ -46,7 +46,7 @@ def _logits(graphdef, params, inputs):
 def _naive_decode(graphdef, params_list, weights, prompts, max_new):
     """Greedy decode by averaged log-probs without cache or vmap: tokens [n, max_new] and the
     summed log-prob (log_softmax of the average) of each row's tokens up to and including EOS."""
-    rows = [[BOS, *encode(p)] for p in prompts]
+    rows = [[BOS, *BYTE.encode(p)] for p in prompts]
     width = max(len(r) for r in rows) + max_new
     seqs = np.full((len(rows), width), PAD, np.int32)
     for i, r in enumerate(rows):
@@ -94,13 +94,13 @@ def test_identical_members_decode_and_score_like_one_member(members):
 def test_two_members_decode_the_argmax_of_their_averaged_logprobs(members):
     run, split, (early, late) = members
     prompts, max_new = _decode_shape(split)
-    padded = evaluate.left_padded_prompts(prompts)
-    alone = [np.asarray(evaluate.greedy_decode(run.graphdef, p, padded, max_new)) for p in (early, late)]
+    padded = evaluate.left_padded_prompts(prompts, BYTE)
+    alone = [np.asarray(evaluate.greedy_decode(run.graphdef, p, padded, max_new, BYTE.ends)) for p in (early, late)]
     assert (alone[0] != alone[1]).any(), "the two stopping points should disagree somewhere for this test to bite"
     stacked = output.stack_params([early, late])
     for weights in ([0.5, 0.5], [1.0, 3.0]):
         got = np.asarray(output.ensemble_greedy_decode(run.graphdef, stacked, output.member_weights(weights, 2),
-                                                       padded, max_new))
+                                                       padded, max_new, BYTE.ends))
         want, _ = _naive_decode(run.graphdef, [early, late], weights, prompts, max_new)
         np.testing.assert_array_equal(got, want)
     assert (got != alone[0]).any() or (got != alone[1]).any()  # not just one member in disguise
@@ -128,7 +128,8 @@ def test_decode_with_logprob_sums_the_generated_tokens_logprobs(members):
     run, split, params = members
     prompts, max_new = _decode_shape(split)
     tokens, logprob = evaluate.greedy_decode_with_logprob(run.graphdef, params[-1],
-                                                          evaluate.left_padded_prompts(prompts), max_new)
+                                                          evaluate.left_padded_prompts(prompts, BYTE), max_new,
+                                                          BYTE.ends)
     want_tokens, want_logprob = _naive_decode(run.graphdef, [params[-1]], [1.0], prompts, max_new)
     np.testing.assert_array_equal(tokens, want_tokens)
     np.testing.assert_allclose(logprob, want_logprob, rtol=1e-4, atol=1e-4)
@@ -196,9 +197,9 @@ def test_ensemble_decode_compiles_once_per_shape(members):
     run, split, params = members
     stacked = output.stack_params(params)
     prompts, max_new = _decode_shape(split)
-    prompts = evaluate.left_padded_prompts(prompts)
+    prompts = evaluate.left_padded_prompts(prompts, BYTE)
     decode = functools.partial(output.ensemble_greedy_decode, run.graphdef, stacked)
-    decode(output.member_weights(None, 2), prompts, max_new)
+    decode(output.member_weights(None, 2), prompts, max_new, BYTE.ends)
     before = output.ensemble_greedy_decode._cache_size()
-    decode(output.member_weights([1, 2], 2), prompts[::-1], max_new)
+    decode(output.member_weights([1, 2], 2), prompts[::-1], max_new, BYTE.ends)
     assert output.ensemble_greedy_decode._cache_size() == before

@@ -15,6 +15,7 @@ import pytest
 
 from ensembles import artifact
 from ensembles.members import COMBINERS, ParamStore
+from framework.data.tokenizer import BYTE
 from framework.errors import ConfigError
 from framework.serving import generation
 from framework.serving.completions import APIError, parse
@@ -391,7 +392,7 @@ def test_stop_strings_cut_the_text_at_the_earliest_one():
 def test_buckets_and_the_request_limits_are_checked():
     with pytest.raises(Exception, match="ascending"):
         Buckets((8, 1), (16,), (4,)).validate()
-    model = generation.ServedModel("m", ".", "weights", None, None, None, context=20, info={})
+    model = generation.ServedModel("m", ".", "weights", None, None, None, context=20, info={}, tokenizer=BYTE)
     with pytest.raises(APIError, match="maximum context length is 20"):
         parse({"model": "m", "prompt": "1" * 10, "max_tokens": 12}, {"m": model})
     req = parse({"model": "m", "prompt": ["1", "2"], "seed": 5, "temperature": 1, "user": "u-17"}, {"m": model})

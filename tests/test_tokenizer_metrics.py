@@ -1,37 +1,37 @@
 import pytest
 
 from framework.data import tokenizer
-from framework.data.tokenizer import BOS, EOS, PAD
+from framework.data.tokenizer import BOS, BYTE, EOS, PAD
 from framework.evaluation import metrics
 
 
 @pytest.mark.parametrize("text", ["", "123+45=", "Who is the teacher of Alba?", "Zoë → naïve ✓"])
 def test_round_trip(text):
-    ids = tokenizer.encode(text)
+    ids = BYTE.encode(text)
     assert all(i >= tokenizer.N_SPECIAL for i in ids)
-    assert tokenizer.decode(ids) == text
+    assert BYTE.decode(ids) == text
 
 
 def test_decode_skips_specials_and_stops_at_eos():
-    ids = [BOS, *tokenizer.encode("ab"), EOS, *tokenizer.encode("zz"), PAD]
-    assert tokenizer.decode([PAD, PAD, *ids]) == "ab"
+    ids = [BOS, *BYTE.encode("ab"), EOS, *BYTE.encode("zz"), PAD]
+    assert BYTE.decode([PAD, PAD, *ids]) == "ab"
 
 
 @pytest.mark.parametrize(
     "ids, text, ended",
     [
-        ([*tokenizer.encode("521"), EOS, PAD], "521", True),
-        ([*tokenizer.encode("521"), PAD, EOS], "521", False),  # PAD first: never ended
-        (tokenizer.encode("5210"), "5210", False),  # ran out of room
+        ([*BYTE.encode("521"), EOS, PAD], "521", True),
+        ([*BYTE.encode("521"), PAD, EOS], "521", False),  # PAD first: never ended
+        (BYTE.encode("5210"), "5210", False),  # ran out of room
         ([EOS], "", True),
     ],
 )
 def test_decode_generated_reports_whether_the_answer_ended(ids, text, ended):
-    assert tokenizer.decode_generated(ids) == (text, ended)
+    assert BYTE.decode_generated(ids) == (text, ended)
 
 
 def test_decode_never_raises_on_invalid_utf8():
-    assert tokenizer.decode([0xFF + 3, 0xFE + 3]) == "\ufffd\ufffd"
+    assert BYTE.decode([0xFF + 3, 0xFE + 3]) == "\ufffd\ufffd"
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ def test_two_step_run(tmp_path):
     state, budget = sampler.init(), 0
     for _ in range(2):
         idx, state = sampler.next(state, budget)
-        budget += data.counted_tokens(data.make_batch(train_split, idx))
+        budget += data.counted_tokens(data.make_batch(train_split, idx), train_split.tokenizer.pad)
     stops = train(dataclasses.replace(cfg, budget_tokens=budget), show_progress=False)
     assert stops[-1]["step"] == 2 and stops[-1]["tokens"] == budget
     lines = [ln for ln in _train_lines(cfg.out_dir) if ln["event"] == "train"]

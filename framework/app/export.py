@@ -1,6 +1,7 @@
 """`recoup export`: a checkpoint, an EMA or a weight-average ensemble as a Hugging Face checkpoint
-directory that transformers and vLLM load unchanged (a LlamaForCausalLM with recoup's byte
-tokenizer as tokenizer.json); an output ensemble as its members' checkpoints and a manifest.
+directory that transformers and vLLM load unchanged (a LlamaForCausalLM with the run's tokenizer:
+recoup's byte tokenizer written as tokenizer.json, or the copy of the Hugging Face tokenizer it
+trained with); an output ensemble as its members' checkpoints and a manifest.
 
     recoup export runs/demo --hf out/demo                # the newest checkpoint
     recoup export runs/demo --step 1200 --average ema-20000 --hf out/ema
@@ -19,7 +20,13 @@ import sys
 from framework.app.train_commands import TRUST_HELP, require_trust, trained_runs
 from framework.errors import ConfigError
 
-GENERATION_IDS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # framework.data.tokenizer's
+
+def generation_ids(tok) -> dict:
+    """The ids transformers' generate() needs from the tokenizer: BOS (if it has one), EOS (all that end
+    an answer), PAD."""
+    eos = list(tok.ends.stop)
+    return {**({"bos_token_id": tok.bos} if tok.bos is not None else {}),
+            "eos_token_id": eos[0] if len(eos) == 1 else eos, "pad_token_id": tok.pad}
 
 
 def _llama(run, params):
@@ -29,30 +36,32 @@ def _llama(run, params):
     from framework.models import convert
     from framework.models.llama import Llama
 
+    model = nnx.merge(run.graphdef, params)
+    if isinstance(model, Llama):  # a Hugging Face model's fine-tune, or a factory's Llama
+        return model
     if run.cfg.model.factory is None:
         return convert.as_llama(run.cfg.model, params)
-    model = nnx.merge(run.graphdef, params)
-    if isinstance(model, Llama):
-        return model
     raise ConfigError("run_dir", f"{run.run_dir} trains a {type(model).__name__} of your own "
                                  f"({run.cfg.model.factory}); recoup exports its Transformer and "
                                  "framework.models.llama.Llama, whose Hugging Face layout it knows")
 
 
-def write_checkpoint(model, out: str, dtype: str) -> list[str]:
-    """`model` (a Llama) with recoup's tokenizer into `out`, generation ids in its config."""
-    from framework.data.tokenizer import write_hf_tokenizer
+def write_checkpoint(model, out: str, dtype: str, tok) -> list[str]:
+    """`model` (a Llama) with the tokenizer `tok` into `out`, generation ids in its configs."""
     from framework.models import hf
 
     written = [str(p) for p in hf.save(model, out, dtype=dtype)]
-    path = os.path.join(out, "config.json")
-    with open(path) as f:
-        config = json.load(f)
-    with open(path, "w") as f:
-        json.dump({**config, **GENERATION_IDS}, f, indent=2)
-    with open(os.path.join(out, "generation_config.json"), "w") as f:
-        json.dump(GENERATION_IDS, f, indent=2)
-    return written + [os.path.join(out, "generation_config.json"), *write_hf_tokenizer(out)]
+    written += tok.write_hf(out)  # first: a copied generation_config.json is merged into below
+    ids = generation_ids(tok)
+    for name in ("config.json", "generation_config.json"):
+        path = os.path.join(out, name)
+        config = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                config = json.load(f)
+        with open(path, "w") as f:
+            json.dump({**config, **ids}, f, indent=2)
+    return list(dict.fromkeys([*written, os.path.join(out, "generation_config.json")]))
 
 
 def export(path: str, out: str, step: int | None = None, average: str | None = None, dtype: str = "float32",
@@ -66,13 +75,14 @@ def export(path: str, out: str, step: int | None = None, average: str | None = N
         c = artifact.candidate_of(manifest)
         run = open_run(c.members[0].run)
         if c.one_model:
-            write_checkpoint(_llama(run, artifact.saved_average(path, run)), out, dtype)
+            write_checkpoint(_llama(run, artifact.saved_average(path, run)), out, dtype, run.tokenizer)
             return {"out": out, "kind": "weight average", "members": [m.label for m in c.members]}
         dirs = []
         for i, m in enumerate(c.members):
             member_run = open_run(m.run)
             dirs.append(os.path.join(out, f"member-{i}"))
-            write_checkpoint(_llama(member_run, member_run.params(m.step, m.average)), dirs[-1], dtype)
+            write_checkpoint(_llama(member_run, member_run.params(m.step, m.average)), dirs[-1], dtype,
+                             member_run.tokenizer)
         with open(os.path.join(out, "ensemble.json"), "w") as f:
             json.dump({"method": c.method, "combine": c.combine, "weights": list(c.weights),
                        "members": [os.path.basename(d) for d in dirs]}, f, indent=2)
@@ -84,7 +94,7 @@ def export(path: str, out: str, step: int | None = None, average: str | None = N
     from framework.checkpoints.store import resolve_step
 
     step = resolve_step(path, step)
-    write_checkpoint(_llama(run, run.params(step, average)), out, dtype)
+    write_checkpoint(_llama(run, run.params(step, average)), out, dtype, run.tokenizer)
     return {"out": out, "kind": average or "checkpoint", "step": step}
 
 

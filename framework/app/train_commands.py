@@ -22,6 +22,7 @@ from framework.config import (
     ModelConfig,
     OptimConfig,
     RunConfig,
+    hf_source,
     load_run_config,
     parse_share_or_tokens,
     parse_tokens,
@@ -166,6 +167,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise ConfigError(flag.replace("_", "-"), f"cannot parse {value!r}") from None
     if any(TRAIN_FLAGS[f].section == "model" and TRAIN_FLAGS[f].field in SHAPE_FIELDS for f in given):
         sections["run"]["preset"] = None  # a shape of the user's own: no preset names it any more
+    source = hf_source(sections["run"].get("init_from"))
+    if source is not None:  # hf:DIR: its architecture, and its tokenizer unless another is given
+        sections["model"]["hf_config"] = source
+        sections["run"]["preset"] = None
+        if "tokenizer" not in given:
+            sections["data"]["tokenizer"] = source
     if "budget_tokens" not in sections["run"]:
         raise ConfigError("budget-tokens", "required (for example --budget-tokens 2M)")
     if "out_dir" not in sections["run"]:

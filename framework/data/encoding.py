@@ -2,13 +2,18 @@
 
 Sequence layout (right-padded to a fixed width so the train step compiles once):
 
-    tokens  = BOS p1 .. pP a1 .. aA EOS PAD ..
+    tokens  = prefix p1 .. pP a1 .. aA EOS PAD ..
     inputs  = tokens[:, :-1], EOS -> PAD   targets = tokens[:, 1:]
     loss_mask[j] = 1  iff targets[j] is an answer token or the EOS
 
+`prefix`, PAD and EOS are the tokenizer's (`framework/data/tokenizer.py`): BOS for the byte
+tokenizer, whatever a Hugging Face tokenizer's post-processor puts first (BOS, or nothing for
+Qwen). The prompt and the answer are encoded separately, so the boundary between them is a token
+boundary whatever the tokenizer would merge across it.
+
 **Counted training token** (the unit of every budget, stopping point and schedule in recoup):
-every non-PAD token of a training batch's `inputs`. Per example that is 1 + P + A (BOS, prompt,
-answer; the final EOS is only a target). **Answer tokens**: `loss_mask.sum()` = A + 1 per example.
+every non-PAD token of a training batch's `inputs`. Per example that is len(prefix) + P + A (the
+final EOS is only a target). **Answer tokens**: `loss_mask.sum()` = A + 1 per example.
 
 Which examples a batch draws is decided on the host by a `Sampler` (an optax-style pair of pure
 functions with explicit state), so a curriculum can change what is drawn as tokens are seen
@@ -26,8 +31,8 @@ import datasets
 import numpy as np
 
 from framework.config import DataConfig
-from framework.data import tasks, tokenizer
-from framework.data.tokenizer import BOS, EOS, PAD
+from framework.data import tasks
+from framework.data.tokenizer import Tokenizer, load
 from framework.errors import ConfigError
 
 
@@ -35,12 +40,15 @@ from framework.errors import ConfigError
 class EncodedSplit:
     """One split, tokenized once. Row i is example i of the split."""
 
-    tokens: np.ndarray  # [n, width] int32, BOS prompt answer EOS PAD..
-    prompt_lens: np.ndarray  # [n] prompt tokens (without BOS)
+    tokens: np.ndarray  # [n, width] int32, prefix prompt answer EOS PAD..
+    # [n] where the answer starts among the targets: targets[prompt_lens] is the first answer token, so it
+    # is len(prefix) + P - 1 (the prompt's P tokens for the byte tokenizer, whose prefix is BOS)
+    prompt_lens: np.ndarray
     answer_lens: np.ndarray  # [n] answer tokens (without EOS)
     difficulty: np.ndarray  # [n] float64
     prompts: list[str]
     answers: list[str]
+    tokenizer: Tokenizer  # what encoded it, and decodes what a model answers
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -52,22 +60,23 @@ class Batch(NamedTuple):
     loss_mask: np.ndarray  # [b, width - 1] float32: answer tokens and EOS
 
 
-def sequence_width(splits: dict[str, datasets.Dataset], multiple: int = 8, max_len: int | None = None) -> int:
+def sequence_width(splits: dict[str, datasets.Dataset], tok: Tokenizer, multiple: int = 8,
+                   max_len: int | None = None) -> int:
     """Smallest width holding every example of every split, so inputs are a multiple of 8 wide.
 
-    An example longer than `max_len` tokens (`BOS prompt answer EOS`) is a ConfigError naming it.
+    An example longer than `max_len` tokens (`prefix prompt answer EOS`) is a ConfigError naming it.
     """
     longest, prompt = 0, ""
     for ds in splits.values():
         for p, a in zip(ds["prompt"], ds["answer"], strict=True):
-            n = len(tokenizer.encode(p)) + len(tokenizer.encode(a)) + 2
+            n = len(tok.prefix) + len(tok.encode(p)) + len(tok.encode(a)) + 1
             if n > longest:
                 longest, prompt = n, p
     if max_len is not None and longest > max_len:
         shown = prompt[:40] + ("..." if len(prompt) > 40 else "")
         raise ConfigError("data.max_seq_len", f"the example with prompt {shown!r} is {longest} tokens "
-                          f"(bytes of prompt and answer, plus BOS and EOS), over the limit of {max_len}; "
-                          "shorten or drop such rows, or raise max_seq_len")
+                          f"(prompt and answer, with the {'BOS' if tok.prefix else 'prefix'} and EOS), over the "
+                          f"limit of {max_len}; shorten or drop such rows, or raise max_seq_len")
     return round_up(longest - 1, multiple) + 1
 
 
@@ -76,19 +85,22 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def encode_split(ds: datasets.Dataset, width: int) -> EncodedSplit:
+def encode_split(ds: datasets.Dataset, width: int, tok: Tokenizer) -> EncodedSplit:
     prompts, answers = list(ds["prompt"]), list(ds["answer"])
-    tokens = np.full((len(prompts), width), PAD, np.int32)
+    tokens = np.full((len(prompts), width), tok.pad, np.int32)
     plens, alens = np.zeros(len(prompts), np.int32), np.zeros(len(prompts), np.int32)
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        pt, at = tokenizer.encode(p), tokenizer.encode(a)
-        seq = [BOS, *pt, *at, EOS]
+        pt, at = [*tok.prefix, *tok.encode(p)], tok.encode(a)
+        if not pt:
+            raise ConfigError("data", f"example {i} has an empty prompt and the tokenizer puts no BOS before "
+                                      "it: there is nothing to predict its first answer token from")
+        seq = [*pt, *at, tok.eos]
         if len(seq) > width:
             raise ValueError(f"example {i} needs {len(seq)} tokens, width is {width}")
         tokens[i, : len(seq)] = seq
-        plens[i], alens[i] = len(pt), len(at)
+        plens[i], alens[i] = len(pt) - 1, len(at)  # targets[plens] is the first answer token
     difficulty = np.asarray(ds["difficulty"], np.float64)
-    return EncodedSplit(tokens, plens, alens, difficulty, prompts, answers)
+    return EncodedSplit(tokens, plens, alens, difficulty, prompts, answers, tok)
 
 
 def make_batch(split: EncodedSplit, idx: np.ndarray) -> Batch:
@@ -96,7 +108,8 @@ def make_batch(split: EncodedSplit, idx: np.ndarray) -> Batch:
     targets = tokens[:, 1:]
     # EOS is only ever a target: as an input it would predict padding, which nothing trains on.
     # Blanking it keeps the counted tokens of an example (1 + P + A) independent of the width.
-    inputs = np.where(tokens[:, :-1] == EOS, PAD, tokens[:, :-1])
+    pad, eos = split.tokenizer.pad, split.tokenizer.eos
+    inputs = np.where(tokens[:, :-1] == eos, pad, tokens[:, :-1])
     j = np.arange(inputs.shape[1])[None]
     start = split.prompt_lens[idx][:, None]  # targets[start] is the first answer token
     end = start + split.answer_lens[idx][:, None]  # targets[end] is the EOS
@@ -104,14 +117,15 @@ def make_batch(split: EncodedSplit, idx: np.ndarray) -> Batch:
     return Batch(inputs, targets, loss_mask)
 
 
-def counted_tokens(batch: Batch) -> int:
-    """THE definition of a counted training token: a non-PAD input token of a training batch."""
-    return int(np.count_nonzero(batch.inputs != PAD))
+def counted_tokens(batch: Batch, pad: int) -> int:
+    """THE definition of a counted training token: a non-PAD input token of a training batch
+    (`pad`: the PAD id of the tokenizer that encoded it)."""
+    return int(np.count_nonzero(batch.inputs != pad))
 
 
 def mean_counted_tokens(split: EncodedSplit) -> float:
     """Counted tokens per example of a split, on average (the s̄ of `model.training_flops`)."""
-    return counted_tokens(make_batch(split, np.arange(len(split)))) / len(split)
+    return counted_tokens(make_batch(split, np.arange(len(split))), split.tokenizer.pad) / len(split)
 
 
 def answer_tokens(batch: Batch) -> int:
@@ -182,6 +196,7 @@ def prepare(cfg: DataConfig) -> dict[str, EncodedSplit]:
     Deterministic in `cfg`: the trainer and `recoup eval` call it with the run's saved config and
     get identical splits. The width is shared by all splits (a shape, not a tuned choice).
     """
+    tok = load(cfg.tokenizer)
     raw = tasks.build_splits(cfg)
-    width = sequence_width(raw, max_len=cfg.max_seq_len)
-    return {name: encode_split(raw[name], width) for name in tasks.SPLITS}
+    width = sequence_width(raw, tok, max_len=cfg.max_seq_len)
+    return {name: encode_split(raw[name], width, tok) for name in tasks.SPLITS}

@@ -25,6 +25,7 @@ from framework.config import DataConfig, RunConfig, resolve_init_from
 from framework.errors import ConfigError
 
 DATA_FILE = "data.json"
+TOKENIZER_DIR = "tokenizer"  # RUN/tokenizer: a copy of a Hugging Face tokenizer's files, made when the run starts
 
 
 def fingerprint_path(path: str) -> str:
@@ -64,6 +65,9 @@ def record(data: DataConfig, splits: Mapping[str, Any]) -> dict:
     path = os.path.abspath(data.data_path) if data.data_path else None
     rec = {"data_path": path, "data_sha256": fingerprint_path(path) if path else None,
            "splits": split_fingerprints(splits)}
+    tok = next(iter(splits.values())).tokenizer if splits else None
+    if tok is not None and tok.identity["kind"] != "byte":  # a byte run's record stays as it always was
+        rec["tokenizer"] = tok.identity
     if hashed(data):
         from framework.data.tasks import split_cuts_of  # datasets: only where splits were built anyway
         rec["split_cuts"] = list(data.split_cuts or split_cuts_of(splits, data.seed))
@@ -86,10 +90,22 @@ def write(run_dir: str, rec: dict) -> None:
     write_atomic(os.path.join(run_dir, DATA_FILE), json.dumps(rec, indent=2))
 
 
+def run_tokenizer(run_dir: str) -> str | None:
+    """The copy of its tokenizer a run keeps (RUN/tokenizer/tokenizer.json), if it keeps one."""
+    path = os.path.join(run_dir, TOKENIZER_DIR, "tokenizer.json")
+    return path if os.path.isfile(path) else None
+
+
 def resolved(data: DataConfig, run_dirs: Iterable[str]) -> DataConfig:
-    """`data` with its file found: as given (relative to here), else where the first of `run_dirs`
-    that recorded it trained on it; and, split by hash, with the cuts the first of them recorded
-    (so rows added since fall where their hash puts them, and no earlier prompt moves)."""
+    """`data` with its tokenizer the copy the first of `run_dirs` keeps (a run reads its text with the
+    tokenizer it trained with, wherever the original went); its file found: as given (relative to
+    here), else where the first of `run_dirs` that recorded it trained on it; and, split by hash, with
+    the cuts the first of them recorded (so rows added since fall where their hash puts them, and no
+    earlier prompt moves)."""
+    run_dirs = list(run_dirs)
+    if data.tokenizer != "byte":
+        copies = [t for t in map(run_tokenizer, run_dirs) if t]
+        data = dataclasses.replace(data, tokenizer=copies[0]) if copies else data
     if data.data_path is None:
         return data
     records = [rec for rec in map(read, run_dirs) if rec]
@@ -113,6 +129,9 @@ def data_of(cfg: RunConfig) -> DataConfig:
 def differences(saved: dict, now: dict) -> list[str]:
     """What changed between two records, in words; empty when nothing did."""
     out = []
+    if saved.get("tokenizer") and saved["tokenizer"] != now.get("tokenizer"):
+        out.append(f"the tokenizer has changed (sha256 {str(now.get('tokenizer', {}).get('sha256'))[:12]}..., "
+                   f"{str(saved['tokenizer'].get('sha256'))[:12]}... when trained)")
     if saved.get("data_sha256") and saved["data_sha256"] != now.get("data_sha256"):
         out.append(f"{now.get('data_path') or saved.get('data_path')} has changed (sha256 "
                    f"{str(now.get('data_sha256'))[:12]}..., {saved['data_sha256'][:12]}... when trained)")

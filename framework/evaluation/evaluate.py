@@ -23,9 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from framework.data import tokenizer
 from framework.data.encoding import EncodedSplit, make_batch, round_up
-from framework.data.tokenizer import BOS, EOS, PAD
+from framework.data.tokenizer import Ends, Tokenizer
 from framework.evaluation import metrics
 from framework.models.transformer import forward
 
@@ -85,13 +84,15 @@ def teacher_forced_with(batch_fn: TeacherForcedFn, split: EncodedSplit, batch_si
 StepFn = Callable[[jax.Array, jax.Array, jax.Array, Any, jax.Array | int], tuple[jax.Array, Any]]
 
 
-def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logprob: bool = False,
+def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, ends: Ends, with_logprob: bool = False,
                 sampling: tuple[jax.Array, jax.Array] | None = None, limits: jax.Array | None = None):
     """Greedy (or sampled) decoding of left-padded prompts as one `lax.while_loop`; call it inside `jax.jit`.
 
-    `cache` is the empty cache `step` expects, `prompts.shape[1] + max_new` long. Returns the
-    [batch, max_new] tokens (answer, EOS, PAD..), and with `with_logprob` also the per-row sum of
-    the chosen tokens' log-probabilities (log_softmax of the scores), EOS included, PAD excluded.
+    `cache` is the empty cache `step` expects, `prompts.shape[1] + max_new` long; `ends` the
+    tokenizer's PAD (the prompts' left padding, and what follows an answer) and its end-of-answer
+    ids. Returns the [batch, max_new] tokens (answer, EOS, PAD..), and with `with_logprob` also the
+    per-row sum of the chosen tokens' log-probabilities (log_softmax of the scores), EOS included,
+    PAD excluded.
 
     `sampling` = (temperature [b], keys [b, 2]): a row with temperature > 0 samples from
     softmax(scores / temperature), its t-th token with `fold_in(key, t)`, so what a row draws
@@ -101,7 +102,8 @@ def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logp
     """
     b, p = prompts.shape
     s = p + max_new
-    valid = prompts != PAD
+    pad, stop = ends.pad, jnp.asarray(ends.stop, jnp.int32)
+    valid = prompts != pad
     n_real = valid.sum(1)
     key_valid = jnp.concatenate([valid, jnp.zeros((b, max_new), bool)], axis=1)
     keys = jnp.arange(s)
@@ -130,9 +132,9 @@ def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logp
 
     def body(carry):
         t, tok, tok_lp, cache, key_valid, done, out, total = carry
-        out = out.at[:, t].set(jnp.where(done, PAD, tok))
+        out = out.at[:, t].set(jnp.where(done, pad, tok))
         total = total + jnp.where(done, 0.0, tok_lp)
-        done = done | (tok == EOS) | (t + 1 >= limits)
+        done = done | (tok[:, None] == stop[None]).any(1) | (t + 1 >= limits)
         key_valid = key_valid.at[:, p + t].set(True)
         step_mask = ((keys <= p + t)[None, :] & key_valid)[:, None, :]
         scores, cache = step(tok[:, None], (n_real + t)[:, None], step_mask, cache, p + t)
@@ -140,36 +142,38 @@ def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, with_logp
         return t + 1, tok, tok_lp, cache, key_valid, done, out, total
 
     zeros = jnp.zeros(b, jnp.float32)
-    init = (0, first, first_lp, cache, key_valid, jnp.zeros(b, bool), jnp.full((b, max_new), PAD, jnp.int32), zeros)
+    init = (0, first, first_lp, cache, key_valid, jnp.zeros(b, bool), jnp.full((b, max_new), pad, jnp.int32), zeros)
     *_, out, total = jax.lax.while_loop(cond, body, init)
     return (out, total) if with_logprob else out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def greedy_decode(graphdef, params, prompts: jax.Array, max_new: int) -> jax.Array:
-    """Greedy continuation of left-padded prompts (each row `PAD.. BOS prompt`).
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def greedy_decode(graphdef, params, prompts: jax.Array, max_new: int, ends: Ends) -> jax.Array:
+    """Greedy continuation of left-padded prompts (each row `PAD.. prefix prompt`; `ends`: the tokenizer's).
 
     Returns [batch, max_new] token ids: the answer, then EOS, then PAD. Stops early once every
     row has emitted EOS. RoPE positions count only real tokens, so a left-padded row computes the
     same logits as the right-padded training layout.
     """
     model = nnx.merge(graphdef, params)
-    return decode_loop(model, model.init_cache(prompts.shape[0], prompts.shape[1] + max_new), prompts, max_new)
+    cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
+    return decode_loop(model, cache, prompts, max_new, ends)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def greedy_decode_with_logprob(graphdef, params, prompts: jax.Array, max_new: int) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def greedy_decode_with_logprob(graphdef, params, prompts: jax.Array, max_new: int,
+                               ends: Ends) -> tuple[jax.Array, jax.Array]:
     """`greedy_decode`, plus each row's summed log-probability of the tokens it generated (EOS included)."""
     model = nnx.merge(graphdef, params)
     cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
-    return decode_loop(model, cache, prompts, max_new, with_logprob=True)
+    return decode_loop(model, cache, prompts, max_new, ends, with_logprob=True)
 
 
-def left_padded_prompts(prompts: list[str], multiple: int = 8) -> np.ndarray:
-    """`PAD.. BOS prompt` rows, width rounded up to `multiple` so few shapes are compiled."""
-    rows = [[BOS, *tokenizer.encode(p)] for p in prompts]
+def left_padded_prompts(prompts: list[str], tok: Tokenizer, multiple: int = 8) -> np.ndarray:
+    """`PAD.. prefix prompt` rows, width rounded up to `multiple` so few shapes are compiled."""
+    rows = [[*tok.prefix, *tok.encode(p)] for p in prompts]
     width = round_up(max(len(r) for r in rows), multiple)
-    out = np.full((len(rows), width), PAD, np.int32)
+    out = np.full((len(rows), width), tok.pad, np.int32)
     for i, r in enumerate(rows):
         out[i, width - len(r) :] = r
     return out
@@ -182,8 +186,10 @@ class Decoded(NamedTuple):
 
 def decode_split(graphdef, params, split: EncodedSplit, batch_size: int, slack: int = 4) -> Decoded:
     """Greedy answers for every prompt of a split."""
-    tokens = decode_batches(functools.partial(greedy_decode, graphdef, params), split, batch_size, slack)
-    return to_decoded(tokens)
+    tok = split.tokenizer
+    tokens = decode_batches(lambda prompts, max_new: greedy_decode(graphdef, params, prompts, max_new, tok.ends),
+                            split, batch_size, slack)
+    return to_decoded(tokens, tok)
 
 
 def decode_batches(decode_fn: Callable[[np.ndarray, int], Any], split: EncodedSplit, batch_size: int,
@@ -194,16 +200,16 @@ def decode_batches(decode_fn: Callable[[np.ndarray, int], Any], split: EncodedSp
     `greedy_decode_with_logprob`, an ensemble's decode); the same structure comes back with n rows.
     """
     max_new = int(split.answer_lens.max()) + 1 + slack  # answer, EOS, and room to overshoot
-    all_prompts = left_padded_prompts(split.prompts)  # one width for the whole split
+    all_prompts = left_padded_prompts(split.prompts, split.tokenizer)  # one width for the whole split
     n, parts = len(split), []
     for start in range(0, n, batch_size):
         parts.append(jax.tree.map(np.asarray, decode_fn(all_prompts[_padded_indices(start, n, batch_size)], max_new)))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)  # only the last batch has padding rows
 
 
-def to_decoded(tokens: np.ndarray) -> Decoded:
+def to_decoded(tokens: np.ndarray, tok: Tokenizer) -> Decoded:
     """Answer texts, and whether each ended with EOS, from generated token rows [n, max_new]."""
-    rows = [tokenizer.decode_generated(row) for row in tokens]
+    rows = [tok.decode_generated(row) for row in tokens]
     return Decoded([text for text, _ in rows], [done for _, done in rows])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from framework.config import ModelConfig
@@ -40,7 +41,7 @@ def as_llama(cfg: ModelConfig, params) -> Llama:
     """A `Llama` computing what recoup's Transformer of `cfg` with `params` (its nnx.Param state or
     the pure dict of it) computes."""
     src = params if isinstance(params, dict) else nnx.to_pure_dict(params)
-    lcfg = llama_config(cfg)
+    lcfg = llama_config(cfg, vocab_size=int(np.shape(src["embed"]["embedding"])[0]))
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(lcfg, rngs=nnx.Rngs(0))))
     d = cfg.d_model
     layers = {}

@@ -71,7 +71,7 @@ def read_config(directory: str | os.PathLike, dtype: str = "float32") -> LlamaCo
         raise ConfigError(str(path), str(err)) from None
 
 
-def _tensor_files(directory: Path) -> list[Path]:
+def tensor_files(directory: Path) -> list[Path]:
     """The safetensors files holding the weights: every shard the index names, or the single file."""
     index = directory / INDEX
     if index.is_file():
@@ -104,7 +104,7 @@ def load(directory: str | os.PathLike, dtype: str = "float32") -> Llama:
     """
     directory = Path(directory)
     cfg = read_config(directory, dtype)
-    files = _tensor_files(directory)
+    files = tensor_files(directory)
     with contextlib.ExitStack() as stack:
         handles, shapes, where = {}, {}, {}
         for file in files:

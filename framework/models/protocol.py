@@ -74,13 +74,28 @@ def _from_factory(cfg: ModelConfig, seed: int, vocab_size: int) -> nnx.Module:
         raise ConfigError("model.factory", f"{cfg.factory}(vocab_size=..., rngs=...) failed: {e}") from None
 
 
+def _from_hf_config(cfg: ModelConfig, seed: int, vocab_size: int) -> nnx.Module:
+    """The Llama-family model of a Hugging Face config.json, randomly initialized (a checkpoint's
+    weights replace them: RunConfig.init_from "hf:DIR")."""
+    from framework.models import hf
+    from framework.models.llama import Llama
+
+    lcfg = hf.read_config(cfg.hf_config, cfg.dtype)
+    if vocab_size > lcfg.vocab_size:
+        raise ConfigError("data.tokenizer", f"the tokenizer has {vocab_size:,} ids; the model of {cfg.hf_config} "
+                                            f"embeds {lcfg.vocab_size:,}: use the tokenizer it was trained with")
+    return Llama(lcfg, rngs=nnx.Rngs(params=seed))
+
+
 def build(cfg: ModelConfig, seed: int, vocab_size: int = VOCAB_SIZE) -> nnx.Module:
     """The model `cfg` names, its parameters drawn from `seed`: recoup's Transformer, or the user's
     factory's module (checked against the protocol)."""
+    if cfg.hf_config is not None:
+        return _from_hf_config(cfg, seed, vocab_size)
     if cfg.factory is None:
         from framework.models.transformer import Transformer
 
-        return Transformer(cfg, rngs=nnx.Rngs(params=seed))
+        return Transformer(cfg, rngs=nnx.Rngs(params=seed), vocab_size=vocab_size)
     model = _from_factory(cfg, seed, vocab_size)
     if found := problems(model):
         raise ConfigError("model.factory", f"{cfg.factory} builds a {type(model).__name__} that recoup cannot "
@@ -91,9 +106,11 @@ def build(cfg: ModelConfig, seed: int, vocab_size: int = VOCAB_SIZE) -> nnx.Modu
 def check(cfg: ModelConfig, vocab_size: int = VOCAB_SIZE) -> None:
     """Build `cfg`'s model abstractly and trace one call, a cached one too: a ConfigError naming what
     is wrong, before anything is allocated or compiled."""
+    if cfg.factory is None and cfg.hf_config is None:
+        return
+    model = nnx.eval_shape(lambda: build(cfg, 0, vocab_size))  # a Hugging Face config: read, and fits the tokenizer
     if cfg.factory is None:
         return
-    model = nnx.eval_shape(lambda: build(cfg, 0, vocab_size))
     tokens = jnp.zeros((1, 4), jnp.int32)
     positions = jnp.arange(4)[None]
     mask = jnp.tril(jnp.ones((4, 4), bool))[None]

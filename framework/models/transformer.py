@@ -100,11 +100,11 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Decoder-only LM over the byte vocabulary, output head tied to the embedding."""
+    """Decoder-only LM, output head tied to the embedding (the byte vocabulary unless told otherwise)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, vocab_size: int = VOCAB_SIZE):
         self.cfg = cfg
-        self.embed = nnx.Embed(VOCAB_SIZE, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
+        self.embed = nnx.Embed(vocab_size, cfg.d_model, dtype=cfg.dtype, rngs=rngs)
         self.blocks = nnx.List([Block(cfg, MLP_CLASSES[cfg.mlp], rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = nnx.RMSNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
 
@@ -133,8 +133,8 @@ class Transformer(nnx.Module):
         return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks)
 
 
-def build_model(cfg: ModelConfig, seed: int) -> Transformer:
-    return Transformer(cfg, rngs=nnx.Rngs(params=seed))
+def build_model(cfg: ModelConfig, seed: int, vocab_size: int = VOCAB_SIZE) -> Transformer:
+    return Transformer(cfg, rngs=nnx.Rngs(params=seed), vocab_size=vocab_size)
 
 
 def causal_mask(t: int) -> jax.Array:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from curricula.build import rescore, sampler_factory
-from framework.config import BATCH_WARMUP_SPLITS, RunConfig, resolve_init_from
+from framework.config import BATCH_WARMUP_SPLITS, RunConfig, hf_source, resolve_init_from
 from framework.data import identity
 from framework.data.encoding import EncodedSplit, Sampler, prepare
 from framework.runner.check import check
@@ -47,6 +47,19 @@ def nonfinite_policy(cfg: RunConfig) -> NonFinitePolicy:
     return NonFinitePolicy(skip=cfg.nonfinite == "skip", max_rollbacks=rollbacks, lr_factor=cfg.rollback_lr_factor)
 
 
+def hf_params(directory: str, dtype: str) -> Callable[[], Any]:
+    """Reads the weights of a Hugging Face checkpoint directory when called (streamed: framework.models.hf)."""
+
+    def read():
+        from flax import nnx
+
+        from framework.models import hf
+
+        return nnx.split(hf.load(directory, dtype), nnx.Param)[1]
+
+    return read
+
+
 def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | None = None,
           splits: dict[str, EncodedSplit] | None = None) -> Parts:
     """The objects `cfg` names. `sampler_fn`: `(train_split, batch_size, seed) -> Sampler` instead of
@@ -69,7 +82,8 @@ def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | No
         points=stop_points(cfg.budget_tokens, cfg.stops, cfg.every_tokens, cfg.train_until),
         average_rules=tuple(average_rules(cfg)),
         stop_rule=stop_rule,
-        init_from=resolve_init_from(cfg) if cfg.init_from else None,
+        init_from=resolve_init_from(cfg) if cfg.init_from and not hf_source(cfg.init_from) else None,
+        init_params=hf_params(hf_source(cfg.init_from), cfg.model.dtype) if hf_source(cfg.init_from) else None,
         branch_from=resolve_init_from(cfg, "branch_from") if cfg.branch_from else None,
         nonfinite=nonfinite_policy(cfg),
         data_identity=identity.record(data, splits),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from curricula.registry import CURRICULA, PACINGS, SCORERS
-from framework.config import RunConfig, resolve_init_from
+from framework.config import RunConfig, hf_source, resolve_init_from
 from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, RELATIONS, TASKS
 from framework.errors import ConfigError
 from framework.stopping.registry import build as build_stop_rule
@@ -20,22 +20,39 @@ def check(cfg: RunConfig):
     rule (None for none)."""
     cfg.validate()
     check_names(cfg)
+    if hf_source(cfg.init_from):  # first: the model and the tokenizer below are read from it
+        check_hf_source(hf_source(cfg.init_from))
     if ":" in cfg.optim.optimizer:  # the user's optax factory: called once, nothing compiled
         from framework.training.optimizers import check_user
 
         check_user(cfg.optim.optimizer)
-    if cfg.model.factory:  # the user's module: built abstractly and traced once, nothing compiled
+    if cfg.model.factory or cfg.model.hf_config:  # built abstractly (a user's module traced once), nothing compiled
+        from framework.data.tokenizer import load as load_tokenizer
         from framework.models import protocol
 
-        protocol.check(cfg.model)
+        protocol.check(cfg.model, load_tokenizer(cfg.data.tokenizer).vocab_size)
     if os.path.isfile(cfg.out_dir):
         raise ConfigError("out", f"{cfg.out_dir} is a file; give a directory for the run")
     stop_rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)
-    if cfg.init_from:
+    if cfg.init_from and not hf_source(cfg.init_from):
         resolve_init_from(cfg)
     if cfg.branch_from:
         resolve_init_from(cfg, "branch_from")
     return stop_rule
+
+
+def check_hf_source(directory: str) -> None:
+    """A Hugging Face checkpoint directory to start from: its config readable, its weights there (their
+    names and shapes are checked, all at once, when they are read)."""
+    from pathlib import Path
+
+    from framework.models import hf
+
+    try:
+        hf.read_config(directory)
+        hf.tensor_files(Path(directory))
+    except ConfigError as e:
+        raise ConfigError("init_from", f"{e.field}: {e.message}") from None
 
 
 def check_names(cfg: RunConfig) -> None:

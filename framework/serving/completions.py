@@ -105,7 +105,7 @@ def parse(body: Any, models: Mapping[str, ServedModel]) -> CompletionRequest:
     rows = []
     seed = uuid.uuid4().int % 2**63 if seed is None else seed  # unseeded sampling differs between requests
     for i, text in enumerate(prompts):
-        tokens = encode_prompt(text)
+        tokens = encode_prompt(model.tokenizer, text)
         if len(tokens) >= model.context:
             raise APIError(400, f"this model's maximum context length is {model.context} tokens; "
                                 f"prompt{'' if len(prompts) == 1 else f'[{i}]'} is {len(tokens)} (BOS included), "

@@ -8,7 +8,7 @@ max_tokens are per-row arrays: they never change a shape.
 
     model = load("runs/demo-ens")
     warm_up(model, Buckets())
-    [c] = generate(model, [Row(encode_prompt("12+34="), max_tokens=8)], Buckets())
+    [c] = generate(model, [Row(encode_prompt(model.tokenizer, "12+34="), max_tokens=8)], Buckets())
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from flax import nnx
 
 from ensembles import output
 from ensembles.members import ParamStore
-from framework.data import tokenizer
-from framework.data.tokenizer import BOS, PAD
+from framework.data.tokenizer import Tokenizer
 from framework.errors import ConfigError
 from framework.evaluation import evaluate
 from framework.training.runs import open_run
@@ -38,7 +37,7 @@ class Buckets(NamedTuple):
     """The shapes a server compiles: every (batch, prompt, new) combination, each list ascending."""
 
     batch: tuple[int, ...] = (1, 8, 32)  # rows per forward pass; the largest is the maximum batch size
-    prompt: tuple[int, ...] = (32, 128)  # prompt tokens, BOS included
+    prompt: tuple[int, ...] = (32, 128)  # prompt tokens, BOS (the tokenizer's prefix) included
     new: tuple[int, ...] = (16, 64)  # tokens generated
 
     def validate(self) -> Buckets:
@@ -60,7 +59,7 @@ def fit(n: int, sizes: Sequence[int]) -> int:
 
 
 class Row(NamedTuple):
-    prompt: tuple[int, ...]  # BOS + prompt tokens (`encode_prompt`)
+    prompt: tuple[int, ...]  # the tokenizer's prefix (BOS) and the prompt's tokens (`encode_prompt`)
     max_tokens: int
     temperature: float = 0.0  # 0: greedy
     seed: int = 0  # the sampling key of this row: its draws do not depend on its batch
@@ -72,8 +71,8 @@ class Completion(NamedTuple):
     completion_tokens: int  # tokens generated, EOS included
 
 
-def encode_prompt(text: str) -> tuple[int, ...]:
-    return (BOS, *tokenizer.encode(text))
+def encode_prompt(tok: Tokenizer, text: str) -> tuple[int, ...]:
+    return (*tok.prefix, *tok.encode(text))
 
 
 # == models =====================================================================================
@@ -89,6 +88,7 @@ class ServedModel:
     weights: np.ndarray | None  # [k] member weights of an output ensemble
     context: int  # the longest sequence the model was trained on: prompt + generated tokens
     info: dict[str, Any]  # what /v1/models shows
+    tokenizer: Tokenizer  # the first member's run's (every member of an ensemble shares its vocabulary)
 
     @property
     def inference_cost(self) -> int:
@@ -118,7 +118,8 @@ def load(path: str, model_id: str | None = None) -> ServedModel:
         else:
             params = output.stack_params([store.params(m) for m in c.members])
             weights = output.member_weights(c.weights, len(c.members))
-        return ServedModel(model_id, path, c.combine, run.graphdef, params, weights, run.cfg.data.max_seq_len, info)
+        return ServedModel(model_id, path, c.combine, run.graphdef, params, weights, run.cfg.data.max_seq_len, info,
+                           run.tokenizer)
     if os.path.isfile(os.path.join(path, "config.json")):
         from framework.checkpoints import store as checkpoints
 
@@ -126,7 +127,7 @@ def load(path: str, model_id: str | None = None) -> ServedModel:
         step = checkpoints.resolve_step(path, None)
         info = {"kind": "checkpoint", "step": step, "inference_cost": 1}
         return ServedModel(model_id, path, "weights", run.graphdef, run.params(step), None,
-                           run.cfg.data.max_seq_len, info)
+                           run.cfg.data.max_seq_len, info, run.tokenizer)
     raise ConfigError("model", f"{path} is neither a recoup ensemble (no manifest.json) nor a run directory "
                                "(no config.json)")
 
@@ -134,45 +135,46 @@ def load(path: str, model_id: str | None = None) -> ServedModel:
 # == decoding ===================================================================================
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7))
-def _decode_one(graphdef, params, weights, prompts, temperature, keys, limits, max_new):
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _decode_one(graphdef, params, weights, prompts, temperature, keys, limits, max_new, ends):
     model = nnx.merge(graphdef, params)
     cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
-    return evaluate.decode_loop(model, cache, prompts, max_new, sampling=(temperature, keys), limits=limits)
+    return evaluate.decode_loop(model, cache, prompts, max_new, ends, sampling=(temperature, keys), limits=limits)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7))
-def _decode_logits(graphdef, stacked, weights, prompts, temperature, keys, limits, max_new):
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _decode_logits(graphdef, stacked, weights, prompts, temperature, keys, limits, max_new, ends):
     step, cache = output.ensemble_step(graphdef, stacked, weights, prompts.shape[0], prompts.shape[1] + max_new)
-    return evaluate.decode_loop(step, cache, prompts, max_new, sampling=(temperature, keys), limits=limits)
+    return evaluate.decode_loop(step, cache, prompts, max_new, ends, sampling=(temperature, keys), limits=limits)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7))
-def _decode_members(graphdef, stacked, weights, prompts, temperature, keys, limits, max_new):
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _decode_members(graphdef, stacked, weights, prompts, temperature, keys, limits, max_new, ends):
     """Every member decodes alone (vmapped), each drawing with its own keys: tokens and log-probs [k, b, ...]."""
 
     def member(params, i):
         model = nnx.merge(graphdef, params)
         cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
         member_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-        return evaluate.decode_loop(model, cache, prompts, max_new, with_logprob=True,
+        return evaluate.decode_loop(model, cache, prompts, max_new, ends, with_logprob=True,
                                     sampling=(temperature, member_keys), limits=limits)
 
     return jax.vmap(member)(stacked, jnp.arange(weights.shape[0]))
 
 
-def _majority(out) -> np.ndarray:
+def _majority(out, tok: Tokenizer) -> np.ndarray:
     """The vote: per row, the tokens of the member answer (text, ended) that most members gave
     (ties to the highest mean log-prob, as `output.majority`)."""
     tokens, logprob = (np.asarray(x) for x in out)  # [k, b, max_new], [k, b]
-    answers = [[tokenizer.decode_generated(row) for row in member] for member in tokens]
+    answers = [[tok.decode_generated(row) for row in member] for member in tokens]
     winners = output.majority(answers, logprob)
     return np.stack([tokens[next(k for k in range(len(answers)) if answers[k][i] == w), i]
                      for i, w in enumerate(winners)])
 
 
 # combine -> (jitted decode, host-side finish to [b, max_new] tokens)
-DECODERS = {"weights": (_decode_one, np.asarray), "logits": (_decode_logits, np.asarray),
+DECODERS = {"weights": (_decode_one, lambda out, tok: np.asarray(out)),
+            "logits": (_decode_logits, lambda out, tok: np.asarray(out)),
             "vote": (_decode_members, _majority)}
 
 
@@ -182,7 +184,8 @@ def generate(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[
     p = fit(max(len(r.prompt) for r in rows), buckets.prompt)
     m = fit(max(r.max_tokens for r in rows), buckets.new)
     padded = list(rows) + [rows[0]._replace(max_tokens=1)] * (b - len(rows))  # filler rows end at once
-    prompts = np.full((b, p), PAD, np.int32)
+    tok = model.tokenizer
+    prompts = np.full((b, p), tok.pad, np.int32)
     for i, r in enumerate(padded):
         prompts[i, p - len(r.prompt):] = r.prompt
     temperature = np.array([r.temperature for r in padded], np.float32)
@@ -191,14 +194,17 @@ def generate(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[
     limits = np.array([r.max_tokens for r in padded], np.int32)
     decode, finish = DECODERS[model.combine]
     weights = np.ones(1, np.float32) if model.weights is None else model.weights
-    tokens = finish(decode(model.graphdef, model.params, weights, prompts, temperature, keys, limits, m))
-    return [_completion(tokens[i, :r.max_tokens]) for i, r in enumerate(rows)]
+    tokens = finish(decode(model.graphdef, model.params, weights, prompts, temperature, keys, limits, m, tok.ends),
+                    tok)
+    return [_completion(tokens[i, :r.max_tokens], tok) for i, r in enumerate(rows)]
 
 
-def _completion(tokens: np.ndarray) -> Completion:
-    text, ended = tokenizer.decode_generated(tokens)
-    n = int(np.count_nonzero(tokens != PAD))
-    special_stop = not ended and n < len(tokens)  # sampled a PAD/BOS: nothing sensible follows
+def _completion(tokens: np.ndarray, tok: Tokenizer) -> Completion:
+    text, ended = tok.decode_generated(tokens)
+    cut, _ = tok.answer_end(tokens)
+    # An answer that ended is its tokens and the EOS; any other ran to its limit (the loop stops only at either).
+    n = cut + 1 if ended else len(tokens)
+    special_stop = not ended and cut < len(tokens)  # sampled a PAD/BOS: nothing sensible follows
     return Completion(text, "stop" if ended or special_stop else "length", n)
 
 
@@ -210,9 +216,10 @@ def apply_stop(c: Completion, stops: Sequence[str]) -> Completion:
 
 def warm_up(model: ServedModel, buckets: Buckets, log=print) -> int:
     """Compile every bucket shape once (sampling included: temperature is an array). Returns the count."""
-    filler = tokenizer.encode(" ")[0]
+    tok = model.tokenizer
+    filler = tok.encode(" ")[0]
     for b, p, m in buckets.shapes:  # rows that need exactly this shape, sampled (the greedy path is the same program)
-        generate(model, [Row((BOS,) + (filler,) * (p - 1), m, 1.0)] * b, buckets)
+        generate(model, [Row((*tok.prefix, *(filler,) * (p - len(tok.prefix))), m, 1.0)] * b, buckets)
     log(f"  {model.id}: compiled {len(buckets.shapes)} shapes")
     return len(buckets.shapes)
 

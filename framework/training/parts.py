@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from framework.data.encoding import EncodedSplit, Sampler
 from framework.stopping.points import StopPoint
@@ -41,6 +41,8 @@ class Parts:
     # (run directory, step or None for its newest) whose evaluated weights a new run starts from;
     # None: a fresh model (RunConfig.init_from)
     init_from: tuple[str, int | None] | None = None
+    # () -> the nnx.Param state a new run starts from, read from elsewhere (a Hugging Face checkpoint)
+    init_params: Callable[[], Any] | None = None
     # (run directory, step or None) whose whole training state a branch continues (RunConfig.branch_from)
     branch_from: tuple[str, int | None] | None = None
     nonfinite: NonFinitePolicy = NonFinitePolicy()

@@ -14,10 +14,12 @@ from typing import Any
 from flax import nnx
 
 from framework.checkpoints import store as checkpoints
-from framework.config import DataConfig, RunConfig, load_run_config
+from framework.config import DataConfig, RunConfig, load_run_config, run_model
 from framework.data import identity
 from framework.data.encoding import EncodedSplit, prepare
 from framework.data.tasks import SPLITS
+from framework.data.tokenizer import Tokenizer
+from framework.data.tokenizer import load as load_tokenizer
 from framework.errors import ConfigError
 from framework.evaluation import evaluate
 from framework.models import protocol
@@ -30,6 +32,7 @@ class Run:
     cfg: RunConfig
     graphdef: Any
     abstract_params: Any
+    tokenizer: Tokenizer  # what it trained with (its own copy of a Hugging Face tokenizer): serving needs no data
     _splits: dict[str, EncodedSplit] | None = None
     # data -> (its splits, identity.record of them); a ParamStore shares one build (and one file hash)
     prepare_data: Callable[[DataConfig], tuple[dict[str, EncodedSplit], dict]] = None
@@ -84,9 +87,11 @@ def open_run(run_dir: str, prepare_data: Callable[[DataConfig], tuple[dict[str, 
     and hashes the file, once) and checked against the run's data record (`framework.data.identity`;
     `allow_changed_data` goes on, listing the changes)."""
     cfg = load_run_config(run_dir)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: protocol.build(cfg.model, 0)), nnx.Param)
+    tok = load_tokenizer(identity.resolved(cfg.data, [run_dir]).tokenizer)
+    model = run_model(cfg, run_dir)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: protocol.build(model, 0, tok.vocab_size)), nnx.Param)
     # On one device, whatever mesh trained the run: Orbax reads each array into the target's sharding.
-    return Run(run_dir, cfg, graphdef, sharding.on_one_device(abstract), prepare_data=prepare_data,
+    return Run(run_dir, cfg, graphdef, sharding.on_one_device(abstract), tok, prepare_data=prepare_data,
                allow_changed_data=allow_changed_data)
 
 

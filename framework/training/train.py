@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from flax import nnx
 
 from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import read_metrics, write_atomic
-from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, RunConfig, load_run_config
+from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, MODEL_DIR, RunConfig, load_run_config, run_model
 from framework.data import identity
 from framework.data.encoding import answer_tokens, counted_tokens, make_batch
 from framework.errors import ConfigError, RecoupError
@@ -88,9 +89,12 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
     """
     mesh = _check_input(cfg, parts, resume)  # everything that can be wrong, before the run directory is touched
     changes = _check_data(cfg, parts, resume, allow_changed_data)
-    _prepare_run_dir(cfg, resume, write=sharding.is_primary(), data_identity=parts.data_identity, changes=changes)
+    tokenizer = parts.train_split.tokenizer
+    _prepare_run_dir(cfg, resume, write=sharding.is_primary(), data_identity=parts.data_identity, changes=changes,
+                     tokenizer=tokenizer)
     sharding.barrier("run directory ready")
-    graphdef, params = nnx.split(protocol.build(cfg.model, cfg.seed), nnx.Param)
+    model = protocol.build(run_model(cfg, cfg.out_dir), cfg.seed, tokenizer.vocab_size)
+    graphdef, params = nnx.split(model, nnx.Param)
     params = sharding.place(params, mesh)  # everything on the device below is laid out on the mesh
     optimizer, key, rule = parts.optimizer(cfg.batch_size), jax.random.key(cfg.seed), parts.stop_rule
     state = TrainState(params, sharding.place(optimizer.init(params), mesh),
@@ -121,7 +125,7 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
                     data_t0 = time.perf_counter()
                     idx, next_sampler_state = sampler.next(state.sampler, prog.tokens)
                     batch = make_batch(parts.train_split, idx)
-                    n_tokens = counted_tokens(batch)
+                    n_tokens = counted_tokens(batch, tokenizer.pad)
                     run.window.data_s += time.perf_counter() - data_t0
                     # Take every stopping point this batch would cross *before* running it.
                     crossed = []
@@ -136,7 +140,7 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
                     # Usually one step; during a batch-size warmup, several over consecutive rows of the batch.
                     for rows in np.split(np.asarray(idx), parts.steps_per_batch(prog.tokens)):
                         part = batch if len(rows) == len(idx) else make_batch(parts.train_split, rows)
-                        n = n_tokens if part is batch else counted_tokens(part)
+                        n = n_tokens if part is batch else counted_tokens(part, tokenizer.pad)
                         state.params, state.opt_state, m = train_step(len(rows))(
                             state.params, state.opt_state, sharding.put_batch(part, mesh), np.float32(prog.tokens),
                             jax.random.fold_in(state.key, prog.step), np.float32(prog.lr_scale))
@@ -174,7 +178,8 @@ def _check_input(cfg: RunConfig, parts: Parts, resume: bool):
     if cfg.batch_warmup > 0:  # its first steps take batch_size / 8 rows, which must split over the mesh too
         sharding.check_batch(mesh, cfg.batch_size // BATCH_WARMUP_SPLITS[0])
     if not resume:
-        first = counted_tokens(make_batch(parts.train_split, parts.sampler.next(parts.sampler.init(), 0)[0]))
+        first = counted_tokens(make_batch(parts.train_split, parts.sampler.next(parts.sampler.init(), 0)[0]),
+                               parts.train_split.tokenizer.pad)
         if first > cfg.budget_tokens:
             raise ConfigError("budget_tokens", f"{cfg.budget_tokens:,} is less than one batch "
                               f"({first:,} tokens at batch_size {cfg.batch_size}): nothing would train")
@@ -195,8 +200,9 @@ def _check_data(cfg: RunConfig, parts: Parts, resume: bool, allow: bool) -> list
 
 
 def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True, data_identity: dict | None = None,
-                     changes: Sequence[str] = ()) -> None:
-    """Check (every process) and create (the primary, `write`) the run directory, with its data record."""
+                     changes: Sequence[str] = (), tokenizer=None) -> None:
+    """Check (every process) and create (the primary, `write`) the run directory, with its data record
+    and a copy of a Hugging Face `tokenizer` (what eval, export and serve read the run's text with)."""
     if resume:
         saved = load_run_config(cfg.out_dir)  # raises, listing what is there, if it is not a run
         for field in dataclasses.fields(RunConfig):
@@ -220,6 +226,12 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True, data_iden
         if data_identity is not None:  # before config.json: a run directory with a config has its record
             extra = {"changed_from_source": list(changes)} if changes else {}
             identity.write(cfg.out_dir, {**data_identity, **extra})
+        if tokenizer is not None and tokenizer.identity["kind"] != "byte":  # before config.json too
+            tokenizer.write_hf(os.path.join(cfg.out_dir, identity.TOKENIZER_DIR))
+        if cfg.model.hf_config is not None:  # the architecture too: the run opens without the checkpoint
+            os.makedirs(os.path.join(cfg.out_dir, MODEL_DIR), exist_ok=True)
+            shutil.copyfile(os.path.join(cfg.model.hf_config, "config.json"),
+                            os.path.join(cfg.out_dir, MODEL_DIR, "config.json"))
         write_atomic(os.path.join(cfg.out_dir, CONFIG_FILE), cfg.dumps())  # a kill here leaves no half config
         open(os.path.join(cfg.out_dir, checkpoints.METRICS_FILE), "w").close()
     except OSError as e:
@@ -270,6 +282,9 @@ class Session:
             _truncate_metrics(self.metrics_path, 0)  # a crash before the first checkpoint: start over
         if self.parts.init_from is not None:  # a resumed run's weights come from its own checkpoint
             state = restore_from(*self.parts.init_from, state, self.separate, weights_only=True)
+        if self.parts.init_params is not None:
+            state = dataclasses.replace(state, params=sharding.place(self.parts.init_params(), self.mesh))
+            print(f"starting from the weights of {cfg.init_from}", flush=True)
         if self.parts.branch_from is not None:  # the source's whole state: weights, optimizer, data, counters
             branch = restore_from(*self.parts.branch_from, dataclasses.replace(state, averages={}), self.separate)
             p = branch.progress
