@@ -212,7 +212,8 @@ class RunConfig:
     seed: int = 0  # training seed: initialization, data order, dropout
     eval_batch_size: int = 256  # sequences per evaluation forward pass
     log_every: int = 25  # steps between metrics.jsonl lines (each forces one device sync)
-    # start from the weights of RUN_DIR (its newest checkpoint) or RUN_DIR/checkpoints/STEP
+    # start from the weights of RUN_DIR (its newest checkpoint), RUN_DIR/checkpoints/STEP, or hf:DIR (a Hugging
+    # Face checkpoint directory: its architecture, weights and, unless --tokenizer says otherwise, tokenizer)
     init_from: str | None = None
     curriculum: str = "uniform"  # which examples batches draw (curricula.registry), or a "module:attr" of your own
     curriculum_args: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the curriculum

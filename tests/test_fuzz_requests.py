@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from framework.data.tokenizer import BYTE
-from framework.serving.completions import APIError, CompletionRequest, parse
+from framework.serving.completions import APIError, CompletionRequest, parse, parse_chat
 from framework.serving.generation import ServedModel
 from tests.conftest import fuzz
 
@@ -67,3 +67,31 @@ def test_any_bytes_are_json_or_a_clear_400(raw):
         parse(body, MODELS)
     except APIError as e:
         assert 400 <= e.status < 500
+
+
+CHAT_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed", "stop", "n",
+               "stream", "logprobs", "tools", "user", "frobnicate"]
+messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "robot"]),
+                                           "content": st.text(max_size=20) | json_values}), max_size=4)
+valid_chat = st.fixed_dictionaries(
+    {"model": st.just("m"), "messages": st.lists(st.fixed_dictionaries(
+        {"role": st.just("user"), "content": st.text(min_size=1, max_size=20)}), min_size=1, max_size=3)},
+    optional={"max_completion_tokens": st.integers(1, 16), "temperature": st.floats(0, 2)})
+chat_bodies = (valid_chat | json_values
+               | st.tuples(valid_chat, st.sampled_from(CHAT_FIELDS), messages | json_values).map(
+                   lambda t: {**t[0], t[1]: t[2]}))
+
+
+@fuzz(300)
+@given(chat_bodies)
+def test_any_chat_body_is_a_request_or_a_4xx_that_names_the_problem(body):
+    try:
+        req = parse_chat(body, MODELS)
+    except APIError as e:
+        assert 400 <= e.status < 500 and e.message
+        assert e.param is None or e.param in CHAT_FIELDS or e.param in body, e.param
+        json.dumps(e.body())
+        return
+    assert isinstance(req, CompletionRequest) and len(req.rows) == 1
+    row = req.rows[0]
+    assert 1 <= row.max_tokens and len(row.prompt) + row.max_tokens <= MODEL.context

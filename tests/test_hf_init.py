@@ -98,6 +98,11 @@ def test_a_fine_tune_from_a_checkpoint_averages_and_is_served_to_the_openai_clie
 
         tok = load(str(run / "tokenizer"))
         assert out.usage.prompt_tokens == len(tok.encode("1+2=")) + len(tok.encode("35+4=")) < 9
+        # A chat goes through the checkpoint's chat template (tests/hf_tokenizers.py), markup ids and all.
+        messages = [{"role": "user", "content": "1+2="}]
+        chat = client.chat.completions.create(model="ens", messages=messages, max_tokens=4, temperature=0)
+        assert chat.choices[0].message.role == "assistant" and isinstance(chat.choices[0].message.content, str)
+        assert chat.usage.prompt_tokens == len(tok.chat_prompt(messages)) > len(tok.encode("1+2="))
 
 
 def test_a_bad_source_or_tokenizer_fails_before_training(checkpoint, tmp_path, capsys):
@@ -118,3 +123,16 @@ def test_a_bad_source_or_tokenizer_fails_before_training(checkpoint, tmp_path, c
         from framework.config import ModelConfig
 
         ModelConfig(factory="m:f", hf_config=str(checkpoint)).validate()
+
+
+def test_the_readmes_tiny_checkpoint_is_one_recoup_can_start_from(tmp_path):
+    from framework.data.tokenizer import load
+    from framework.models import hf
+    from framework.runner.check import check_hf_source
+    from harness.tiny_checkpoint import main as make
+
+    make([str(tmp_path / "tiny")])
+    check_hf_source(str(tmp_path / "tiny"))
+    model, tok = hf.load(tmp_path / "tiny"), load(str(tmp_path / "tiny"))
+    assert model.cfg.qk_norm and tok.vocab_size <= model.cfg.vocab_size < tok.vocab_size + 64
+    assert tok.prefix == () and tok.chat_template

@@ -203,7 +203,7 @@ def test_a_request_past_the_compiled_buckets_is_served_and_agrees_with_one_insid
     assert no_limit["usage"]["completion_tokens"] <= 16
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/v1/chat/completions"), ("GET", "/v1/completions"),
+@pytest.mark.parametrize("method, path", [("POST", "/v1/embeddings"), ("GET", "/v1/completions"),
                                           ("GET", "/nope")])
 def test_an_unknown_route_gets_an_openai_error_body(served, method, path):
     server, _, _ = served
@@ -358,6 +358,12 @@ def test_recoup_serve_answers_the_openai_client(trained_run):
         out = client.completions.create(model="tiny", prompt=["1+2=", "3+4="], max_tokens=6, temperature=0)
         assert [c.index for c in out.choices] == [0, 1] and out.usage.prompt_tokens == 10
         assert [m.id for m in client.models.list().data] == ["tiny"]
+        # A chat, to a byte-tokenizer model (no template): its last user message is the prompt.
+        chat = client.chat.completions.create(model="tiny", messages=[{"role": "system", "content": "add"},
+                                                                     {"role": "user", "content": "1+2="}],
+                                              max_tokens=6, temperature=0)
+        assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+        assert chat.choices[0].message.content == out.choices[0].text and chat.usage.prompt_tokens == 5
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="other", prompt="1+2=", max_tokens=4)
         with pytest.raises(openai.AuthenticationError):

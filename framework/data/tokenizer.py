@@ -87,6 +87,10 @@ class ByteTokenizer:
         cut = next((k for k, i in enumerate(ids) if i < N_SPECIAL), len(ids))
         return cut, cut < len(ids) and ids[cut] == EOS
 
+    def chat_prompt(self, messages: list[dict]) -> tuple[int, ...]:
+        """A chat as a prompt: no template, so the last user message (`last_user_text`)."""
+        return (*self.prefix, *self.encode(last_user_text(messages)))
+
     def write_hf(self, directory: str) -> list[str]:
         """This tokenizer as Hugging Face files (`write_byte_tokenizer`)."""
         return write_byte_tokenizer(directory)
@@ -175,6 +179,19 @@ class HFTokenizer:
         cut = next((k for k, i in enumerate(ids) if i in self._special_ids or i == self.pad), len(ids))
         return cut, cut < len(ids) and ids[cut] in self.ends.stop
 
+    def chat_prompt(self, messages: list[dict]) -> tuple[int, ...]:
+        """A chat as a prompt: its chat template rendered with a generation prompt (the template writes
+        BOS itself, as transformers' apply_chat_template leaves it to), or, without a template, the
+        last user message. `messages`: [{"role", "content": str}]; a ChatError if the template refuses."""
+        if self.chat_template is None:
+            return (*self.prefix, *self.encode(last_user_text(messages)))
+        text = render_chat(self.chat_template, messages, bos_token=self._text_of(self.bos),
+                           eos_token=self._text_of(self.eos))
+        return tuple(self.encode_with_specials(text))
+
+    def _text_of(self, i: int | None) -> str:
+        return "" if i is None else self._tok.id_to_token(i)
+
     def write_hf(self, directory: str) -> list[str]:
         """The tokenizer's files (tokenizer.json and the configs beside it) copied into `directory`."""
         import shutil
@@ -190,6 +207,39 @@ class HFTokenizer:
 
 
 Tokenizer = ByteTokenizer | HFTokenizer
+
+
+class ChatError(ValueError):
+    """A chat the tokenizer cannot turn into a prompt (no user message; a template that raised)."""
+
+
+def last_user_text(messages: list[dict]) -> str:
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    if not users:
+        raise ChatError("messages has no user message (with no chat template, the last one is the prompt)")
+    return users[-1]
+
+
+def render_chat(template: str, messages: list[dict], **specials: str) -> str:
+    """`template` (Jinja) rendered as transformers renders chat templates: a sandbox, trim_blocks and
+    lstrip_blocks, loop controls, `raise_exception` and a `tojson` that keeps non-ASCII text."""
+    from datetime import datetime
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ChatError(f"the chat template refused the messages: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, separators=None, sort_keys=False: json.dumps(
+        x, indent=indent, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys)
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=True, tools=None,
+                                                documents=None, **specials)
+    except jinja2.TemplateError as e:
+        raise ChatError(f"the chat template failed: {e}") from None
 
 
 def _read_optional(path: str) -> dict:

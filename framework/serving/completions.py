@@ -1,4 +1,6 @@
-"""The OpenAI completions API, as recoup serves it: request checking and response bodies.
+"""The OpenAI completions and chat completions APIs, as recoup serves them: request checking and
+response bodies. A chat becomes one prompt through the served model's tokenizer: its chat template,
+or, without one (the byte tokenizer), the last user message.
 
 Every check names the field and what is allowed, and becomes a 4xx with OpenAI's error body
 (`{"error": {"message", "type", "param", "code"}}`), so clients written for that API report it
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from framework.data.tokenizer import ChatError
 from framework.serving.generation import Completion, Row, ServedModel, encode_prompt
 
 MAX_STOPS = 4  # as OpenAI
@@ -24,6 +27,12 @@ NEUTRAL = {"n": 1, "stream": False, "echo": False, "logprobs": None, "best_of": 
            "stream_options": None}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's, for a request without max_tokens (less if the context has no room)
 MAX_USER = 256  # characters of the end-user id a client may send
+MAX_MESSAGES = 256  # messages in one chat
+COMMON = ("model", "max_tokens", "temperature", "seed", "stop", "user")
+CHAT_NEUTRAL = {"n": 1, "stream": False, "logprobs": False, "top_logprobs": None, "top_p": 1, "presence_penalty": 0,
+                "frequency_penalty": 0, "logit_bias": None, "stream_options": None, "tools": None,
+                "tool_choice": None, "parallel_tool_calls": None, "response_format": None}
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class APIError(Exception):
@@ -51,25 +60,40 @@ def _is_number(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
-def parse(body: Any, models: Mapping[str, ServedModel]) -> CompletionRequest:
-    """Check a decoded JSON body against the served models and their context lengths (not against
-    the compiled shapes: a request past them compiles its own, see `generation.fit`)."""
+def _check_fields(body: Any, neutral: Mapping[str, Any], known: tuple[str, ...]) -> None:
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     for name, value in body.items():
-        if name in NEUTRAL:
-            if value != NEUTRAL[name] and not (value is None or (name == "logit_bias" and value == {})):
-                raise APIError(400, f"{name}={value!r} is not supported (recoup serves {name}={NEUTRAL[name]!r})",
+        if name in neutral:
+            if value != neutral[name] and not (value is None or (name == "logit_bias" and value == {})):
+                raise APIError(400, f"{name}={value!r} is not supported (recoup serves {name}={neutral[name]!r})",
                                name, "unsupported_parameter")
-        elif name not in ("model", "prompt", "max_tokens", "temperature", "seed", "stop", "user"):
+        elif name not in known:
             raise APIError(400, f"unrecognized request argument supplied: {name}", name, "unknown_parameter")
+
+
+def _model(body: dict, models: Mapping[str, ServedModel]) -> ServedModel:
     model_id = body.get("model")
     if not isinstance(model_id, str):
         raise APIError(400, "model is required: a string, one of " + ", ".join(models), "model")
     if model_id not in models:
         raise APIError(404, f"the model {model_id!r} does not exist; served: {', '.join(models)}", "model",
                        "model_not_found")
-    model = models[model_id]
+    return models[model_id]
+
+
+def _unicode(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") that JSON allows but UTF-8 does not
+        raise APIError(400, f"{field} is not valid Unicode text ({e.reason} at {e.start})", field) from None
+
+
+def parse(body: Any, models: Mapping[str, ServedModel]) -> CompletionRequest:
+    """Check a decoded JSON body against the served models and their context lengths (not against
+    the compiled shapes: a request past them compiles its own, see `generation.fit`)."""
+    _check_fields(body, NEUTRAL, (*COMMON, "prompt"))
+    model = _model(body, models)
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -79,10 +103,58 @@ def parse(body: Any, models: Mapping[str, ServedModel]) -> CompletionRequest:
     if any(p == "" for p in prompts):
         raise APIError(400, "prompt must not be empty", "prompt")
     for p in prompts:
-        try:
-            p.encode("utf-8")
-        except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") that JSON allows but UTF-8 does not
-            raise APIError(400, f"prompt is not valid Unicode text ({e.reason} at {e.start})", "prompt") from None
+        _unicode(p, "prompt")
+    return _request(body, model, [encode_prompt(model.tokenizer, p) for p in prompts], "prompt")
+
+
+def _messages(value: Any) -> list[dict]:
+    """OpenAI's messages as [{"role", "content": str}]: content given as text parts is joined."""
+    if not isinstance(value, list) or not value:
+        raise APIError(400, "messages is required: a non-empty list of {role, content} objects", "messages")
+    if len(value) > MAX_MESSAGES:
+        raise APIError(400, f"messages has {len(value)} entries; at most {MAX_MESSAGES} per request", "messages")
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise APIError(400, f"{where} must be an object with a role, one of {', '.join(ROLES)}", "messages")
+        content = m.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise APIError(400, f"{where}.content: recoup serves text parts only ({{type: text, text}})",
+                               "messages")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise APIError(400, f"{where}.content must be a string or a list of text parts", "messages")
+        _unicode(content, "messages")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def parse_chat(body: Any, models: Mapping[str, ServedModel]) -> CompletionRequest:
+    """A chat completion request: its messages made one prompt by the model's tokenizer (`chat_prompt`),
+    then checked as a completion is."""
+    _check_fields(body, CHAT_NEUTRAL, (*COMMON, "messages", "max_completion_tokens"))
+    model = _model(body, models)
+    messages = _messages(body.get("messages"))
+    if body.get("max_completion_tokens") is not None:
+        if body.get("max_tokens") is not None and body["max_tokens"] != body["max_completion_tokens"]:
+            raise APIError(400, "max_tokens and max_completion_tokens differ; give one", "max_completion_tokens")
+        body = {**body, "max_tokens": body["max_completion_tokens"]}
+    try:
+        tokens = model.tokenizer.chat_prompt(messages)
+    except ChatError as e:
+        raise APIError(400, str(e), "messages") from None
+    if not tokens:
+        raise APIError(400, "messages make an empty prompt", "messages")
+    return _request(body, model, [tuple(tokens)], "messages", default_max=None)  # OpenAI's chat: up to the context
+
+
+def _request(body: dict, model: ServedModel, prompts: list[tuple[int, ...]], field: str,
+             default_max: int | None = DEFAULT_MAX_TOKENS) -> CompletionRequest:
+    """The rows of encoded `prompts`, with the fields completions and chats share checked. Without
+    max_tokens a row generates `default_max` tokens, or what the context leaves (None, or less room)."""
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (not _is_int(max_tokens) or not 1 <= max_tokens <= model.context - 1):
         raise APIError(400, f"max_tokens must be an integer from 1 to {model.context - 1} (the model's context "
@@ -104,19 +176,27 @@ def parse(body: Any, models: Mapping[str, ServedModel]) -> CompletionRequest:
         raise APIError(400, f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them", "stop")
     rows = []
     seed = uuid.uuid4().int % 2**63 if seed is None else seed  # unseeded sampling differs between requests
-    for i, text in enumerate(prompts):
-        tokens = encode_prompt(model.tokenizer, text)
+    for i, tokens in enumerate(prompts):
         if len(tokens) >= model.context:
             raise APIError(400, f"this model's maximum context length is {model.context} tokens; "
-                                f"prompt{'' if len(prompts) == 1 else f'[{i}]'} is {len(tokens)} (BOS included), "
-                                "leaving no room to generate", "prompt", "context_length_exceeded")
-        wanted = min(DEFAULT_MAX_TOKENS, model.context - len(tokens)) if max_tokens is None else max_tokens
+                                f"{field}{'' if len(prompts) == 1 else f'[{i}]'} is {len(tokens)} (BOS included), "
+                                "leaving no room to generate", field, "context_length_exceeded")
+        room = model.context - len(tokens)
+        wanted = (room if default_max is None else min(default_max, room)) if max_tokens is None else max_tokens
         if len(tokens) + wanted > model.context:
             raise APIError(400, f"this model's maximum context length is {model.context} tokens; the prompt "
                                 f"({len(tokens)}) plus max_tokens ({wanted}) is more", "max_tokens",
                            "context_length_exceeded")
         rows.append(Row(tokens, wanted, float(temperature), (seed + i) % 2**63))
     return CompletionRequest(model, rows, stops, user)
+
+
+def chat_response(req: CompletionRequest, completions: list[Completion]) -> dict[str, Any]:
+    """OpenAI's chat.completion body for the one answer of a chat."""
+    out = response(req, completions)
+    return {**out, "id": "chatcmpl-" + out["id"].removeprefix("cmpl-"), "object": "chat.completion",
+            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason":
+                         c.finish_reason, "logprobs": None} for i, c in enumerate(completions)]}
 
 
 def response(req: CompletionRequest, completions: list[Completion]) -> dict[str, Any]:

@@ -1,10 +1,11 @@
-"""`recoup serve`: ensembles and checkpoints over the OpenAI completions API (FastAPI + uvicorn).
+"""`recoup serve`: ensembles and checkpoints over the OpenAI completions and chat APIs (FastAPI + uvicorn).
 
     recoup serve runs/demo-ens runs/demo/addition/cosine-seed0 --port 8000
     curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \
          -d '{"model": "demo-ens", "prompt": "12345678+87654321=", "max_tokens": 12}'
 
-Endpoints: POST /v1/completions, GET /v1/models, GET /health (503 while loading and compiling,
+Endpoints: POST /v1/completions, POST /v1/chat/completions (a chat made one prompt by the model's
+tokenizer: its chat template, else the last user message), GET /v1/models, GET /health (503 while loading and compiling,
 200 when ready), GET /metrics (Prometheus text). Requests are micro-batched (`batcher`) and padded
 to the compiled buckets (`generation`), so after start-up no request inside them compiles (one past
 them compiles its shape once: buckets are not limits). A client that
@@ -43,7 +44,8 @@ from framework.serving.generation import Buckets, ServedModel
 
 API_KEY_ENV = "RECOUP_API_KEY"
 DEFAULT_BUCKETS = Buckets()
-KNOWN = ("/v1/completions", "/v1/models", "/health", "/metrics")  # metric labels; anything else is "other"
+# metric labels; anything else is "other"
+KNOWN = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 CLIENT_GONE = 499  # the status counted for a request whose client disconnected; nobody reads it
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -178,7 +180,8 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
     async def http_error(request: Request, e: HTTPException):  # an unknown route or method: OpenAI's body too
         if e.status_code in (404, 405):
             return error(APIError(e.status_code, f"no route {request.method} {request.url.path}: recoup serves POST "
-                                                 "/v1/completions, GET /v1/models, /health and /metrics", None,
+                                                 "/v1/completions and /v1/chat/completions, GET /v1/models, "
+                                                 "/health and /metrics", None,
                                   "unknown_url"))
         return error(APIError(e.status_code, str(e.detail)))
 
@@ -196,8 +199,7 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
         state.metrics.latency.labels(endpoint).observe(time.perf_counter() - t)
         return response
 
-    @app.post("/v1/completions")
-    async def create_completion(request: Request):
+    async def complete(request: Request, parse, respond):
         try:
             check_key(request)
             check_ready()
@@ -209,7 +211,7 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise APIError(400, f"the request body is not valid JSON ({e})") from None
-            req = completions.parse(body, state.models)
+            req = parse(body, state.models)
             request.state.user = req.user
             try:
                 done = await unless_disconnected(request, state.batcher.submit(req.model.id, req.rows))
@@ -219,9 +221,17 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
                 return Response(status_code=CLIENT_GONE)
             done = [generation.apply_stop(c, req.stops) for c in done]
             state.metrics.tokens.labels(req.model.id).inc(sum(c.completion_tokens for c in done))
-            return completions.response(req, done)
+            return respond(req, done)
         except APIError as e:
             return error(e)
+
+    @app.post("/v1/completions")
+    async def create_completion(request: Request):
+        return await complete(request, completions.parse, completions.response)
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(request: Request):
+        return await complete(request, completions.parse_chat, completions.chat_response)
 
     @app.get("/v1/models")
     async def list_models(request: Request):
