@@ -3,9 +3,11 @@ transformers with a BPE tokenizer trained here (no downloads) is fine-tuned on a
 architecture comes from config.json, its tokenizer from the directory, and the run keeps copies of
 both, so eval, averaging, export and serving need the checkpoint no more.
 
-Tolerance of the round trip (init, then export untrained): the exported tensors equal the
-checkpoint's to float32 rounding (max abs < 1e-6, measured 0: the same bits), and transformers'
-logits from the export equal its logits from the original (max abs < 1e-5)."""
+Tolerance of the round trip (init, then export untrained; Llama with llama3 RoPE scaling and an untied
+head, Qwen2, Qwen3): the exported tensors equal the checkpoint's to float32 rounding (max abs < 1e-6,
+measured 0: the same bits), and transformers' logits from the export equal its logits from the
+original (max abs < 1e-5). recoup's own logits against transformers': tests/test_llama.py (max abs
+< 1e-4, KL) and tests/test_hf_io.py."""
 
 from __future__ import annotations
 
@@ -22,18 +24,20 @@ from safetensors.numpy import load_file
 from framework.app.cli import main
 from framework.errors import ConfigError
 from tests import hf_tokenizers
+from tests.test_llama import FAMILIES, TINY
 
 VOCAB = 416  # the tokenizer's 400 ids, padded up as released checkpoints pad theirs
 
 
-def _checkpoint(directory):
-    config = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                      tie_word_embeddings=True)
+def _checkpoint(directory, family: str = "qwen2"):
+    """tests/test_llama.py's tiny model of `family` (Llama with llama3 RoPE scaling, q/k/v biases and an
+    untied head; Qwen2 tied, with biases; Qwen3 with q/k norms), its vocabulary the BPE's, padded."""
+    cls, extra = FAMILIES[family]
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model = transformers.AutoModelForCausalLM.from_config(cls(**{**TINY, "vocab_size": VOCAB}, **extra),
+                                                          attn_implementation="eager")
     model.save_pretrained(directory)
-    hf_tokenizers.write(directory, "qwen")
+    hf_tokenizers.write(directory, "llama" if family == "llama" else "qwen")
     return directory
 
 
@@ -55,7 +59,9 @@ def _logits(directory, tokens):
         return model(input_ids=torch.tensor(tokens)).logits.numpy()
 
 
-def test_starting_from_a_checkpoint_and_exporting_untrained_gives_it_back(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_starting_from_a_checkpoint_and_exporting_untrained_gives_it_back(family, tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path / family, family)
     run = tmp_path / "run"
     # A learning rate of 1e-30 moves no float32 weight: what is exported is what was read.
     assert _train(checkpoint, run, "--budget-tokens", "2k", "--lr", "1e-30", "--weight-decay", "0") == 0
