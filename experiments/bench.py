@@ -162,11 +162,13 @@ def main() -> None:
     ]
     from experiments.demo import get_config
     from harness.bench_ensembles import averaging_cost, output_ensemble_latency
+    from harness.bench_llama import llama_benchmark, llama_section
     from harness.bench_serving import serving_benchmark
     from harness.bench_training import training_benchmark
 
     base = get_config()
-    lines += ["", output_ensemble_latency(base), averaging_cost(), serving_benchmark(), training_benchmark(base)]
+    lines += ["", output_ensemble_latency(base), averaging_cost(), serving_benchmark(), training_benchmark(base),
+              llama_section(llama_benchmark(base))]
     if on_gpu:
         lines += ["", "## Absolute times (GPU)", "", "| preset | train step ms | teacher-forced s | decode s |",
                   "|---|---|---|---|",

@@ -1,7 +1,8 @@
 """Training-loop benchmark: recoup's `train` against a minimal hand-written loop, in one run.
 
-    python -m experiments.bench_training    # this section only, spliced into docs/benchmarks.md
-    make bench                              # every benchmark
+    python -m experiments.bench_training            # this section only, spliced into docs/benchmarks.md
+    python -m experiments.bench_training --llama    # the Llama-family section only (below)
+    make bench                                      # every benchmark
 
 The demo's model and batch (`small`, 8-digit addition, batch 128). Measured here, in the same process:
 
@@ -17,6 +18,11 @@ The demo's model and batch (`small`, 8-digit addition, batch 128). Measured here
   part of every save (the `save` lines of metrics.jsonl: the write of the previous checkpoint
   waited for and sealed, then this one started) over the run's wall time; and
   the share of step time spent choosing and building batches (`data_time_frac`).
+
+With `--llama`, its own section: a Llama-family model (`harness.bench_llama`: ~3.2M parameters,
+grouped-query attention, SwiGLU, RMSNorm, RoPE) trained by `train` through the model-factory path
+(`ModelConfig.factory`, as `recoup train --model harness.bench_llama:bench_llama` does) against the
+same hand-written loop on that model, the demo's batch, 3 rounds alternating, the best of each compared.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 
 from experiments.demo import get_config
+from harness.bench_llama import llama_benchmark, llama_section
 from harness.bench_training import TOKENS, training_benchmark
 from harness.report import splice
 
@@ -34,8 +41,13 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--tokens", type=int, default=TOKENS, help="tokens per timed run")
     p.add_argument("--cadence-tokens", type=int, help="tokens of the run at the default stops (default: --tokens)")
+    p.add_argument("--llama", action="store_true", help="the Llama-family model from a factory instead (its own "
+                   "section; the demo's batch, default sizes)")
     args = p.parse_args(argv)
-    section = training_benchmark(get_config(), args.preset, args.batch_size, args.tokens, args.cadence_tokens)
+    if args.llama:
+        section = llama_section(llama_benchmark(get_config()))
+    else:
+        section = training_benchmark(get_config(), args.preset, args.batch_size, args.tokens, args.cadence_tokens)
     print(section)
     splice(section)
 

@@ -20,20 +20,24 @@ SECTION = "## Training loop: recoup against a hand-written loop, MFU, checkpoint
 TOKENS = 240_000  # per timed run: ~60 steps of the demo's batch
 
 
-def bench_config(base, out_dir: str, preset: str = "small", batch_size: int = 128, **overrides):
-    """`base` (the recipe's config: data, optimizer) into `out_dir` with the model `preset` and batch size."""
+def bench_config(base, out_dir: str, preset: str | None = "small", batch_size: int = 128, **overrides):
+    """`base` (the recipe's config: data, optimizer) into `out_dir` with the model `preset` and batch size;
+    or, with `preset=None, model=ModelConfig(factory=...)`, a model of one's own."""
     from framework.config import PRESETS
 
+    model = overrides.pop("model", None) or PRESETS[preset]
     return dataclasses.replace(base, out_dir=out_dir, every_tokens=None, ema_half_lives=(), log_every=10,
-                               model=PRESETS[preset], preset=preset, batch_size=batch_size, **overrides)
+                               model=model, preset=preset, batch_size=batch_size, **overrides)
 
 
 def hand_written_step(cfg):
     """What a user would write: one jitted step, AdamW with clipping and the same schedule.
-    Returns (step(params, opt_state, inputs, targets, mask) -> (params, opt_state, loss), params, opt_state)."""
-    from framework.models.transformer import build_model, forward
+    Returns (step(params, opt_state, inputs, targets, mask) -> (params, opt_state, loss), params, opt_state).
+    The model is the one `cfg.model` names, recoup's Transformer or a factory's (the same parameters)."""
+    from framework.models.protocol import build
+    from framework.models.transformer import forward
 
-    graphdef, params = nnx.split(build_model(cfg.model, cfg.seed), nnx.Param)
+    graphdef, params = nnx.split(build(cfg.model, cfg.seed), nnx.Param)
     o = cfg.optim
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.peak_lr, 10, 1000)
     tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
@@ -80,11 +84,15 @@ def _train_lines(run_dir: str) -> tuple[list[dict], list[dict]]:
 
 
 def recoup_tokens_per_s(base, out_dir: str, preset: str, batch_size: int, tokens: int) -> float:
+    return steady_tokens_per_s(bench_config(base, out_dir, preset, batch_size, budget_tokens=tokens, stops=(1.0,)))
+
+
+def steady_tokens_per_s(cfg) -> float:
+    """Train `cfg` with recoup's `train`; tokens/s over its log windows after the first (compilation)."""
     from framework.runner.build import train
 
-    cfg = bench_config(base, out_dir, preset, batch_size, budget_tokens=tokens, stops=(1.0,))
     train(cfg, show_progress=False)
-    lines = _train_lines(out_dir)[0]
+    lines = _train_lines(cfg.out_dir)[0]
     tokens = np.diff([w["tokens"] for w in lines])  # the tokens of every window but the first (compilation)
     return float(tokens.sum() / sum(t / w["tokens_per_s"] for t, w in zip(tokens, lines[1:], strict=True)))
 
