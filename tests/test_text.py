@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from framework.data.text import StreamState, TextStream, corpus_files, segment_mask
+from framework.data.text import StreamState, TextStream, corpus_files
 from framework.data.tokenizer import BYTE
 from framework.errors import ConfigError
+from framework.models.transformer import segment_causal_mask
 
 DOCS = ["the cat sat", "a much longer document that will not fit in one row of sixteen", "x", "", "last one"]
 
@@ -67,7 +68,7 @@ def test_segments_and_positions_restart_per_piece(tmp_path):
     assert rows.segment_ids[0].tolist() == [1] * first + [2] * (16 - first)
     assert rows.positions[0].tolist() == list(range(first)) + list(range(16 - first))
     assert rows.positions[1, 0] == 0 and rows.segment_ids[1, 0] == 1  # the long document goes on, a new piece
-    mask = segment_mask(rows.segment_ids)
+    mask = np.asarray(segment_causal_mask(rows.segment_ids))
     assert mask[0, first, first] and not mask[0, first, first - 1] and not mask[0, 2, 3]
 
 
@@ -144,3 +145,25 @@ def test_an_invalid_byte_past_the_checked_head_reads_as_a_replacement(tmp_path):
     stream = TextStream(str(path), BYTE, 64)
     rows, state = stream.next_rows(stream.init(), (text.CHECK_BYTES + 10) // 64 + 2)
     assert "\ufffd".encode() in bytes(int(i) - 3 for i in rows.inputs.ravel() if i >= 3)
+
+
+def test_a_packed_row_computes_what_each_piece_computes_alone(tmp_path):
+    """The segment mask and the restarted positions make a packed row's logits, slot by slot, those of
+    each document piece run alone: packing changes the arithmetic's layout, not what it computes."""
+    import jax.numpy as jnp
+
+    from framework.config import PRESETS
+    from framework.models.transformer import batch_logits, build_model, forward
+
+    model = build_model(PRESETS["tiny"], 0)
+    stream = TextStream(str(_write(tmp_path, "jsonl")), BYTE, 16)
+    rows, _ = stream.next_rows(stream.init(), 3)
+    packed = np.asarray(batch_logits(model, rows.batch()))
+    checked = 0
+    for r in range(3):
+        for seg in set(rows.segment_ids[r].tolist()) - {0}:
+            cols = np.flatnonzero(rows.segment_ids[r] == seg)
+            alone = np.asarray(forward(model, jnp.asarray(rows.inputs[r, cols][None])))[0]
+            np.testing.assert_allclose(packed[r, cols], alone, atol=1e-5)
+            checked += len(cols)
+    assert checked == rows.inputs.size

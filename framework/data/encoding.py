@@ -58,6 +58,10 @@ class Batch(NamedTuple):
     inputs: np.ndarray  # [b, width - 1] int32
     targets: np.ndarray  # [b, width - 1] int32
     loss_mask: np.ndarray  # [b, width - 1] float32: answer tokens and EOS
+    # Packed rows (framework.data.text): positions restart and attention stays inside each segment
+    # (1, 2, ...; 0: empty). None: one example per row, right-padded, positions 0.. and a causal mask.
+    positions: np.ndarray | None = None  # [b, width - 1] int32
+    segment_ids: np.ndarray | None = None  # [b, width - 1] int32
 
 
 def sequence_width(splits: dict[str, datasets.Dataset], tok: Tokenizer, multiple: int = 8,

@@ -62,6 +62,12 @@ class PackedRows(NamedTuple):
     positions: np.ndarray  # [n, seq_len] int32, from 0 in each segment
     segment_ids: np.ndarray  # [n, seq_len] int32, 1.. per piece of a document in the row; 0: empty
 
+    def batch(self):
+        """As a training batch (framework.data.encoding.Batch, packed)."""
+        from framework.data.encoding import Batch
+
+        return Batch(self.inputs, self.targets, self.loss_mask, self.positions, self.segment_ids)
+
 
 # == the files =======================================================================================
 
@@ -232,11 +238,3 @@ class TextStream:
                     doc, state = None, StreamState(self._at, 0, state.epoch)
         self._live = (state, it, doc)
         return rows, state
-
-
-def segment_mask(segment_ids: np.ndarray) -> np.ndarray:
-    """[b, t, t] bool: query t attends key s iff s <= t within the same segment (and neither is empty)."""
-    seg = np.asarray(segment_ids)
-    t = seg.shape[1]
-    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-    return same & np.tril(np.ones((t, t), bool))[None]

@@ -142,6 +142,22 @@ def causal_mask(t: int) -> jax.Array:
     return jnp.tril(jnp.ones((t, t), bool))[None]
 
 
+def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
+    """[b, t, t] mask for packed rows: query t attends key s iff s <= t in the same segment (0: empty)."""
+    t = segment_ids.shape[1]
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+    return same & jnp.tril(jnp.ones((t, t), bool))[None]
+
+
+def batch_logits(model, batch, dropout_key: jax.Array | None = None) -> jax.Array:
+    """Logits of a training batch (framework.data.encoding.Batch): right-padded rows (`forward`), or
+    packed rows with their positions and segments."""
+    if batch.segment_ids is None:
+        return forward(model, batch.inputs, dropout_key)
+    mask = segment_causal_mask(batch.segment_ids)
+    return model(batch.inputs, batch.positions, mask, dropout_key=dropout_key)[0]
+
+
 def forward(model: Transformer, inputs: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
     """Logits of right-padded sequences [b, t] (the training layout): positions 0..t-1, causal mask.
 

@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 
 from framework.data.encoding import Batch
-from framework.models.transformer import forward
+from framework.models.transformer import batch_logits
 from framework.training import optimizers
 
 
@@ -23,7 +23,7 @@ def make_train_step(graphdef, optimizer: optimizers.Optimizer, schedule, dropout
     @jax.jit
     def train_step(params, opt_state, batch: Batch, tokens_seen, key, lr_scale=1.0):
         def loss_fn(p):
-            logits = forward(nnx.merge(graphdef, p), batch.inputs, key if dropout else None)
+            logits = batch_logits(nnx.merge(graphdef, p), batch, key if dropout else None)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets) * batch.loss_mask
             per_example = ce.sum(1) / jnp.maximum(batch.loss_mask.sum(1), 1.0)  # for loss-driven samplers
             return ce.sum() / jnp.maximum(batch.loss_mask.sum(), 1.0), per_example
