@@ -25,6 +25,11 @@ def main(root: str) -> None:
     runs = {"one": base,
             "data4": dataclasses.replace(base, out_dir=f"{root}/data4", mesh_shape=(-1, 1)),
             "fsdp2x2": dataclasses.replace(base, out_dir=f"{root}/fsdp2x2", mesh_shape=(2, 2))}
+    # the Llama family (grouped-query attention, separate q/k/v): a model of the user's, laid out alike
+    llama = dataclasses.replace(base, out_dir=f"{root}/llama-one", preset=None, ema_half_lives=(),
+                                model=dataclasses.replace(base.model, factory="harness.bench_llama:tiny_llama"))
+    runs.update({"llama-one": llama,
+                 "llama-fsdp2x2": dataclasses.replace(llama, out_dir=f"{root}/llama-fsdp2x2", mesh_shape=(2, 2))})
     for cfg in runs.values():
         train(cfg, show_progress=False)
     # 1 -> 4: a one-device run, killed past 60% and resumed on four devices
@@ -42,7 +47,8 @@ def main(root: str) -> None:
     params = {name: open_run(f"{root}/{name}").params() for name in (*runs, "moved")}  # 4 -> 1: read on one device
     ema = {name: open_run(f"{root}/{name}").params(average="ema-4000") for name in ("one", "data4")}
     out = {"devices": len(jax.devices()),
-           "diff": {name: max_abs_diff(params["one"], p) for name, p in params.items()},
+           "diff": {name: max_abs_diff(params["llama-one" if name.startswith("llama") else "one"], p)
+                    for name, p in params.items()},
            "ema_diff": max_abs_diff(ema["one"], ema["data4"]),
            "sharding": str(jax.tree.leaves(params["data4"])[0].sharding),
            "scale": max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(params["one"]))}
