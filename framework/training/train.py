@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from framework.checkpoints import store as checkpoints
-from framework.checkpoints.integrity import read_metrics, write_atomic
+from framework.checkpoints.integrity import write_atomic
 from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, MODEL_DIR, RunConfig, load_run_config, run_model
 from framework.data import identity
 from framework.data.encoding import answer_tokens, counted_tokens, make_batch
@@ -37,6 +37,7 @@ from framework.stopping.points import StopPoint, StopTraining
 from framework.stopping.rules import Observation
 from framework.training import averages as running
 from framework.training import sharding
+from framework.training.metrics_log import Window, open_metrics, truncate_metrics
 from framework.training.parts import Parts
 from framework.training.progress import progress
 from framework.training.state import Progress, TrainState, pending_of, restore, restore_from, save
@@ -250,7 +251,7 @@ class Session:
         self.update_averages = running.make_update(parts.average_rules)
         self.metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
         self.mgr = self.log = self.bar = None
-        self.window = _Window()
+        self.window = Window()
         self.last_line: dict[str, Any] = {}  # the latest train log line: the gradient norm a rule may watch
         self.fired: dict[str, Any] = {}  # the evaluation at which a stopping rule fired
         if mesh.size > 1 and sharding.is_primary():
@@ -271,7 +272,7 @@ class Session:
         self.mgr = checkpoints.open_manager(cfg.out_dir, writer=True)
         if resume and self.mgr.latest_step() is not None:
             state = restore(self.mgr, self.mgr.latest_step(), state, self.separate)
-            _truncate_metrics(self.metrics_path, state.progress.step)
+            truncate_metrics(self.metrics_path, state.progress.step)
             if state.progress.stopped:
                 print(f"{cfg.out_dir} was stopped at step {state.progress.step} ({state.progress.stopped}); "
                       "nothing to resume")
@@ -279,7 +280,7 @@ class Session:
                 print(f"resuming {cfg.out_dir} from step {state.progress.step} ({state.progress.tokens:,} tokens)")
             return state
         if resume:
-            _truncate_metrics(self.metrics_path, 0)  # a crash before the first checkpoint: start over
+            truncate_metrics(self.metrics_path, 0)  # a crash before the first checkpoint: start over
         if self.parts.init_from is not None:  # a resumed run's weights come from its own checkpoint
             state = restore_from(*self.parts.init_from, state, self.separate, weights_only=True)
         if self.parts.init_params is not None:
@@ -298,7 +299,7 @@ class Session:
 
     def open_log(self, state: TrainState, show_progress: bool) -> None:
         cfg = self.cfg
-        self.log = _open_metrics(self.metrics_path)
+        self.log = open_metrics(self.metrics_path)
         self.bar = progress(self.parts.points[-1].tokens, state.progress.tokens,
                             os.path.basename(os.path.normpath(cfg.out_dir)), show_progress and sharding.is_primary())
         self.started = time.perf_counter()
@@ -405,8 +406,8 @@ class Session:
         state = restore(self.mgr, self.mgr.latest_step(), state, self.separate)
         state.progress.lr_scale, state.progress.rollbacks = scale, rollbacks
         self.log.close()
-        _truncate_metrics(self.metrics_path, state.progress.step)
-        self.log = _open_metrics(self.metrics_path)
+        truncate_metrics(self.metrics_path, state.progress.step)
+        self.log = open_metrics(self.metrics_path)
         self.window.reset()
         self.bar.write(f"  {bad}; rolled back to step {state.progress.step} ({state.progress.tokens:,} tokens), "
                        f"learning rate x{scale:g} (rollback {rollbacks} of {policy.max_rollbacks})")
@@ -449,61 +450,3 @@ class Session:
 def _packed(correct) -> dict[str, Any]:
     """Per-example validation correctness as hex bits: what `recoup tune-stopping` replays paired tests on."""
     return {"val_n": len(correct), "val_correct": np.packbits(np.asarray(correct, bool)).tobytes().hex()}
-
-
-class _Window:
-    """Metrics of the steps since the last log line (device values read once per line)."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.losses, self.last, self.tokens, self.difficulty, self.sampler_info = [], None, 0, [], {}
-        self.nonfinite = []  # per step: whether its update was dropped
-        self.data_s = 0.0  # host time choosing and building batches (the step waits on it at most)
-        self.t0 = time.perf_counter()
-
-    def add(self, m, n_tokens: int, difficulty: np.ndarray, sampler_info: dict[str, float]) -> None:
-        self.losses.append(m["loss"])
-        self.nonfinite.append(m["nonfinite"])
-        self.last, self.tokens = m, self.tokens + n_tokens
-        self.difficulty.append(difficulty)
-        self.sampler_info = sampler_info  # the latest: e.g. the curriculum's pacing fraction
-
-    def flush(self, prog: Progress) -> dict[str, Any]:
-        d = np.concatenate(self.difficulty)
-        losses = np.asarray(jax.device_get(self.losses))  # waits for this window's steps: read the clock after
-        bad = np.asarray(jax.device_get(self.nonfinite), bool)
-        elapsed = time.perf_counter() - self.t0
-        line = {
-            "step": prog.step,
-            "tokens": prog.tokens,
-            "answer_tokens": prog.answer_tokens,
-            "loss": float(np.mean(losses[~bad])) if (~bad).any() else None,
-            "lr": float(self.last["lr"]),
-            "grad_norm": float(self.last["grad_norm"]),
-            "tokens_per_s": round(self.tokens / elapsed, 1),
-            "data_time_frac": round(self.data_s / elapsed, 4),  # share of wall time spent on data
-            "difficulty_mean": float(d.mean()),
-            "difficulty_max": float(d.max()),
-            **{k: float(v) for k, v in self.sampler_info.items()},
-        }
-        if bad.any():  # which steps of the window (1-based step numbers) dropped their update
-            line["nonfinite_steps"] = [int(prog.step - len(bad) + 1 + i) for i in np.flatnonzero(bad)]
-        self.reset()
-        return line
-
-
-def _open_metrics(path: str):
-    """metrics.jsonl for appending; the other processes of a multi-process run write nowhere."""
-    return open(path if sharding.is_primary() else os.devnull, "a")
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-    """Drop metrics lines written after the checkpoint we resume from (they will be redone).
-    Only the primary process owns the file."""
-    if not sharding.is_primary() or not os.path.isfile(path):
-        return
-    keep = [ln if ln.endswith("\n") else ln + "\n" for ln, record in read_metrics(path, "resume")
-            if record.get("step", 0) <= step]
-    write_atomic(path, "".join(keep))  # a kill while truncating must not lose the lines kept
