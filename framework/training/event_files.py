@@ -27,7 +27,7 @@ Writer: the `tensorboard` package's own record framing (`RecordWriter`, masked C
 (`tensorboard.compat.proto`), what torch.utils.tensorboard writes with; no TensorFlow. tensorboard is a
 dependency because it is also the viewer that `tensorboard --logdir` needs, and the tests read events
 back with its EventAccumulator. Records go to a plain file, synchronously, each flushed as it is written
-(one short record every log_every steps, ~0.14 ms each on a CPU): a failed write (a full disk) raises an
+(one short record every log_every steps, 0.14-0.24 ms each on a 2-core CPU): a failed write (a full disk) raises an
 OSError in the training loop, where a failed metrics.jsonl write raises, not in the background thread
 of tensorboard's EventFileWriter on some later call. A kill loses at most the record being written.
 """
