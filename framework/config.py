@@ -212,6 +212,9 @@ class RunConfig:
     seed: int = 0  # training seed: initialization, data order, dropout
     eval_batch_size: int = 256  # sequences per evaluation forward pass
     log_every: int = 25  # steps between metrics.jsonl lines (each forces one device sync)
+    # write the metrics.jsonl curves (loss, learning rate, gradient norm, tokens/s, val EM and loss) as
+    # TensorBoard event files in RUN/tensorboard/, against counted tokens, for `tensorboard --logdir runs/`
+    tensorboard: bool = True
     # start from the weights of RUN_DIR (its newest checkpoint), RUN_DIR/checkpoints/STEP, or hf:DIR (a Hugging
     # Face checkpoint directory: its architecture, weights and, unless --tokenizer says otherwise, tokenizer)
     init_from: str | None = None
@@ -301,6 +304,8 @@ class RunConfig:
             args = getattr(self, field)
             if not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):
                 raise ConfigError(field, f"{args!r} must be a mapping of keyword arguments")
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError("tensorboard", f"{self.tensorboard!r} must be true or false")
         if not isinstance(self.scorer_percentile, bool):
             raise ConfigError("scorer_percentile", f"{self.scorer_percentile!r} must be true or false")
         for h in self.ema_half_lives:

@@ -73,6 +73,34 @@ def logged_lines(run_dir: str) -> list[dict]:
     return metrics_lines(run_dir)
 
 
+def event_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """The run's TensorBoard scalars as TensorBoard reads them: tag -> [(tokens, value)], every point kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from framework.training import event_files
+
+    acc = EventAccumulator(event_files.events_dir(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def metrics_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """What `event_scalars` must be: metrics.jsonl's values at their tokens, as float32 (TensorBoard's scalar)."""
+    import numpy as np
+
+    from framework.checkpoints.integrity import read_metrics
+    from framework.checkpoints.store import METRICS_FILE
+    from framework.training import event_files
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for _, line in read_metrics(os.path.join(run_dir, METRICS_FILE), "metrics"):
+        scalars = {"train": event_files.train_scalars, "eval": event_files.eval_scalars}.get(line["event"])
+        for tag, v in (scalars(line) if scalars else {}).items():
+            if v is not None:
+                out.setdefault(tag, []).append((line["tokens"], float(np.float32(v))))
+    return out
+
+
 def fuzz(examples: int):
     """hypothesis settings: `examples` per property, or $RECOUP_FUZZ_EXAMPLES of them (make chaos)."""
     from hypothesis import HealthCheck, settings

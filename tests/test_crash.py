@@ -12,6 +12,7 @@ from framework.checkpoints import store as checkpoints
 from framework.config import load_run_config
 from framework.runner.build import train
 from harness import faults
+from tests.conftest import event_scalars, metrics_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,6 +33,7 @@ def test_repeated_sigkills_resume_to_the_uninterrupted_result(straight, tmp_path
     assert result["metrics_equal"] and result["duplicate_lines"] == 0
     assert result["checkpoints_equal"] and result["checkpoints"] == 10
     assert result["all_sealed_and_intact"] and result["half_written_left"] == []
+    assert event_scalars(killed) == metrics_scalars(killed)  # one TensorBoard curve through the kills
 
 
 def test_a_torn_last_metrics_line_is_dropped_on_resume(straight, tmp_path):

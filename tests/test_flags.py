@@ -60,6 +60,9 @@ def test_help_lists_a_registry_names_and_the_default():
      ({"rule": "patience", "patience": 3}, {"rule": "budget", "price": 2})),
     (["--pacing-arg", "start=0.2", "--pacing-arg", "ramp=0.5"], "run", "pacing_args", {"start": 0.2, "ramp": 0.5}),
     (["--scorer-percentile"], "run", "scorer_percentile", True),
+    (["--no-scorer-percentile"], "run", "scorer_percentile", False),
+    (["--no-tensorboard"], "run", "tensorboard", False),
+    (["--tensorboard"], "run", "tensorboard", True),
     (["--data-seed", "7"], "data", "seed", 7),
 ])
 def test_flags_set_their_fields(argv, section, field, value):

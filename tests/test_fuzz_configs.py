@@ -150,6 +150,7 @@ BROKEN = {
     "seed": not_seed(),
     "eval_batch_size": not_positive_int(),
     "log_every": not_positive_int(),
+    "tensorboard": _json_junk.filter(lambda v: not isinstance(v, bool)),
     "init_from": not_text(none_ok=True),
     "curriculum": unknown_name(CURRICULA, paths_ok=True),
     "curriculum_args": NOT_DICT | st.just({1: 2}),

@@ -12,7 +12,7 @@ from framework.checkpoints import store as checkpoints
 from framework.runner import build as train_mod
 from framework.training import sharding
 from framework.training.runs import open_run
-from tests.conftest import tiny_config
+from tests.conftest import event_scalars, metrics_scalars, tiny_config
 
 
 def _poison(monkeypatch, at_steps: set[int]):
@@ -68,6 +68,7 @@ def test_rollback_reloads_the_newest_checkpoint_with_a_lower_learning_rate(tmp_p
     assert progress["rollbacks"] == 1 and progress["lr_scale"] == 0.25
     steps = [line["step"] for line in _train_lines(cfg.out_dir)]
     assert steps == sorted(set(steps)), steps  # the rolled-back window's lines were dropped, not duplicated
+    assert event_scalars(cfg.out_dir) == metrics_scalars(cfg.out_dir)  # and its TensorBoard events
     monkeypatch.undo()  # the same run without the NaN: the same steps and tokens, the schedule's learning rate
     ref = tiny_config(tmp_path / "ref")
     train_mod.train(ref, show_progress=False)

@@ -12,7 +12,8 @@ from jax.sharding import PartitionSpec
 
 from framework.config import RunConfig
 from framework.errors import ConfigError
-from framework.training import sharding
+from framework.training import event_files, sharding
+from tests.conftest import event_scalars, metrics_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # float32 sums in another order (per-device partial gradients) through Adam for 25 steps; measured:
@@ -106,3 +107,5 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(x)["step"] for x in lines if '"event": "train"' in x]
     assert steps == sorted(set(steps)) and len(steps) > 2  # written once, by process 0
+    assert len(event_files.event_files(str(tmp_path / "two"))) == 1  # and its TensorBoard events too
+    assert event_scalars(str(tmp_path / "two")) == metrics_scalars(str(tmp_path / "two"))

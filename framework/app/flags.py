@@ -13,6 +13,7 @@ ConfigError naming its flag, not an argparse usage line.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import inspect
@@ -116,7 +117,7 @@ class Flag(NamedTuple):
     help: str
     metavar: str | None = None
     repeatable: bool = False
-    switch: bool = False  # a bool field: the flag alone sets it true
+    switch: bool = False  # a bool field: --NAME sets it true, --no-NAME false
     group: str = "run"
 
 
@@ -200,7 +201,7 @@ def add_train_flags(parser, flags: dict[str, Flag], groups: dict | None = None) 
             groups[flag.group] = parser.add_argument_group(flag.group)
         option = "--" + flag.name.replace("_", "-")
         if flag.switch:
-            groups[flag.group].add_argument(option, action="store_const", const=True, help=flag.help)
+            groups[flag.group].add_argument(option, action=argparse.BooleanOptionalAction, help=flag.help)
         else:
             groups[flag.group].add_argument(option, action="append" if flag.repeatable else "store",
                                             metavar=flag.metavar, help=flag.help)

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from framework.checkpoints import store as checkpoints
-from framework.checkpoints.integrity import read_metrics, write_atomic
+from framework.checkpoints.integrity import write_atomic
 from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, MODEL_DIR, RunConfig, load_run_config, run_model
 from framework.data import identity
 from framework.data.encoding import answer_tokens, counted_tokens, make_batch
@@ -36,7 +36,8 @@ from framework.models import protocol
 from framework.stopping.points import StopPoint, StopTraining
 from framework.stopping.rules import Observation
 from framework.training import averages as running
-from framework.training import sharding
+from framework.training import event_files, sharding
+from framework.training.metrics_log import Window, open_metrics, truncate_metrics
 from framework.training.parts import Parts
 from framework.training.progress import progress
 from framework.training.state import Progress, TrainState, pending_of, restore, restore_from, save
@@ -61,7 +62,7 @@ WALL_CLOCK_FIELDS = ("tokens_per_s", "data_time_frac", "wall_s", "save_s")
 CLOCK_EVENTS = ("save",)
 # The RunConfig fields a resumed run may change: where it is written and how it is run or logged,
 # never what it computes. Every other field, a new one included, must match the run's saved config.
-RESUME_MAY_DIFFER = ("out_dir", "preset", "eval_batch_size", "log_every", "mesh_shape", "nonfinite",
+RESUME_MAY_DIFFER = ("out_dir", "preset", "eval_batch_size", "log_every", "tensorboard", "mesh_shape", "nonfinite",
                      "rollback_lr_factor", "max_rollbacks")
 
 
@@ -113,9 +114,9 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
     if state.progress.stopped:
         run.mgr.close()
         return checkpoints.list_checkpoints(cfg.out_dir)
-    run.open_log(state, show_progress)
     points, sampler, prog = parts.points, parts.sampler, state.progress
     try:
+        run.open_log(state, show_progress)  # metrics.jsonl and an event file: a full disk may fail here already
         while True:  # one pass, or more when a rollback re-enters the loop from an earlier checkpoint
             try:
                 while prog.next_stop < len(points):
@@ -163,7 +164,7 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
                 prog = state.progress
     except StopTraining as stop:
         run.stopped(state, stop)
-    except OSError as e:  # the metrics file could not be written: the disk is full or gone
+    except OSError as e:  # metrics.jsonl or an event file could not be written: the disk is full or gone
         raise checkpoints.SaveFailed(cfg.out_dir, e) from None
     finally:
         run.close(failing=sys.exc_info()[0] is not None)
@@ -240,7 +241,8 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool, write: bool = True, data_iden
 
 class Session:
     """What one call of `train` holds besides the TrainState: the checkpoint manager, the metrics
-    log, the progress bar and the evaluation and checkpointing done at stopping points."""
+    log and its TensorBoard events, the progress bar and the evaluation and checkpointing done at
+    stopping points."""
 
     def __init__(self, cfg: RunConfig, parts: Parts, graphdef, optimizer, mesh, hooks: Sequence[Hook]):
         self.cfg, self.parts, self.graphdef, self.mesh, self.hooks = cfg, parts, graphdef, mesh, hooks
@@ -249,8 +251,8 @@ class Session:
         self._eval_params = jax.jit(optimizer.eval_params) if self.separate else None
         self.update_averages = running.make_update(parts.average_rules)
         self.metrics_path = os.path.join(cfg.out_dir, checkpoints.METRICS_FILE)
-        self.mgr = self.log = self.bar = None
-        self.window = _Window()
+        self.mgr = self.log = self.bar = self.board = None
+        self.window = Window()
         self.last_line: dict[str, Any] = {}  # the latest train log line: the gradient norm a rule may watch
         self.fired: dict[str, Any] = {}  # the evaluation at which a stopping rule fired
         if mesh.size > 1 and sharding.is_primary():
@@ -271,7 +273,7 @@ class Session:
         self.mgr = checkpoints.open_manager(cfg.out_dir, writer=True)
         if resume and self.mgr.latest_step() is not None:
             state = restore(self.mgr, self.mgr.latest_step(), state, self.separate)
-            _truncate_metrics(self.metrics_path, state.progress.step)
+            _truncate_logs(cfg.out_dir, state.progress)
             if state.progress.stopped:
                 print(f"{cfg.out_dir} was stopped at step {state.progress.step} ({state.progress.stopped}); "
                       "nothing to resume")
@@ -279,7 +281,7 @@ class Session:
                 print(f"resuming {cfg.out_dir} from step {state.progress.step} ({state.progress.tokens:,} tokens)")
             return state
         if resume:
-            _truncate_metrics(self.metrics_path, 0)  # a crash before the first checkpoint: start over
+            _truncate_logs(cfg.out_dir, state.progress)  # a crash before the first checkpoint: start over
         if self.parts.init_from is not None:  # a resumed run's weights come from its own checkpoint
             state = restore_from(*self.parts.init_from, state, self.separate, weights_only=True)
         if self.parts.init_params is not None:
@@ -298,11 +300,25 @@ class Session:
 
     def open_log(self, state: TrainState, show_progress: bool) -> None:
         cfg = self.cfg
-        self.log = _open_metrics(self.metrics_path)
+        self.open_files(state)
         self.bar = progress(self.parts.points[-1].tokens, state.progress.tokens,
                             os.path.basename(os.path.normpath(cfg.out_dir)), show_progress and sharding.is_primary())
         self.started = time.perf_counter()
         self.window.reset()
+
+    def open_files(self, state: TrainState) -> None:
+        """metrics.jsonl, and this session's event file (the primary process's, unless turned off)."""
+        self.log = open_metrics(self.metrics_path)
+        if self.cfg.tensorboard and sharding.is_primary():
+            self.board = event_files.EventLog(self.cfg.out_dir, state.progress.tokens)
+
+    def close_files(self) -> None:
+        try:
+            if self.log is not None:
+                self.log.close()
+        finally:
+            if self.board is not None:
+                self.board.close()
 
     def emit(self, event: Event) -> None:
         for hook in self.hooks:
@@ -322,6 +338,8 @@ class Session:
         line = self.window.flush(state.progress)
         self.last_line.update(line)
         self.log.write(json.dumps({"event": "train", **line}) + "\n")
+        if self.board is not None:
+            self.board.scalars(line["tokens"], event_files.train_scalars(line))
         if line["loss"] is not None:
             self.bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['lr']:.2e}", refresh=False)
         if "nonfinite_steps" in line:
@@ -361,6 +379,8 @@ class Session:
         # S is there, so a kill at any moment leaves nothing for a resumed run to miss or repeat.
         self.log.write(json.dumps({"event": "eval", **meta, **_packed(tf["correct"])}) + "\n")
         self.log.flush()
+        if self.board is not None:
+            self.board.scalars(meta["tokens"], event_files.eval_scalars(meta))
         save_t0 = time.perf_counter()
         save(self.mgr, state, weights, meta, self.separate)
         save_s = round(time.perf_counter() - save_t0, 4)  # the blocking part: the write goes on beside training
@@ -404,9 +424,9 @@ class Session:
         scale, rollbacks = prog.lr_scale * policy.lr_factor, prog.rollbacks + 1
         state = restore(self.mgr, self.mgr.latest_step(), state, self.separate)
         state.progress.lr_scale, state.progress.rollbacks = scale, rollbacks
-        self.log.close()
-        _truncate_metrics(self.metrics_path, state.progress.step)
-        self.log = _open_metrics(self.metrics_path)
+        self.close_files()
+        _truncate_logs(self.cfg.out_dir, state.progress)
+        self.open_files(state)
         self.window.reset()
         self.bar.write(f"  {bad}; rolled back to step {state.progress.step} ({state.progress.tokens:,} tokens), "
                        f"learning rate x{scale:g} (rollback {rollbacks} of {policy.max_rollbacks})")
@@ -437,8 +457,7 @@ class Session:
                 checkpoints.seal_finished(self.mgr)
             finally:
                 try:
-                    if self.log is not None:
-                        self.log.close()
+                    self.close_files()
                 finally:
                     self.mgr.close()
         except (OSError, ValueError, RecoupError) as e:  # seal_finished raises SaveFailed itself
@@ -451,59 +470,9 @@ def _packed(correct) -> dict[str, Any]:
     return {"val_n": len(correct), "val_correct": np.packbits(np.asarray(correct, bool)).tobytes().hex()}
 
 
-class _Window:
-    """Metrics of the steps since the last log line (device values read once per line)."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.losses, self.last, self.tokens, self.difficulty, self.sampler_info = [], None, 0, [], {}
-        self.nonfinite = []  # per step: whether its update was dropped
-        self.data_s = 0.0  # host time choosing and building batches (the step waits on it at most)
-        self.t0 = time.perf_counter()
-
-    def add(self, m, n_tokens: int, difficulty: np.ndarray, sampler_info: dict[str, float]) -> None:
-        self.losses.append(m["loss"])
-        self.nonfinite.append(m["nonfinite"])
-        self.last, self.tokens = m, self.tokens + n_tokens
-        self.difficulty.append(difficulty)
-        self.sampler_info = sampler_info  # the latest: e.g. the curriculum's pacing fraction
-
-    def flush(self, prog: Progress) -> dict[str, Any]:
-        d = np.concatenate(self.difficulty)
-        losses = np.asarray(jax.device_get(self.losses))  # waits for this window's steps: read the clock after
-        bad = np.asarray(jax.device_get(self.nonfinite), bool)
-        elapsed = time.perf_counter() - self.t0
-        line = {
-            "step": prog.step,
-            "tokens": prog.tokens,
-            "answer_tokens": prog.answer_tokens,
-            "loss": float(np.mean(losses[~bad])) if (~bad).any() else None,
-            "lr": float(self.last["lr"]),
-            "grad_norm": float(self.last["grad_norm"]),
-            "tokens_per_s": round(self.tokens / elapsed, 1),
-            "data_time_frac": round(self.data_s / elapsed, 4),  # share of wall time spent on data
-            "difficulty_mean": float(d.mean()),
-            "difficulty_max": float(d.max()),
-            **{k: float(v) for k, v in self.sampler_info.items()},
-        }
-        if bad.any():  # which steps of the window (1-based step numbers) dropped their update
-            line["nonfinite_steps"] = [int(prog.step - len(bad) + 1 + i) for i in np.flatnonzero(bad)]
-        self.reset()
-        return line
-
-
-def _open_metrics(path: str):
-    """metrics.jsonl for appending; the other processes of a multi-process run write nowhere."""
-    return open(path if sharding.is_primary() else os.devnull, "a")
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-    """Drop metrics lines written after the checkpoint we resume from (they will be redone).
-    Only the primary process owns the file."""
-    if not sharding.is_primary() or not os.path.isfile(path):
-        return
-    keep = [ln if ln.endswith("\n") else ln + "\n" for ln, record in read_metrics(path, "resume")
-            if record.get("step", 0) <= step]
-    write_atomic(path, "".join(keep))  # a kill while truncating must not lose the lines kept
+def _truncate_logs(run_dir: str, prog: Progress) -> None:
+    """Drop the metrics lines and TensorBoard events written after the checkpoint we resume from (`prog`
+    is its progress): they will be redone. Only the primary process owns the files."""
+    truncate_metrics(os.path.join(run_dir, checkpoints.METRICS_FILE), prog.step)
+    if sharding.is_primary():  # even when this session writes no events: the earlier ones must not mislead
+        event_files.truncate(run_dir, prog.tokens)
