@@ -64,10 +64,12 @@ def attention_timings(seq_lens=(1024, 2048), batch: int = 1, heads: int = 8, kv_
                       dtype=jnp.float32, rounds: int = 3, repeats: int = 3) -> list[dict]:
     """Per sequence length and mask form (plain causal; four packed documents, block-diagonal causal),
     seconds of the forward and backward with each attention (best call of each round, median over the
-    rounds, the two alternating within a round) and the compiled program's temporary bytes
-    (`memory_analysis`: the buffers XLA allocates besides the arguments and outputs)."""
+    rounds, the two alternating within a round), and of the compiled program its temporary bytes
+    (`memory_analysis`: the buffers XLA allocates besides the arguments and outputs) and FLOPs (XLA's
+    `cost_analysis`), which no other job on the machine can perturb."""
     from framework.models.attention import attend, causal_mask
 
+    dtype = jnp.dtype(dtype)
     rows = []
     for t in seq_lens:
         keys = jax.random.split(jax.random.key(t), 4)
@@ -76,15 +78,16 @@ def attention_timings(seq_lens=(1024, 2048), batch: int = 1, heads: int = 8, kv_
         w = jax.random.normal(keys[3], (batch, t, heads, head_dim), jnp.float32)
         for form, mask, traced in (("causal", causal_mask(t), False), ("packed, 4 documents", packed_mask(t, 4), True)):
             steps = {"einsum": _train_step(einsum_attention, mask, traced), "dpa": _train_step(attend, mask, traced)}
-            temp = {name: fn.lower(q, k, v, w, *extra).compile().memory_analysis().temp_size_in_bytes
-                    for name, (fn, extra) in steps.items()}
+            compiled = {name: fn.lower(q, k, v, w, *extra).compile() for name, (fn, extra) in steps.items()}
+            temp = {name: c.memory_analysis().temp_size_in_bytes for name, c in compiled.items()}
+            flops = {name: c.cost_analysis().get("flops", float("nan")) for name, c in compiled.items()}
             times = {name: [] for name in steps}
             for _ in range(rounds):
                 for name, (fn, extra) in steps.items():
                     times[name].append(_seconds(fn, (q, k, v, w, *extra), repeats))
             seconds = {name: statistics.median(ts) for name, ts in times.items()}
-            rows.append({"seq_len": t, "form": form, "seconds": seconds, "temp_bytes": temp,
-                         "ratio": seconds["einsum"] / seconds["dpa"]})
+            rows.append({"seq_len": t, "form": form, "seconds": seconds, "temp_bytes": temp, "flops": flops,
+                         "ratio": seconds["einsum"] / seconds["dpa"], "rounds": rounds, "repeats": repeats})
             print(f"t={t} {form}: einsum {seconds['einsum']:.3f} s, dpa {seconds['dpa']:.3f} s, "
                   f"temp {temp['einsum'] / 2**20:.0f} / {temp['dpa'] / 2**20:.0f} MiB", flush=True)
     return rows
@@ -95,21 +98,25 @@ def attention_section(rows: list[dict], batch: int = 1, heads: int = 8, kv_heads
     from framework.models.attention import implementation
     from harness.report import machine
 
-    impl = implementation(dtype)
+    dtype = jnp.dtype(dtype)
+    impl = {"xla": "XLA", "cudnn": "cuDNN"}[implementation(dtype)]
+    rounds, repeats = rows[0]["rounds"], rows[0]["repeats"]
     lines = [SECTION, "", machine(), "",
              "`python -m experiments.bench_attention`: gradients in q, k and v of sum(attention(q, k, v) * w), "
              f"jitted, batch {batch}, {heads} query heads over {kv_heads} key/value heads of dimension {head_dim}, "
              f"{jnp.dtype(dtype).name}. einsum: the attention the models ran before (harness.bench_attention."
              f"einsum_attention); dpa: `framework.models.attention.attend`, `jax.nn.dot_product_attention` "
-             f"running {impl.upper()}'s implementation here. Causal: the training layout's mask, a numpy array, "
-             "which dpa runs as `is_causal`; packed: a block-diagonal causal mask of four documents passed as "
-             "an argument (traced), as a packed batch's is. Seconds: the best of 3 calls, median of 3 rounds "
-             "alternating the two. Temporary memory: the compiled program's `memory_analysis()."
-             "temp_size_in_bytes`.", "",
-             "| sequence | mask | einsum s | dpa s | einsum / dpa time | einsum temp MiB | dpa temp MiB |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+             f"running {impl}'s implementation here. Causal: the training layout's mask, a numpy array, which "
+             "dpa runs as `is_causal`; packed: a block-diagonal causal mask of four documents passed as an "
+             f"argument (traced), as a packed batch's is. Seconds: the best of {repeats} calls, median of "
+             f"{rounds} rounds alternating the two. Temporary memory: the compiled program's "
+             "`memory_analysis().temp_size_in_bytes`; FLOPs: its `cost_analysis()` (both deterministic).", "",
+             "| sequence | mask | einsum s | dpa s | einsum / dpa time | einsum temp MiB | dpa temp MiB "
+             "| dpa / einsum FLOPs |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s, m = r["seconds"], r["temp_bytes"]
         lines.append(f"| {r['seq_len']} | {r['form']} | {s['einsum']:.3f} | {s['dpa']:.3f} | {r['ratio']:.2f} | "
-                     f"{m['einsum'] / 2**20:.0f} | {m['dpa'] / 2**20:.0f} |")
+                     f"{m['einsum'] / 2**20:.0f} | {m['dpa'] / 2**20:.0f} | "
+                     f"{r['flops']['dpa'] / r['flops']['einsum']:.4f} |")
     return "\n".join(lines + [""])

@@ -165,3 +165,13 @@ def test_cudnn_equals_xla_in_bfloat16(mask):
         ours, ref = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
         assert np.all(np.isfinite(ours))
         np.testing.assert_allclose(ours, ref, atol=5e-2 * max(1.0, np.abs(ref).max()), rtol=0)
+
+
+def test_the_benchmark_measures_both_attentions_and_reports_them():
+    from harness.bench_attention import SECTION, attention_section, attention_timings
+
+    rows = attention_timings((32,), rounds=1, repeats=1)
+    assert [r["form"] for r in rows] == ["causal", "packed, 4 documents"]
+    assert all(r["seconds"]["einsum"] > 0 and r["seconds"]["dpa"] > 0 and r["temp_bytes"]["dpa"] > 0 for r in rows)
+    section = attention_section(rows)
+    assert section.startswith(SECTION) and "| 32 | packed, 4 documents |" in section and "XLA's" in section
