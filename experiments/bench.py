@@ -9,6 +9,8 @@ a shared 2-core machine mean little); on a GPU absolute throughput is added.
    against greedy decoding of the same split, and whether both give the same strict EM.
 2. Checkpoint cost: a blocking `save` call (the asynchronous part runs beside training) against
    one train step.
+3. The sections of harness/: ensembles, serving, the training loop, the Llama-family model, and
+   attention at 1k and 2k tokens (experiments/bench_attention.py).
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ def main() -> None:
         *[f"| {r['curriculum']} | {100 * r['data_frac']:.2f}% | {100 * r['data_frac_max']:.2f}% |" for r in data_rows],
     ]
     from experiments.demo import get_config
+    from harness.bench_attention import attention_section, attention_timings
     from harness.bench_ensembles import averaging_cost, output_ensemble_latency
     from harness.bench_llama import llama_benchmark, llama_section
     from harness.bench_serving import serving_benchmark
@@ -169,6 +172,8 @@ def main() -> None:
     base = get_config()
     lines += ["", output_ensemble_latency(base), averaging_cost(), serving_benchmark(), training_benchmark(base),
               llama_section(llama_benchmark(base))]
+    dtype = "bfloat16" if on_gpu else "float32"  # on a GPU, what cuDNN's flash attention takes
+    lines += [attention_section(attention_timings(dtype=dtype), dtype=dtype)]
     if on_gpu:
         lines += ["", "## Absolute times (GPU)", "", "| preset | train step ms | teacher-forced s | decode s |",
                   "|---|---|---|---|",

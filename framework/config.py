@@ -144,6 +144,19 @@ PRESETS = {
     "small": ModelConfig(d_model=128, n_layers=3, n_heads=4, d_ff=384),  # demo: ~0.6M parameters
     # GPU benchmarks: ~106M parameters in bfloat16
     "base": ModelConfig(d_model=768, n_layers=15, n_heads=12, d_ff=2048, dtype="bfloat16"),
+    # long sequences, one model at 1k, 2k or 4k tokens (PRESET_RUN): ~27M parameters in bfloat16, heads
+    # of 64, which cuDNN's flash attention takes on a GPU (framework/models/attention.py)
+    **dict.fromkeys(("long-1k", "long-2k", "long-4k"),
+                    ModelConfig(d_model=512, n_layers=8, n_heads=8, d_ff=1536, dtype="bfloat16")),
+}
+# What a preset sets besides the model ("section.field" or a run field); `--preset` applies it under any
+# flag given. The long presets: the longest example, and batches sized to it. Training keeps 32k token
+# slots a step; evaluation ~1 GiB of float32 scores per layer where XLA's attention runs ([eval_batch_size,
+# 8 heads, t, t]: a CPU, or float32), while cuDNN's flash attention keeps none.
+PRESET_RUN = {
+    "long-1k": {"data.max_seq_len": 1024, "batch_size": 32, "eval_batch_size": 32},
+    "long-2k": {"data.max_seq_len": 2048, "batch_size": 16, "eval_batch_size": 8},
+    "long-4k": {"data.max_seq_len": 4096, "batch_size": 8, "eval_batch_size": 2},
 }
 
 

@@ -191,6 +191,20 @@ def test_a_recipe_sets_its_fields_and_flags_beside_it_override(tmp_path):
     assert set(RECIPES) == {"plain", "anytime"}
 
 
+@pytest.mark.parametrize("name, length, batch, eval_batch", [
+    ("long-1k", 1024, 32, 32), ("long-2k", 2048, 16, 8), ("long-4k", 4096, 8, 2)])
+def test_a_long_preset_sets_the_length_and_batches_and_flags_beside_it_override(name, length, batch, eval_batch):
+    def config(*extra):
+        return config_from_args(build_parser().parse_args(["train", "--preset", name, "--budget-tokens", "10M",
+                                                           "--out", "x", *extra]))
+
+    cfg = config()
+    assert (cfg.data.max_seq_len, cfg.batch_size, cfg.eval_batch_size) == (length, batch, eval_batch)
+    assert cfg.preset == name and cfg.model.dtype == "bfloat16" and cfg.model.d_model // cfg.model.n_heads == 64
+    cfg = config("--batch-size", "4", "--max-seq-len", "3000")  # flags win
+    assert (cfg.data.max_seq_len, cfg.batch_size, cfg.eval_batch_size) == (3000, 4, eval_batch)
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--recipe", "fast", "--budget-tokens", "1M"], "unknown recipe 'fast' (allowed: plain, anytime)"),
     (["--recipe", "anytime"], "budget-tokens"),

@@ -16,6 +16,7 @@ import sys
 from framework.app.flags import add_train_flags, train_flags
 from framework.app.python_files import call_function_of
 from framework.config import (
+    PRESET_RUN,
     PRESETS,
     SHAPE_FIELDS,
     DataConfig,
@@ -99,7 +100,9 @@ def _add_train_parser(sub) -> None:
     groups = {"model (each flag overrides the preset's)": p.add_argument_group("model (each flag overrides the "
                                                                               "preset's)")}
     groups["model (each flag overrides the preset's)"].add_argument(
-        "--preset", help=f"model size: {'|'.join(PRESETS)} (default {RunConfig.preset})")
+        "--preset", help=f"model size: {'|'.join(PRESETS)} (default {RunConfig.preset}); long-1k, long-2k and "
+                         "long-4k also set --max-seq-len, --batch-size and --eval-batch-size to fit the length "
+                         "(framework.config.PRESET_RUN; a flag given wins)")
     add_train_flags(p, TRAIN_FLAGS, groups)
     g = groups["run"]
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -153,6 +156,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.preset is not None:
         sections["model"] = dataclasses.asdict(preset(args.preset))
         sections["run"]["preset"] = args.preset
+        for field, value in PRESET_RUN.get(args.preset, {}).items():  # a long preset's lengths (flags win: below)
+            section, _, key = field.rpartition(".")
+            sections[section or "run"][key] = value
     if "data" in given:  # a file replaces the default built-in task
         sections["data"]["task"] = None
     if args.recipe is not None:  # over --config and a resumed run's settings, under every flag given

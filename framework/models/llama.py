@@ -7,8 +7,9 @@ parameter names mirror transformers' (`embed_tokens`, `layers[i].self_attn.q_pro
 
 What follows transformers on purpose: RoPE in the rotate-half layout (the first half of each head is
 paired with the second half, not interleaved pairs), inverse frequencies computed in float32 as HF
-does, RMSNorm normalising in float32 before casting back, softmax in float32, and Qwen3's RMSNorm on
-each head of q and k before RoPE. transformers itself is never imported here (only by the tests).
+does, RMSNorm normalising in float32 before casting back, attention scores and softmax in float32
+(`jax.nn.dot_product_attention`, models/attention.py), and Qwen3's RMSNorm on each head of q and k
+before RoPE. transformers itself is never imported here (only by the tests).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import numpy as np
 from flax import nnx
 
 from framework.errors import ConfigError
+from framework.models.attention import attend
 
 # (k, v) per layer, each [batch, cache_len, kv_heads, head_dim].
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
-_NEG = -1e30  # finite, so a fully masked row (a padding query) gives no NaN
 DTYPES = ("float32", "bfloat16")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -250,13 +251,8 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0, 0))
             cache = (k, v)
         # Grouped-query attention without copying k/v: query head h reads kv head h // group, as HF's
-        # repeat_kv lays them out, so the heads split as [kv, group].
-        group = cfg.num_attention_heads // cfg.num_key_value_heads
-        q = q.reshape(b, t, cfg.num_key_value_heads, group, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32) * cfg.head_dim**-0.5
-        scores = jnp.where(mask[:, None, None], scores, _NEG)
-        weights = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", weights, v.astype(q.dtype))
+        # repeat_kv lays them out (models/attention.py: which kernel runs where).
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         return self.o_proj(out.reshape(b, t, -1)), cache
 
 

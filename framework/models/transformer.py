@@ -14,10 +14,10 @@ from flax import nnx
 
 from framework.config import ModelConfig
 from framework.data.tokenizer import VOCAB_SIZE
+from framework.models.attention import attend, causal_mask  # causal_mask: a numpy array (see attention.py)
 
 # (k, v) per layer, each [batch, cache_len, heads, head_dim].
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
-_NEG = -1e30  # finite, so a fully masked row (a padding query) gives no NaN
 
 
 def rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
@@ -52,10 +52,7 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(cache[0], k, (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache[1], v, (0, cache_index, 0, 0))
             cache = (k, v)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-        scores = jnp.where(mask[:, None], scores.astype(jnp.float32), _NEG)
-        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(b, t, d)
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask).reshape(b, t, d)  # models/attention.py
         return self.out(out), cache
 
 
@@ -137,11 +134,6 @@ def build_model(cfg: ModelConfig, seed: int, vocab_size: int = VOCAB_SIZE) -> Tr
     return Transformer(cfg, rngs=nnx.Rngs(params=seed), vocab_size=vocab_size)
 
 
-def causal_mask(t: int) -> jax.Array:
-    """[1, t, t] lower-triangular mask for right-padded training sequences."""
-    return jnp.tril(jnp.ones((t, t), bool))[None]
-
-
 def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
     """[b, t, t] mask for packed rows: query t attends key s iff s <= t in the same segment (0: empty)."""
     t = segment_ids.shape[1]
@@ -161,7 +153,8 @@ def batch_logits(model, batch, dropout_key: jax.Array | None = None) -> jax.Arra
 def forward(model: Transformer, inputs: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
     """Logits of right-padded sequences [b, t] (the training layout): positions 0..t-1, causal mask.
 
-    Padding sits after every real token, so the causal mask alone keeps it out of real positions.
+    Padding sits after every real token, so the causal mask alone keeps it out of real positions. The
+    mask is a numpy array, known when tracing: attention runs as `is_causal` (models/attention.py).
     """
     positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
     return model(inputs, positions, causal_mask(inputs.shape[1]), dropout_key=dropout_key)[0]
