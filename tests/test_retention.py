@@ -4,6 +4,7 @@ leaves a run that reads cleanly and resumes to the same end, bit for bit."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -116,6 +117,29 @@ def test_readers_offer_only_the_kept_checkpoints(runs):
         checkpoints.resolve_step(run, gone)
 
 
+def test_runs_show_prints_disk_use(runs, capsys):
+    from framework.app.cli import main
+
+    capsys.readouterr()
+    assert main(["runs", "show", runs["kept"]]) == 0
+    text = capsys.readouterr().out
+    total, by_step = checkpoints.disk_use(runs["kept"])
+    assert f"in {len(by_step)} checkpoint(s)" in text and "disk: " in text and "KiB" in text
+    assert main(["runs", "show", runs["kept"], "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {c["step"]: c["bytes"] for c in listed} == by_step and all(b > 0 for b in by_step.values())
+    assert total > sum(by_step.values())  # config.json, metrics.jsonl, the seals
+    assert total < checkpoints.disk_use(runs["all"])[0]
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (5 * 2**20, "5.0 MiB"),
+                                     (3 * 2**30 // 2, "1.5 GiB"), (2**50, "1024.0 TiB")])
+def test_human_bytes(n, text):
+    from framework.app.train_commands import human_bytes
+
+    assert human_bytes(n) == text
+
+
 def test_resuming_with_keep_latest_prunes_a_run_that_kept_everything(runs, tmp_path):
     """keep_latest may change on resume (it changes what stays, not what is computed); the resumed
     run prunes before anything else, here a finished run, to what keeping from the start left."""
@@ -149,8 +173,9 @@ train(tiny_config(out, every_tokens=int(every), keep_latest=2), show_progress=Fa
 
 
 @pytest.mark.parametrize("point", ["renamed", "half removed"])
-def test_a_kill_mid_deletion_leaves_a_readable_run_that_resumes_to_the_same_end(runs, tmp_path, point):
+def test_a_kill_mid_deletion_leaves_a_readable_run_that_resumes_to_the_same_end(runs, tmp_path, point, capsys):
     from ensembles.members import run_members
+    from framework.app.cli import main
 
     run = str(tmp_path / "killed")
     proc = subprocess.run([sys.executable, "-c", KILLER, run, point, str(EVERY)], cwd=ROOT, capture_output=True,
@@ -163,6 +188,8 @@ def test_a_kill_mid_deletion_leaves_a_readable_run_that_resumes_to_the_same_end(
     assert int(doomed) not in listed and listed == checkpoints.finished_steps(run) and faults.leftovers(run) == []
     assert all(checkpoints.verify_step(run, s) for s in listed)
     assert [m.step for m in run_members(run)] == listed
+    capsys.readouterr()
+    assert main(["runs", "show", run]) == 0 and "half-deleted: --resume removes them" in capsys.readouterr().out
     # Resumable: the deletion is finished, and the run ends as the one never killed, bit for bit.
     train(_cfg(run, keep_latest=2), resume=True, show_progress=False)
     assert not os.path.exists(os.path.join(run, checkpoints.DELETING))

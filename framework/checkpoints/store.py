@@ -241,6 +241,21 @@ def _finish_deleting(run_dir: str) -> None:
         os.rmdir(trash)
 
 
+def disk_use(run_dir: str) -> tuple[int, dict[int, int]]:
+    """Bytes of the files under the run directory, and of each finished checkpoint by step."""
+    steps = {step: _bytes_under(step_dir(run_dir, step)) for step in finished_steps(run_dir)}
+    return _bytes_under(run_dir), steps
+
+
+def _bytes_under(root: str) -> int:
+    total = 0
+    for here, _, names in os.walk(root):
+        for n in names:
+            with contextlib.suppress(FileNotFoundError):  # a file removed while we count (a live run's save)
+                total += os.lstat(os.path.join(here, n)).st_size
+    return total
+
+
 def save(
     mgr: ocp.CheckpointManager,
     step: int,
