@@ -1,11 +1,13 @@
 """Chaos: the long reliability checks behind `make chaos`, written to docs/reliability.md.
 
-    make chaos                                   # everything below (~5 min on 2 idle CPU cores)
-    python -m experiments.chaos kills --kills 10 # one part: kills | corruption | disk | fuzz | serving | data
+    make chaos                          # everything below (~5 min on 2 idle CPU cores, + ~9 for retention)
+    python -m experiments.chaos kills   # one part: kills | retention | corruption | disk | fuzz | serving | data
 
 - kills: `recoup train` killed with SIGKILL at random moments, again and again, resuming each
   time; the final weights must equal an uninterrupted run's bit for bit, metrics.jsonl must hold
   the same lines, and no half-written checkpoint may be left or listed.
+- retention: the same with `--keep-latest 2` (checkpoints deleted after each save): the same
+  checkpoints kept as an uninterrupted run, nothing half-deleted, no seal without its step.
 - corruption: every way of damaging a saved checkpoint is caught on load, naming the file;
   `--resume` falls back to the newest intact checkpoint; `recoup ensemble build` skips it.
 - disk full: a save that cannot be written (a file-size limit stands in for a full disk: the
@@ -37,7 +39,7 @@ DOC = "docs/reliability.md"
 def main() -> int:
     from harness.report import splice
 
-    parts = ("kills", "corruption", "disk", "fuzz", "serving", "data")
+    parts = ("kills", "retention", "corruption", "disk", "fuzz", "serving", "data")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # No `choices=`: with nargs="*", Python 3.11's argparse rejects the empty default against them.
     p.add_argument("what", nargs="*", help=f"the parts to run: {' '.join(parts)} (default: all)")
@@ -59,6 +61,7 @@ def main() -> int:
                 failed.append(part)
             continue
         section, ok = {"kills": lambda: chaos.kills_section(args.work, args.kills, args.seed),
+                       "retention": lambda: chaos.retention_section(args.work, args.kills, args.seed),
                        "corruption": lambda: chaos.corruption_section(args.work),
                        "disk": lambda: chaos.disk_section(args.work),
                        "data": lambda: chaos.data_section(args.work),

@@ -222,6 +222,10 @@ class RunConfig:
     stops: tuple[float, ...] = DEFAULT_STOPS  # stopping points as fractions of budget_tokens
     train_until: float = 1.0  # end training at this budget fraction; the schedule still plans for budget_tokens
     every_tokens: int | None = None  # also checkpoint every this many tokens (None: off)
+    # after each save, delete the checkpoints that are neither stopping points, nor the newest keep_latest, nor
+    # the keep_best best by validation EM (framework.checkpoints.retention); None ("all" as a flag): keep them all
+    keep_latest: int | None = None
+    keep_best: int = 1  # with keep_latest: also keep this many checkpoints of highest validation EM (0: none)
     seed: int = 0  # training seed: initialization, data order, dropout
     eval_batch_size: int = 256  # sequences per evaluation forward pass
     log_every: int = 25  # steps between metrics.jsonl lines (each forces one device sync)
@@ -313,6 +317,13 @@ class RunConfig:
             if self.every_tokens > self.budget_tokens:
                 raise ConfigError("every_tokens", f"{self.every_tokens:,} is more than budget_tokens "
                                                   f"{self.budget_tokens:,}: no periodic checkpoint would be saved")
+        keep = self.keep_latest
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ConfigError("keep_latest", f"{keep!r} must be an integer >= 1 (the newest checkpoint, where a resume "
+                                             "starts, always stays), or null to keep every checkpoint")
+        _nonnegative_int("keep_best", self.keep_best)
+        if keep is None and self.keep_best != 1:
+            raise ConfigError("keep_best", "applies only with keep_latest (without it every checkpoint is kept)")
         for field in ("curriculum_args", "pacing_args", "scorer_args"):
             args = getattr(self, field)
             if not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -27,9 +28,10 @@ TINY = ("--task addition --max-digits 3 --n-examples 3000 --val-size 100 --test-
         "--dropout 0.1 --schedule cosine --lr 3e-3 --batch-size 32 --stops 0.5,1.0 --no-progress").split()
 
 
-def train_argv(out_dir: str, budget: str = "400k", every: str = "10k", resume: bool = False) -> list[str]:
+def train_argv(out_dir: str, budget: str = "400k", every: str = "10k", resume: bool = False,
+               extra: Sequence[str] = ()) -> list[str]:
     argv = [sys.executable, "-m", "framework.app.cli", "train", *TINY, "--budget-tokens", budget,
-            "--every-tokens", every, "--out", out_dir]
+            "--every-tokens", every, "--out", out_dir, *extra]
     return argv + ["--resume"] if resume else argv
 
 
@@ -58,6 +60,12 @@ def leftovers(run_dir: str) -> list[str]:
     return sorted(n for n in os.listdir(d) if not n.isdigit()) if os.path.isdir(d) else []
 
 
+def deleting(run_dir: str) -> list[str]:
+    """Checkpoints a kill left half-deleted (checkpoints.prune): in RUN/deleting/, for the next writer to finish."""
+    d = os.path.join(run_dir, checkpoints.DELETING)
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
 def _count_lines(path: str) -> int:
     try:
         with open(path) as f:
@@ -67,7 +75,7 @@ def _count_lines(path: str) -> int:
 
 
 def kill_and_resume(out_dir: str, kills: int, seed: int, budget: str = "400k", every: str = "10k",
-                    log=print) -> dict:
+                    log=print, extra: Sequence[str] = ()) -> dict:
     """Train to the end, SIGKILLed `kills` times at random moments and resumed after each.
 
     A kill comes either a random 0-6 s after launch (often during start-up or a resume) or once
@@ -77,7 +85,7 @@ def kill_and_resume(out_dir: str, kills: int, seed: int, budget: str = "400k", e
     killed_at = []
     for i in range(kills + 1):
         resume = os.path.isfile(os.path.join(out_dir, "config.json"))
-        proc = subprocess.Popen(train_argv(out_dir, budget, every, resume), cwd=ROOT,
+        proc = subprocess.Popen(train_argv(out_dir, budget, every, resume, extra), cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if i == kills:  # the last launch runs to the end
             _, err = proc.communicate(timeout=900)
@@ -103,7 +111,8 @@ def kill_and_resume(out_dir: str, kills: int, seed: int, budget: str = "400k", e
         proc.wait()
         done = checkpoints.finished_steps(out_dir)
         killed_at.append({"after_s": round(time.time() - t0, 2), "checkpoints": len(done),
-                          "metrics_lines": _count_lines(metrics), "half_written": leftovers(out_dir)})
+                          "metrics_lines": _count_lines(metrics), "half_written": leftovers(out_dir),
+                          "half_deleted": deleting(out_dir)})
         log(f"  kill {len(killed_at)}: {killed_at[-1]}")
     return {"kills": len(killed_at), "killed_at": killed_at}
 
@@ -121,7 +130,14 @@ def check_against_straight(killed_dir: str, straight_dir: str) -> dict:
         "checkpoints": len(steps),
         "all_sealed_and_intact": all(sealed),
         "half_written_left": leftovers(killed_dir),
+        "half_deleted_left": deleting(killed_dir),
+        "seals_without_a_step": sorted(set(_sealed_steps(killed_dir)) - set(steps)),
     }
+
+
+def _sealed_steps(run_dir: str) -> list[int]:
+    d = os.path.join(run_dir, "integrity")
+    return [int(n.removesuffix(".json")) for n in os.listdir(d) if n.removesuffix(".json").isdigit()]
 
 
 # -- damaging a checkpoint's files ----------------------------------------------------------

@@ -56,6 +56,8 @@ def test_help_lists_a_registry_names_and_the_default():
     (["--d-model", "64", "--n-heads", "2"], "model", "d_model", 64),
     (["--decay-start", "40k"], "optim", "decay_start", 40_000),
     (["--every-tokens", "2.5k"], "run", "every_tokens", 2_500),
+    (["--keep-latest", "3", "--keep-best", "0"], "run", "keep_latest", 3),
+    (["--keep-latest", "all"], "run", "keep_latest", None),  # a resumed run that deleted may stop deleting
     (["--stop-rule", "patience:patience=3", "--stop-rule", "budget:price=2"], "run", "stop_rules",
      ({"rule": "patience", "patience": 3}, {"rule": "budget", "price": 2})),
     (["--pacing-arg", "start=0.2", "--pacing-arg", "ramp=0.5"], "run", "pacing_args", {"start": 0.2, "ramp": 0.5}),

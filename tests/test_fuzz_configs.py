@@ -147,6 +147,8 @@ BROKEN = {
     "stops": NOT_LIST | st.just([]) | st.lists(not_in(0.0, 1.0, lo_ok=False), min_size=1, max_size=3),
     "train_until": not_in(0.0, 1.0, lo_ok=False),
     "every_tokens": NOT_INT.filter(lambda v: v is not None) | st.integers(max_value=0),
+    "keep_latest": NOT_INT.filter(lambda v: v is not None) | st.integers(max_value=0),
+    "keep_best": not_seed(),
     "seed": not_seed(),
     "eval_batch_size": not_positive_int(),
     "log_every": not_positive_int(),

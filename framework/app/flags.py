@@ -49,6 +49,7 @@ GROUPS = {  # where a run field's flag is listed in --help; the other sections a
     "weight averages kept in every checkpoint": ("ema_half_lives", "swa_start"),
     "stopping rules": ("stop_rules", "stop_combine"),
     "non-finite losses": ("nonfinite", "rollback_lr_factor", "max_rollbacks"),
+    "checkpoints kept on disk (default: all)": ("keep_latest", "keep_best"),
 }
 SECTION_GROUPS = {"data": "data (one of --task / --data)", "model": "model (each flag overrides the preset's)",
                   "optim": "optimizer", "run": "run"}
@@ -98,6 +99,7 @@ def _token_list(text: str) -> tuple[int, ...]:
 PARSERS: dict[str, tuple[Callable[[Any], Any], str, bool]] = {
     "run.budget_tokens": (lambda s: parse_tokens(s, "budget_tokens"), "TOKENS", False),
     "run.every_tokens": (lambda s: parse_tokens(s, "every_tokens"), "TOKENS", False),
+    "run.keep_latest": (lambda s: None if s.strip().lower() == "all" else int(s), "N|all", False),  # all: None
     "optim.decay_start": (lambda s: parse_tokens(s, "decay_start"), "TOKENS", False),
     "run.ema_half_lives": (_token_list, "TOKENS[,TOKENS]", False),
     "run.stops": (parse_stops, "FRACTIONS", False),

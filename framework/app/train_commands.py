@@ -254,21 +254,45 @@ def _cool_down_if_stopped(run_dir: str, extra: str) -> None:
 
 
 def _cmd_runs_show(args) -> int:
-    from framework.checkpoints.store import list_checkpoints
+    from framework.checkpoints.store import DELETING, disk_use, list_checkpoints
 
     stops = list_checkpoints(args.run_dir)
-    print(json.dumps(stops, indent=2) if args.json else _format_stops(stops))
+    total, by_step = disk_use(args.run_dir)
+    stops = [{**c, "bytes": by_step[c["step"]]} for c in stops if c["step"] in by_step]  # gone since: deleted
+    if args.json:
+        print(json.dumps(stops, indent=2))
+    else:
+        print(_format_stops(stops))
+        print(f"disk: {human_bytes(total)} in {args.run_dir}, {human_bytes(sum(by_step.values()))} of it in "
+              f"{len(by_step)} checkpoint(s)")
+        if os.path.isdir(os.path.join(args.run_dir, DELETING)):  # a kill mid-deletion (store.prune)
+            print(f"{args.run_dir}/{DELETING}/ holds checkpoints a kill left half-deleted: --resume removes them")
     return 0
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB': sizes in powers of 1024, as `du -h` counts them."""
+    if n < 1024:
+        return f"{n} B"
+    size = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def _format_stops(stops: list[dict]) -> str:
     if not stops:
         return "no checkpoints yet"
-    lines = [f"{'step':>6} {'kind':>8} {'fraction':>8} {'tokens':>12} {'val EM':>7} {'val loss':>9} {'wall s':>7}"]
+    size = any("bytes" in c for c in stops)  # `runs show` measures the disk; `train` lists what it saved
+    lines = [f"{'step':>6} {'kind':>8} {'fraction':>8} {'tokens':>12} {'val EM':>7} {'val loss':>9} {'wall s':>7}"
+             + (f" {'size':>10}" if size else "")]
     for c in stops:
         lines.append(
             f"{c['step']:>6} {c.get('kind', ''):>8} {c['fraction']:>8.3f} {c['tokens']:>12,} "
             f"{c['val_em']:>7.3f} {c['val_loss']:>9.4f} {c.get('wall_s', 0):>7.1f}"
+            + (f" {human_bytes(c['bytes']):>10}" if size else "")
         )
     return "\n".join(lines)
 

@@ -16,10 +16,15 @@ step is then sealed with the sha256 of its files (`RUN/integrity/STEP.json`, see
 the hashing run on a background thread (hashing a 106M-parameter checkpoint took ~1 s of every
 save on an H100 machine); the next save, a restore and `seal_finished` join it first. A kill
 before the seal is written leaves a finished, unsealed step, which a resumed run seals.
+
+A run with a retention policy (`framework.checkpoints.retention`, `RunConfig.keep_latest`) deletes the
+checkpoints it no longer keeps once each save is sealed (`prune`): in an order that leaves the run
+readable and resumable wherever a kill falls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -35,12 +40,13 @@ import orbax.checkpoint as ocp
 
 from framework.checkpoints import integrity
 from framework.checkpoints.integrity import CorruptCheckpoint
+from framework.checkpoints.retention import KEEP_ALL, Retention, kept
 from framework.config import require_run_dir
 from framework.errors import ConfigError, RecoupError
 
 ITEMS = ("params", "opt_state", "sampler", "progress", "averages", "train_params")
 METRICS_FILE = "metrics.jsonl"
-
+DELETING = "deleting"  # RUN/deleting/STEP: a checkpoint on its way out (`prune`), no longer listed
 
 
 class SaveFailed(RecoupError):
@@ -85,7 +91,10 @@ def seal_path(run_dir: str, step: int) -> str:
 
 def open_manager(run_dir: str, writer: bool = False) -> ocp.CheckpointManager:
     """The run's checkpoints. Only the training process is a `writer`: it removes the temporary
-    directories a killed save left behind (a reader doing so could delete a live run's save)."""
+    directories a killed save left behind (a reader doing so could delete a live run's save), and
+    finishes a deletion a kill interrupted (`prune`)."""
+    if writer and jax.process_index() == 0:
+        _finish_deleting(run_dir)
     options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=writer)
     # Naming each item's handler lets Orbax read any item's metadata without warning about the rest.
     handlers = {name: ocp.JsonCheckpointHandler() if name == "progress" else ocp.StandardCheckpointHandler()
@@ -106,6 +115,11 @@ def finished_steps(run_dir: str) -> list[int]:
 # manager -> its sealing thread and that thread's errors. Weak keys: a manager closed without a join takes
 # its entry with it, so a later manager can never inherit it (as one reusing its id() could).
 _sealing: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# manager -> (Retention, protected steps) of its latest save: what pruning after its seal keeps.
+_retention: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# manager -> {step: custom metadata} of the steps it saved or pruning read: Orbax's `metadata(step)`
+# reads every item's array metadata too (~0.1 s a step on a loaded 2-core machine), once per step is enough.
+_metadata: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _seal_in_background(mgr: ocp.CheckpointManager) -> None:
@@ -142,6 +156,8 @@ def _seal_now(mgr: ocp.CheckpointManager) -> None:
         for step in finished_steps(run_dir):
             if not os.path.isfile(seal_path(run_dir, step)):
                 integrity.seal(step_dir(run_dir, step), seal_path(run_dir, step))
+        if mgr in _retention:  # only once every step is sealed: no step is deleted before its successor is safe
+            prune(mgr, *_retention[mgr])
     except (OSError, ValueError) as e:  # tensorstore reports a failed write as a ValueError
         raise SaveFailed(run_dir, e) from None
 
@@ -172,6 +188,80 @@ def set_aside_corrupt(run_dir: str) -> list[str]:
     return notes
 
 
+def prune(mgr: ocp.CheckpointManager, retention: Retention, protect: frozenset[int] = frozenset()) -> list[int]:
+    """Delete the finished checkpoints of `mgr`'s run that `retention` does not keep; returns their steps.
+    Only the writer calls it, with no save in flight (after `seal_finished`, or from the sealing thread)."""
+    if retention.latest is None:
+        return []
+    run_dir, known = _run_dir_of(mgr), _metadata.setdefault(mgr, {})
+    steps = finished_steps(run_dir)
+    for step in steps:
+        if step not in known:
+            try:
+                known[step] = {**(mgr.metadata(step).custom_metadata or {}), "step": step}
+            except (OSError, ValueError):  # unreadable metadata: no "kind", so it is kept
+                known[step] = {"step": step}
+    listed = [known[s] for s in steps]
+    doomed = sorted({c["step"] for c in listed} - kept(listed, retention, protect))
+    for step in doomed:
+        _delete_step(run_dir, step)
+        del known[step]
+    if doomed:
+        mgr.reload()  # the manager's list of steps, read again from the disk
+    return doomed
+
+
+def _delete_step(run_dir: str, step: int) -> None:
+    """Delete checkpoint `step` and its seal so that a kill at any point leaves the run readable:
+    1. rename `checkpoints/STEP` to `RUN/deleting/STEP` (atomic: no reader lists the step after it,
+       and every reader and a resume see whole steps only, each with its seal);
+    2. remove its seal (a seal with no step behind it is never read; `_finish_deleting` removes any
+       that a kill left, before a step of that number could be saved again);
+    3. remove the files. A kill during 2 or 3 leaves `RUN/deleting/STEP`, finished by the next writer."""
+    trash = os.path.join(os.path.abspath(run_dir), DELETING, str(step))
+    if os.path.exists(trash):  # a deletion of an earlier step of that number that failed: it goes first
+        shutil.rmtree(trash)
+    os.makedirs(os.path.dirname(trash), exist_ok=True)
+    os.rename(step_dir(run_dir, step), trash)
+    _forget(run_dir, step)
+    shutil.rmtree(trash)
+    with contextlib.suppress(OSError):  # RUN/deleting itself, once empty
+        os.rmdir(os.path.dirname(trash))
+
+
+def _forget(run_dir: str, step: int) -> None:
+    """Remove the seal of a deleted step, and what this process remembers of it."""
+    _checked.pop((os.path.abspath(run_dir), step), None)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(seal_path(run_dir, step))
+
+
+def _finish_deleting(run_dir: str) -> None:
+    """Complete the deletions a kill interrupted (`_delete_step`'s steps 2 and 3)."""
+    trash = os.path.join(os.path.abspath(run_dir), DELETING)
+    for name in sorted(os.listdir(trash)) if os.path.isdir(trash) else []:
+        if name.isdigit():
+            _forget(run_dir, int(name))
+        shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(trash)
+
+
+def disk_use(run_dir: str) -> tuple[int, dict[int, int]]:
+    """Bytes of the files under the run directory, and of each finished checkpoint by step."""
+    steps = {step: _bytes_under(step_dir(run_dir, step)) for step in finished_steps(run_dir)}
+    return _bytes_under(run_dir), steps
+
+
+def _bytes_under(root: str) -> int:
+    total = 0
+    for here, _, names in os.walk(root):
+        for n in names:
+            with contextlib.suppress(FileNotFoundError):  # a file removed while we count (a live run's save)
+                total += os.lstat(os.path.join(here, n)).st_size
+    return total
+
+
 def save(
     mgr: ocp.CheckpointManager,
     step: int,
@@ -183,10 +273,14 @@ def save(
     metadata: dict[str, Any],
     averages: dict[str, Any] | None = None,
     train_params=None,
+    retention: Retention = KEEP_ALL,
+    protect: frozenset[int] = frozenset(),
 ) -> None:
     """Start an asynchronous save, sealed in the background; `seal_finished(mgr)` before reading it
-    back. The save before it is sealed first (it has by now unless saves come faster than they write)."""
+    back. The save before it is sealed first (it has by now unless saves come faster than they write).
+    Once sealed, the checkpoints `retention` no longer keeps are deleted (`protect`: steps kept anyway)."""
     seal_finished(mgr)
+    _retention[mgr] = (retention, frozenset(protect))
     items = {
         "params": ocp.args.StandardSave(params),
         "opt_state": ocp.args.StandardSave(opt_state),
@@ -201,6 +295,8 @@ def save(
         mgr.save(step, args=ocp.args.Composite(**items), custom_metadata=metadata)
     except (OSError, ValueError) as e:
         raise SaveFailed(_run_dir_of(mgr), e) from None
+    if retention.latest is not None:  # what pruning reads, without asking Orbax again
+        _metadata.setdefault(mgr, {})[step] = {**metadata, "step": step}
     if jax.process_count() == 1:  # several processes wait on each other (a barrier): keep that in step
         _seal_in_background(mgr)
 
@@ -244,6 +340,8 @@ def list_checkpoints(run_dir: str, intact_only: bool = False) -> list[dict[str, 
             try:
                 listed.append({"step": s, **(mgr.metadata(s).custom_metadata or {})})
             except (OSError, ValueError) as e:  # its metadata file cut short or garbled
+                if not os.path.isdir(step_dir(run_dir, s)):  # or the step deleted since it was listed (`prune`)
+                    continue
                 bad = CorruptCheckpoint(step_dir(run_dir, s), "_CHECKPOINT_METADATA", f"is unreadable ({e})")
                 if not intact_only:
                     raise bad from None

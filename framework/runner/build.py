@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from curricula.build import rescore, sampler_factory
+from framework.checkpoints.retention import Retention
 from framework.config import BATCH_WARMUP_SPLITS, RunConfig, hf_source, resolve_init_from
 from framework.data import identity
 from framework.data.encoding import EncodedSplit, Sampler, prepare
@@ -86,6 +87,7 @@ def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | No
         init_params=hf_params(hf_source(cfg.init_from), cfg.model.dtype) if hf_source(cfg.init_from) else None,
         branch_from=resolve_init_from(cfg, "branch_from") if cfg.branch_from else None,
         nonfinite=nonfinite_policy(cfg),
+        retention=Retention(cfg.keep_latest, cfg.keep_best),
         data_identity=identity.record(data, splits),
     )
 

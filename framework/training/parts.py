@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from framework.checkpoints.retention import KEEP_ALL, Retention
 from framework.data.encoding import EncodedSplit, Sampler
 from framework.stopping.points import StopPoint
 from framework.stopping.rules import StopRule
@@ -46,6 +47,7 @@ class Parts:
     # (run directory, step or None) whose whole training state a branch continues (RunConfig.branch_from)
     branch_from: tuple[str, int | None] | None = None
     nonfinite: NonFinitePolicy = NonFinitePolicy()
+    retention: Retention = KEEP_ALL  # which checkpoints stay on disk (the default: all of them)
     # What the data was (framework.data.identity.record): written with a new run, compared on resume
     # and with a branch's source. None: not recorded (a caller that built its own parts).
     data_identity: dict | None = None

@@ -55,15 +55,16 @@ class TrainState:
             self.key = jax.random.wrap_key_data(jnp.asarray(self.progress.rng, jnp.uint32))
 
 
-def save(mgr, state: TrainState, weights: Params, metadata: dict, separate: bool) -> None:
+def save(mgr, state: TrainState, weights: Params, metadata: dict, separate: bool, **keep) -> None:
     """Checkpoint `state` at its step. `weights`: what is evaluated and served as `params` (the
     training weights, an optimizer's evaluation point, or a restored best); with `separate` the
-    training weights are saved beside them as `train_params`."""
+    training weights are saved beside them as `train_params`. `keep`: `retention` and `protect`
+    (framework.checkpoints.store.save), which checkpoints stay once it is sealed."""
     state.progress.pending = [(np.asarray(i).tolist(), np.asarray(x).tolist()) for i, x in state.pending]
     progress = dataclasses.asdict(state.progress) | {"wall_s": metadata["wall_s"]}
     checkpoints.save(mgr, state.progress.step, params=weights, opt_state=state.opt_state,
                      sampler_state=state.sampler, progress=progress, metadata=metadata,
-                     averages=_as_dicts(state.averages), train_params=state.params if separate else None)
+                     averages=_as_dicts(state.averages), train_params=state.params if separate else None, **keep)
 
 
 def restore(mgr, step: int, like: TrainState, separate: bool, weights_only: bool = False) -> TrainState:

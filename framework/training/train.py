@@ -63,7 +63,7 @@ CLOCK_EVENTS = ("save",)
 # The RunConfig fields a resumed run may change: where it is written and how it is run or logged,
 # never what it computes. Every other field, a new one included, must match the run's saved config.
 RESUME_MAY_DIFFER = ("out_dir", "preset", "eval_batch_size", "log_every", "tensorboard", "mesh_shape", "nonfinite",
-                     "rollback_lr_factor", "max_rollbacks")
+                     "rollback_lr_factor", "max_rollbacks", "keep_latest", "keep_best")
 
 
 class NonFiniteLoss(Exception):
@@ -274,6 +274,8 @@ class Session:
         if resume and self.mgr.latest_step() is not None:
             state = restore(self.mgr, self.mgr.latest_step(), state, self.separate)
             _truncate_logs(cfg.out_dir, state.progress)
+            if sharding.is_primary():  # what a kill before the last pruning, or a new --keep-latest, left over
+                checkpoints.prune(self.mgr, **self.keeping(state.progress))
             if state.progress.stopped:
                 print(f"{cfg.out_dir} was stopped at step {state.progress.step} ({state.progress.stopped}); "
                       "nothing to resume")
@@ -382,12 +384,17 @@ class Session:
         if self.board is not None:
             self.board.scalars(meta["tokens"], event_files.eval_scalars(meta))
         save_t0 = time.perf_counter()
-        save(self.mgr, state, weights, meta, self.separate)
+        save(self.mgr, state, weights, meta, self.separate, **self.keeping(prog))
         save_s = round(time.perf_counter() - save_t0, 4)  # the blocking part: the write goes on beside training
         self.log.write(json.dumps({"event": "save", "step": prog.step, "tokens": prog.tokens, "save_s": save_s}) + "\n")
         self.bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
                        f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
         self.window.t0 = time.perf_counter()  # evaluation is not training time: keep it out of tokens/s
+
+    def keeping(self, prog: Progress) -> dict[str, Any]:
+        """What stays on disk after a save: the run's retention, and the rule's best (restore-best reads it)."""
+        best = self.parts.stop_rule.best_step(prog.rules) if self.parts.stop_rule is not None else None
+        return {"retention": self.parts.retention, "protect": frozenset({best} - {None})}
 
     def _evaluate(self, state: TrainState, crossed: list[StopPoint], kind: str, weights):
         """The checkpoint's metadata and the teacher-forced validation scores of `weights`."""
