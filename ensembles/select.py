@@ -196,9 +196,9 @@ def _cascades(store: ParamStore, run_dirs: list[str], budget_tokens: int, max_co
     k_fits = math.floor((max_cost - 1) * len(validation) + 1e-9)
     ones = sorted([(c, s) for c, s in scored if isinstance(c, Candidate) and c.one_model],
                   key=lambda cs: (-cs[1], cs[0].training_tokens, len(cs[0].members)))
-    models = {}  # one entry per distinct model: a soup of one member is that single checkpoint
+    models = {}  # one entry per distinct model: a soup of one member is that checkpoint, a soup of two the latest-2
     for c, _ in ones:
-        models.setdefault((c.members, tuple(w / sum(c.weights) for w in c.weights)), c)
+        models.setdefault(frozenset(zip(c.members, (w / sum(c.weights) for w in c.weights), strict=True)), c)
     firsts = list(models.values())[:CASCADE_FIRSTS]
     best_of_k: dict[int, tuple[Candidate, float]] = {}
     for c in candidates(store, run_dirs, budget_tokens, k_fits, ["logits"]):

@@ -157,7 +157,8 @@ def _cmd_ensemble_build(args) -> int:
           f"{manifest['inference_cost']:.3g}x, {manifest['training_tokens']:,} training tokens")
     print(f"  test EM {test['em']:.4f} (val strict EM {manifest['validation']['strict_em']:.4f})")
     if rule := manifest.get("cascade"):
-        print(f"  cascade: escalate when {rule['signal']} < {rule['tau']} to the {rule['k']}-member ensemble; "
+        tau = f"{rule['tau']:.4g}" if isinstance(rule["tau"], float) else rule["tau"]  # or "inf", "-inf"
+        print(f"  cascade: escalate when {rule['signal']} < {tau} to the {rule['k']}-member ensemble; "
               f"escalates {rule['escalation_rate']:.1%} of validation queries (mean cost {rule['mean_cost']:.3f}x) "
               f"and {test['escalation_rate']:.1%} of test queries (mean cost {test['mean_cost']:.3f}x)")
     for key, name in (("single_at_budget", "single model at the budget"), ("single_full", "full-budget model")):
