@@ -6,6 +6,10 @@
 The manifest records the members (run, step, tokens, weight, average), the method and how it
 combines, the budgets, validation EM (what selection saw), test EM, recovery and the recoup
 version. Output ensembles keep no weights of their own: they point at their members' checkpoints.
+A cascade (ensembles/cascade.py) has `combine: "cascade"`, members tagged with their `part`
+("first": the 1x model, saved under params/ as a weight average is; "fallback": the ensemble),
+and a `cascade` section: signal, tau, k, and the escalation rate and mean cost on validation; its
+`test` section adds the test split's escalation rate and mean cost.
 
 Recovery, for a stop at fraction f of run R's budget:
     recovery = (EM_ensemble(f) - EM_R(f)) / (EM_R(1.0) - EM_R(f))
@@ -24,7 +28,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from ensembles.members import COMBINERS, Candidate, Member, ParamStore, run_members
+from ensembles.cascade import SIGNALS, Cascade, evaluate_cascade
+from ensembles.members import COMBINERS, Candidate, Member, ParamStore, run_members, weights_model
 from ensembles.select import SELECTION_SPLIT, select
 from framework import __version__
 from framework.checkpoints import integrity
@@ -108,7 +113,7 @@ def baselines(store: ParamStore, run_dir: str, budget_tokens: int, split: str = 
 # == build ====================================================================================
 
 
-def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, method: str = "auto",
+def build(run_dirs: list[str], budget_tokens: int, max_cost: float, out_dir: str, method: str = "auto",
           log=print, allow_changed_data: bool = False) -> dict[str, Any]:
     """Select on validation, write the ensemble, then score it and the baselines on test."""
     if os.path.exists(os.path.join(out_dir, MANIFEST)):
@@ -121,8 +126,12 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
     sel = select(run_dirs, budget_tokens, max_cost, method, store=store, log=log)
     best = sel.best
     log(f"chosen: {best.describe()} (val EM {sel.val_em:.3f}); decoding the test split")
-    model = COMBINERS[best.combine].prepare(store, best)  # built once: scored, then saved if an average
-    test = evaluate_candidate(store, best, "test", model)
+    if isinstance(best, Cascade):  # its first model is built once: scored, then saved
+        model = weights_model(store, best.first)
+        test = evaluate_cascade(store, best, "test", model)
+    else:
+        model = COMBINERS[best.combine].prepare(store, best)  # built once: scored, then saved if an average
+        test = evaluate_candidate(store, best, "test", model)
     base = baselines(store, run_dirs[0], budget_tokens)
     at, full = base.get("single_at_budget"), base.get("single_full")
     rec = recovery(test["em"], at["em"], full["em"] if full else None) if at else None
@@ -133,26 +142,29 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
         "recoup_version": __version__,
         "method": best.method,
         "combine": best.combine,
-        "members": [{**dataclasses.asdict(m), "run": os.path.abspath(m.run), "weight": w / sum(best.weights)}
-                    for m, w in zip(best.members, best.weights, strict=True)],
+        "members": (_members(best.first, "first") + _members(best.fallback, "fallback")
+                    if isinstance(best, Cascade) else _members(best)),
         "budgets": {"tokens": budget_tokens, "fraction": budget_tokens / first.cfg.budget_tokens,
                     "max_cost": max_cost},
         "training_tokens": best.training_tokens,
         "inference_cost": best.inference_cost,
-        "validation": {"strict_em": sel.val_em},
+        "validation": {"strict_em": sel.val_em, **(_cascade_validation(best) if isinstance(best, Cascade) else {})},
+        **({"cascade": _cascade_rule(best)} if isinstance(best, Cascade) else {}),
         "test": test,
         "baselines": base,
         "recovery": rec,
         "recovery_interval": rec_ci,
         "model": dataclasses.asdict(first.cfg.model),
         "candidates": [{"method": c.method, "members": [m.label for m in c.members], "run": c.members[0].run,
-                        "inference_cost": c.inference_cost, "training_tokens": c.training_tokens, "val_em": s}
+                        "inference_cost": c.inference_cost, "training_tokens": c.training_tokens, "val_em": s,
+                        **({"signal": c.signal, "tau": _tau_json(c.tau), "escalation_rate": c.escalation_rate}
+                           if isinstance(c, Cascade) else {})}
                        for c, s in sel.scored],
         "build_s": None,
         **({"data_changed": changed} if (changed := store.data_changes()) else {}),
     }
     os.makedirs(out_dir, exist_ok=True)
-    if best.one_model:
+    if best.one_model or isinstance(best, Cascade):
         _, params = model
         ckptr = ocp.StandardCheckpointer()
         ckptr.save(os.path.abspath(os.path.join(out_dir, "params")), params)
@@ -161,6 +173,31 @@ def build(run_dirs: list[str], budget_tokens: int, max_cost: int, out_dir: str, 
     manifest["build_s"] = round(time.perf_counter() - t0, 1)
     _write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
+
+
+def _members(c: Candidate, part: str | None = None) -> list[dict[str, Any]]:
+    """The manifest's entries for a candidate's members (weights normalized), tagged with a cascade's part."""
+    return [{**dataclasses.asdict(m), "run": os.path.abspath(m.run), "weight": w / sum(c.weights),
+             **({"part": part} if part else {})} for m, w in zip(c.members, c.weights, strict=True)]
+
+
+def _cascade_rule(c: Cascade) -> dict[str, Any]:
+    """A cascade's manifest section: the rule chosen on validation, what it costs there, and its parts."""
+    return {"signal": c.signal, "tau": _tau_json(c.tau), "k": c.k, "escalation_rate": c.escalation_rate,
+            "mean_cost": c.inference_cost, "first": {"method": c.first.method, "combine": c.first.combine},
+            "fallback": {"method": c.fallback.method, "combine": c.fallback.combine}}
+
+
+def _cascade_validation(c: Cascade) -> dict[str, Any]:
+    """What a cascade did on validation besides its strict EM: escalation, mean cost, each part alone."""
+    first_em, fallback_em = c.part_val_em or (None, None)
+    return {"escalation_rate": c.escalation_rate, "mean_cost": c.inference_cost, "first_strict_em": first_em,
+            "fallback_strict_em": fallback_em}
+
+
+def _tau_json(tau: float) -> float | str:
+    """A threshold as strict JSON: -inf (never escalate) and +inf (always) as the strings "-inf" and "inf"."""
+    return tau if math.isfinite(tau) else str(tau)
 
 
 def _write_json(path: str, obj) -> None:
@@ -190,8 +227,8 @@ def load_manifest(ens_dir: str) -> dict[str, Any]:
         raise ConfigError("ensemble", f"{path} is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ConfigError("ensemble", f"{path} is not a {FORMAT} manifest")
-    if manifest.get("combine") not in COMBINERS or not manifest.get("members"):
-        raise ConfigError("ensemble", f"{path}: combine must be one of {', '.join(COMBINERS)} with members")
+    if manifest.get("combine") not in (*COMBINERS, "cascade") or not manifest.get("members"):
+        raise ConfigError("ensemble", f"{path}: combine must be one of {', '.join(COMBINERS)}, cascade with members")
     if not isinstance(manifest["members"], list):
         raise ConfigError("ensemble", f"{path}: members must be a list")
     for i, m in enumerate(manifest["members"]):  # each field read later, checked here: nothing odd reaches a path
@@ -202,7 +239,28 @@ def load_manifest(ens_dir: str) -> dict[str, Any]:
         if not ok:
             raise ConfigError("ensemble", f"{path}: member {i} must hold run (a path), step and tokens (integers), "
                                           f"fraction and weight (numbers) and average (a name or null); it holds {m!r}")
+    if manifest["combine"] == "cascade":
+        _check_cascade(path, manifest)
     return manifest
+
+
+def _check_cascade(path: str, manifest: dict[str, Any]) -> None:
+    """A cascade's rule and parts, checked before anything is read from them."""
+    rule = manifest.get("cascade")
+    if not isinstance(rule, dict) or rule.get("signal") not in SIGNALS:
+        raise ConfigError("ensemble", f"{path}: a cascade needs a cascade section whose signal is one of "
+                                      f"{', '.join(SIGNALS)}")
+    tau = rule.get("tau")
+    if not (_is_number(tau) or tau in ("inf", "-inf")) or not _is_number(rule.get("escalation_rate")):
+        raise ConfigError("ensemble", f"{path}: cascade.tau must be a number, \"inf\" or \"-inf\" and "
+                                      f"cascade.escalation_rate a number; they are {tau!r}, "
+                                      f"{rule.get('escalation_rate')!r}")
+    parts = [m.get("part") for m in manifest["members"]]
+    if set(parts) != {"first", "fallback"} or not all(isinstance(rule.get(p), dict)
+                                                      and isinstance(rule[p].get("method"), str)
+                                                      for p in ("first", "fallback")):
+        raise ConfigError("ensemble", f"{path}: a cascade's members are each part \"first\" or \"fallback\", "
+                                      f"both present, and cascade.first/fallback name their method; parts are {parts}")
 
 
 def _is_number(x) -> bool:
@@ -217,10 +275,27 @@ def saved_average(ens_dir: str, run) -> Any:
 
 
 def candidate_of(manifest: dict[str, Any]) -> Candidate:
+    """The candidate a manifest describes; a cascade is two candidates and a rule (`cascade_of`)."""
+    if manifest["combine"] == "cascade":
+        raise ConfigError("ensemble", "this ensemble is a cascade (a 1x model with an ensemble behind it), not one "
+                                      "model or output ensemble: only `recoup ensemble eval` reads cascades so far")
+    return _candidate(manifest["method"], manifest["members"], manifest["combine"])
+
+
+def _candidate(method: str, entries: list[dict[str, Any]], combine: str) -> Candidate:
     fields = {f.name for f in dataclasses.fields(Member)}
-    members = tuple(Member(**{k: v for k, v in m.items() if k in fields}) for m in manifest["members"])
-    weights = tuple(float(m["weight"]) for m in manifest["members"])
-    return Candidate(manifest["method"], members, weights, manifest["combine"])
+    members = tuple(Member(**{k: v for k, v in m.items() if k in fields}) for m in entries)
+    weights = tuple(float(m["weight"]) for m in entries)
+    return Candidate(method, members, weights, combine)
+
+
+def cascade_of(manifest: dict[str, Any]) -> Cascade:
+    """The cascade a manifest (`load_manifest`, combine "cascade") describes."""
+    rule = manifest["cascade"]
+    part = {p: [m for m in manifest["members"] if m["part"] == p] for p in ("first", "fallback")}
+    return Cascade(_candidate(rule["first"]["method"], part["first"], "weights"),
+                   _candidate(rule["fallback"]["method"], part["fallback"], "logits"),
+                   rule["signal"], float(rule["tau"]), float(rule["escalation_rate"]))
 
 
 def evaluate_ensemble(ens_dir: str, split: str = "test", allow_changed_data: bool = False) -> dict[str, Any]:
@@ -228,13 +303,17 @@ def evaluate_ensemble(ens_dir: str, split: str = "test", allow_changed_data: boo
     if split not in SPLITS:
         raise ConfigError("split", f"unknown split {split!r}", SPLITS)
     manifest = load_manifest(ens_dir)
-    c = candidate_of(manifest)
     store = ParamStore(allow_changed_data=allow_changed_data)
-    model = None
-    if c.one_model:  # the saved average, not a recomputation from the members
-        run = store.run(c.members[0].run)
-        model = run.graphdef, saved_average(ens_dir, run)
-    result = evaluate_candidate(store, c, split, model)
+    if manifest["combine"] == "cascade":  # its first model is the saved average
+        cascade = cascade_of(manifest)
+        run = store.run(cascade.first.members[0].run)
+        result = evaluate_cascade(store, cascade, split, (run.graphdef, saved_average(ens_dir, run)))
+    else:
+        c, model = candidate_of(manifest), None
+        if c.one_model:  # the saved average, not a recomputation from the members
+            run = store.run(c.members[0].run)
+            model = run.graphdef, saved_average(ens_dir, run)
+        result = evaluate_candidate(store, c, split, model)
     return {"run_dir": ens_dir, "step": None, "tokens": manifest["training_tokens"],
             "fraction": manifest["budgets"]["fraction"], "split": split, **result,
             "method": manifest["method"], "inference_cost": manifest["inference_cost"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -43,6 +43,14 @@ class Member:
         return f"{self.average or 'step'}@{self.step}"
 
 
+def training_tokens(members: Sequence[Member]) -> int:
+    """Tokens every run behind the members had to train: the furthest member of each run."""
+    furthest: dict[str, int] = {}
+    for m in members:
+        furthest[m.run] = max(furthest.get(m.run, 0), m.tokens)
+    return sum(furthest.values())
+
+
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     method: str  # how it was chosen: single, latest-k, average, ema, swa, soup, logits, vote
@@ -63,11 +71,7 @@ class Candidate:
 
     @property
     def training_tokens(self) -> int:
-        """Tokens every run behind the members had to train: the furthest member of each run."""
-        furthest: dict[str, int] = {}
-        for m in self.members:
-            furthest[m.run] = max(furthest.get(m.run, 0), m.tokens)
-        return sum(furthest.values())
+        return training_tokens(self.members)
 
     def describe(self) -> str:
         return f"{self.method}[{', '.join(m.label for m in self.members)}]"

@@ -152,13 +152,14 @@ def ensemble_step(graphdef, stacked_params: Params, weights: jax.Array | None, b
 
 
 def decode_split_ensemble(graphdef, stacked: Params, weights, split: EncodedSplit, batch_size: int,
-                          slack: int = 4) -> Decoded:
-    """Averaged-log-prob greedy answers for every prompt of a split (see `evaluate.decode_split`)."""
+                          slack: int = 4, rows: np.ndarray | None = None) -> Decoded:
+    """Averaged-log-prob greedy answers for every prompt of a split (see `evaluate.decode_split`), or for
+    the prompts at `rows` only (`evaluate.decode_batches`: each decoded as it is among all of them)."""
     w = member_weights(weights, n_members(stacked))
     tok = split.tokenizer
     decode = functools.partial(ensemble_greedy_decode, graphdef, stacked, w)
-    return evaluate.to_decoded(evaluate.decode_batches(lambda p, m: decode(p, m, tok.ends), split, batch_size, slack),
-                               tok)
+    tokens = evaluate.decode_batches(lambda p, m: decode(p, m, tok.ends), split, batch_size, slack, rows)
+    return evaluate.to_decoded(tokens, tok)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -79,6 +79,27 @@ def test_selection_respects_both_budgets_and_never_reads_the_test_split(ens_runs
     assert set(read) == {"validation"}
 
 
+@pytest.mark.parametrize("method", ["auto", "cascade"])
+def test_cascades_fit_the_mean_cost_cap_and_never_read_the_test_split(ens_runs, monkeypatch, method):
+    read = []
+    original = Run.split
+    monkeypatch.setattr(Run, "split", lambda self, name: read.append(name) or original(self, name))
+    dirs = [c.out_dir for c in ens_runs]
+    budget = int(0.75 * ens_runs[0].budget_tokens)
+    sel = select.select(dirs, budget, 1.5, method, log=lambda _: None)
+    cascades = [(c, s) for c, s in sel.scored if c.method == "cascade"]
+    assert cascades, "no cascade was scored"
+    assert {c.k for c, _ in cascades} == {2, 3}  # every k that fits some escalation rate: 3 latest checkpoints
+    for c, _ in cascades:
+        assert c.training_tokens <= budget and c.inference_cost <= 1.5 + 1e-9, c.describe()
+        assert c.first.one_model and c.inference_cost == pytest.approx(1 + c.k * c.escalation_rate)
+    # the ensembles behind cascades were scored too (cost 2 and 3), but only what fits 1.5 may be chosen
+    assert sel.best.inference_cost <= 1.5 + 1e-9
+    assert (sel.best.method == "cascade") if method == "cascade" else (sel.val_em == max(
+        s for c, s in sel.scored if c.inference_cost <= 1.5 + 1e-9))
+    assert set(read) == {"validation"}
+
+
 def test_seed_ensembles_stop_each_run_early_enough_to_fit_the_budget(ens_runs):
     dirs = [c.out_dir for c in ens_runs]
     budget = ens_runs[0].budget_tokens  # two runs of half the budget each fit

@@ -43,9 +43,11 @@ def _logits(graphdef, params, inputs):
     return forward(nnx.merge(graphdef, params), inputs)
 
 
-def _naive_decode(graphdef, params_list, weights, prompts, max_new):
+def _naive_decode(graphdef, params_list, weights, prompts, max_new, confidence=False):
     """Greedy decode by averaged log-probs without cache or vmap: tokens [n, max_new] and the
-    summed log-prob (log_softmax of the average) of each row's tokens up to and including EOS."""
+    summed log-prob (log_softmax of the average) of each row's tokens up to and including EOS;
+    with `confidence`, also each row's lowest chosen-token log-prob, smallest top-2 probability
+    margin and length over those tokens."""
     rows = [[BOS, *BYTE.encode(p)] for p in prompts]
     width = max(len(r) for r in rows) + max_new
     seqs = np.full((len(rows), width), PAD, np.int32)
@@ -54,17 +56,23 @@ def _naive_decode(graphdef, params_list, weights, prompts, max_new):
     last = np.array([len(r) - 1 for r in rows])  # right-padded: causal attention ignores what follows
     w = np.asarray(weights, np.float64) / np.sum(weights)
     out, total = np.full((len(rows), max_new), PAD, np.int32), np.zeros(len(rows))
+    min_lp, min_margin, length = np.full(len(rows), np.inf), np.full(len(rows), np.inf), np.zeros(len(rows), int)
     done = np.zeros(len(rows), bool)
     for t in range(max_new):
         at = (np.arange(len(rows)), last + t)  # each row's newest position
         lp = sum(wk * _log_softmax(np.asarray(_logits(graphdef, p, seqs), np.float64)[at])
                  for wk, p in zip(w, params_list, strict=True))
         tok = lp.argmax(-1)
-        total += np.where(done, 0.0, _log_softmax(lp)[np.arange(len(rows)), tok])
+        chosen = _log_softmax(lp)[np.arange(len(rows)), tok]
+        total += np.where(done, 0.0, chosen)
+        top = np.sort(np.exp(_log_softmax(lp)), -1)
+        min_lp = np.where(done, min_lp, np.minimum(min_lp, chosen))
+        min_margin = np.where(done, min_margin, np.minimum(min_margin, top[:, -1] - top[:, -2]))
+        length += ~done
         out[:, t] = np.where(done, PAD, tok)
         done |= tok == EOS
         seqs[np.arange(len(rows)), last + t + 1] = tok
-    return out, total
+    return (out, total, (min_lp, min_margin, length)) if confidence else (out, total)
 
 
 def _answer_targets(split, n):
@@ -134,6 +142,25 @@ def test_decode_with_logprob_sums_the_generated_tokens_logprobs(members):
     np.testing.assert_array_equal(tokens, want_tokens)
     np.testing.assert_allclose(logprob, want_logprob, rtol=1e-4, atol=1e-4)
     assert (np.asarray(logprob) < 0).all()
+
+
+def test_decode_with_confidence_reports_its_answers_token_statistics_and_changes_nothing_else(members):
+    run, split, params = members
+    prompts, max_new = _decode_shape(split)
+    padded = evaluate.left_padded_prompts(prompts, BYTE)
+    tokens, conf = evaluate.greedy_decode_with_confidence(run.graphdef, params[-1], padded, max_new, BYTE.ends)
+    plain = evaluate.greedy_decode(run.graphdef, params[-1], padded, max_new, BYTE.ends)
+    _, logprob = evaluate.greedy_decode_with_logprob(run.graphdef, params[-1], padded, max_new, BYTE.ends)
+    np.testing.assert_array_equal(tokens, plain)
+    np.testing.assert_array_equal(conf.logprob, logprob)  # the same sum, bit for bit
+    want_tokens, want_logprob, (min_lp, min_margin, length) = _naive_decode(
+        run.graphdef, [params[-1]], [1.0], prompts, max_new, confidence=True)
+    np.testing.assert_array_equal(tokens, want_tokens)
+    np.testing.assert_array_equal(conf.length, length)
+    np.testing.assert_allclose(conf.min_logprob, min_lp, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(conf.min_margin, min_margin, rtol=1e-4, atol=1e-5)
+    assert (np.asarray(conf.logprob) >= np.asarray(conf.min_logprob) * np.asarray(conf.length) - 1e-4).all()
+    assert len(set(np.round(np.asarray(conf.min_margin), 4))) > 1, "margins should vary for this test to bite"
 
 
 A, B, C = ("12", True), ("13", True), ("12", False)  # C: the same text as A, never ended

@@ -112,15 +112,33 @@ def _add_report_parser(sub) -> None:
 
 # -- recoup ensemble build / eval ----------------------------------------------------------------
 
-ENSEMBLE_METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote")  # ensembles.select
+ENSEMBLE_METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote",
+                    "cascade")  # ensembles.select
+
+
+def _max_cost(text: str, method: str) -> int | float:
+    """--max-cost: a number >= 1, whole (an int) unless the method may choose a cascade, whose cost is a mean."""
+    try:
+        cost = float(text)
+    except ValueError:
+        raise ConfigError("max-cost", f"{text!r} must be a number >= 1 (1: weight averages only)") from None
+    if not math.isfinite(cost) or cost < 1:
+        raise ConfigError("max-cost", f"{text} must be >= 1 (1: weight averages only)")
+    if not cost.is_integer() and method not in ("auto", "cascade"):
+        raise ConfigError("max-cost", f"{text} is fractional, and only a cascade's cost is a mean that falls between "
+                                      f"whole numbers (--method cascade, or auto); --method {method} runs a whole "
+                                      f"number of models: give an integer such as {math.floor(cost)}")
+    if method == "cascade" and cost <= 1:
+        raise ConfigError("max-cost", f"--method cascade needs --max-cost above 1 (escalated queries run an "
+                                      f"ensemble too), got {text}")
+    return int(cost) if cost.is_integer() else cost
 
 
 def _cmd_ensemble_build(args) -> int:
     cfgs = [load_run_config(d) for d in args.run_dirs]  # each must be a run directory, before jax
     if args.method not in ENSEMBLE_METHODS:
         raise ConfigError("method", f"unknown method {args.method!r}", ENSEMBLE_METHODS)
-    if args.max_cost < 1:
-        raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
+    max_cost = _max_cost(args.max_cost, args.method)
     if os.path.isfile(args.out) or (os.path.isdir(args.out) and os.listdir(args.out)):
         raise ConfigError("out", f"{args.out} exists and is not empty; choose a new directory for the ensemble")
     require_trust(args.run_dirs, args.trust_imports)
@@ -129,15 +147,20 @@ def _cmd_ensemble_build(args) -> int:
 
     budget = parse_budget(args.budget, cfgs[0].budget_tokens)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    manifest = build(args.run_dirs, budget, args.max_cost, args.out, args.method, log=log,
+    manifest = build(args.run_dirs, budget, max_cost, args.out, args.method, log=log,
                      allow_changed_data=args.allow_changed_data)
     if args.json:
         print(json.dumps({k: v for k, v in manifest.items() if k != "candidates"}, indent=2))
         return 0
     base, test = manifest["baselines"], manifest["test"]
     print(f"\n{args.out}: {manifest['method']} of {len(manifest['members'])} member(s), cost "
-          f"{manifest['inference_cost']}x, {manifest['training_tokens']:,} training tokens")
+          f"{manifest['inference_cost']:.3g}x, {manifest['training_tokens']:,} training tokens")
     print(f"  test EM {test['em']:.4f} (val strict EM {manifest['validation']['strict_em']:.4f})")
+    if rule := manifest.get("cascade"):
+        tau = f"{rule['tau']:.4g}" if isinstance(rule["tau"], float) else rule["tau"]  # or "inf", "-inf"
+        print(f"  cascade: escalate when {rule['signal']} < {tau} to the {rule['k']}-member ensemble; "
+              f"escalates {rule['escalation_rate']:.1%} of validation queries (mean cost {rule['mean_cost']:.3f}x) "
+              f"and {test['escalation_rate']:.1%} of test queries (mean cost {test['mean_cost']:.3f}x)")
     for key, name in (("single_at_budget", "single model at the budget"), ("single_full", "full-budget model")):
         if key in base:
             print(f"  {name}: test EM {base[key]['em']:.4f} (step {base[key]['step']}, {base[key]['tokens']:,} tokens)")
@@ -157,8 +180,10 @@ def _cmd_ensemble_eval(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.ens_dir}: {result['method']}, cost {result['inference_cost']}x, {args.split} split, "
+        print(f"{args.ens_dir}: {result['method']}, cost {result['inference_cost']:.3g}x, {args.split} split, "
               f"n={result['n']}")
+        if "escalation_rate" in result:
+            print(f"  escalated {result['escalation_rate']:.1%} of the queries: mean cost {result['mean_cost']:.3f}x")
         print(f"  EM {result['em']:.4f}  strict EM {result['strict_em']:.4f}  F1 {result['f1']:.4f}  "
               f"(teacher-forced strict EM {result['teacher_forced_strict_em']:.4f})")
     note_changed_data(result.get("data_changed"))
@@ -172,8 +197,9 @@ def _add_ensemble_parser(sub) -> None:
     b.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     b.add_argument("--budget", required=True,
                    help="training-token budget: a fraction of the planned budget (0.62) or tokens (500k)")
-    b.add_argument("--max-cost", type=int, default=1,
-                   help="inference cost cap: 1 = weight averages only, k = output ensembles of up to k members")
+    b.add_argument("--max-cost", default="1",
+                   help="inference cost cap: 1 = weight averages only, k = output ensembles of up to k members; "
+                        "a cascade's mean cost may be capped by a fraction (1.3)")
     b.add_argument("--method", default="auto", help=f"{'|'.join(ENSEMBLE_METHODS)} (default auto: the best)")
     b.add_argument("--out", required=True, help="new directory for the ensemble")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON (progress goes to stderr)")

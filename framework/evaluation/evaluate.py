@@ -84,15 +84,28 @@ def teacher_forced_with(batch_fn: TeacherForcedFn, split: EncodedSplit, batch_si
 StepFn = Callable[[jax.Array, jax.Array, jax.Array, Any, jax.Array | int], tuple[jax.Array, Any]]
 
 
+class Confidence(NamedTuple):
+    """Per-row statistics of the generated tokens (EOS included, PAD excluded) under the distribution
+    decoding read them from (the softmax of the step's scores: a model's, or an ensemble's
+    renormalized average): what a cascade's confidence signals are computed from."""
+
+    logprob: jax.Array  # [b] sum of the chosen tokens' log-probabilities (what `with_logprob` returns)
+    min_logprob: jax.Array  # [b] the lowest chosen-token log-probability
+    min_margin: jax.Array  # [b] the smallest top-2 margin p(first) - p(second) over the tokens
+    length: jax.Array  # [b] int32, tokens generated
+
+
 def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, ends: Ends, with_logprob: bool = False,
-                sampling: tuple[jax.Array, jax.Array] | None = None, limits: jax.Array | None = None):
+                sampling: tuple[jax.Array, jax.Array] | None = None, limits: jax.Array | None = None,
+                with_confidence: bool = False):
     """Greedy (or sampled) decoding of left-padded prompts as one `lax.while_loop`; call it inside `jax.jit`.
 
     `cache` is the empty cache `step` expects, `prompts.shape[1] + max_new` long; `ends` the
     tokenizer's PAD (the prompts' left padding, and what follows an answer) and its end-of-answer
     ids. Returns the [batch, max_new] tokens (answer, EOS, PAD..), and with `with_logprob` also the
     per-row sum of the chosen tokens' log-probabilities (log_softmax of the scores), EOS included,
-    PAD excluded.
+    PAD excluded. With `with_confidence` (and not `with_logprob`) the second output is a
+    `Confidence` instead, whose `logprob` is that same sum; the tokens do not change.
 
     `sampling` = (temperature [b], keys [b, 2]): a row with temperature > 0 samples from
     softmax(scores / temperature), its t-th token with `fold_in(key, t)`, so what a row draws
@@ -110,8 +123,10 @@ def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, ends: End
     mask = (keys[None, None, :] <= jnp.arange(p)[None, :, None]) & key_valid[:, None, :]
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     limits = jnp.full(b, max_new) if limits is None else limits
+    if with_logprob and with_confidence:
+        raise ValueError("ask for with_logprob or with_confidence, not both: a Confidence holds the summed log-prob")
 
-    def pick(scores, t):  # [b, vocab] -> the chosen token, and its log-prob when asked for (else 0)
+    def pick(scores, t):  # [b, vocab] -> the chosen token, its log-prob when asked for (else 0), its top-2 margin
         tok = jnp.argmax(scores, -1).astype(jnp.int32)
         if sampling is not None:
             temperature, row_keys = sampling
@@ -119,31 +134,48 @@ def decode_loop(step: StepFn, cache, prompts: jax.Array, max_new: int, ends: End
             scaled = scores / jnp.where(hot, temperature, 1.0)[:, None]
             drawn = jax.vmap(lambda k, x: jax.random.categorical(jax.random.fold_in(k, t), x))(row_keys, scaled)
             tok = jnp.where(hot, drawn.astype(jnp.int32), tok)
-        if not with_logprob:
-            return tok, jnp.zeros(b, jnp.float32)
-        return tok, jnp.take_along_axis(jax.nn.log_softmax(scores, -1), tok[:, None], -1)[:, 0]
+        if not (with_logprob or with_confidence):
+            return tok, jnp.zeros(b, jnp.float32), ()
+        logp = jax.nn.log_softmax(scores, -1)
+        lp = jnp.take_along_axis(logp, tok[:, None], -1)[:, 0]
+        if not with_confidence:
+            return tok, lp, ()
+        top = jnp.exp(jax.lax.top_k(logp, 2)[0])
+        return tok, lp, top[:, 0] - top[:, 1]
+
+    def confidence(conf, live, tok_lp, tok_margin):  # the running minima and length of the live rows
+        if not with_confidence:
+            return ()
+        min_lp, min_margin, length = conf
+        return (jnp.where(live, jnp.minimum(min_lp, tok_lp), min_lp),
+                jnp.where(live, jnp.minimum(min_margin, tok_margin), min_margin), length + live)
 
     scores, cache = step(prompts, positions, mask, cache, 0)
-    first, first_lp = pick(scores[:, -1], 0)
+    first, first_lp, first_margin = pick(scores[:, -1], 0)
 
     def cond(carry):
-        t, _, _, _, _, done, _, _ = carry
+        t, done = carry[0], carry[6]
         return (t < max_new) & ~done.all()
 
     def body(carry):
-        t, tok, tok_lp, cache, key_valid, done, out, total = carry
+        t, tok, tok_lp, tok_margin, cache, key_valid, done, out, total, conf = carry
         out = out.at[:, t].set(jnp.where(done, pad, tok))
         total = total + jnp.where(done, 0.0, tok_lp)
+        conf = confidence(conf, ~done, tok_lp, tok_margin)
         done = done | (tok[:, None] == stop[None]).any(1) | (t + 1 >= limits)
         key_valid = key_valid.at[:, p + t].set(True)
         step_mask = ((keys <= p + t)[None, :] & key_valid)[:, None, :]
         scores, cache = step(tok[:, None], (n_real + t)[:, None], step_mask, cache, p + t)
-        tok, tok_lp = pick(scores[:, 0], t + 1)
-        return t + 1, tok, tok_lp, cache, key_valid, done, out, total
+        tok, tok_lp, tok_margin = pick(scores[:, 0], t + 1)
+        return t + 1, tok, tok_lp, tok_margin, cache, key_valid, done, out, total, conf
 
     zeros = jnp.zeros(b, jnp.float32)
-    init = (0, first, first_lp, cache, key_valid, jnp.zeros(b, bool), jnp.full((b, max_new), pad, jnp.int32), zeros)
-    *_, out, total = jax.lax.while_loop(cond, body, init)
+    conf = (jnp.full(b, jnp.inf), jnp.full(b, jnp.inf), jnp.zeros(b, jnp.int32)) if with_confidence else ()
+    init = (0, first, first_lp, first_margin, cache, key_valid, jnp.zeros(b, bool),
+            jnp.full((b, max_new), pad, jnp.int32), zeros, conf)
+    *_, out, total, conf = jax.lax.while_loop(cond, body, init)
+    if with_confidence:
+        return out, Confidence(total, *conf)
     return (out, total) if with_logprob else out
 
 
@@ -167,6 +199,15 @@ def greedy_decode_with_logprob(graphdef, params, prompts: jax.Array, max_new: in
     model = nnx.merge(graphdef, params)
     cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
     return decode_loop(model, cache, prompts, max_new, ends, with_logprob=True)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def greedy_decode_with_confidence(graphdef, params, prompts: jax.Array, max_new: int,
+                                  ends: Ends) -> tuple[jax.Array, Confidence]:
+    """`greedy_decode`, plus each row's `Confidence` in its generated answer (EOS included)."""
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
+    return decode_loop(model, cache, prompts, max_new, ends, with_confidence=True)
 
 
 def left_padded_prompts(prompts: list[str], tok: Tokenizer, multiple: int = 8) -> np.ndarray:
@@ -193,15 +234,21 @@ def decode_split(graphdef, params, split: EncodedSplit, batch_size: int, slack: 
 
 
 def decode_batches(decode_fn: Callable[[np.ndarray, int], Any], split: EncodedSplit, batch_size: int,
-                   slack: int = 4) -> Any:
+                   slack: int = 4, rows: np.ndarray | None = None) -> Any:
     """`decode_fn(prompts, max_new)` over a split in fixed-shape batches, outputs as numpy, padding rows dropped.
 
     `decode_fn` returns an array or a tuple of arrays with the batch first (`greedy_decode`,
     `greedy_decode_with_logprob`, an ensemble's decode); the same structure comes back with n rows.
+    `rows` (indices, not empty): decode only those, in that order, at the width and `max_new` of the
+    whole split, so each row is decoded exactly as it is among all of them (a cascade's escalated rows).
     """
     max_new = int(split.answer_lens.max()) + 1 + slack  # answer, EOS, and room to overshoot
     all_prompts = left_padded_prompts(split.prompts, split.tokenizer)  # one width for the whole split
-    n, parts = len(split), []
+    if rows is not None:
+        if len(rows) == 0:
+            raise ValueError("decode_batches: rows must not be empty")
+        all_prompts = all_prompts[np.asarray(rows)]
+    n, parts = len(all_prompts), []
     for start in range(0, n, batch_size):
         parts.append(jax.tree.map(np.asarray, decode_fn(all_prompts[_padded_indices(start, n, batch_size)], max_new)))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)  # only the last batch has padding rows
