@@ -19,6 +19,15 @@ SWEEP_NAMES = {"plain0": "plain recipe at today's budget B0", "plain": "plain re
                "anytime": "anytime recipe at B (objective: mean best 1x model over the stops 0.38..1.0)"}
 
 
+# the order the stages run in (tuned.json keeps its keys sorted)
+STAGE_ORDER = ("plain0", "plain", "anytime", "ladder0", "ladder", "confirm_plain", "confirm_anytime", "cooldown",
+               "ablate")
+
+
+def _order(name: str, order) -> tuple[int, str]:
+    return (list(order).index(name) if name in order else len(order), name)
+
+
 def _k(tokens: float) -> str:
     return f"{tokens / 1e6:,.2f}M" if tokens >= 1e6 else f"{tokens / 1e3:,.0f}k"
 
@@ -26,6 +35,16 @@ def _k(tokens: float) -> str:
 def _params(p: dict) -> str:
     return ", ".join(f"`{k.removeprefix('optim.')}={v:.3g}`" if isinstance(v, float) else
                      f"`{k.removeprefix('optim.')}={v}`" for k, v in sorted(p.items()))
+
+
+def _no_plateau(rows: list[dict], t: dict) -> list[str]:
+    """A sentence when the ladder found no plateau, so B stayed B0 (the rule named no budget)."""
+    from harness.tuning import plateau
+
+    if plateau(rows) is not None:
+        return []
+    return [f"No plateau on this ladder: the last step still adds {100 * (rows[-1]['mean'] - rows[-2]['mean']):+.1f} "
+            f"points, so B stays today's budget B0 = {_k(t['b0'])} (a longer ladder would have to find it).", ""]
 
 
 def _ladder(rows: list[dict], budget: int, b0: int) -> list[str]:
@@ -47,13 +66,13 @@ def task_section(task: str, t: dict) -> list[str]:
              f"Tuning trained {_k(total)} tokens in all ({total / t['budget']:.0f}x the new budget B).", "",
              "**Budget ladder** (the plain winner of the first sweep; final validation EM, mean of the seeds; "
              "B is the smallest budget from which every 25% more tokens adds < 0.5 points):", "",
-             *_ladder(v["ladder0"], t["budget"], t["b0"]), "",
+             *_ladder(v["ladder0"], t["budget"], t["b0"]), "", *_no_plateau(v["ladder0"], t),
              "**Confirmation ladder** (the final plain winner, around B, on seeds 101-103):", "",
              *_ladder(v["ladder"], t["budget"], t["b0"])]
     lines += ["", "**Sweeps** (`recoup sweep`, TPE, successive halving at the stops; the same trials for both "
               "recipes at B):", "", "| sweep | trials (complete / pruned / failed) | tokens trained | wall time "
               "| base config (val) | best trial (val) |", "|---|---|---|---|---|---|"]
-    for name, s in t["sweeps"].items():
+    for name, s in sorted(t["sweeps"].items(), key=lambda kv: _order(kv[0], SWEEP_NAMES)):
         n = s["trials"]
         base = "–" if s.get("base_objective") is None else f"{s['base_objective']:.3f}"
         lines.append(f"| {SWEEP_NAMES.get(name, name)} | {n['COMPLETE']} / {n['PRUNED']} / {n['FAIL']} "
@@ -77,10 +96,13 @@ def task_section(task: str, t: dict) -> list[str]:
         for r in t["ablate"]:
             lines.append(f"| `{r['lever']}` | {r['on']} | {r['off']} | {100 * r['gain']:+.1f} pts | "
                          f"{', '.join(f'{100 * g:+.1f}' for g in r['gain_per_seed'])} |")
+    elif "ablate" in t and t["ablate"] is None:
+        lines += ["", "**Ablation**: not run yet (`python -m experiments.fair_tuning --task TASK --stage ablate`)."]
     elif "ablate" in t:
         lines += ["", "**Ablation**: the anytime winner uses none of the levers (plain AdamW, no Grokfast, no "
                   "batch warmup, b2 as given): nothing to turn off."]
-    lines += ["", "Tokens per stage: " + ", ".join(f"{k} {_k(x)}" for k, x in tok.items()) + "."]
+    stages = sorted(tok.items(), key=lambda kv: _order(kv[0], STAGE_ORDER))
+    lines += ["", "Tokens per stage: " + ", ".join(f"{k} {_k(x)}" for k, x in stages) + "."]
     return lines
 
 
