@@ -1,6 +1,6 @@
 """What benchmarks, chaos checks and studies share to report: the machine they ran on, a median
-timing, a 95% interval over seeds, and writing a section into a docs page (docs/benchmarks.md,
-docs/reliability.md) in place."""
+timing, a 95% interval over seeds, a budget ladder's plateau, and writing a section into a docs page
+(docs/benchmarks.md, docs/reliability.md) in place."""
 
 from __future__ import annotations
 
@@ -57,3 +57,13 @@ def ci95_half_width(values) -> float:
     """Half-width of the two-sided 95% t-interval of the mean over seeds (0 for one seed)."""
     v = np.asarray(values, float)
     return float(_T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def plateau(rows: list[dict], gain: float = 0.005) -> int | None:
+    """The smallest budget from which every further step of the ladder adds < `gain` (None: not in the ladder)."""
+    found = None
+    for lo, hi in reversed(list(zip(rows, rows[1:], strict=False))):
+        if hi["mean"] - lo["mean"] >= gain:
+            break
+        found = lo["budget"]
+    return found

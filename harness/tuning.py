@@ -19,6 +19,7 @@ import numpy as np
 
 from framework.checkpoints.integrity import write_atomic
 from framework.config import RunConfig
+from harness.report import plateau
 from harness.studies import ensure_branch, ensure_trained, labelled, spawn_pool
 
 STAGES = ("plain0", "ladder0", "plain", "anytime", "confirm", "cooldown", "ablate")
@@ -129,16 +130,6 @@ def ladder(tn: Tuning, task_dir: str, name: str, winner: RunConfig, budgets: lis
         rows.append({"budget": b, "val_em": ems, "mean": float(np.mean(ems))})
         log(f"  {name}: budget {b:,}: val EM {np.mean(ems):.3f} ({', '.join(f'{e:.3f}' for e in ems)})")
     return {"rows": rows, "plateau": plateau(rows, tn.plateau_gain), "tokens": tokens}
-
-
-def plateau(rows: list[dict], gain: float = 0.005) -> int | None:
-    """The smallest budget from which every further step of the ladder adds < `gain` (None: not in the ladder)."""
-    found = None
-    for lo, hi in reversed(list(zip(rows, rows[1:], strict=False))):
-        if hi["mean"] - lo["mean"] >= gain:
-            break
-        found = lo["budget"]
-    return found
 
 
 def ladder_budgets(center: int, below: int, above: int, step: float = 1.25) -> list[int]:

@@ -39,7 +39,7 @@ def _params(p: dict) -> str:
 
 def _no_plateau(rows: list[dict], t: dict) -> list[str]:
     """A sentence when the ladder found no plateau, so B stayed B0 (the rule named no budget)."""
-    from harness.tuning import plateau
+    from harness.report import plateau
 
     if plateau(rows) is not None:
         return []

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from experiments import fair_tuning
-from harness import tuning
+from harness import report, tuning
 from harness.tuning_report import BEGIN, END
 
 
@@ -23,7 +23,7 @@ def rows(pairs):
     ([0.99, 0.98, 0.99, 0.992, 0.99, 0.99, 0.99, 0.99], 300),  # after a dip, 200 -> 300 adds a point
 ])
 def test_the_plateau_is_the_smallest_budget_from_which_every_step_adds_under_half_a_point(means, expected):
-    assert tuning.plateau(rows(zip(range(100, 900, 100), means, strict=True))) == expected
+    assert report.plateau(rows(zip(range(100, 900, 100), means, strict=True))) == expected
 
 
 def test_the_ladder_steps_by_a_quarter_around_its_centre():

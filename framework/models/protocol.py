@@ -80,7 +80,10 @@ def _from_hf_config(cfg: ModelConfig, seed: int, vocab_size: int) -> nnx.Module:
     from framework.models import hf
     from framework.models.llama import Llama
 
-    lcfg = hf.read_config(cfg.hf_config, cfg.dtype)
+    try:
+        lcfg = hf.read_config(cfg.hf_config, cfg.dtype)
+    except ConfigError as e:  # name the field the user gave; the file's own words after it
+        raise ConfigError("model.hf_config", f"{e.field}: {e.message}", e.allowed) from None
     if vocab_size > lcfg.vocab_size:
         raise ConfigError("data.tokenizer", f"the tokenizer has {vocab_size:,} ids; the model of {cfg.hf_config} "
                                             f"embeds {lcfg.vocab_size:,}: use the tokenizer it was trained with")
