@@ -25,7 +25,8 @@ test: $(STAMP)  ## the default test suite (slow checks excluded)
 bench: $(STAMP)  ## benchmarks, written to docs/benchmarks.md
 	$(BIN)/python -m experiments.bench
 
-chaos: $(STAMP)  ## long reliability checks: kills, corruption, disk full, fuzzing, server load -> docs/reliability.md
+chaos: $(STAMP)  ## long reliability checks: the slow tests, kills, corruption, disk full, fuzzing, server load -> docs/reliability.md
+	$(BIN)/python -m pytest -m slow tests
 	$(BIN)/python -m experiments.chaos
 
 lint: $(STAMP)

@@ -24,6 +24,7 @@ def straight(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # in make chaos (pytest -m slow): keeps make test under CI's 10 minutes
 def test_repeated_sigkills_resume_to_the_uninterrupted_result(straight, tmp_path):
     killed = str(tmp_path / "killed")
     report = faults.kill_and_resume(killed, kills=2, seed=1, budget="100k", log=lambda _: None)

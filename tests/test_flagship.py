@@ -89,6 +89,7 @@ def test_docs_section_is_replaced_in_place_and_keeps_the_rest(tmp_path):
     assert "kept" in first and (tmp_path / "flagship_em_vs_tokens.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # in make chaos (pytest -m slow): keeps make test under CI's 10 minutes
 def test_one_tiny_seed_end_to_end(tmp_path, monkeypatch):
     """Every run, cooldown and variant of one (task, seed), on the tiny model: rows for each, cached."""
     tiny = lambda task, out_dir, data_dir: tiny_config(out_dir)  # noqa: E731

@@ -124,6 +124,7 @@ except Exception as e:
 """
 
 
+@pytest.mark.slow  # in make chaos (pytest -m slow): keeps make test under CI's 10 minutes
 def test_a_full_disk_is_a_clear_error_and_resume_finishes_exactly(tiny, tmp_path):
     out = str(tmp_path / "full")
     proc = subprocess.run([sys.executable, "-c", _FILL_DISK, out], cwd=ROOT, capture_output=True, text=True)

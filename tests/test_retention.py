@@ -172,6 +172,7 @@ train(tiny_config(out, every_tokens=int(every), keep_latest=2), show_progress=Fa
 """
 
 
+@pytest.mark.slow  # in make chaos (pytest -m slow): keeps make test under CI's 10 minutes
 @pytest.mark.parametrize("point", ["renamed", "half removed"])
 def test_a_kill_mid_deletion_leaves_a_readable_run_that_resumes_to_the_same_end(runs, tmp_path, point, capsys):
     from ensembles.members import run_members

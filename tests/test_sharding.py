@@ -31,6 +31,7 @@ def four_devices(tmp_path_factory):
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow  # in make chaos (pytest -m slow): keeps make test under CI's 10 minutes
 def test_four_devices_train_what_one_device_trains(four_devices):
     assert four_devices["devices"] == 4
     diff = four_devices["diff"]
@@ -41,6 +42,7 @@ def test_four_devices_train_what_one_device_trains(four_devices):
     assert four_devices["scale"] > 0.05  # the parameters are not all tiny: the tolerance means something
 
 
+@pytest.mark.slow  # in make chaos (pytest -m slow): keeps make test under CI's 10 minutes
 def test_a_run_moves_between_device_counts(four_devices):
     assert "SingleDeviceSharding" in four_devices["sharding"]  # 4 -> 1: read back on one device
     assert four_devices["diff"]["moved"] <= TOLERANCE  # 1 -> 4: resumed on four devices, same result
@@ -71,6 +73,7 @@ def test_recoup_train_refuses_a_mesh_this_machine_cannot_hold(tmp_path, capsys):
     assert "DATA,FSDP" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # in make chaos (pytest -m slow): keeps make test under CI's 10 minutes
 def test_two_processes_train_what_one_process_trains(tmp_path):
     """`recoup train` in two processes on localhost (jax.distributed, one CPU device each, gloo)
     ends with the parameters one process ends with; only process 0 writes the run's files."""

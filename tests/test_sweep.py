@@ -276,6 +276,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow  # in make chaos (pytest -m slow): keeps make test under CI's 10 minutes
 def test_a_rerun_trains_only_what_is_missing_and_resumes_a_trial_whose_process_died(tmp_path):
     import optuna
     from optuna.distributions import CategoricalDistribution
