@@ -200,8 +200,8 @@ def generate(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[
 
 
 def _completion(tokens: np.ndarray, tok: Tokenizer) -> Completion:
-    text, ended = tok.decode_generated(tokens)
-    cut, _ = tok.answer_end(tokens)
+    cut, ended = tok.answer_end(tokens)  # one scan: the answer's end, then its text (no special id before cut)
+    text = tok.decode(tokens[:cut])
     # An answer that ended is its tokens and the EOS; any other ran to its limit (the loop stops only at either).
     n = cut + 1 if ended else len(tokens)
     special_stop = not ended and cut < len(tokens)  # sampled a PAD/BOS: nothing sensible follows
