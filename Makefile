@@ -19,8 +19,9 @@ demo: $(STAMP)  ## the flagship, quick: addition, 2 seeds, the tuned recipes at 
 flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, 2 at a time, writes docs/results.md (needs each task tuned: experiments/tuned.json)
 	$(BIN)/python -m experiments.early_stop_recovery --jobs 2
 
-test: $(STAMP)  ## the default test suite (slow checks excluded)
-	$(BIN)/python -m pytest -q
+TEST_WORKERS ?= 2  # CI's cores; each worker trains its own session fixtures
+test: $(STAMP)  ## the default test suite (slow checks excluded), TEST_WORKERS processes at once (pytest-xdist)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(STAMP)  ## benchmarks, written to docs/benchmarks.md
 	$(BIN)/python -m experiments.bench
