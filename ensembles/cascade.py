@@ -230,12 +230,18 @@ def cascades(store: ParamStore, firsts: Sequence[Candidate], fallbacks: Sequence
     """Every (first, fallback) pair within `budget_tokens` (the runs behind both parts), each with the
     (signal, tau) that `choose` finds on `split` and the strict EM it gives there. Each part decodes
     the split once; the pairs and thresholds reuse those decodes. Selection passes the validation split."""
-    seen: dict[Candidate, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
-    for f in firsts:
+    def first(f: Candidate) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         decoded, conf = decode_first(*weights_model(store, f), split, batch_size)
-        seen[f] = strict_correct(decoded, split), {name: signal(conf) for name, signal in SIGNALS.items()}
-    again = {g: strict_correct(output.decode_split_ensemble(*COMBINERS["logits"].prepare(store, g), split, batch_size),
-                               split) for g in fallbacks}
+        return strict_correct(decoded, split), {name: signal(conf) for name, signal in SIGNALS.items()}
+
+    def fallback(g: Candidate) -> np.ndarray:
+        prepared = COMBINERS["logits"].prepare(store, g)
+        return strict_correct(output.decode_split_ensemble(*prepared, split, batch_size), split)
+
+    # the store keeps each part's decode: selections under several caps reuse them (the store holds
+    # the split itself, so its id names it while the store lives)
+    seen = {f: _memo(store, ("cascade-first", f, id(split)), lambda f=f: first(f)) for f in firsts}
+    again = {g: _memo(store, ("cascade-fallback", g, id(split)), lambda g=g: fallback(g)) for g in fallbacks}
     out = []
     for f, (first_ok, signals) in seen.items():
         for g, fallback_ok in again.items():
@@ -245,3 +251,9 @@ def cascades(store: ParamStore, firsts: Sequence[Candidate], fallbacks: Sequence
             c = Cascade(f, g, name, t.tau, t.escalation_rate, (float(first_ok.mean()), float(fallback_ok.mean())))
             out.append((c, t.strict_em))
     return out
+
+
+def _memo(store: ParamStore, key: tuple, compute: Callable[[], Any]) -> Any:
+    if key not in store.memo:
+        store.memo[key] = compute()
+    return store.memo[key]

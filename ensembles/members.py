@@ -91,6 +91,9 @@ class ParamStore:
         self._metadata: dict[str, dict[int, dict]] = {}
         self._splits: dict[DataConfig, dict] = {}
         self._params: OrderedDict[Member, Any] = OrderedDict()
+        # what a candidate gave on a split (its strict EM; a cascade part's decode), kept because several
+        # selections over one store (one per cost cap, say) score the same candidates again
+        self.memo: dict[tuple, Any] = {}
         self._bytes: dict[Member, int] = {}
         self.max_trees, self.max_bytes = max_trees, max_bytes
 
@@ -188,12 +191,17 @@ def strict_em(store: ParamStore, c: Candidate, split: str) -> float:
     figure that training already recorded for the same weights is read, not recomputed."""
     if split == "validation" and (logged := logged_val_em(store, c)) is not None:
         return float(logged)
-    run = store.run(c.members[0].run)
-    data, combiner = run.split(split), COMBINERS[c.combine]
-    model = combiner.prepare(store, c)
-    if combiner.teacher_forced is not None:
-        return float(combiner.teacher_forced(model, data, run.cfg.eval_batch_size)["strict_em"])
-    return float(evaluate.score(combiner.decode(model, data, run.cfg.eval_batch_size), data)["strict_em"])
+    key = ("strict_em", c, split)
+    if key not in store.memo:
+        run = store.run(c.members[0].run)
+        data, combiner = run.split(split), COMBINERS[c.combine]
+        model = combiner.prepare(store, c)
+        if combiner.teacher_forced is not None:
+            em = combiner.teacher_forced(model, data, run.cfg.eval_batch_size)["strict_em"]
+        else:
+            em = evaluate.score(combiner.decode(model, data, run.cfg.eval_batch_size), data)["strict_em"]
+        store.memo[key] = float(em)
+    return store.memo[key]
 
 
 def run_members(run_dir: str, budget_tokens: int | None = None) -> list[Member]:

@@ -1,0 +1,205 @@
+"""EM against mean inference cost at one stop of the flagship's anytime runs (issue 24's results).
+
+    python -m experiments.cascade_cost --flagship runs/flagship --tasks addition,byo,multihop
+        [--stop 0.62] [--seeds 0,1,2,3,4] [--docs docs/results.md]
+
+For every (task, seed) the flagship trained (OUT/TASK/seedN.json names the runs), the anytime run's
+checkpoints up to `stop`·B are the pool, and `ensembles.select` picks, on validation, the best
+candidate of each kind under each inference-cost cap:
+
+    1x                 the best one model (a checkpoint, an EMA, an average, a soup): cost 1
+    cascade <= c       a 1x model that escalates its unsure queries to a log-prob ensemble, mean cost <= c
+    logits <= k        a log-prob average of at most k checkpoints: cost k
+    vote <= k          a majority vote of at most k checkpoints: cost k
+    best <= 3x         the better on validation of logits <= 3 and vote <= 3 (the issue's "best 3x ensemble")
+
+and reports its test EM (mean over seeds, 95% t-interval) and its mean cost on the test split (a
+cascade's escalation rate differs there from validation's). The target (issue 24): at 62% of the
+tokens, a cascade of mean cost <= 1.3 reaches at least the EM of the best 3x ensemble, judged by the
+paired difference over seeds. Each (task, seed) is cached in OUT/TASK/cascade-S-seedN.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from harness.report import ci95_half_width
+
+CASCADE_CAPS = (1.1, 1.3, 1.5, 2.0)
+ENSEMBLE_SIZES = (2, 3, 5)
+TARGET_CAP, TARGET_K = 1.3, 3
+VERSION = 1
+BEGIN, END = "<!-- cascade-cost:begin (written by experiments.cascade_cost) -->", "<!-- cascade-cost:end -->"
+
+
+def kinds() -> list[tuple[str, str, float]]:
+    """(row name, ensembles.select method, cap) in the order of the table."""
+    rows = [("1x", "auto", 1.0)]
+    rows += [(f"cascade <= {c:g}", "cascade", c) for c in CASCADE_CAPS]
+    for k in ENSEMBLE_SIZES:
+        rows += [(f"logits <= {k}", "logits", float(k)), *([(f"vote <= {k}", "vote", float(k))] if k >= 3 else [])]
+    return rows
+
+
+def score_seed(run_dir: str, budget: int, log=print) -> list[dict[str, Any]]:
+    """Every row of `kinds` for one anytime run, chosen on validation, scored on test."""
+    from ensembles.artifact import evaluate_candidate
+    from ensembles.cascade import Cascade, evaluate_cascade
+    from ensembles.members import ParamStore
+    from ensembles.select import select
+
+    store, rows = ParamStore(), []
+    for name, method, cap in kinds():
+        t0 = time.perf_counter()
+        sel = select([run_dir], budget, max_cost=cap, method=method, store=store, log=lambda _: None)
+        c = sel.best
+        if isinstance(c, Cascade):
+            test = evaluate_cascade(store, c, "test")
+            cost, extra = test["mean_cost"], {"signal": c.signal, "tau": c.tau, "val_cost": c.inference_cost,
+                                             "test_escalation_rate": test["escalation_rate"]}
+        else:
+            test, cost, extra = evaluate_candidate(store, c, "test"), float(c.inference_cost), {}
+        rows.append({"kind": name, "chosen": c.describe(), "val_em": sel.val_em, "test_em": test["strict_em"],
+                     "cost": cost, **extra})
+        log(f"    {name:<14} {c.describe()[:70]:<70} val {sel.val_em:.3f} test {test['strict_em']:.3f} "
+            f"cost {cost:.2f} ({time.perf_counter() - t0:.0f} s)")
+    best3 = max((r for r in rows if r["kind"] in (f"logits <= {TARGET_K}", f"vote <= {TARGET_K}")),
+                key=lambda r: r["val_em"])
+    rows.append({**best3, "kind": f"best <= {TARGET_K}x"})
+    return rows
+
+
+def seed_rows(flagship: str, task: str, seed: int, stop: float, log=print) -> dict[str, Any]:
+    path = os.path.join(flagship, task, f"seed{seed}.json")
+    with open(path) as f:
+        scored = json.load(f)
+    run_dir = os.path.join(flagship, task, os.path.basename(scored["dirs"]["anytime"]))
+    budget = round(stop * scored["budget_tokens"])
+    cache = os.path.join(flagship, task, f"cascade-{stop:g}-seed{seed}.json")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved.get("version") == VERSION and saved.get("budget") == budget:
+            return saved
+    log(f"  {task} seed {seed}: {run_dir}, checkpoints up to {budget:,} tokens")
+    t0 = time.perf_counter()
+    out = {"version": VERSION, "task": task, "seed": seed, "budget": budget, "run": run_dir,
+           "rows": score_seed(run_dir, budget, log)}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    with open(cache + ".tmp", "w") as f:
+        json.dump(out, f, indent=2)
+    os.replace(cache + ".tmp", cache)
+    return out
+
+
+def summarize(per_seed: dict[str, list[dict]]) -> dict[str, Any]:
+    """Per task: each kind's mean test EM and cost over seeds with 95% CIs, and the target's paired gap."""
+    tasks = {}
+    for task, seeds in per_seed.items():
+        by_kind = {}
+        for name in [r["kind"] for r in seeds[0]["rows"]]:
+            rs = [next(r for r in s["rows"] if r["kind"] == name) for s in seeds]
+            em, cost = [r["test_em"] for r in rs], [r["cost"] for r in rs]
+            by_kind[name] = {"test_em": float(np.mean(em)), "test_em_ci95": ci95_half_width(em),
+                             "cost": float(np.mean(cost)), "cost_ci95": ci95_half_width(cost),
+                             "val_em": float(np.mean([r["val_em"] for r in rs]))}
+        cas = [next(r for r in s["rows"] if r["kind"] == f"cascade <= {TARGET_CAP:g}")["test_em"] for s in seeds]
+        ens = [next(r for r in s["rows"] if r["kind"] == f"best <= {TARGET_K}x")["test_em"] for s in seeds]
+        gap = np.asarray(cas) - np.asarray(ens)
+        tasks[task] = {"seeds": [s["seed"] for s in seeds], "budget": seeds[0]["budget"], "kinds": by_kind,
+                       "seconds": sum(s["seconds"] for s in seeds),
+                       "target": {"gap": float(gap.mean()), "gap_ci95": ci95_half_width(gap),
+                                  "met": bool(gap.mean() >= 0)}}
+    return tasks
+
+
+def plot(tasks: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), dpi=110, squeeze=False)
+    styles = {"1x": ("black", "o"), "cascade": ("tab:red", "D"), "logits": ("tab:blue", "s"),
+              "vote": ("tab:green", "^")}
+    for ax, (task, t) in zip(axes[0], tasks.items(), strict=True):
+        for family, (color, marker) in styles.items():
+            pts = [(k, v) for k, v in t["kinds"].items() if k.split(" ")[0] == family]
+            ax.errorbar([v["cost"] for _, v in pts], [v["test_em"] for _, v in pts],
+                        xerr=[v["cost_ci95"] for _, v in pts], yerr=[v["test_em_ci95"] for _, v in pts],
+                        color=color, marker=marker, linestyle="-" if len(pts) > 1 else "none", markersize=4,
+                        capsize=2, linewidth=1, label=family)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{task} ({len(t['seeds'])} seeds, {t['budget']:,} tokens)")
+        ax.set_xlabel("mean inference cost (forward passes per query, x one model)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test exact match (mean, 95% CI)")
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def section(tasks: dict[str, Any], stop: float, command: str, plot_name: str) -> str:
+    lines = [BEGIN, f"## EM against inference cost at {stop:.0%} of the tokens: cascades (issue 24)", "",
+             "```bash", command, "```", "",
+             f"The pool is each seed's anytime run (the flagship above), its checkpoints up to {stop:g}·B. Every row "
+             "is chosen on validation by `ensembles.select` under its cost cap and scored on test; a cascade's cost "
+             "is its mean on the test split. Mean over seeds with 95% t-intervals.", ""]
+    for task, t in tasks.items():
+        lines += [f"### {task} ({len(t['seeds'])} seeds; {t['budget']:,} tokens; "
+                  f"scoring took {t['seconds'] / 60:.0f} min)", "",
+                  "| kind (cap) | test EM | mean cost | val EM |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['test_em']:.3f} ± {v['test_em_ci95']:.3f} | {v['cost']:.2f} ± {v['cost_ci95']:.2f} "
+                  f"| {v['val_em']:.3f} |" for k, v in t["kinds"].items()]
+        g = t["target"]
+        lines += ["", f"Target, a cascade of mean cost <= {TARGET_CAP:g} ≥ the best {TARGET_K}x ensemble: paired "
+                      f"difference {g['gap'] * 100:+.1f} ± {g['gap_ci95'] * 100:.1f} points: "
+                      f"**{'met' if g['met'] else 'not met'}** (on the mean).", ""]
+    lines += [f"![EM against mean inference cost]({plot_name})", "", END]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--flagship", default="runs/flagship", help="the flagship's output directory")
+    p.add_argument("--tasks", default="addition,byo,multihop")
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--stop", type=float, default=0.62, help="the share of B whose checkpoints form the pool")
+    p.add_argument("--docs", default="docs/results.md", help="results file to write the section into ('' for none)")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    per_seed = {}
+    for task in args.tasks.split(","):
+        have = [s for s in seeds if os.path.isfile(os.path.join(args.flagship, task, f"seed{s}.json"))]
+        if not have:
+            print(f"{task}: no scored flagship seed in {args.flagship}/{task}; skipped")
+            continue
+        per_seed[task] = [seed_rows(args.flagship, task, s, args.stop) for s in have]
+    tasks = summarize(per_seed)
+    for task, t in tasks.items():
+        g = t["target"]
+        print(f"{task}: cascade <= {TARGET_CAP:g} minus best {TARGET_K}x: {g['gap'] * 100:+.1f} ± "
+              f"{g['gap_ci95'] * 100:.1f} points ({'met' if g['met'] else 'not met'})")
+    if args.docs:
+        from framework.checkpoints.integrity import write_atomic
+        from harness.flagship_report import replace_block
+
+        plot_name = "cascade_cost.png"
+        plot(tasks, os.path.join(os.path.dirname(args.docs), plot_name))
+        command = "python -m experiments.cascade_cost " + " ".join(argv if argv is not None else sys.argv[1:])
+        with open(args.docs) as f:
+            text = f.read()
+        write_atomic(args.docs, replace_block(text, section(tasks, args.stop, command.strip(), plot_name),
+                                              BEGIN, END, r"^<!-- fair-tuning:end -->$"))
+
+
+if __name__ == "__main__":
+    main()
