@@ -230,7 +230,7 @@ def _cmd_serve(args) -> int:
     runs = trained_runs(args.paths)
     require_trust(runs, args.trust_imports)
     note_changed_data(identity.check_file(runs, args.allow_changed_data))
-    serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue)
+    serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue, args.feedback_db)
     return 0
 
 
@@ -251,6 +251,8 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to share its batch (default 5)")
     s.add_argument("--max-queue", type=int, default=4096, help="rows that may wait before requests get 429")
+    s.add_argument("--feedback-db", help="an SQLite file (created if new) recording every completion served, and "
+                                         "accepting POST /v1/feedback on them (recoup ensemble reselect reads it)")
     s.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     s.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     s.set_defaults(func=_cmd_serve)
