@@ -184,3 +184,47 @@ def read(path: str, model: str) -> list[dict[str, Any]]:
     db.close()
     return out
 
+
+def reselect_cascade(ens_dir: str, db_path: str, write: bool = True, log=print) -> dict[str, Any]:
+    """`recoup ensemble reselect`: re-choose a cascade's rule from the feedback on its served answers
+    (`ensembles.reselect`), and write it into the manifest when it is better with confidence.
+
+    The rows read are the cascade's (served under its directory's name) that have a feedback, and
+    of them only greedy ones (temperature 0) without stop strings, whose recorded answers are what
+    greedy decoding gives (a sampled answer says nothing of the rule's greedy one). The ensemble's
+    answer to a row that was not escalated is decoded here from the recorded prompt and max_tokens."""
+    from ensembles import artifact
+    from ensembles import reselect as rs
+
+    manifest = artifact.load_manifest(ens_dir)
+    if manifest["combine"] != "cascade":
+        raise ConfigError("ensemble", f"{ens_dir} is a {manifest['method']} ensemble, not a cascade: only a cascade "
+                                      "has a rule to re-choose")
+    c = artifact.cascade_of(manifest)
+    records = read(db_path, generation.served_id(ens_dir))
+    cascade_rows = [r for r in records if r["path"] in ("single", "ensemble")]
+    greedy = [r for r in cascade_rows if r["temperature"] == 0 and json.loads(r["stop"]) == []]
+    unescalated = [r for r in greedy if r["path"] == "single"]
+    decoded: list[tuple[str, bool]] = []
+    if unescalated:
+        log(f"decoding the ensemble's answers to {len(unescalated)} prompts the 1x model answered")
+        fallback = generation.load(ens_dir).cascade.fallback
+        decoded = generation.answers(fallback, [generation.Row(tuple(json.loads(r["prompt_tokens"])), r["max_tokens"])
+                                                for r in unescalated], generation.Buckets())
+    ensemble = dict(zip(((r["id"], r["idx"]) for r in unescalated), decoded, strict=True))
+    rows = [rs.Row({s: r[s] for s in SIGNALS}, rs.Answer(r["first_answer"], bool(r["first_ended"])),
+                   rs.Answer(r["answer"], bool(r["ended"])) if r["path"] == "ensemble"
+                   else rs.Answer(*ensemble[r["id"], r["idx"]]),
+                   r["path"], None if r["correct"] is None else bool(r["correct"]), r["reference"]) for r in greedy]
+    report = rs.reselect(rows, rs.Rule(c.signal, c.tau), c.k, float(manifest["budgets"]["max_cost"]))
+    report["rows"] = {"with_feedback": len(records), "not_cascade_rows": len(records) - len(cascade_rows),
+                      "sampled_or_stop_strings": len(cascade_rows) - len(greedy), **report["rows"],
+                      "ensemble_decoded": len(decoded)}
+    report |= {"ensemble": ens_dir, "feedback_db": db_path, "written": False}
+    if report["switch"] and write:
+        new = report["chosen"]
+        artifact.set_cascade_rule(ens_dir, new["signal"], float(new["tau"]), new["escalation_rate"],
+                                  {"chosen_on": "feedback", "feedback_db": os.path.abspath(db_path),
+                                   "reason": report["reason"], "rows": report["rows"], "confirm": report["confirm"]})
+        report["written"] = True
+    return report

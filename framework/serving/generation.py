@@ -265,6 +265,19 @@ def _generate_cascade(model: ServedModel, rows: Sequence[Row], buckets: Buckets)
     return out
 
 
+def answers(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[tuple[str, bool]]:
+    """Each row's answer by the model's own decoder (not a cascade's routing): its text, and whether it
+    ended with EOS. Any number of rows, in batches of the largest batch bucket."""
+    out, size = [], buckets.batch[-1]
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        tokens = _decode(model, chunk, buckets)
+        tokens = tokens[0] if model.cascade is not None else tokens  # a cascade's 1x model: without its Confidence
+        out += [(c.text, ended) for c, ended in (_finish(tokens[i, :r.max_tokens], model.tokenizer)
+                                                 for i, r in enumerate(chunk))]
+    return out
+
+
 def _decode(model: ServedModel, rows: Sequence[Row], buckets: Buckets):
     """The model's decoder on `rows` padded to the smallest bucket shape that holds them: its host-side
     output, filler rows included (`DECODERS`)."""
