@@ -208,16 +208,19 @@ def _cmd_ensemble_reselect(args) -> int:
           f"left out; {n['usable']} usable of {n['feedback']} (only the 1x model's correctness known: "
           f"{n['first_only']}, only the ensemble's: {n['ensemble_only']}); {n['ensemble_decoded']} ensemble answers "
           "decoded")
+    def rule(x: dict) -> str:
+        return f"{x['signal']} < {x['tau']:.4g}" if isinstance(x["tau"], float) else f"{x['signal']} < {x['tau']}"
+
     for key in ("current", "chosen"):
         if (x := r[key]) and "strict_em" in x:
-            print(f"  {key:<8} {x['signal']} < {x['tau']}: strict EM {x['strict_em']:.3f}, mean cost "
-                  f"{x['mean_cost']:.3f} on the usable rows")
+            print(f"  {key:<8} {rule(x)}: strict EM {x['strict_em']:.3f}, mean cost {x['mean_cost']:.3f} "
+                  "on the usable rows")
     if h := r["confirm"]:
         print(f"  held out ({h['n']} rows): strict EM {h['current_strict_em']:.3f} -> {h['chosen_strict_em']:.3f}, "
               f"gain {h['gain']:+.3f}, {1 - r['alpha']:.0%} lower bound {h['gain_lower_bound']:+.3f} "
               f"({h['new_better']} rows better, {h['new_worse']} worse)")
     verdict = f"switched: wrote the new rule into {args.ens_dir}/manifest.json" if r["written"] else \
-        f"kept {cur['signal']} < {cur['tau']}"
+        f"kept {rule(cur)}"
     print(f"  {verdict} ({r['reason']})")
     return 0
 
