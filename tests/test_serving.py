@@ -435,7 +435,7 @@ BAD_FEEDBACK = [  # (body: an object, where "ID" is a real completion's id, or r
     ({"id": "ID", "reference": ["3"]}, 400, "reference must be a string"),
     ({"id": "ID", "reference": "3" * 5000}, 400, "reference must be a string of at most 4096"),
     ({"id": "ID", "correct": True, "score": 1}, 400, "unrecognized request argument supplied: score"),
-    (b'{"id": "ID", "reference": "' + b"3" * 20_000 + b'"}', 413, "larger than 16384 bytes"),
+    (b'{"id": "ID", "reference": "' + b"3" * 70_000 + b'"}', 413, "larger than 65536 bytes"),
 ]
 
 
@@ -456,10 +456,12 @@ def test_bad_feedback_is_a_4xx_with_an_openai_error_body(served, body, status, w
 def test_a_second_feedback_is_409_and_a_chunked_oversized_body_413(served):
     server, _, _ = served
     cid = _complete(server.url, model="avg", prompt="1+2=", max_tokens=4)["id"]
-    assert httpx.post(server.url + "/v1/feedback", json={"id": cid, "correct": True}).status_code == 200
-    again = httpx.post(server.url + "/v1/feedback", json={"id": cid, "reference": "3"})
+    longest = {"id": cid, "reference": "\U0001F600" * 4096}  # the longest reference, sent as 49 kB of JSON escapes
+    assert httpx.post(server.url + "/v1/feedback", content=json.dumps(longest).encode(),
+                      headers={"content-type": "application/json"}).status_code == 200
+    again = httpx.post(server.url + "/v1/feedback", json={"id": cid, "correct": True})
     assert again.status_code == 409 and again.json()["error"]["code"] == "duplicate_feedback"
-    chunks = (b'{"id": "x", "reference": "', *[b"9" * 4096] * 8, b'"}')  # no Content-Length: read until the limit
+    chunks = (b'{"id": "x", "reference": "', *[b"9" * 4096] * 20, b'"}')  # no Content-Length: read up to the limit
     big = httpx.post(server.url + "/v1/feedback", content=iter(chunks), headers={"content-type": "application/json"})
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
     assert httpx.get(server.url + "/health").status_code == 200

@@ -34,7 +34,9 @@ from framework.errors import ConfigError
 from framework.serving import generation
 from framework.serving.completions import MAX_PROMPTS, APIError, CompletionRequest
 
-MAX_BODY_BYTES = 16 * 1024  # a feedback body past this is refused with 413, before it is read in full
+# A feedback body past this is refused with 413, before it is read in full: room for any valid one (a
+# 4,096-character reference written as JSON escapes is at most 12 bytes a character).
+MAX_BODY_BYTES = 64 * 1024
 MAX_ID = 128  # characters of a completion id ("cmpl-" and 32 hex digits)
 MAX_REFERENCE = 4096  # characters of a reference answer
 
