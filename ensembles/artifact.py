@@ -28,7 +28,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from ensembles.cascade import SIGNALS, Cascade, evaluate_cascade
+from ensembles.cascade import SIGNALS, Cascade, cascade_cost, evaluate_cascade
 from ensembles.members import COMBINERS, Candidate, Member, ParamStore, run_members, weights_model
 from ensembles.select import SELECTION_SPLIT, select
 from framework import __version__
@@ -261,6 +261,25 @@ def _check_cascade(path: str, manifest: dict[str, Any]) -> None:
                                                       for p in ("first", "fallback")):
         raise ConfigError("ensemble", f"{path}: a cascade's members are each part \"first\" or \"fallback\", "
                                       f"both present, and cascade.first/fallback name their method; parts are {parts}")
+
+
+def set_cascade_rule(ens_dir: str, signal: str, tau: float, escalation_rate: float, why: dict[str, Any]) -> dict:
+    """Write a cascade's new rule into its manifest atomically (what `recoup ensemble reselect` does when
+    feedback shows a better one); the rule it replaces goes to `cascade.history` with `why`. The
+    escalation rate and mean cost become those measured where the rule was chosen (`chosen_on`); the
+    `validation` and `test` sections keep the build's figures, for the build's rule."""
+    manifest = load_manifest(ens_dir)
+    if manifest["combine"] != "cascade" or signal not in SIGNALS:
+        raise ConfigError("ensemble", f"{ens_dir} is not a cascade, or {signal!r} is not one of {', '.join(SIGNALS)}")
+    rule = manifest["cascade"]
+    old = {key: rule.get(key) for key in ("signal", "tau", "escalation_rate", "mean_cost", "chosen_on")}
+    cost = cascade_cost(int(rule["k"]), escalation_rate)
+    rule.update(signal=signal, tau=_tau_json(tau), escalation_rate=escalation_rate, mean_cost=cost,
+                chosen_on=why.get("chosen_on", "feedback"))
+    rule["history"] = [*rule.get("history", []), {**old, "replaced_at": time.time(), "why": why}]
+    manifest["inference_cost"] = cost
+    _write_json(os.path.join(ens_dir, MANIFEST), manifest)
+    return manifest
 
 
 def _is_number(x) -> bool:

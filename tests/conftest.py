@@ -45,6 +45,25 @@ def trained_run(tmp_path_factory):
     return cfg, stops
 
 
+@pytest.fixture(scope="session")
+def built_cascade(trained_run, tmp_path_factory):
+    """`recoup ensemble build --method cascade --max-cost 1.5` on `trained_run` (checkpoints at 0.5, 1.0):
+    (config, ensemble directory, the manifest it printed). Read-only: copy it to change it."""
+    import contextlib
+    import io
+    import json
+
+    from framework.app.cli import main
+
+    cfg, _ = trained_run
+    out = str(tmp_path_factory.mktemp("cascade") / "c")
+    printed, progress = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(progress):
+        assert main(["ensemble", "build", cfg.out_dir, "--budget", "1.0", "--method", "cascade",
+                     "--max-cost", "1.5", "--out", out, "--json"]) == 0
+    return cfg, out, json.loads(printed.getvalue())
+
+
 class Crash(Exception):
     """Stands in for a kill: raised from a hook, it ends `train` without any clean-up of ours."""
 

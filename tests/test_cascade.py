@@ -1,9 +1,6 @@
 """Cascades (ensembles/cascade.py): a 1x model answers, a log-prob ensemble answers again where the
 1x model is unsure; the signal and threshold are chosen on validation under a mean-cost cap."""
 
-import contextlib
-import io
-import json
 import math
 
 import numpy as np
@@ -108,16 +105,9 @@ def test_signals_read_the_answers_confidence():
 # == on the tiny run =============================================================================
 
 
-@pytest.fixture(scope="module")
-def built(trained_run, tmp_path_factory):
-    """`recoup ensemble build --method cascade --max-cost 1.5` on the tiny run (checkpoints at 0.5, 1.0)."""
-    cfg, _ = trained_run
-    out = str(tmp_path_factory.mktemp("cascade") / "c")
-    printed, progress = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(progress):
-        assert main(["ensemble", "build", cfg.out_dir, "--budget", "1.0", "--method", "cascade",
-                     "--max-cost", "1.5", "--out", out, "--json"]) == 0
-    return cfg, out, json.loads(printed.getvalue())
+@pytest.fixture
+def built(built_cascade):
+    return built_cascade
 
 
 def test_a_built_cascade_keeps_its_mean_validation_cost_under_the_cap_and_records_its_rule(built):

@@ -181,7 +181,7 @@ def other_commands(draw):
     def opt(flag, values):  # an optional flag, given or not
         return [f"{flag}={draw(values)}"] if draw(st.booleans()) else []
 
-    command = draw(st.sampled_from(["runs", "eval", "build", "ens-eval", "cooldown", "tune", "report"]))
+    command = draw(st.sampled_from(["runs", "eval", "build", "ens-eval", "reselect", "cooldown", "tune", "report"]))
     if command == "runs":
         return ["runs", "show", run_dir] + (["--json"] if draw(st.booleans()) else []), {"run_dir"}
     if command == "eval":
@@ -194,6 +194,8 @@ def other_commands(draw):
                 {"run_dir", "budget", "max_cost", "method", "out"})
     if command == "ens-eval":
         return ["ensemble", "eval", run_dir, *opt("--split", JUNK)], {"ensemble", "split"}
+    if command == "reselect":
+        return ["ensemble", "reselect", run_dir, f"--feedback={draw(JUNK)}"], {"ensemble", "feedback"}
     if command == "cooldown":
         return (["cooldown", run_dir, f"--from={draw(JUNK | st.just('0.5'))}",
                  f"--tokens={draw(JUNK | st.just('0.05'))}"], {"run_dir", "from", "tokens"})

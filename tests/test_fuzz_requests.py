@@ -1,4 +1,5 @@
-"""Property-based fuzzing of completion requests: any JSON body ends in a request or a 4xx naming a field."""
+"""Property-based fuzzing of completion, chat and feedback requests: any JSON body ends in a request or a
+4xx naming a field."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from framework.data.tokenizer import BYTE
 from framework.serving.completions import APIError, CompletionRequest, parse, parse_chat
+from framework.serving.feedback import parse_feedback
 from framework.serving.generation import ServedModel
 from tests.conftest import fuzz
 
@@ -99,3 +101,31 @@ def test_any_chat_body_is_a_request_or_a_4xx_that_names_the_problem(body):
     assert isinstance(req, CompletionRequest) and len(req.rows) == 1
     row = req.rows[0]
     assert 1 <= row.max_tokens and len(row.prompt) + row.max_tokens <= MODEL.context
+
+
+FEEDBACK_FIELDS = ["id", "index", "correct", "reference", "frobnicate"]
+valid_feedback = st.fixed_dictionaries({"id": st.text(min_size=1, max_size=40)}, optional={
+    "index": st.integers(0, 63)}).flatmap(lambda d: st.sampled_from([
+        {**d, "correct": True}, {**d, "correct": False}]) | st.text(max_size=30).map(lambda t: {**d, "reference": t}))
+feedback_bodies = (valid_feedback | json_values
+                   | st.tuples(valid_feedback, st.sampled_from(FEEDBACK_FIELDS), json_values).map(
+                       lambda t: {**t[0], t[1]: t[2]})
+                   | st.fixed_dictionaries({}, optional={f: json_values for f in FEEDBACK_FIELDS}))
+
+
+@fuzz(300)
+@given(feedback_bodies)
+def test_any_feedback_body_is_a_feedback_or_a_4xx_that_names_the_problem(body):
+    """POST /v1/feedback's checks (the store's 404 and 409 are tests/test_serving.py's)."""
+    try:
+        fb = parse_feedback(body)
+    except APIError as e:
+        assert 400 <= e.status < 500 and e.message
+        assert e.param is None or e.param in FEEDBACK_FIELDS or (isinstance(body, dict) and e.param in body), e.param
+        json.dumps(e.body())
+        return
+    assert isinstance(fb.id, str) and 0 < len(fb.id) <= 128 and 0 <= fb.index < 64
+    assert (fb.correct is None) != (fb.reference is None)
+    assert fb.correct in (None, True, False) and (fb.reference is None or len(fb.reference) <= 4096)
+    if fb.reference is not None:
+        fb.reference.encode("utf-8")  # valid Unicode: SQLite stores it as UTF-8

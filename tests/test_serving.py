@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
-import socket
 import threading
 import time
 
@@ -15,50 +15,19 @@ import pytest
 
 from ensembles import artifact
 from ensembles.members import COMBINERS, ParamStore
-from framework.data.tokenizer import BYTE
-from framework.errors import ConfigError
 from framework.serving import generation
-from framework.serving.completions import APIError, parse
-from framework.serving.generation import Buckets, Completion, Row, apply_stop
+from framework.serving.generation import Buckets
 from harness.served import recoup_serve
 from tests.conftest import tiny_config
+from tests.serving_support import LiveServer, hand_made_cascade
 
 BUCKETS = Buckets(batch=(1, 4), prompt=(32,), new=(4, 16))  # 4 shapes: each costs ~1.5 s per model to compile
 
 
-class LiveServer:
-    """uvicorn on 127.0.0.1 and a free port, in a thread of this process."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        return self
-
-    def wait_ready(self, timeout=180.0):
-        deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/health").status_code != 200:
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.1)
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A tiny run, a latest-k weight average and a 3-member log-prob ensemble of it, all served."""
+    """A tiny run, a latest-k weight average, a 3-member log-prob ensemble and vote of it, and a cascade
+    of the two (tests/test_feedback.py), all served, with a --feedback-db."""
     from framework.runner.build import train
     from framework.serving.server import create_app
 
@@ -71,8 +40,9 @@ def served(tmp_path_factory):
     vote = artifact.build([cfg.out_dir], cfg.budget_tokens, 3, str(root / "vote3"), "vote", log=lambda _: None)
     assert avg["combine"] == "weights" and ens["combine"] == "logits" and len(ens["members"]) >= 2
     assert vote["combine"] == "vote" and len(vote["members"]) == 3
-    app = create_app([cfg.out_dir, str(root / "avg"), str(root / "ens3"), str(root / "vote3")], BUCKETS,
-                     max_wait_ms=20, log=lambda _: None)
+    hand_made_cascade(str(root / "avg"), str(root / "ens3"), str(root / "casc"))
+    app = create_app([cfg.out_dir, *(str(root / name) for name in ("avg", "ens3", "vote3", "casc"))], BUCKETS,
+                     max_wait_ms=20, feedback_db=str(root / "feedback.db"), log=lambda _: None)
     with LiveServer(app) as server:
         server.wait_ready()
         yield server, cfg, root
@@ -137,7 +107,7 @@ def test_no_request_compiles_after_warm_up(served):
     server, _, _ = served
     before = _compilations(server.url)
     assert before > 0  # warming up compiled the buckets, and the server's counter saw it
-    for model in ("tiny-run", "avg", "ens3", "vote3"):
+    for model in ("tiny-run", "avg", "ens3", "vote3", "casc"):  # a cascade's escalated rows too
         for prompt in ("1+2=", "123+456=", ["7+8=", "99+1=", "5+5="], "12345678901234567890+1="):
             for max_tokens, temperature in ((1, 0), (4, 0.5), (16, 0), (9, 1.5)):
                 _complete(server.url, model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
@@ -213,21 +183,12 @@ def test_an_unknown_route_gets_an_openai_error_body(served, method, path):
     assert "recoup serves POST /v1/completions" in err["message"] and err["code"] == "unknown_url"
 
 
-def test_a_port_in_use_is_one_line(tmp_path):
-    from framework.serving.server import serve
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        with pytest.raises(ConfigError, match=r"port: cannot listen on 127.0.0.1:\d+ .*another --port"):
-            serve([str(tmp_path / "never-loaded")], port=s.getsockname()[1])
-
-
 def test_models_lists_every_served_model(served):
     server, _, _ = served
     data = httpx.get(server.url + "/v1/models").json()["data"]
     by_id = {m["id"]: m for m in data}
-    assert set(by_id) == {"tiny-run", "avg", "ens3", "vote3"}
+    assert set(by_id) == {"tiny-run", "avg", "ens3", "vote3", "casc"}
+    assert by_id["casc"]["combine"] == "cascade" and by_id["casc"]["cascade"]["signal"] == "min_prob"
     assert by_id["ens3"]["combine"] == "logits" and by_id["ens3"]["inference_cost"] >= 2
     assert by_id["avg"]["combine"] == "weights" and by_id["tiny-run"]["kind"] == "checkpoint"
 
@@ -344,6 +305,11 @@ def test_health_is_503_until_loaded_and_the_api_key_is_checked(trained_run, monk
         ok = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and len(ok.json()["choices"]) == 1
         assert httpx.get(server.url + "/v1/models").status_code == 401
+        feedback = {"id": ok.json()["id"], "correct": True}  # the key first; then: this server has no --feedback-db
+        for headers, code in (({}, "invalid_api_key"), ({"Authorization": "Bearer nope"}, "invalid_api_key"),
+                              ({"Authorization": "Bearer s3cret"}, "feedback_disabled")):
+            r = httpx.post(server.url + "/v1/feedback", json=feedback, headers=headers)
+            assert r.status_code == (404 if code == "feedback_disabled" else 401) and r.json()["error"]["code"] == code
 
 
 def test_recoup_serve_answers_the_openai_client(trained_run):
@@ -370,55 +336,161 @@ def test_recoup_serve_answers_the_openai_client(trained_run):
             openai.OpenAI(base_url=server.url + "/v1", api_key="wrong").completions.create(model="tiny", prompt="1")
 
 
-# == no server ================================================================================
+# == a cascade, and feedback on what was served (issue 24) =====================================
 
 
-def test_serve_refuses_what_it_cannot_serve_before_starting(trained_run, tmp_path, capsys):
-    from framework.app.cli import main
-
-    cfg, _ = trained_run
-    other = tmp_path / "x" / os.path.basename(cfg.out_dir)
-    other.mkdir(parents=True)
-    (other / "config.json").write_text("{}")
-    for args, words in (([str(tmp_path / "missing")], "is not a directory"),
-                        ([str(tmp_path)], "neither a recoup ensemble"),
-                        ([cfg.out_dir, str(other)], "would both be served as"),
-                        ([cfg.out_dir, "--port", "70000"], "port"),
-                        ([cfg.out_dir, "--batch-buckets", "8,1"], "ascending")):
-        assert main(["serve", *args]) == 2
-        assert words in capsys.readouterr().err
+def _metric(url: str, series: str) -> float:
+    """One series of /metrics (its name and labels exactly as exposed), 0 if it is not there yet."""
+    lines = httpx.get(url + "/metrics").text.splitlines()
+    return next((float(ln.split()[-1]) for ln in lines if ln.startswith(series + " ")), 0.0)
 
 
-def test_stop_strings_cut_the_text_at_the_earliest_one():
-    c = Completion("12+34=46", "length", 8)
-    assert apply_stop(c, ["=", "+"]) == Completion("12", "stop", 8)
-    assert apply_stop(c, ["x"]) == c
+def test_a_cascade_serves_the_offline_cascades_answers_and_counts_its_escalations(served):
+    """The 1x model answers every row; the rows whose confidence is below tau are answered again by the
+    ensemble, batched; the answers are `ensembles.cascade`'s offline ones for the same prompts."""
+    from ensembles import cascade
+
+    server, _, root = served
+    ens = str(root / "casc")
+    c = artifact.cascade_of(artifact.load_manifest(ens))
+    store = ParamStore()
+    run = store.run(c.first.members[0].run)
+    split, bs = run.split("test"), run.cfg.eval_batch_size
+    first = run.graphdef, artifact.saved_average(ens, run)
+    offline, up = cascade.decode(store, c, split, bs, first)
+    _, conf = cascade.decode_first(*first, split, bs)
+    max_new, prompts = int(split.answer_lens.max()) + 1 + 4, list(split.prompts)
+    rows = {p: f'recoup_cascade_rows_total{{model="casc",path="{p}"}}' for p in ("single", "ensemble")}
+    before = {p: _metric(server.url, s) for p, s in rows.items()}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 requests at once: their rows share batches
+        bodies = list(pool.map(lambda i: _complete(server.url, model="casc", prompt=prompts[i:i + 10],
+                                                   max_tokens=max_new), range(0, len(prompts), 10)))
+    choices = [ch for body in bodies for ch in body["choices"]]
+    assert [ch["text"] for ch in choices] == offline.texts
+    assert [ch["finish_reason"] == "stop" for ch in choices] == offline.ended
+    assert [ch["recoup"]["path"] for ch in choices] == ["ensemble" if u else "single" for u in up]
+    np.testing.assert_allclose([ch["recoup"]["confidence"] for ch in choices], cascade.SIGNALS[c.signal](conf),
+                               rtol=1e-5)
+    assert 0 < up.sum() < len(up) and len(set(offline.texts)) > 3
+    changed = feedback_rows(root, "SELECT COUNT(*) FROM completions WHERE path = 'ensemble' AND answer != "
+                                  f"first_answer AND id IN ({','.join('?' * len(bodies))})", [b["id"] for b in bodies])
+    assert changed[0][0] > 0, "the ensemble should change some escalated answer for this test to bite"
+    after = {p: _metric(server.url, s) for p, s in rows.items()}
+    assert after["ensemble"] - before["ensemble"] == up.sum()
+    assert after["single"] - before["single"] == len(up) - up.sum()
+    assert _metric(server.url, 'recoup_cascade_escalations_total{model="casc"}') == after["ensemble"]
+    assert _metric(server.url, 'recoup_cascade_mean_cost{model="casc"}') == pytest.approx(
+        1 + c.k * after["ensemble"] / (after["single"] + after["ensemble"]))
 
 
-def test_buckets_and_the_request_limits_are_checked():
-    with pytest.raises(Exception, match="ascending"):
-        Buckets((8, 1), (16,), (4,)).validate()
-    model = generation.ServedModel("m", ".", "weights", None, None, None, context=20, info={}, tokenizer=BYTE)
-    with pytest.raises(APIError, match="maximum context length is 20"):
-        parse({"model": "m", "prompt": "1" * 10, "max_tokens": 12}, {"m": model})
-    req = parse({"model": "m", "prompt": ["1", "2"], "seed": 5, "temperature": 1, "user": "u-17"}, {"m": model})
-    assert [r.seed for r in req.rows] == [5, 6] and req.rows[0] == Row((1, 52), 16, 1.0, 5) and req.user == "u-17"
-    assert np.all([r.max_tokens == 16 for r in req.rows])
-    # No max_tokens: OpenAI's 16, or what the context leaves; a prompt that fills the context is refused.
-    assert parse({"model": "m", "prompt": "1" * 10}, {"m": model}).rows[0].max_tokens == 9
-    with pytest.raises(APIError, match="leaving no room to generate"):
-        parse({"model": "m", "prompt": "1" * 19}, {"m": model})
-    with pytest.raises(APIError, match="user must be a string"):
-        parse({"model": "m", "prompt": "1", "user": 5}, {"m": model})
+def feedback_rows(root, sql: str, args=()) -> list[tuple]:
+    import sqlite3
+
+    db = sqlite3.connect(str(root / "feedback.db"))
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
 
 
-def test_benchmark_sections_are_spliced_by_their_own_heading(tmp_path):
-    from harness.report import splice
+def test_feedback_needs_only_the_id_and_finds_what_was_served(served):
+    from ensembles.cascade import SIGNALS
+    from framework.serving import feedback
 
-    path = str(tmp_path / "b.md")
-    splice("## A\n\nold a\n", path)
-    splice("## B\n\nold b\n", path)
-    splice("## A\n\nnew a\n", path)
-    text = open(path).read()
-    assert text.count("## A") == 1 and text.count("## B") == 1 and "new a" in text and "old b" in text
-    assert "old a" not in text
+    server, _, root = served
+    body = _complete(server.url, model="casc", prompt=["12+34=", "5+6="], max_tokens=8)
+    chat = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        "model": "casc", "messages": [{"role": "user", "content": "7+8="}], "max_tokens": 8}).json()
+    plain = _complete(server.url, model="avg", prompt="1+2=", max_tokens=4)
+    posts = ({"id": body["id"], "correct": False}, {"id": body["id"], "index": 1, "reference": "11"},
+             {"id": chat["id"], "correct": True}, {"id": plain["id"], "reference": "3"})
+    for fb in posts:
+        r = httpx.post(server.url + "/v1/feedback", json=fb)
+        assert r.status_code == 200 and r.json()["status"] == "recorded", r.text
+    by = {(r["id"], r["idx"]): r for r in feedback.read(str(root / "feedback.db"), "casc")}
+    for i, prompt in enumerate(("12+34=", "5+6=")):
+        row, served_choice = by[body["id"], i], body["choices"][i]
+        assert (row["prompt"], row["answer"], row["path"]) == (prompt, served_choice["text"],
+                                                               served_choice["recoup"]["path"])
+        assert all(isinstance(row[s], float) for s in SIGNALS) and row[row["signal"]] == pytest.approx(
+            served_choice["recoup"]["confidence"])
+        assert row["first_answer"] is not None and row["max_tokens"] == 8 and row["temperature"] == 0
+    assert by[body["id"], 0]["correct"] == 0 and by[body["id"], 1]["reference"] == "11"
+    assert json.loads(by[chat["id"], 0]["prompt"]) == [{"role": "user", "content": "7+8="}]
+    [other] = feedback.read(str(root / "feedback.db"), "avg")  # every model's completions are recorded
+    assert other["path"] == "weights" and other["reference"] == "3" and other["min_prob"] is None
+
+
+BAD_FEEDBACK = [  # (body: an object, where "ID" is a real completion's id, or raw bytes; status; words)
+    ({"id": "cmpl-no-such-thing", "correct": True}, 404, "no completion 'cmpl-no-such-thing'"),
+    ({"id": "ID", "index": 1, "correct": True}, 404, "with a choice 1"),
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    ({"id": "ID"}, 400, "give one of correct"),
+    ({"id": "ID", "correct": True, "reference": "3"}, 400, "give one of correct"),
+    ({"id": "ID", "correct": "yes"}, 400, "correct must be true or false"),
+    ({"id": "ID", "correct": 1}, 400, "correct must be true or false"),
+    ({"id": 5, "correct": True}, 400, "id is required"),
+    ({"id": "ID", "index": -1, "correct": True}, 400, "index must be"),
+    ({"id": "ID", "reference": ["3"]}, 400, "reference must be a string"),
+    ({"id": "ID", "reference": "3" * 5000}, 400, "reference must be a string of at most 4096"),
+    ({"id": "ID", "correct": True, "score": 1}, 400, "unrecognized request argument supplied: score"),
+    (b'{"id": "ID", "reference": "' + b"3" * 70_000 + b'"}', 413, "larger than 65536 bytes"),
+]
+
+
+@pytest.mark.parametrize("body, status, words", BAD_FEEDBACK, ids=[str(i) for i in range(len(BAD_FEEDBACK))])
+def test_bad_feedback_is_a_4xx_with_an_openai_error_body(served, body, status, words):
+    server, _, _ = served
+    cid = _complete(server.url, model="avg", prompt="1+2=", max_tokens=4)["id"]
+    body = body.replace(b"ID", cid.encode()) if isinstance(body, bytes) else {
+        k: cid if v == "ID" else v for k, v in body.items()}
+    r = httpx.post(server.url + "/v1/feedback", timeout=30, **(
+        {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else
+        {"json": body}))
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert words in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_a_second_feedback_is_409_and_a_chunked_oversized_body_413(served):
+    server, _, _ = served
+    cid = _complete(server.url, model="avg", prompt="1+2=", max_tokens=4)["id"]
+    longest = {"id": cid, "reference": "\U0001F600" * 4096}  # the longest reference, sent as 49 kB of JSON escapes
+    assert httpx.post(server.url + "/v1/feedback", content=json.dumps(longest).encode(),
+                      headers={"content-type": "application/json"}).status_code == 200
+    again = httpx.post(server.url + "/v1/feedback", json={"id": cid, "correct": True})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "duplicate_feedback"
+    chunks = (b'{"id": "x", "reference": "', *[b"9" * 4096] * 20, b'"}')  # no Content-Length: read up to the limit
+    big = httpx.post(server.url + "/v1/feedback", content=iter(chunks), headers={"content-type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_feedback_posted_among_completions_is_all_stored(served):
+    """Small; tests/test_feedback.py posts 2,000 at concurrency 32 (slow)."""
+    from harness.feedback_load import feedback_load
+
+    server, _, root = served
+    prompts, _, _ = _eval_decodes(str(root / "avg"))
+    r = feedback_load(server.url, str(root / "feedback.db"), "casc", prompts, n=48, concurrency=16)
+    assert r["statuses"] == {"completion 200": 48, "feedback 200": 48}, r
+    assert r["acknowledged"] == 48 and not r["lost"] and not r["wrong"] and not r["without_completion"], r
+    assert r["integrity"] == "ok"
+
+
+def test_the_openai_client_reads_a_cascades_answers(served):
+    import openai
+
+    server, _, _ = served
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    out = client.completions.create(model="casc", prompt=["12+34=", "5+6="], max_tokens=8, temperature=0)
+    assert [c.index for c in out.choices] == [0, 1] and all(isinstance(c.text, str) for c in out.choices)
+    assert {c.model_extra["recoup"]["path"] for c in out.choices} <= {"single", "ensemble"}
+    chat = client.chat.completions.create(model="casc", messages=[{"role": "user", "content": "12+34="}],
+                                          max_tokens=8, temperature=0)
+    assert chat.choices[0].message.content == out.choices[0].text
+    route, again = chat.choices[0].model_extra["recoup"], out.choices[0].model_extra["recoup"]
+    # the same row in another batch: the same answer, its confidence equal to float32 rounding
+    assert (route["path"], route["signal"]) == (again["path"], again["signal"])
+    assert route["confidence"] == pytest.approx(again["confidence"], rel=1e-5)

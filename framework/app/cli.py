@@ -5,6 +5,7 @@
     recoup eval runs/add [--step N] [--split test] [--json]
     recoup ensemble build runs/add [RUN_DIR...] --budget 0.62 --max-cost 1 --out runs/add-ens [--json]
     recoup ensemble eval runs/add-ens [--split test] [--json]
+    recoup ensemble reselect runs/add-cascade --feedback feedback.db [--json]
     recoup cooldown runs/add --from 0.62 --tokens 0.05 [--shape 1-sqrt] [--out DIR]
     recoup tune-stopping runs/a runs/b --price 2 [--json]
     recoup report runs/a runs/b [runs/a-cooldown0.62+0.05] --out runs/report
@@ -190,6 +191,40 @@ def _cmd_ensemble_eval(args) -> int:
     return 0
 
 
+def _cmd_ensemble_reselect(args) -> int:
+    from ensembles.artifact import load_manifest
+    from framework.serving.feedback import reselect_cascade
+
+    manifest = load_manifest(args.ens_dir)  # a clear error before jax work
+    require_trust([m["run"] for m in manifest["members"]], args.trust_imports)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    r = reselect_cascade(args.ens_dir, args.feedback, log=log)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    n, cur = r["rows"], r["current"]
+    print(f"{args.ens_dir}: the cascade's rule from the feedback in {args.feedback} (k={r['k']}, cap {r['max_cost']})")
+    print(f"  rows: {n['with_feedback']} with feedback; {n['sampled_or_stop_strings']} sampled or cut by stop strings "
+          f"left out; {n['usable']} usable of {n['feedback']} (only the 1x model's correctness known: "
+          f"{n['first_only']}, only the ensemble's: {n['ensemble_only']}); {n['ensemble_decoded']} ensemble answers "
+          "decoded")
+    def rule(x: dict) -> str:
+        return f"{x['signal']} < {x['tau']:.4g}" if isinstance(x["tau"], float) else f"{x['signal']} < {x['tau']}"
+
+    for key in ("current", "chosen"):
+        if (x := r[key]) and "strict_em" in x:
+            print(f"  {key:<8} {rule(x)}: strict EM {x['strict_em']:.3f}, mean cost {x['mean_cost']:.3f} "
+                  "on the usable rows")
+    if h := r["confirm"]:
+        print(f"  held out ({h['n']} rows): strict EM {h['current_strict_em']:.3f} -> {h['chosen_strict_em']:.3f}, "
+              f"gain {h['gain']:+.3f}, {1 - r['alpha']:.0%} lower bound {h['gain_lower_bound']:+.3f} "
+              f"({h['new_better']} rows better, {h['new_worse']} worse)")
+    verdict = f"switched: wrote the new rule into {args.ens_dir}/manifest.json" if r["written"] else \
+        f"kept {rule(cur)}"
+    print(f"  {verdict} ({r['reason']})")
+    return 0
+
+
 def _add_ensemble_parser(sub) -> None:
     ens = sub.add_parser("ensemble", help="combine checkpoints into an ensemble under token and cost budgets")
     ens_sub = ens.add_subparsers(dest="ensemble_command", metavar="COMMAND")
@@ -213,6 +248,13 @@ def _add_ensemble_parser(sub) -> None:
     e.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     e.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     e.set_defaults(func=_cmd_ensemble_eval)
+    r = ens_sub.add_parser("reselect", help="re-choose a cascade's signal and threshold from feedback on its "
+                                            "served answers (recoup serve --feedback-db)")
+    r.add_argument("ens_dir")
+    r.add_argument("--feedback", required=True, help="the SQLite file a recoup serve --feedback-db wrote")
+    r.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    r.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
+    r.set_defaults(func=_cmd_ensemble_reselect)
 
 
 def _cmd_serve(args) -> int:
@@ -230,7 +272,7 @@ def _cmd_serve(args) -> int:
     runs = trained_runs(args.paths)
     require_trust(runs, args.trust_imports)
     note_changed_data(identity.check_file(runs, args.allow_changed_data))
-    serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue)
+    serve(args.paths, args.host, args.port, args.api_key, buckets, args.max_wait_ms, args.max_queue, args.feedback_db)
     return 0
 
 
@@ -251,6 +293,8 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to share its batch (default 5)")
     s.add_argument("--max-queue", type=int, default=4096, help="rows that may wait before requests get 429")
+    s.add_argument("--feedback-db", help="an SQLite file (created if new) recording every completion served, and "
+                                         "accepting POST /v1/feedback on them (recoup ensemble reselect reads it)")
     s.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     s.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     s.set_defaults(func=_cmd_serve)

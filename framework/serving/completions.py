@@ -11,6 +11,7 @@ streaming, `logprobs` or `echo`.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -50,6 +51,7 @@ class CompletionRequest(NamedTuple):
     rows: list[Row]
     stops: list[str]
     user: str | None = None  # the end-user id OpenAI clients send; logged with the request's errors
+    texts: tuple[str, ...] = ()  # each row's prompt as sent (a chat: its messages as JSON), for --feedback-db
 
 
 def _is_int(x) -> bool:
@@ -104,7 +106,8 @@ def parse(body: Any, models: Mapping[str, ServedModel]) -> CompletionRequest:
         raise APIError(400, "prompt must not be empty", "prompt")
     for p in prompts:
         _unicode(p, "prompt")
-    return _request(body, model, [encode_prompt(model.tokenizer, p) for p in prompts], "prompt")
+    return _request(body, model, [encode_prompt(model.tokenizer, p) for p in prompts], "prompt")._replace(
+        texts=tuple(prompts))
 
 
 def _messages(value: Any) -> list[dict]:
@@ -148,7 +151,8 @@ def parse_chat(body: Any, models: Mapping[str, ServedModel]) -> CompletionReques
         raise APIError(400, str(e), "messages") from None
     if not tokens:
         raise APIError(400, "messages make an empty prompt", "messages")
-    return _request(body, model, [tuple(tokens)], "messages", default_max=None)  # OpenAI's chat: up to the context
+    req = _request(body, model, [tuple(tokens)], "messages", default_max=None)  # OpenAI's chat: up to the context
+    return req._replace(texts=(json.dumps(messages, ensure_ascii=False),))
 
 
 def _request(body: dict, model: ServedModel, prompts: list[tuple[int, ...]], field: str,
@@ -196,7 +200,7 @@ def chat_response(req: CompletionRequest, completions: list[Completion]) -> dict
     out = response(req, completions)
     return {**out, "id": "chatcmpl-" + out["id"].removeprefix("cmpl-"), "object": "chat.completion",
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason":
-                         c.finish_reason, "logprobs": None} for i, c in enumerate(completions)]}
+                         c.finish_reason, "logprobs": None, **_route(c)} for i, c in enumerate(completions)]}
 
 
 def response(req: CompletionRequest, completions: list[Completion]) -> dict[str, Any]:
@@ -207,8 +211,17 @@ def response(req: CompletionRequest, completions: list[Completion]) -> dict[str,
         "object": "text_completion",
         "created": int(time.time()),
         "model": req.model.id,
-        "choices": [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+        "choices": [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None, **_route(c)}
                     for i, c in enumerate(completions)],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
+
+
+def _route(c: Completion) -> dict[str, Any]:
+    """A cascade's extra field in each choice (OpenAI's clients keep unknown fields and ignore them): the
+    path that answered, and the 1x model's confidence under the rule's signal. Nothing for other models."""
+    if c.route is None:
+        return {}
+    return {"recoup": {"path": c.route.path, "signal": c.route.signal,
+                       "confidence": c.route.confidence[c.route.signal]}}

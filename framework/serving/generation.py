@@ -1,10 +1,12 @@
 """Generation for the server: a served model answers a batch of prompts in one of a few fixed shapes.
 
-A served model is a run's latest checkpoint, a saved weight average (one forward pass), or an
-output ensemble (its members vmapped: log-prob averaging, or a vote). `generate` pads a batch to
-the smallest bucket that holds it (rows, prompt length, new tokens), so a server that compiled
-every bucket at start-up (`warm_up`) never compiles while answering. Temperature, seed and
-max_tokens are per-row arrays: they never change a shape.
+A served model is a run's latest checkpoint, a saved weight average (one forward pass), an
+output ensemble (its members vmapped: log-prob averaging, or a vote), or a cascade (its saved 1x
+model answers every row with its confidence; the rows below the threshold are decoded again,
+together, by its log-prob ensemble). `generate` pads a batch to the smallest bucket that holds it
+(rows, prompt length, new tokens), so a server that compiled every bucket at start-up (`warm_up`)
+never compiles while answering. Temperature, seed and max_tokens are per-row arrays: they never
+change a shape.
 
     model = load("runs/demo-ens")
     warm_up(model, Buckets())
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ensembles import output
+from ensembles import cascade, output
 from ensembles.members import ParamStore
 from framework.data.tokenizer import Tokenizer
 from framework.errors import ConfigError
@@ -65,10 +67,23 @@ class Row(NamedTuple):
     seed: int = 0  # the sampling key of this row: its draws do not depend on its batch
 
 
+class Route(NamedTuple):
+    """How a cascade answered one row: the path taken, and the 1x model's own answer and confidence."""
+
+    path: str  # "single": the 1x model's answer stands; "ensemble": escalated, the ensemble's answer is served
+    signal: str  # the rule in force: escalate iff confidence[signal] < tau
+    tau: float
+    confidence: dict[str, float]  # the 1x model's confidence in its answer under every signal (cascade.SIGNALS)
+    first_text: str  # the 1x model's answer (escalated or not) and whether it ended with EOS
+    first_ended: bool
+    ended: bool  # whether the served answer ended with EOS (before any stop string)
+
+
 class Completion(NamedTuple):
     text: str
     finish_reason: str  # "stop": EOS or a stop string; "length": max_tokens reached
     completion_tokens: int  # tokens generated, EOS included
+    route: Route | None = None  # a cascade's answers only
 
 
 def encode_prompt(tok: Tokenizer, text: str) -> tuple[int, ...]:
@@ -89,10 +104,20 @@ class ServedModel:
     context: int  # the longest sequence the model was trained on: prompt + generated tokens
     info: dict[str, Any]  # what /v1/models shows
     tokenizer: Tokenizer  # the first member's run's (every member of an ensemble shares its vocabulary)
+    cascade: CascadeRule | None = None  # combine "cascade": graphdef and params are its 1x model's
 
     @property
     def inference_cost(self) -> int:
+        """Forward passes per row, at most (a cascade's escalated rows run its 1x model and its k members)."""
+        if self.cascade is not None:
+            return 1 + self.cascade.fallback.inference_cost
         return 1 if self.weights is None else len(self.weights)
+
+
+class CascadeRule(NamedTuple):
+    signal: str  # a name in cascade.SIGNALS
+    tau: float  # a row escalates iff the 1x model's confidence under `signal` is below tau
+    fallback: ServedModel  # the k-member log-prob average that answers the escalated rows again
 
 
 def served_id(path: str) -> str:
@@ -108,6 +133,8 @@ def load(path: str, model_id: str | None = None) -> ServedModel:
     model_id = model_id or served_id(path)
     if os.path.isfile(os.path.join(path, artifact.MANIFEST)):
         manifest = artifact.load_manifest(path)
+        if manifest["combine"] == "cascade":
+            return _load_cascade(path, model_id, manifest)
         c = artifact.candidate_of(manifest)
         store = ParamStore()
         run = store.run(c.members[0].run)
@@ -132,6 +159,26 @@ def load(path: str, model_id: str | None = None) -> ServedModel:
                                "(no config.json)")
 
 
+def _load_cascade(path: str, model_id: str, manifest: dict[str, Any]) -> ServedModel:
+    """A cascade: its saved 1x model (as `recoup ensemble eval` reads it) and its fallback's members stacked."""
+    from ensembles import artifact
+
+    c = artifact.cascade_of(manifest)
+    store = ParamStore()
+    run = store.run(c.first.members[0].run)
+    stacked = output.stack_params([store.params(m) for m in c.fallback.members])
+    weights = output.member_weights(c.fallback.weights, c.k)
+    context = run.cfg.data.max_seq_len
+    fallback = ServedModel(f"{model_id}:fallback", path, "logits", run.graphdef, stacked, weights, context,
+                           {"members": [m.label for m in c.fallback.members]}, run.tokenizer)
+    info = {"kind": "ensemble", "method": "cascade", "members": [m.label for m in c.members],
+            "training_tokens": manifest.get("training_tokens"), "inference_cost": c.inference_cost,
+            "cascade": {"signal": c.signal, "tau": c.tau if np.isfinite(c.tau) else str(c.tau), "k": c.k,
+                        "first": [m.label for m in c.first.members]}}
+    return ServedModel(model_id, path, "cascade", run.graphdef, artifact.saved_average(path, run), None, context,
+                       info, run.tokenizer, CascadeRule(c.signal, c.tau, fallback))
+
+
 # == decoding ===================================================================================
 
 
@@ -140,6 +187,15 @@ def _decode_one(graphdef, params, weights, prompts, temperature, keys, limits, m
     model = nnx.merge(graphdef, params)
     cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
     return evaluate.decode_loop(model, cache, prompts, max_new, ends, sampling=(temperature, keys), limits=limits)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _decode_confident(graphdef, params, weights, prompts, temperature, keys, limits, max_new, ends):
+    """`_decode_one`, plus each row's `Confidence` in its answer: a cascade's 1x model."""
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(prompts.shape[0], prompts.shape[1] + max_new)
+    return evaluate.decode_loop(model, cache, prompts, max_new, ends, sampling=(temperature, keys), limits=limits,
+                                with_confidence=True)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 8))
@@ -172,14 +228,59 @@ def _majority(out, tok: Tokenizer) -> np.ndarray:
                      for i, w in enumerate(winners)])
 
 
-# combine -> (jitted decode, host-side finish to [b, max_new] tokens)
+# combine -> (jitted decode, host-side finish to [b, max_new] tokens; a cascade's with their Confidence)
 DECODERS = {"weights": (_decode_one, lambda out, tok: np.asarray(out)),
             "logits": (_decode_logits, lambda out, tok: np.asarray(out)),
-            "vote": (_decode_members, _majority)}
+            "vote": (_decode_members, _majority),
+            "cascade": (_decode_confident, lambda out, tok: jax.tree.map(np.asarray, out))}
 
 
 def generate(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[Completion]:
     """Decode `rows` (at most the largest batch bucket) in the smallest shape that holds them (`fit`)."""
+    if model.cascade is not None:
+        return _generate_cascade(model, rows, buckets)
+    tokens = _decode(model, rows, buckets)
+    return [_finish(tokens[i, :r.max_tokens], model.tokenizer)[0] for i, r in enumerate(rows)]
+
+
+def _generate_cascade(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[Completion]:
+    """The 1x model answers every row; the rows whose confidence is below tau (`cascade.escalated`, as
+    offline) are decoded again by the ensemble, all in one call padded to a compiled bucket."""
+    rule, tok = model.cascade, model.tokenizer
+    tokens, conf = _decode(model, rows, buckets)
+    conf = evaluate.Confidence(*(x[:len(rows)] for x in conf))  # without the bucket's filler rows
+    signals = {name: f(conf) for name, f in cascade.SIGNALS.items()}
+    up = cascade.escalated(signals[rule.signal], rule.tau)
+    again = iter(())
+    if up.any():
+        escalated = [r for r, u in zip(rows, up, strict=True) if u]
+        again = iter(_decode(rule.fallback, escalated, buckets)[:len(escalated)])
+    out = []
+    for i, r in enumerate(rows):
+        first, first_ended = _finish(tokens[i, :r.max_tokens], tok)
+        served, ended = _finish(next(again)[:r.max_tokens], tok) if up[i] else (first, first_ended)
+        route = Route("ensemble" if up[i] else "single", rule.signal, rule.tau,
+                      {name: float(s[i]) for name, s in signals.items()}, first.text, first_ended, ended)
+        out.append(served._replace(route=route))
+    return out
+
+
+def answers(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[tuple[str, bool]]:
+    """Each row's answer by the model's own decoder (not a cascade's routing): its text, and whether it
+    ended with EOS. Any number of rows, in batches of the largest batch bucket."""
+    out, size = [], buckets.batch[-1]
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        tokens = _decode(model, chunk, buckets)
+        tokens = tokens[0] if model.cascade is not None else tokens  # a cascade's 1x model: without its Confidence
+        out += [(c.text, ended) for c, ended in (_finish(tokens[i, :r.max_tokens], model.tokenizer)
+                                                 for i, r in enumerate(chunk))]
+    return out
+
+
+def _decode(model: ServedModel, rows: Sequence[Row], buckets: Buckets):
+    """The model's decoder on `rows` padded to the smallest bucket shape that holds them: its host-side
+    output, filler rows included (`DECODERS`)."""
     b = fit(len(rows), buckets.batch)
     p = fit(max(len(r.prompt) for r in rows), buckets.prompt)
     m = fit(max(r.max_tokens for r in rows), buckets.new)
@@ -194,18 +295,17 @@ def generate(model: ServedModel, rows: Sequence[Row], buckets: Buckets) -> list[
     limits = np.array([r.max_tokens for r in padded], np.int32)
     decode, finish = DECODERS[model.combine]
     weights = np.ones(1, np.float32) if model.weights is None else model.weights
-    tokens = finish(decode(model.graphdef, model.params, weights, prompts, temperature, keys, limits, m, tok.ends),
-                    tok)
-    return [_completion(tokens[i, :r.max_tokens], tok) for i, r in enumerate(rows)]
+    return finish(decode(model.graphdef, model.params, weights, prompts, temperature, keys, limits, m, tok.ends), tok)
 
 
-def _completion(tokens: np.ndarray, tok: Tokenizer) -> Completion:
+def _finish(tokens: np.ndarray, tok: Tokenizer) -> tuple[Completion, bool]:
+    """A row's generated tokens as a Completion, and whether its answer ended with EOS."""
     cut, ended = tok.answer_end(tokens)  # one scan: the answer's end, then its text (no special id before cut)
     text = tok.decode(tokens[:cut])
     # An answer that ended is its tokens and the EOS; any other ran to its limit (the loop stops only at either).
     n = cut + 1 if ended else len(tokens)
     special_stop = not ended and cut < len(tokens)  # sampled a PAD/BOS: nothing sensible follows
-    return Completion(text, "stop" if ended or special_stop else "length", n)
+    return Completion(text, "stop" if ended or special_stop else "length", n), ended
 
 
 def apply_stop(c: Completion, stops: Sequence[str]) -> Completion:
@@ -215,13 +315,14 @@ def apply_stop(c: Completion, stops: Sequence[str]) -> Completion:
 
 
 def warm_up(model: ServedModel, buckets: Buckets, log=print) -> int:
-    """Compile every bucket shape once (sampling included: temperature is an array). Returns the count."""
+    """Compile every bucket shape once (sampling included: temperature is an array), a cascade's
+    ensemble too (its escalated rows are padded to the same buckets). Returns the count."""
     tok = model.tokenizer
     filler = tok.encode(" ")[0]
     for b, p, m in buckets.shapes:  # rows that need exactly this shape, sampled (the greedy path is the same program)
-        generate(model, [Row((*tok.prefix, *(filler,) * (p - len(tok.prefix))), m, 1.0)] * b, buckets)
+        _decode(model, [Row((*tok.prefix, *(filler,) * (p - len(tok.prefix))), m, 1.0)] * b, buckets)
     log(f"  {model.id}: compiled {len(buckets.shapes)} shapes")
-    return len(buckets.shapes)
+    return len(buckets.shapes) + (warm_up(model.cascade.fallback, buckets, log) if model.cascade else 0)
 
 
 # == compilations ===============================================================================

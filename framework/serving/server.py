@@ -5,8 +5,10 @@
          -d '{"model": "demo-ens", "prompt": "12345678+87654321=", "max_tokens": 12}'
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (a chat made one prompt by the model's
-tokenizer: its chat template, else the last user message), GET /v1/models, GET /health (503 while loading and compiling,
-200 when ready), GET /metrics (Prometheus text). Requests are micro-batched (`batcher`) and padded
+tokenizer: its chat template, else the last user message), POST /v1/feedback (with --feedback-db:
+a verdict or reference answer on a served completion, `feedback`), GET /v1/models, GET /health
+(503 while loading and compiling, 200 when ready), GET /metrics (Prometheus text; a cascade's
+escalations and mean cost too). Requests are micro-batched (`batcher`) and padded
 to the compiled buckets (`generation`), so after start-up no request inside them compiles (one past
 them compiles its shape once: buckets are not limits). A client that
 disconnects before its answer is ready has its rows that still wait dropped, none computed; its
@@ -25,6 +27,7 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,7 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from framework.errors import ConfigError
-from framework.serving import completions, generation
+from framework.serving import completions, feedback, generation
 from framework.serving.batcher import MicroBatcher, QueueFull
 from framework.serving.completions import APIError
 from framework.serving.generation import Buckets, ServedModel
@@ -45,7 +48,7 @@ from framework.serving.generation import Buckets, ServedModel
 API_KEY_ENV = "RECOUP_API_KEY"
 DEFAULT_BUCKETS = Buckets()
 # metric labels; anything else is "other"
-KNOWN = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
+KNOWN = ("/v1/completions", "/v1/chat/completions", "/v1/feedback", "/v1/models", "/health", "/metrics")
 CLIENT_GONE = 499  # the status counted for a request whose client disconnected; nobody reads it
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -62,15 +65,37 @@ class Metrics:
         self.compilations = Gauge("recoup_compilations", "XLA compilations in this process", registry=r)
         self.compilations.set_function(compilations)
         self.waiting = Gauge("recoup_queue_rows", "Rows waiting for a batch", registry=r)
+        # a cascade's rows by the path that answered them; its mean cost is 1 + k * escalated / rows
+        self.cascade_rows = Counter("recoup_cascade_rows_total", "Rows a cascade answered, by path (single: its 1x "
+                                    "model's answer stood; ensemble: escalated)", ["model", "path"], registry=r)
+        self.escalations = Counter("recoup_cascade_escalations_total", "Rows a cascade escalated to its ensemble",
+                                   ["model"], registry=r)
+        self.mean_cost = Gauge("recoup_cascade_mean_cost", "A cascade's mean forward passes per row so far, "
+                               "relative to one model: 1 + k * escalated / rows", ["model"], registry=r)
+        self.feedback = Counter("recoup_feedback_total", "Feedback recorded, by kind", ["kind"], registry=r)
+        self.feedback_errors = Counter("recoup_feedback_db_errors_total", "Completions that could not be recorded "
+                                       "in --feedback-db (answered all the same)", registry=r)
+        self._cascade_counts: dict[str, tuple[int, int]] = {}  # model -> (rows, escalated), for the mean cost
+
+    def count_routes(self, model: ServedModel, done: list[generation.Completion]) -> None:
+        """A cascade's batch: its rows by path, its escalations and its mean cost so far."""
+        up = sum(c.route.path == "ensemble" for c in done)
+        self.cascade_rows.labels(model.id, "single").inc(len(done) - up)
+        self.cascade_rows.labels(model.id, "ensemble").inc(up)
+        self.escalations.labels(model.id).inc(up)
+        rows, escalated = self._cascade_counts.get(model.id, (0, 0))
+        self._cascade_counts[model.id] = rows, escalated = rows + len(done), escalated + up  # one thread writes
+        self.mean_cost.labels(model.id).set(1 + len(model.cascade.fallback.weights) * escalated / rows)
 
 
 class State:
     """What the routes share: the models once loaded, the batcher, the metrics and readiness."""
 
     def __init__(self, paths: Sequence[str], buckets: Buckets, max_wait_ms: float, api_key: str | None,
-                 max_queue: int, log=print):
+                 max_queue: int, feedback_db: str | None = None, log=print):
         check_servable(paths)
         self.paths, self.buckets, self.api_key, self.log = list(paths), buckets.validate(), api_key, log
+        self.feedback = feedback.FeedbackStore(feedback_db) if feedback_db else None
         self.models: dict[str, ServedModel] = {}
         self.ready = threading.Event()
         self.failed: str | None = None
@@ -94,7 +119,11 @@ class State:
             self.log(f"recoup serve: loading failed: {self.failed}")
 
     def _run_batch(self, model_id: str, rows: list[generation.Row]) -> list[generation.Completion]:
-        return generation.generate(self.models[model_id], rows, self.buckets)
+        model = self.models[model_id]
+        done = generation.generate(model, rows, self.buckets)
+        if model.cascade is not None:
+            self.metrics.count_routes(model, done)
+        return done
 
     def _on_batch(self, model_id: str, rows: int, seconds: float) -> None:
         self.metrics.batch_size.observe(rows)
@@ -144,9 +173,26 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     return answer.result() if answer.done() else None
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 once it passes `limit` bytes (by its Content-Length, before
+    reading, or while reading a chunked one)."""
+    declared = request.headers.get("content-length", "")
+    too_large = APIError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wait_ms: float = 5.0,
-               api_key: str | None = None, max_queue: int = 4096, log=print) -> FastAPI:
-    state = State(paths, buckets, max_wait_ms, api_key, max_queue, log)
+               api_key: str | None = None, max_queue: int = 4096, feedback_db: str | None = None,
+               log=print) -> FastAPI:
+    state = State(paths, buckets, max_wait_ms, api_key, max_queue, feedback_db, log)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -154,6 +200,8 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
         threading.Thread(target=state.load, name="recoup-load", daemon=True).start()
         yield
         await state.batcher.stop()
+        if state.feedback is not None:
+            state.feedback.close()
 
     app = FastAPI(title="recoup", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.recoup = state
@@ -180,9 +228,8 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
     async def http_error(request: Request, e: HTTPException):  # an unknown route or method: OpenAI's body too
         if e.status_code in (404, 405):
             return error(APIError(e.status_code, f"no route {request.method} {request.url.path}: recoup serves POST "
-                                                 "/v1/completions and /v1/chat/completions, GET /v1/models, "
-                                                 "/health and /metrics", None,
-                                  "unknown_url"))
+                                                 "/v1/completions, /v1/chat/completions and /v1/feedback, GET "
+                                                 "/v1/models, /health and /metrics", None, "unknown_url"))
         return error(APIError(e.status_code, str(e.detail)))
 
     @app.middleware("http")
@@ -221,7 +268,15 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
                 return Response(status_code=CLIENT_GONE)
             done = [generation.apply_stop(c, req.stops) for c in done]
             state.metrics.tokens.labels(req.model.id).inc(sum(c.completion_tokens for c in done))
-            return respond(req, done)
+            body = respond(req, done)
+            if state.feedback is not None:  # committed before the answer goes: feedback on it can follow at once
+                rows = feedback.completion_rows(body["id"], req, done, time.time())
+                try:
+                    await state.feedback.run(state.feedback.record, rows)
+                except sqlite3.Error as e:  # the answer is still good; feedback on it will be a 404
+                    state.metrics.feedback_errors.inc()
+                    log(f"recoup serve: could not record {body['id']} in {state.feedback.path}: {e}")
+            return body
         except APIError as e:
             return error(e)
 
@@ -232,6 +287,31 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
     @app.post("/v1/chat/completions")
     async def create_chat_completion(request: Request):
         return await complete(request, completions.parse_chat, completions.chat_response)
+
+    @app.post("/v1/feedback")
+    async def create_feedback(request: Request):
+        try:
+            check_key(request)
+            if state.feedback is None:
+                raise APIError(404, "feedback is off: start recoup serve with --feedback-db PATH", None,
+                               "feedback_disabled")
+            try:
+                raw = await read_body(request, feedback.MAX_BODY_BYTES)
+            except ClientDisconnect:
+                return Response(status_code=CLIENT_GONE)
+            fb = feedback.parse_feedback(feedback.read_json(raw))
+            result = await state.feedback.run(state.feedback.add, fb)
+            if result == "unknown":
+                raise APIError(404, f"no completion {fb.id!r} with a choice {fb.index} was recorded in this server's "
+                                    "--feedback-db", "id", "completion_not_found")
+            if result == "duplicate":
+                raise APIError(409, f"completion {fb.id!r} choice {fb.index} already has a feedback; the first one "
+                                    "stands", "id", "duplicate_feedback")
+        except APIError as e:
+            return error(e)
+        state.metrics.feedback.labels("reference" if fb.reference is not None else
+                                      "correct" if fb.correct else "wrong").inc()
+        return {"object": "feedback", "id": fb.id, "index": fb.index, "status": "recorded"}
 
     @app.get("/v1/models")
     async def list_models(request: Request):
@@ -260,7 +340,8 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
 
 
 def serve(paths: Sequence[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          buckets: Buckets = DEFAULT_BUCKETS, max_wait_ms: float = 5.0, max_queue: int = 4096) -> None:
+          buckets: Buckets = DEFAULT_BUCKETS, max_wait_ms: float = 5.0, max_queue: int = 4096,
+          feedback_db: str | None = None) -> None:
     import uvicorn
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
@@ -271,8 +352,9 @@ def serve(paths: Sequence[str], host: str = "127.0.0.1", port: int = 8000, api_k
         except OSError as e:
             raise ConfigError("port", f"cannot listen on {host}:{port} ({e.strerror}); is another server there? "
                                       "Choose another --port") from None
-    app = create_app(paths, buckets, max_wait_ms, api_key, max_queue)
-    print(f"recoup serve: http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'}); "
+    app = create_app(paths, buckets, max_wait_ms, api_key, max_queue, feedback_db)
+    print(f"recoup serve: http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'}"
+          f"{f'; feedback recorded in {feedback_db}' if feedback_db else ''}); "
           "loading and compiling, /health says when ready", flush=True)
     uvicorn.run(app, host=host, port=port, workers=1, log_level="warning")
 
