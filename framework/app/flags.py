@@ -51,7 +51,7 @@ GROUPS = {  # where a run field's flag is listed in --help; the other sections a
     "non-finite losses": ("nonfinite", "rollback_lr_factor", "max_rollbacks"),
     "checkpoints kept on disk (default: all)": ("keep_latest", "keep_best"),
 }
-SECTION_GROUPS = {"data": "data (one of --task / --data)", "model": "model (each flag overrides the preset's)",
+SECTION_GROUPS = {"data": "data (one of --task / --data / --text)", "model": "model (each flag overrides the preset's)",
                   "optim": "optimizer", "run": "run"}
 REGISTRIES = (TASKS, OPERAND_FORMATS, HOP_ANSWERS, SCHEDULES, DECAY_SHAPES, OPTIMIZERS, CURRICULA, PACINGS, SCORERS)
 

@@ -23,7 +23,12 @@ non-PAD inputs (`framework.data.encoding.counted_tokens`), here every filled slo
 State: `StreamState` (JSON-able, checkpointed with the run) is where the stream stands: the
 IterableDataset's state before the document being packed, how many of its pairs are packed, and
 the epoch (a finished corpus starts again). `TextStream.next_rows(state, n)` is a pure function of
-the state; it keeps the open iterator between calls only as a cache.
+the state; it keeps the open iterator between calls only as a cache. A checkpoint keeps it as JSON in
+a fixed-size array (`state_array`), the run's `sampler` item.
+
+A run (`prepare`, `DataConfig.text`): the first `val_size` documents are validation, packed once
+(`pack_documents`); the next `test_size` are test; training streams from the document after them,
+and so does every later epoch (`TextStream.hold_out`), so no split shares a document.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from framework.data.tokenizer import Tokenizer
+from framework.config import DataConfig
+from framework.data.encoding import Batch, Batches
+from framework.data.tokenizer import Tokenizer, load
 from framework.errors import ConfigError
 
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -62,10 +69,8 @@ class PackedRows(NamedTuple):
     positions: np.ndarray  # [n, seq_len] int32, from 0 in each segment
     segment_ids: np.ndarray  # [n, seq_len] int32, 1.. per piece of a document in the row; 0: empty
 
-    def batch(self):
+    def batch(self) -> Batch:
         """As a training batch (framework.data.encoding.Batch, packed)."""
-        from framework.data.encoding import Batch
-
         return Batch(self.inputs, self.targets, self.loss_mask, self.positions, self.segment_ids)
 
 
@@ -163,6 +168,40 @@ def open_documents(path: str, text_col: str = "text"):
 # == packing ========================================================================================
 
 
+def empty_rows(n: int, seq_len: int, pad: int) -> PackedRows:
+    return PackedRows(np.full((n, seq_len), pad, np.int32), np.full((n, seq_len), pad, np.int32),
+                      np.zeros((n, seq_len), np.float32), np.zeros((n, seq_len), np.int32),
+                      np.zeros((n, seq_len), np.int32))
+
+
+def _place(rows: PackedRows, r: int, col: int, doc: list[int], start: int, k: int, segment: int) -> None:
+    """Pairs start..start+k of `doc` into row `r` from slot `col`, as segment `segment`."""
+    piece = slice(col, col + k)
+    rows.inputs[r, piece] = doc[start:start + k]
+    rows.targets[r, piece] = doc[start + 1:start + k + 1]
+    rows.loss_mask[r, piece] = 1.0
+    rows.positions[r, piece] = np.arange(k)
+    rows.segment_ids[r, piece] = segment
+
+
+def pack_documents(docs: list[list[int]], seq_len: int, pad: int) -> PackedRows:
+    """Every pair of `docs` in rows of `seq_len`, as `TextStream` packs them (a document goes on in the
+    next row where it does not fit); only the last row has empty slots. A text run's validation rows."""
+    rows = empty_rows(max(1, -(-sum(len(d) - 1 for d in docs) // seq_len)), seq_len, pad)
+    r, col, segment = 0, 0, 0
+    for doc in docs:
+        at = 0
+        while at < len(doc) - 1:
+            if col == seq_len:
+                r, col, segment = r + 1, 0, 0
+            k = min(seq_len - col, len(doc) - 1 - at)
+            segment += 1
+            _place(rows, r, col, doc, at, k, segment)
+            col, at = col + k, at + k
+    return rows
+
+
+
 class TextStream:
     """Rows of `seq_len` (input, target) pairs packed from the documents of `path` (see the module)."""
 
@@ -177,6 +216,35 @@ class TextStream:
 
     def init(self) -> StreamState:
         return StreamState(self._start, 0, 0)
+
+    def hold_out(self, n_val: int, n_test: int) -> list[list[int]]:
+        """Hold out the corpus's first documents: returns the tokens of the first `n_val` (validation),
+        passes over the next `n_test` (test), and from then on the stream starts, and every epoch starts
+        again, at the document after them, so training never reads a held-out document."""
+        it, docs, seen, start = self._open(self._start), [], 0, None
+        while True:
+            if seen == n_val + n_test and start is None:  # (datasets' state_dict() is right once it has yielded)
+                start = self._ds.state_dict() if seen else self._start
+            try:
+                text = next(it)["text"]
+            except StopIteration:
+                left = "none is left to train on" if start is not None else "too few"
+                raise ConfigError("data.val_size" if seen < n_val else "data.test_size",
+                                  f"{self.path} holds {seen:,} documents with val_size {n_val:,} and test_size "
+                                  f"{n_test:,} held out: {left}; lower them (--val-size, --test-size: documents, "
+                                  "for a text corpus)") from None
+            self._check_text(text)
+            if text and text.strip():
+                if start is not None:  # the first document left to train on
+                    self._start, self._live = start, None
+                    return docs
+                seen += 1
+                if seen <= n_val:
+                    docs.append(self._document(text))
+
+    def _check_text(self, text) -> None:
+        if text is not None and not isinstance(text, str):
+            raise ConfigError("data.text_col", f"{self.path}: a document is a {type(text).__name__}, not text")
 
     def _document(self, text: str) -> list[int]:
         return [*self.tok.prefix, *self.tok.encode(text.rstrip("\n")), self.tok.eos]
@@ -203,8 +271,7 @@ class TextStream:
                 it, state = self._open(self._start), StreamState(self._start, 0, state.epoch + 1)
                 continue
             self._at = self._ds.state_dict()
-            if text is not None and not isinstance(text, str):
-                raise ConfigError("data.text_col", f"{self.path}: a document is a {type(text).__name__}, not text")
+            self._check_text(text)
             if text and text.strip():
                 return self._document(text), it, state._replace(stream=before)
 
@@ -214,9 +281,8 @@ class TextStream:
             _, it, doc = self._live
         else:  # a state the open iterator is not at (the first call, a resume): reopen there
             it, doc = self._open(state.stream), None
-        L, pad = self.seq_len, self.tok.pad
-        rows = PackedRows(np.full((n, L), pad, np.int32), np.full((n, L), pad, np.int32),
-                          np.zeros((n, L), np.float32), np.zeros((n, L), np.int32), np.zeros((n, L), np.int32))
+        L = self.seq_len
+        rows = empty_rows(n, L, self.tok.pad)
         for r in range(n):
             col, segment = 0, 0
             while col < L:
@@ -226,15 +292,57 @@ class TextStream:
                 k = min(L - col, pairs - state.offset)
                 if k > 0:
                     segment += 1
-                    piece = slice(col, col + k)
-                    rows.inputs[r, piece] = doc[state.offset:state.offset + k]
-                    rows.targets[r, piece] = doc[state.offset + 1:state.offset + k + 1]
-                    rows.loss_mask[r, piece] = 1.0
-                    rows.positions[r, piece] = np.arange(k)
-                    rows.segment_ids[r, piece] = segment
+                    _place(rows, r, col, doc, state.offset, k, segment)
                     col += k
                 state = state._replace(offset=state.offset + k)
                 if state.offset >= pairs:  # done: the next document's state is where the stream is now
                     doc, state = None, StreamState(self._at, 0, state.epoch)
         self._live = (state, it, doc)
         return rows, state
+
+
+# == a text run's data ===============================================================================
+# A checkpoint keeps the stream's position as the `sampler` item: its JSON in a fixed-size uint8 array,
+# zero padded, so that the restore target (made before anything is read) has the saved shape.
+STATE_BYTES = 8192
+
+
+def state_array(state: StreamState) -> np.ndarray:
+    raw = json.dumps(state.to_json(), sort_keys=True, separators=(",", ":")).encode()
+    if len(raw) > STATE_BYTES:
+        raise ConfigError("data.text", f"the stream's position is {len(raw):,} bytes of JSON, more than the "
+                                       f"{STATE_BYTES:,} a checkpoint keeps for it (framework.data.text.STATE_BYTES)")
+    out = np.zeros(STATE_BYTES, np.uint8)
+    out[:len(raw)] = np.frombuffer(raw, np.uint8)
+    return out
+
+
+def state_of(array) -> StreamState:
+    return StreamState.from_json(json.loads(np.asarray(array, np.uint8).tobytes().rstrip(b"\0")))
+
+
+class TextData(NamedTuple):
+    stream: TextStream  # the training documents: those after the held-out ones
+    validation: PackedRows  # the first val_size documents, packed
+    tokenizer: Tokenizer
+
+
+def prepare(cfg: DataConfig) -> TextData:
+    """The text corpus of `cfg` (`cfg.text`, see `DataConfig`): its stream, past the held-out
+    documents, and its validation rows. Reads the held-out documents only."""
+    tok = load(cfg.tokenizer)
+    stream = TextStream(cfg.text, tok, cfg.seq_len, cfg.text_col)
+    validation = stream.hold_out(cfg.val_size, cfg.test_size)
+    return TextData(stream, pack_documents(validation, cfg.seq_len, tok.pad), tok)
+
+
+def packed_batches(stream: TextStream, batch_size: int) -> Batches:
+    """Training batches of `batch_size` packed rows from `stream`; their state is the stream's
+    position (`state_array`), and no example indices come with them."""
+
+    def draw(state: np.ndarray, tokens_seen: int):
+        del tokens_seen  # the corpus is read in order
+        rows, after = stream.next_rows(state_of(state), batch_size)
+        return rows.batch(), None, state_array(after)
+
+    return Batches(lambda: state_array(stream.init()), draw)

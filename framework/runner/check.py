@@ -31,6 +31,7 @@ def check(cfg: RunConfig):
         from framework.models import protocol
 
         protocol.check(cfg.model, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    check_text_run(cfg)
     if os.path.isfile(cfg.out_dir):
         raise ConfigError("out", f"{cfg.out_dir} is a file; give a directory for the run")
     stop_rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)
@@ -39,6 +40,35 @@ def check(cfg: RunConfig):
     if cfg.branch_from:
         resolve_init_from(cfg, "branch_from")
     return stop_rule
+
+
+# Stopping rules that watch validation EM, or per-example correctness, by default or always.
+EM_RULES = {"patience": "val_em", "moving-average": "val_em", "paired-test": None, "budget": None}
+
+
+def check_text_run(cfg: RunConfig) -> None:
+    """A text run (data.text) reads its corpus in order and validates on packed rows' loss: what needs
+    examples to choose among, or an exact match to measure, is a one-line error here."""
+    if cfg.data.text is None:
+        return
+    for field, value, plain in (("curriculum", cfg.curriculum, "uniform"), ("pacing", cfg.pacing, "constant"),
+                                ("scorer", cfg.scorer, None)):
+        if value != plain:
+            raise ConfigError(field, f"{value!r} chooses among training examples, and a text run (data.text) has "
+                                     "none: it streams its corpus in order, packed into rows")
+    for spec in cfg.stop_rules:
+        name = spec.get("rule") if isinstance(spec, dict) else None  # a malformed spec: build_stop_rule says so
+        if name in EM_RULES and (EM_RULES[name] is None or spec.get("metric", "val_em") == "val_em"):
+            raise ConfigError("stop_rules", f"rule {name!r} watches validation EM, which a text run (data.text) does "
+                                            "not have (it validates by loss): use patience or moving-average with "
+                                            "metric=val_loss, or grad-norm")
+    if cfg.model.hf_config is not None:
+        from framework.models import hf
+
+        longest = hf.read_config(cfg.model.hf_config).max_position_embeddings
+        if cfg.data.seq_len > longest:
+            raise ConfigError("data.seq_len", f"{cfg.data.seq_len} is over the model's max_position_embeddings "
+                                              f"{longest} ({cfg.model.hf_config}/config.json)")
 
 
 def check_hf_source(directory: str) -> None:
