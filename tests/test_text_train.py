@@ -192,5 +192,5 @@ def test_the_cli_sets_a_text_run_and_lists_the_flags(capsys):
         build_parser().parse_args(["train", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "data (one of --task / --data / --text)" in shown
-    for flag in ("--text TEXT a text corpus", "--text-col TEXT_COL", "--seq-len SEQ_LEN text: tokens per packed row"):
+    for flag in ("--text PATH a text corpus", "--text-col C text: the column", "--seq-len N text: tokens per packed row"):
         assert flag in shown

@@ -104,6 +104,9 @@ PARSERS: dict[str, tuple[Callable[[Any], Any], str, bool]] = {
     "run.ema_half_lives": (_token_list, "TOKENS[,TOKENS]", False),
     "run.stops": (parse_stops, "FRACTIONS", False),
     "run.mesh_shape": (_mesh, "DATA,FSDP", False),
+    "data.text": (str, "PATH", False),
+    "data.text_col": (str, "C", False),
+    "data.seq_len": (int, "N", False),
     "run.stop_rules": (lambda specs: tuple(_stop_rule(s) for s in specs), "RULE[:K=V,...]", True),
     **{f"run.{name}": ((lambda field: lambda pairs: _kv(pairs, field))(name), "K=V", True)
        for name in ("curriculum_args", "pacing_args", "scorer_args")},
