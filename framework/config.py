@@ -64,7 +64,14 @@ class DataConfig:
     # and training reads the documents after them, so the splits never overlap
     text: str | None = None
     text_col: str = "text"  # text: the column holding each document (.jsonl, .parquet, save_to_disk)
-    seq_len: int | None = None  # text: tokens per packed row, at most max_seq_len (required with text)
+    seq_len: int | None = None  # text or pack: tokens per packed row, at most max_seq_len (required with either)
+    # prompt/answer data: pack whole examples into rows of seq_len tokens, as many as fit (attention and positions
+    # kept per example), in a seeded shuffle; the loss stays on the answers (framework.data.packing)
+    pack: bool = False
+    # other text corpora mixed into the training rows, ((path, share), ...): each row comes from one of them with
+    # probability its share, else from the main data, which must be packed (text, or pack); validation is the main
+    # data's, and a mixed-in corpus is read from its start (nothing of it is held out)
+    mixture: tuple = ()
 
     def validate(self) -> None:
         given = [f"data.{f}" for f in ("task", "data_path", "text") if getattr(self, f) is not None]
@@ -75,11 +82,29 @@ class DataConfig:
                                            f"{' and '.join(given)} (in Python: DataConfig(task=None, text=...))")
         _text("data.text", self.text, optional=True)
         _text("data.text_col", self.text_col)
-        if self.text is not None and self.seq_len is None:
-            raise ConfigError("data.seq_len", "required with data.text: the tokens of one packed row (--seq-len 512)")
+        if not isinstance(self.pack, bool):
+            raise ConfigError("data.pack", f"{self.pack!r} must be true or false")
+        if self.pack and self.text is not None:
+            raise ConfigError("data.pack", "packs prompt/answer examples (data.task, data.data_path); a text corpus "
+                                           "(data.text) is always packed")
+        if (self.text is not None or self.pack) and self.seq_len is None:
+            raise ConfigError(f"data.{'text' if self.text else 'pack'}", "needs data.seq_len, the tokens of one "
+                                                                         "packed row (--seq-len 512)")
+        m = self.mixture
+        if not (isinstance(m, tuple) and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and x[0]
+                                             and _is_number(x[1]) and 0 < x[1] < 1 for x in m)):
+            raise ConfigError("data.mixture", f"{m!r} must be (path, share) pairs, each share in (0, 1) (--mix "
+                                              "PATH=SHARE)")
+        if m and sum(x[1] for x in m) >= 1:
+            raise ConfigError("data.mixture", f"its shares add up to {sum(x[1] for x in m):g}: the main data's share "
+                                              "is what they leave, so they must add up to less than 1")
+        if m and self.text is None and not self.pack:
+            raise ConfigError("data.mixture", "mixes packed rows: the main data must be a text corpus (data.text) or "
+                                              "packed examples (data.pack)")
         if self.seq_len is not None:
-            if self.text is None:
-                raise ConfigError("data.seq_len", "applies only to a text corpus (data.text)")
+            if self.text is None and not self.pack:
+                raise ConfigError("data.seq_len", "applies only to a text corpus (data.text) or packed examples "
+                                                  "(data.pack)")
             if not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or self.seq_len < 2:
                 raise ConfigError("data.seq_len", f"{self.seq_len!r} must be an integer >= 2 (tokens per row)")
         _text("data.data_path", self.data_path, optional=True)
@@ -394,6 +419,8 @@ class RunConfig:
             data.setdefault("split_by", "shuffle")  # built-in task ignores the field: it reads as the default)
         if isinstance(data.get("split_cuts"), list):
             data["split_cuts"] = tuple(data["split_cuts"])
+        if isinstance(data.get("mixture"), list):  # JSON's lists, back to the (path, share) pairs a config holds
+            data["mixture"] = tuple(tuple(x) if isinstance(x, list) else x for x in data["mixture"])
         d["data"] = _from_fields(DataConfig, data, "data")
         d["model"] = _from_fields(ModelConfig, d.get("model", {}), "model")
         d["optim"] = _from_fields(OptimConfig, d.get("optim", {}), "optim")

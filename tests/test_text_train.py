@@ -113,10 +113,12 @@ def _text_cfg(tmp_path, **run) -> RunConfig:
 
 @pytest.mark.parametrize("data, words", [
     (dict(text="c.txt", seq_len=64), "exactly one of data.task, data.data_path and data.text"),
-    (dict(task=None, text="c.txt"), "data.seq_len: required with data.text"),
+    (dict(task=None, text="c.txt"), "data.text: needs data.seq_len"),
+    (dict(pack=True), "data.pack: needs data.seq_len"),
+    (dict(task=None, text="c.txt", seq_len=64, pack=True), "data.pack: packs prompt/answer examples"),
     (dict(task=None, text="c.txt", seq_len=2048), "2048 is over data.max_seq_len 1024"),
     (dict(task=None, text="c.txt", seq_len=1), "must be an integer >= 2"),
-    (dict(seq_len=64), "applies only to a text corpus"),
+    (dict(seq_len=64), "applies only to a text corpus (data.text) or packed examples (data.pack)"),
     (dict(task=None, text="", seq_len=64), "data.text: '' must be a non-empty string"),
 ])
 def test_text_config_errors_name_their_fields(data, words):
@@ -185,12 +187,18 @@ def test_the_cli_sets_a_text_run_and_lists_the_flags(capsys):
     from framework.app.train_commands import config_from_args
 
     args = build_parser().parse_args(["train", "--text", "c.txt", "--seq-len", "128", "--text-col", "body",
-                                      "--budget-tokens", "1M", "--out", "x"])
+                                      "--mix", "a=b/=0.2", "--mix", "d=0.1", "--budget-tokens", "1M", "--out", "x"])
     cfg = config_from_args(args)
     assert (cfg.data.task, cfg.data.text, cfg.data.seq_len, cfg.data.text_col) == (None, "c.txt", 128, "body")
+    assert cfg.data.mixture == (("a=b/", 0.2), ("d", 0.1))
+    assert RunConfig.from_dict(json.loads(cfg.dumps())) == cfg  # config.json gives the pairs back: resume compares
+    args = build_parser().parse_args(["train", "--task", "addition", "--pack", "--seq-len", "64", "--budget-tokens",
+                                      "1M", "--out", "x"])
+    assert config_from_args(args).data.pack
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "data (one of --task / --data / --text)" in shown
-    for flag in ("--text PATH a text corpus", "--text-col C text: the column", "--seq-len N text: tokens per packed row"):
+    for flag in ("--text PATH a text corpus", "--text-col C text: the column", "--seq-len N text or pack: tokens",
+                 "--pack, --no-pack prompt/answer data: pack whole examples", "--mix PATH=SHARE other text corpora"):
         assert flag in shown

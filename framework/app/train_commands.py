@@ -228,8 +228,8 @@ def _cmd_train(args) -> int:
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
     from curricula.build import sampler_factory  # imports jax, and the user's module if named
 
-    sampler_fn = sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing, cfg.pacing_args,
-                                 cfg.budget_tokens)
+    sampler_fn = None if data.pack or data.text else sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
+                                                                     cfg.pacing_args, cfg.budget_tokens)
     from framework.runner.build import train
 
     stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits,

@@ -109,6 +109,15 @@ def text_record(data: DataConfig, corpus) -> dict:
     return rec
 
 
+def mixture_record(data: DataConfig) -> dict:
+    """The corpora mixed into training (DataConfig.mixture), each as `text_record` records the main one."""
+    if not data.mixture:
+        return {}
+    paths = [os.path.abspath(path) for path, _ in data.mixture]
+    return {"mixture": [{"text_path": path, "share": share, "text_fingerprint": corpus_fingerprint(path)}
+                        for path, (_, share) in zip(paths, data.mixture, strict=True)]}
+
+
 def read(run_dir: str) -> dict | None:
     """The run's record, or None for a run made before runs kept one."""
     path = os.path.join(run_dir, DATA_FILE)
@@ -144,6 +153,10 @@ def resolved(data: DataConfig, run_dirs: Iterable[str]) -> DataConfig:
     if data.data_path is None and data.text is None:
         return data
     records = [rec for rec in map(read, run_dirs) if rec]
+    if data.mixture and records and len(records[0].get("mixture", [])) == len(data.mixture):  # found the same way
+        data = dataclasses.replace(data, mixture=tuple(
+            (path if os.path.exists(path) or not os.path.exists(rec["text_path"]) else rec["text_path"], share)
+            for (path, share), rec in zip(data.mixture, records[0]["mixture"], strict=True)))
     if data.text is not None:  # a text corpus, found the same way
         found = [r["text_path"] for r in records if r.get("text_path") and os.path.exists(r["text_path"])]
         return dataclasses.replace(data, text=found[0]) if found and not os.path.exists(data.text) else data
@@ -176,6 +189,10 @@ def differences(saved: dict, now: dict) -> list[str]:
     if saved.get("text_fingerprint") and saved["text_fingerprint"] != now.get("text_fingerprint"):
         out.append(f"{now.get('text_path') or saved.get('text_path')} has changed (its files, their sizes, or their "
                    "first or last 64 KiB)")
+    for was, is_ in zip(saved.get("mixture", []), now.get("mixture", []), strict=False):
+        if was.get("text_fingerprint") != is_.get("text_fingerprint"):
+            out.append(f"{is_['text_path']}, mixed into training, has changed (its files, their sizes, or their first "
+                       "or last 64 KiB)")
     for name, was in saved.get("splits", {}).items():
         is_ = now.get("splits", {}).get(name)
         if is_ != was:

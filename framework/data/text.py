@@ -12,7 +12,7 @@ Documents: a `.txt` file is read paragraph by paragraph (blank-line separated, s
 time is in memory); a JSON line, a Parquet row or a save_to_disk row is one document, its text in
 `text_col`. Empty and blank documents are skipped.
 
-Packing: a document is `prefix text EOS` in the tokenizer's ids (`framework.data.tokenizer`), and
+Packing (rows: framework.data.packing): a document is `prefix text EOS` in the tokenizer's ids, and
 every token but the last is an input predicting the next. Rows take those (input, target) pairs in
 order; a document that does not fit in what is left of a row continues in the next one, so no pair
 is lost and a document longer than a row is split and counted in full. Within a row, each piece of
@@ -41,7 +41,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from framework.config import DataConfig
-from framework.data.encoding import Batch, Batches
+from framework.data.encoding import Batches
+from framework.data.packing import PackedRows, empty_rows, pack_documents, place
 from framework.data.tokenizer import Tokenizer, load
 from framework.errors import ConfigError
 
@@ -60,18 +61,6 @@ class StreamState(NamedTuple):
     @classmethod
     def from_json(cls, d: dict) -> StreamState:
         return cls(d["stream"], int(d["offset"]), int(d["epoch"]))
-
-
-class PackedRows(NamedTuple):
-    inputs: np.ndarray  # [n, seq_len] int32, PAD in empty slots
-    targets: np.ndarray  # [n, seq_len] int32
-    loss_mask: np.ndarray  # [n, seq_len] float32: 1 on every filled slot
-    positions: np.ndarray  # [n, seq_len] int32, from 0 in each segment
-    segment_ids: np.ndarray  # [n, seq_len] int32, 1.. per piece of a document in the row; 0: empty
-
-    def batch(self) -> Batch:
-        """As a training batch (framework.data.encoding.Batch, packed)."""
-        return Batch(self.inputs, self.targets, self.loss_mask, self.positions, self.segment_ids)
 
 
 # == the files =======================================================================================
@@ -165,41 +154,7 @@ def open_documents(path: str, text_col: str = "text"):
     return ds.rename_column(text_col, "text") if text_col != "text" and kind != "text" else ds
 
 
-# == packing ========================================================================================
-
-
-def empty_rows(n: int, seq_len: int, pad: int) -> PackedRows:
-    return PackedRows(np.full((n, seq_len), pad, np.int32), np.full((n, seq_len), pad, np.int32),
-                      np.zeros((n, seq_len), np.float32), np.zeros((n, seq_len), np.int32),
-                      np.zeros((n, seq_len), np.int32))
-
-
-def _place(rows: PackedRows, r: int, col: int, doc: list[int], start: int, k: int, segment: int) -> None:
-    """Pairs start..start+k of `doc` into row `r` from slot `col`, as segment `segment`."""
-    piece = slice(col, col + k)
-    rows.inputs[r, piece] = doc[start:start + k]
-    rows.targets[r, piece] = doc[start + 1:start + k + 1]
-    rows.loss_mask[r, piece] = 1.0
-    rows.positions[r, piece] = np.arange(k)
-    rows.segment_ids[r, piece] = segment
-
-
-def pack_documents(docs: list[list[int]], seq_len: int, pad: int) -> PackedRows:
-    """Every pair of `docs` in rows of `seq_len`, as `TextStream` packs them (a document goes on in the
-    next row where it does not fit); only the last row has empty slots. A text run's validation rows."""
-    rows = empty_rows(max(1, -(-sum(len(d) - 1 for d in docs) // seq_len)), seq_len, pad)
-    r, col, segment = 0, 0, 0
-    for doc in docs:
-        at = 0
-        while at < len(doc) - 1:
-            if col == seq_len:
-                r, col, segment = r + 1, 0, 0
-            k = min(seq_len - col, len(doc) - 1 - at)
-            segment += 1
-            _place(rows, r, col, doc, at, k, segment)
-            col, at = col + k, at + k
-    return rows
-
+# == the stream =====================================================================================
 
 
 class TextStream:
@@ -292,7 +247,7 @@ class TextStream:
                 k = min(L - col, pairs - state.offset)
                 if k > 0:
                     segment += 1
-                    _place(rows, r, col, doc, state.offset, k, segment)
+                    place(rows, r, col, doc, state.offset, k, segment)
                     col += k
                 state = state._replace(offset=state.offset + k)
                 if state.offset >= pairs:  # done: the next document's state is where the stream is now
@@ -334,6 +289,17 @@ def prepare(cfg: DataConfig) -> TextData:
     stream = TextStream(cfg.text, tok, cfg.seq_len, cfg.text_col)
     validation = stream.hold_out(cfg.val_size, cfg.test_size)
     return TextData(stream, pack_documents(validation, cfg.seq_len, tok.pad), tok)
+
+
+def mixture_streams(cfg: DataConfig, tok: Tokenizer) -> list[TextStream]:
+    """The corpora `cfg.mixture` mixes into training, each read from its start (none is held out)."""
+    out = []
+    for path, _ in cfg.mixture:
+        try:
+            out.append(TextStream(path, tok, cfg.seq_len, cfg.text_col))
+        except ConfigError as e:  # the mixture is the field to fix
+            raise ConfigError("data.mixture", f"{e.field}: {e.message}") from None
+    return out
 
 
 def packed_batches(stream: TextStream, batch_size: int) -> Batches:
