@@ -37,7 +37,7 @@ MAX_INT = 2**63  # seeds: jax.random.key takes a signed 64-bit integer
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    task: str | None = "addition"  # built-in task (framework.data.registry.TASKS); None when data_path is given
+    task: str | None = "addition"  # built-in task (framework.data.registry.TASKS); None with data_path or text
     data_path: str | None = None  # a local .jsonl/.csv/.parquet file or a save_to_disk directory
     prompt_col: str = "prompt"  # data_path: the prompt column
     answer_col: str = "answer"  # data_path: the answer column
@@ -49,8 +49,8 @@ class DataConfig:
     kb_relations: int = 4  # multihop: relations, each a function from entity to entity (1..12)
     hop_answer: str = "chain"  # multihop: "chain" "Kesu, Tomer" (every hop) | "final" "Tomer"
     n_examples: int = 30_000  # addition: problems generated; multihop: multi-hop compositions
-    val_size: int = 500  # held-out prompts for validation EM at stopping points
-    test_size: int = 2_000  # held-out prompts, never used for any choice
+    val_size: int = 500  # held-out prompts for validation EM at stopping points (text: documents, for loss)
+    test_size: int = 2_000  # held-out prompts (text: documents), never used for any choice
     seed: int = 0  # data seed; fixed across training seeds so test sets stay comparable
     split_by: str = "hash"  # data_path: "hash" (by prompt and seed: added rows move no prompt) | "shuffle" (old)
     # split_by "hash": the hashes below which a prompt is test, then validation; None: cut at test_size and
@@ -58,10 +58,55 @@ class DataConfig:
     split_cuts: tuple[int, int] | None = None
     max_seq_len: int = 1024  # longest `BOS prompt answer EOS` allowed (attention cost is quadratic)
     tokenizer: str = "byte"  # "byte", or a Hugging Face tokenizer.json / a directory holding one
+    # a text corpus instead of prompt/answer data: a .txt, .jsonl or .parquet file, a directory of one kind, or a
+    # datasets save_to_disk directory, streamed in order and packed into rows of seq_len tokens with the loss on
+    # every token (framework.data.text); its first val_size documents are validation, the next test_size test,
+    # and training reads the documents after them, so the splits never overlap
+    text: str | None = None
+    text_col: str = "text"  # text: the column holding each document (.jsonl, .parquet, save_to_disk)
+    seq_len: int | None = None  # text or pack: tokens per packed row, at most max_seq_len (required with either)
+    # prompt/answer data: pack whole examples into rows of seq_len tokens, as many as fit (attention and positions
+    # kept per example), in a seeded shuffle; the loss stays on the answers (framework.data.packing)
+    pack: bool = False
+    # other text corpora mixed into the training rows, ((path, share), ...): each row comes from one of them with
+    # probability its share, else from the main data, which must be packed (text, or pack); validation is the main
+    # data's, and a mixed-in corpus is read from its start (nothing of it is held out)
+    mixture: tuple = ()
 
     def validate(self) -> None:
-        if (self.task is None) == (self.data_path is None):
+        given = [f"data.{f}" for f in ("task", "data_path", "text") if getattr(self, f) is not None]
+        if len(given) != 1 and self.text is None:
             raise ConfigError("task", "give exactly one of a built-in task or a data file")
+        if len(given) != 1:
+            raise ConfigError("data.text", f"give exactly one of data.task, data.data_path and data.text, not "
+                                           f"{' and '.join(given)} (in Python: DataConfig(task=None, text=...))")
+        _text("data.text", self.text, optional=True)
+        _text("data.text_col", self.text_col)
+        if not isinstance(self.pack, bool):
+            raise ConfigError("data.pack", f"{self.pack!r} must be true or false")
+        if self.pack and self.text is not None:
+            raise ConfigError("data.pack", "packs prompt/answer examples (data.task, data.data_path); a text corpus "
+                                           "(data.text) is always packed")
+        if (self.text is not None or self.pack) and self.seq_len is None:
+            raise ConfigError(f"data.{'text' if self.text else 'pack'}", "needs data.seq_len, the tokens of one "
+                                                                         "packed row (--seq-len 512)")
+        m = self.mixture
+        if not (isinstance(m, tuple) and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and x[0]
+                                             and _is_number(x[1]) and 0 < x[1] < 1 for x in m)):
+            raise ConfigError("data.mixture", f"{m!r} must be (path, share) pairs, each share in (0, 1) (--mix "
+                                              "PATH=SHARE)")
+        if m and sum(x[1] for x in m) >= 1:
+            raise ConfigError("data.mixture", f"its shares add up to {sum(x[1] for x in m):g}: the main data's share "
+                                              "is what they leave, so they must add up to less than 1")
+        if m and self.text is None and not self.pack:
+            raise ConfigError("data.mixture", "mixes packed rows: the main data must be a text corpus (data.text) or "
+                                              "packed examples (data.pack)")
+        if self.seq_len is not None:
+            if self.text is None and not self.pack:
+                raise ConfigError("data.seq_len", "applies only to a text corpus (data.text) or packed examples "
+                                                  "(data.pack)")
+            if not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or self.seq_len < 2:
+                raise ConfigError("data.seq_len", f"{self.seq_len!r} must be an integer >= 2 (tokens per row)")
         _text("data.data_path", self.data_path, optional=True)
         _text("data.prompt_col", self.prompt_col)
         _text("data.answer_col", self.answer_col)
@@ -73,6 +118,10 @@ class DataConfig:
                      "kb_entities", "kb_relations"):
             _positive_int(f"data.{name}", getattr(self, name))
         _nonnegative_int("data.seed", self.seed)
+        if self.seq_len is not None and self.seq_len > self.max_seq_len:
+            raise ConfigError("data.seq_len", f"{self.seq_len} is over data.max_seq_len {self.max_seq_len}, the "
+                                              "longest sequence the model trains and serves at: lower --seq-len or "
+                                              "raise --max-seq-len")
         if self.split_by not in SPLIT_BY:
             raise ConfigError("data.split_by", f"unknown way to split {self.split_by!r}", SPLIT_BY)
         c = self.split_cuts
@@ -225,7 +274,8 @@ class RunConfig:
     # after each save, delete the checkpoints that are neither stopping points, nor the newest keep_latest, nor
     # the keep_best best by validation EM (framework.checkpoints.retention); None ("all" as a flag): keep them all
     keep_latest: int | None = None
-    keep_best: int = 1  # with keep_latest: also keep this many checkpoints of highest validation EM (0: none)
+    # with keep_latest: also keep this many checkpoints of highest validation EM (a text run: lowest loss); 0: none
+    keep_best: int = 1
     seed: int = 0  # training seed: initialization, data order, dropout
     eval_batch_size: int = 256  # sequences per evaluation forward pass
     log_every: int = 25  # steps between metrics.jsonl lines (each forces one device sync)
@@ -369,6 +419,8 @@ class RunConfig:
             data.setdefault("split_by", "shuffle")  # built-in task ignores the field: it reads as the default)
         if isinstance(data.get("split_cuts"), list):
             data["split_cuts"] = tuple(data["split_cuts"])
+        if isinstance(data.get("mixture"), list):  # JSON's lists, back to the (path, share) pairs a config holds
+            data["mixture"] = tuple(tuple(x) if isinstance(x, list) else x for x in data["mixture"])
         d["data"] = _from_fields(DataConfig, data, "data")
         d["model"] = _from_fields(ModelConfig, d.get("model", {}), "model")
         d["optim"] = _from_fields(OptimConfig, d.get("optim", {}), "optim")

@@ -38,7 +38,7 @@ NOT_FLAGS = {
     "data.split_cuts",  # a run's first build sets them (RUN/data.json); later builds of the run reuse them
 }
 # The short names of flags that users already type.
-RENAMED = {"data.data_path": "data", "model.factory": "model",
+RENAMED = {"data.data_path": "data", "model.factory": "model", "data.mixture": "mix",
            "data.seed": "data_seed", "optim.peak_lr": "lr", "optim.warmup_frac": "warmup",
            "optim.decay_frac": "decay", "optim.clip_norm": "clip", "run.out_dir": "out", "run.mesh_shape": "mesh",
            "run.ema_half_lives": "ema_half_life", "run.stop_rules": "stop_rule",
@@ -51,7 +51,7 @@ GROUPS = {  # where a run field's flag is listed in --help; the other sections a
     "non-finite losses": ("nonfinite", "rollback_lr_factor", "max_rollbacks"),
     "checkpoints kept on disk (default: all)": ("keep_latest", "keep_best"),
 }
-SECTION_GROUPS = {"data": "data (one of --task / --data)", "model": "model (each flag overrides the preset's)",
+SECTION_GROUPS = {"data": "data (one of --task / --data / --text)", "model": "model (each flag overrides the preset's)",
                   "optim": "optimizer", "run": "run"}
 REGISTRIES = (TASKS, OPERAND_FORMATS, HOP_ANSWERS, SCHEDULES, DECAY_SHAPES, OPTIMIZERS, CURRICULA, PACINGS, SCORERS)
 
@@ -91,6 +91,18 @@ def _stop_rule(spec: str) -> dict:
     return {"rule": name, **_kv([a for a in args.split(",") if a], "stop_rules")}
 
 
+def _mixture(specs: list[str]) -> tuple[tuple[str, float], ...]:
+    """['corpus/=0.3', ...] -> (('corpus/', 0.3), ...): a path may hold '=', the share is after the last."""
+    out = []
+    for spec in specs:
+        path, _, share = spec.rpartition("=")
+        try:
+            out.append((path, float(share)))
+        except ValueError:
+            raise ConfigError("mixture", f"{spec!r} is not PATH=SHARE (corpus/=0.3)") from None
+    return tuple(out)
+
+
 def _token_list(text: str) -> tuple[int, ...]:
     return tuple(parse_tokens(t, "ema_half_lives") for t in text.split(",") if t.strip())
 
@@ -104,6 +116,10 @@ PARSERS: dict[str, tuple[Callable[[Any], Any], str, bool]] = {
     "run.ema_half_lives": (_token_list, "TOKENS[,TOKENS]", False),
     "run.stops": (parse_stops, "FRACTIONS", False),
     "run.mesh_shape": (_mesh, "DATA,FSDP", False),
+    "data.text": (str, "PATH", False),
+    "data.text_col": (str, "C", False),
+    "data.seq_len": (int, "N", False),
+    "data.mixture": (_mixture, "PATH=SHARE", True),
     "run.stop_rules": (lambda specs: tuple(_stop_rule(s) for s in specs), "RULE[:K=V,...]", True),
     **{f"run.{name}": ((lambda field: lambda pairs: _kv(pairs, field))(name), "K=V", True)
        for name in ("curriculum_args", "pacing_args", "scorer_args")},

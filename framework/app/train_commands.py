@@ -159,7 +159,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         for field, value in PRESET_RUN.get(args.preset, {}).items():  # a long preset's lengths (flags win: below)
             section, _, key = field.rpartition(".")
             sections[section or "run"][key] = value
-    if "data" in given:  # a file replaces the default built-in task
+    if "data" in given or "text" in given:  # a file or a corpus replaces the default built-in task
         sections["data"]["task"] = None
     if args.recipe is not None:  # over --config and a resumed run's settings, under every flag given
         _apply_recipe(sections, args.recipe, given)
@@ -212,19 +212,24 @@ def _cmd_train(args) -> int:
     if args.cooldown_on_stop is not None:  # checked before anything trains
         if not cfg.stop_rules:
             raise ConfigError("cooldown-on-stop", "needs a --stop-rule to fire (e.g. budget:price=8)")
+        if cfg.data.text is not None:
+            raise ConfigError("cooldown-on-stop", "ships the best by validation EM, which a text run (--text) "
+                                                  "does not have")
         parse_share_or_tokens(args.cooldown_on_stop, cfg.budget_tokens, "cooldown-on-stop", minimum=cfg.batch_size)
     check(cfg)  # the stopping rules, the run directory, init_from: what validate() leaves to the build
-    from framework.data.encoding import prepare  # datasets, not jax: a bad file or column fails here
+    from framework.data import text  # datasets, not jax: a bad file or column fails here
+    from framework.data.encoding import prepare
     from framework.data.identity import data_of
 
-    splits = prepare(data_of(cfg))
+    data = data_of(cfg)
+    splits = prepare(data) if data.text is None else text.prepare(data)
     from framework.training import sharding  # before any other JAX work: joins the other processes, if any
 
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
     from curricula.build import sampler_factory  # imports jax, and the user's module if named
 
-    sampler_fn = sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing, cfg.pacing_args,
-                                 cfg.budget_tokens)
+    sampler_fn = None if data.pack or data.text else sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
+                                                                     cfg.pacing_args, cfg.budget_tokens)
     from framework.runner.build import train
 
     stops = train(cfg, resume=args.resume, show_progress=not args.no_progress, splits=splits,
@@ -289,9 +294,10 @@ def _format_stops(stops: list[dict]) -> str:
     lines = [f"{'step':>6} {'kind':>8} {'fraction':>8} {'tokens':>12} {'val EM':>7} {'val loss':>9} {'wall s':>7}"
              + (f" {'size':>10}" if size else "")]
     for c in stops:
+        em = "-" if c["val_em"] is None else f"{c['val_em']:.3f}"  # None: a text run, which validates by loss
         lines.append(
             f"{c['step']:>6} {c.get('kind', ''):>8} {c['fraction']:>8.3f} {c['tokens']:>12,} "
-            f"{c['val_em']:>7.3f} {c['val_loss']:>9.4f} {c.get('wall_s', 0):>7.1f}"
+            f"{em:>7} {c['val_loss']:>9.4f} {c.get('wall_s', 0):>7.1f}"
             + (f" {human_bytes(c['bytes']):>10}" if size else "")
         )
     return "\n".join(lines)

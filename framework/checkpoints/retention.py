@@ -54,7 +54,8 @@ def kept(checkpoints: Sequence[Mapping[str, Any]], retention: Retention, protect
     """The steps to keep among `checkpoints` (metadata as `list_checkpoints` gives it, any order).
 
     Args:
-      checkpoints: each with "step", and "kind", "val_em", "restored_best_step" where saved.
+      checkpoints: each with "step", and "kind", "val_em" (None for a text run: "val_loss" ranks them),
+        "restored_best_step" where saved.
       retention: how many of the newest and of the best to keep.
       protect: steps kept whatever the rest says (the stopping rule's current best).
 
@@ -73,10 +74,13 @@ def kept(checkpoints: Sequence[Mapping[str, Any]], retention: Retention, protect
     keep = set(steps[-retention.latest:]) | set(protect)
     keep |= {c["step"] for c in checkpoints if c.get("kind") != PERIODIC}
     keep |= {c["restored_best_step"] for c in checkpoints if c.get("restored_best_step") is not None}
-    ranked = sorted(checkpoints, key=lambda c: (-_em(c), c["step"]))
+    ranked = sorted(checkpoints, key=lambda c: (-_score(c), c["step"]))
     return keep | {c["step"] for c in ranked[:retention.best]}
 
 
-def _em(c: Mapping[str, Any]) -> float:
-    em = c.get("val_em")
+def _score(c: Mapping[str, Any]) -> float:
+    """Validation EM; for a run that has none (a text run: `val_em` None), minus the validation loss."""
+    em, loss = c.get("val_em"), c.get("val_loss")
+    if em is None and "val_em" in c and isinstance(loss, int | float) and math.isfinite(loss):
+        return -float(loss)
     return float(em) if isinstance(em, int | float) and math.isfinite(em) else -math.inf

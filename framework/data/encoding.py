@@ -121,6 +121,12 @@ def make_batch(split: EncodedSplit, idx: np.ndarray) -> Batch:
     return Batch(inputs, targets, loss_mask)
 
 
+def rows_of(batch: Batch, rows: np.ndarray | slice) -> Batch:
+    """Rows `rows` of `batch`: a batch-warmup step's share of the batch drawn (row by row what
+    `make_batch` of those examples gives)."""
+    return Batch(*(None if a is None else a[rows] for a in batch))
+
+
 def counted_tokens(batch: Batch, pad: int) -> int:
     """THE definition of a counted training token: a non-PAD input token of a training batch
     (`pad`: the PAD id of the tokenizer that encoded it)."""
@@ -194,12 +200,41 @@ def uniform_sampler(n_examples: int, batch_size: int, seed: int) -> Sampler:
     return Sampler(init, next_)
 
 
+# -- batches ---------------------------------------------------------------------------------
+# Where a run's training batches come from, as a pair of pure functions with explicit state (saved in
+# every checkpoint as its `sampler` item):
+#   init() -> state
+#   draw(state, tokens_seen) -> (batch, example indices or None, new_state)
+# Examples drawn by a sampler (`sampled_batches`, the indices those of the split), or rows packed from
+# a text corpus (framework.data.text.packed_batches, no indices).
+
+
+class Batches(NamedTuple):
+    init: Callable[[], Any]
+    draw: Callable[[Any, int], tuple[Batch, np.ndarray | None, Any]]
+
+
+def sampled_batches(split: EncodedSplit, sampler: Sampler) -> Batches:
+    """Batches of the examples of `split` that `sampler` picks, one right-padded example a row; the
+    state is the sampler's."""
+
+    def draw(state: SamplerState, tokens_seen: int):
+        idx, state = sampler.next(state, tokens_seen)
+        return make_batch(split, idx), idx, state
+
+    return Batches(sampler.init, draw)
+
+
 def prepare(cfg: DataConfig) -> dict[str, EncodedSplit]:
     """Build (or load) the task's train/validation/test splits and tokenize them once.
 
     Deterministic in `cfg`: the trainer and `recoup eval` call it with the run's saved config and
     get identical splits. The width is shared by all splits (a shape, not a tuned choice).
     """
+    if cfg.text is not None:  # what every reader of a run's examples (eval, ensembles, report) comes through
+        raise ConfigError("data.text", f"{cfg.text} is a text corpus: it has no prompts and answers, so there is "
+                                       "no exact match to score (a text run's validation is its loss: metrics.jsonl, "
+                                       "recoup runs show)")
     tok = load(cfg.tokenizer)
     raw = tasks.build_splits(cfg)
     width = sequence_width(raw, tok, max_len=cfg.max_seq_len)

@@ -2,7 +2,9 @@
 
 When a run starts, `RUN/data.json` records the data file's resolved path and sha256 (a
 `save_to_disk` directory: over its files), a sha256 of each split's rows, in order, and for a file
-split by hash the cut points, which every later build for the run keeps. Every later
+split by hash the cut points, which every later build for the run keeps. A text corpus, which may be
+far too big to hash, is recorded by its files' names, sizes and first and last bytes
+(`corpus_fingerprint`) and a sha256 of its packed validation rows. Every later
 reading of the run's data (`--resume`, a cooldown branch, `recoup eval`, `ensemble build/eval`,
 `report`) rebuilds the splits and compares (`serve` and `tune-stopping`, which read no examples,
 compare the file's sha256 where the file is still there): a changed file or split is a ConfigError saying what
@@ -74,6 +76,48 @@ def record(data: DataConfig, splits: Mapping[str, Any]) -> dict:
     return rec
 
 
+SAMPLED_BYTES = 1 << 16  # of each corpus file's head and tail, in its fingerprint
+
+
+def corpus_fingerprint(path: str) -> str:
+    """sha256 over a text corpus's files (framework.data.text): each one's path under `path`, size, and
+    first and last 64 KiB. Cheap on any corpus, never reading it whole: a growing or shrinking file, a
+    new, renamed or removed one, an edit near either end are seen; an edit in the middle of a file that
+    keeps its size is not."""
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, n) for d, _, names in os.walk(path) for n in names if not n.startswith("."))
+    for f in files:
+        size = os.path.getsize(f)
+        h.update(f"{os.path.relpath(f, path) if f != path else ''}\0{size}\0".encode())
+        with open(f, "rb") as stream:
+            h.update(stream.read(SAMPLED_BYTES))
+            stream.seek(max(0, size - SAMPLED_BYTES))
+            h.update(stream.read(SAMPLED_BYTES))
+    return h.hexdigest()
+
+
+def text_record(data: DataConfig, corpus) -> dict:
+    """What `data.json` holds for a text corpus (`corpus`: its framework.data.text.TextData): the corpus's
+    path and `corpus_fingerprint`, and a sha256 of the validation rows (the held-out documents, packed)."""
+    path, val = os.path.abspath(data.text), corpus.validation
+    h = hashlib.sha256(val.inputs.tobytes() + val.targets.tobytes() + val.segment_ids.tobytes())
+    rec = {"text_path": path, "text_fingerprint": corpus_fingerprint(path),
+           "splits": {"validation": {"rows": len(val.inputs), "sha256": h.hexdigest()}}}
+    if corpus.tokenizer.identity["kind"] != "byte":
+        rec["tokenizer"] = corpus.tokenizer.identity
+    return rec
+
+
+def mixture_record(data: DataConfig) -> dict:
+    """The corpora mixed into training (DataConfig.mixture), each as `text_record` records the main one."""
+    if not data.mixture:
+        return {}
+    paths = [os.path.abspath(path) for path, _ in data.mixture]
+    return {"mixture": [{"text_path": path, "share": share, "text_fingerprint": corpus_fingerprint(path)}
+                        for path, (_, share) in zip(paths, data.mixture, strict=True)]}
+
+
 def read(run_dir: str) -> dict | None:
     """The run's record, or None for a run made before runs kept one."""
     path = os.path.join(run_dir, DATA_FILE)
@@ -106,9 +150,16 @@ def resolved(data: DataConfig, run_dirs: Iterable[str]) -> DataConfig:
     if data.tokenizer != "byte":
         copies = [t for t in map(run_tokenizer, run_dirs) if t]
         data = dataclasses.replace(data, tokenizer=copies[0]) if copies else data
-    if data.data_path is None:
+    if data.data_path is None and data.text is None:
         return data
     records = [rec for rec in map(read, run_dirs) if rec]
+    if data.mixture and records and len(records[0].get("mixture", [])) == len(data.mixture):  # found the same way
+        data = dataclasses.replace(data, mixture=tuple(
+            (path if os.path.exists(path) or not os.path.exists(rec["text_path"]) else rec["text_path"], share)
+            for (path, share), rec in zip(data.mixture, records[0]["mixture"], strict=True)))
+    if data.text is not None:  # a text corpus, found the same way
+        found = [r["text_path"] for r in records if r.get("text_path") and os.path.exists(r["text_path"])]
+        return dataclasses.replace(data, text=found[0]) if found and not os.path.exists(data.text) else data
     if not os.path.exists(data.data_path):
         found = [r["data_path"] for r in records if r.get("data_path") and os.path.exists(r["data_path"])]
         if found:
@@ -135,6 +186,13 @@ def differences(saved: dict, now: dict) -> list[str]:
     if saved.get("data_sha256") and saved["data_sha256"] != now.get("data_sha256"):
         out.append(f"{now.get('data_path') or saved.get('data_path')} has changed (sha256 "
                    f"{str(now.get('data_sha256'))[:12]}..., {saved['data_sha256'][:12]}... when trained)")
+    if saved.get("text_fingerprint") and saved["text_fingerprint"] != now.get("text_fingerprint"):
+        out.append(f"{now.get('text_path') or saved.get('text_path')} has changed (its files, their sizes, or their "
+                   "first or last 64 KiB)")
+    for was, is_ in zip(saved.get("mixture", []), now.get("mixture", []), strict=False):
+        if was.get("text_fingerprint") != is_.get("text_fingerprint"):
+            out.append(f"{is_['text_path']}, mixed into training, has changed (its files, their sizes, or their first "
+                       "or last 64 KiB)")
     for name, was in saved.get("splits", {}).items():
         is_ = now.get("splits", {}).get(name)
         if is_ != was:
@@ -167,6 +225,10 @@ def check_file(run_dirs: Iterable[str], allow: bool) -> list[str]:
         path = saved and saved.get("data_path")
         if path and saved.get("data_sha256") and os.path.exists(path) \
                 and fingerprint_path(path) != saved["data_sha256"]:
+            changes.append(f"{run_dir}: {path} has changed since it trained")
+        path = saved and saved.get("text_path")
+        if path and saved.get("text_fingerprint") and os.path.exists(path) \
+                and corpus_fingerprint(path) != saved["text_fingerprint"]:
             changes.append(f"{run_dir}: {path} has changed since it trained")
     if changes and not allow:
         raise ConfigError("data", f"{'; '.join(changes)}; what the runs recorded (validation EM at "

@@ -12,7 +12,7 @@ Documents: a `.txt` file is read paragraph by paragraph (blank-line separated, s
 time is in memory); a JSON line, a Parquet row or a save_to_disk row is one document, its text in
 `text_col`. Empty and blank documents are skipped.
 
-Packing: a document is `prefix text EOS` in the tokenizer's ids (`framework.data.tokenizer`), and
+Packing (rows: framework.data.packing): a document is `prefix text EOS` in the tokenizer's ids, and
 every token but the last is an input predicting the next. Rows take those (input, target) pairs in
 order; a document that does not fit in what is left of a row continues in the next one, so no pair
 is lost and a document longer than a row is split and counted in full. Within a row, each piece of
@@ -23,7 +23,12 @@ non-PAD inputs (`framework.data.encoding.counted_tokens`), here every filled slo
 State: `StreamState` (JSON-able, checkpointed with the run) is where the stream stands: the
 IterableDataset's state before the document being packed, how many of its pairs are packed, and
 the epoch (a finished corpus starts again). `TextStream.next_rows(state, n)` is a pure function of
-the state; it keeps the open iterator between calls only as a cache.
+the state; it keeps the open iterator between calls only as a cache. A checkpoint keeps it as JSON in
+a fixed-size array (`state_array`), the run's `sampler` item.
+
+A run (`prepare`, `DataConfig.text`): the first `val_size` documents are validation, packed once
+(`pack_documents`); the next `test_size` are test; training streams from the document after them,
+and so does every later epoch (`TextStream.hold_out`), so no split shares a document.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from framework.data.tokenizer import Tokenizer
+from framework.config import DataConfig
+from framework.data.encoding import Batches
+from framework.data.packing import PackedRows, empty_rows, pack_documents, place
+from framework.data.tokenizer import Tokenizer, load
 from framework.errors import ConfigError
 
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -53,20 +61,6 @@ class StreamState(NamedTuple):
     @classmethod
     def from_json(cls, d: dict) -> StreamState:
         return cls(d["stream"], int(d["offset"]), int(d["epoch"]))
-
-
-class PackedRows(NamedTuple):
-    inputs: np.ndarray  # [n, seq_len] int32, PAD in empty slots
-    targets: np.ndarray  # [n, seq_len] int32
-    loss_mask: np.ndarray  # [n, seq_len] float32: 1 on every filled slot
-    positions: np.ndarray  # [n, seq_len] int32, from 0 in each segment
-    segment_ids: np.ndarray  # [n, seq_len] int32, 1.. per piece of a document in the row; 0: empty
-
-    def batch(self):
-        """As a training batch (framework.data.encoding.Batch, packed)."""
-        from framework.data.encoding import Batch
-
-        return Batch(self.inputs, self.targets, self.loss_mask, self.positions, self.segment_ids)
 
 
 # == the files =======================================================================================
@@ -160,7 +154,7 @@ def open_documents(path: str, text_col: str = "text"):
     return ds.rename_column(text_col, "text") if text_col != "text" and kind != "text" else ds
 
 
-# == packing ========================================================================================
+# == the stream =====================================================================================
 
 
 class TextStream:
@@ -177,6 +171,35 @@ class TextStream:
 
     def init(self) -> StreamState:
         return StreamState(self._start, 0, 0)
+
+    def hold_out(self, n_val: int, n_test: int) -> list[list[int]]:
+        """Hold out the corpus's first documents: returns the tokens of the first `n_val` (validation),
+        passes over the next `n_test` (test), and from then on the stream starts, and every epoch starts
+        again, at the document after them, so training never reads a held-out document."""
+        it, docs, seen, start = self._open(self._start), [], 0, None
+        while True:
+            if seen == n_val + n_test and start is None:  # (datasets' state_dict() is right once it has yielded)
+                start = self._ds.state_dict() if seen else self._start
+            try:
+                text = next(it)["text"]
+            except StopIteration:
+                left = "none is left to train on" if start is not None else "too few"
+                raise ConfigError("data.val_size" if seen < n_val else "data.test_size",
+                                  f"{self.path} holds {seen:,} documents with val_size {n_val:,} and test_size "
+                                  f"{n_test:,} held out: {left}; lower them (--val-size, --test-size: documents, "
+                                  "for a text corpus)") from None
+            self._check_text(text)
+            if text and text.strip():
+                if start is not None:  # the first document left to train on
+                    self._start, self._live = start, None
+                    return docs
+                seen += 1
+                if seen <= n_val:
+                    docs.append(self._document(text))
+
+    def _check_text(self, text) -> None:
+        if text is not None and not isinstance(text, str):
+            raise ConfigError("data.text_col", f"{self.path}: a document is a {type(text).__name__}, not text")
 
     def _document(self, text: str) -> list[int]:
         return [*self.tok.prefix, *self.tok.encode(text.rstrip("\n")), self.tok.eos]
@@ -203,8 +226,7 @@ class TextStream:
                 it, state = self._open(self._start), StreamState(self._start, 0, state.epoch + 1)
                 continue
             self._at = self._ds.state_dict()
-            if text is not None and not isinstance(text, str):
-                raise ConfigError("data.text_col", f"{self.path}: a document is a {type(text).__name__}, not text")
+            self._check_text(text)
             if text and text.strip():
                 return self._document(text), it, state._replace(stream=before)
 
@@ -214,9 +236,8 @@ class TextStream:
             _, it, doc = self._live
         else:  # a state the open iterator is not at (the first call, a resume): reopen there
             it, doc = self._open(state.stream), None
-        L, pad = self.seq_len, self.tok.pad
-        rows = PackedRows(np.full((n, L), pad, np.int32), np.full((n, L), pad, np.int32),
-                          np.zeros((n, L), np.float32), np.zeros((n, L), np.int32), np.zeros((n, L), np.int32))
+        L = self.seq_len
+        rows = empty_rows(n, L, self.tok.pad)
         for r in range(n):
             col, segment = 0, 0
             while col < L:
@@ -226,15 +247,68 @@ class TextStream:
                 k = min(L - col, pairs - state.offset)
                 if k > 0:
                     segment += 1
-                    piece = slice(col, col + k)
-                    rows.inputs[r, piece] = doc[state.offset:state.offset + k]
-                    rows.targets[r, piece] = doc[state.offset + 1:state.offset + k + 1]
-                    rows.loss_mask[r, piece] = 1.0
-                    rows.positions[r, piece] = np.arange(k)
-                    rows.segment_ids[r, piece] = segment
+                    place(rows, r, col, doc, state.offset, k, segment)
                     col += k
                 state = state._replace(offset=state.offset + k)
                 if state.offset >= pairs:  # done: the next document's state is where the stream is now
                     doc, state = None, StreamState(self._at, 0, state.epoch)
         self._live = (state, it, doc)
         return rows, state
+
+
+# == a text run's data ===============================================================================
+# A checkpoint keeps the stream's position as the `sampler` item: its JSON in a fixed-size uint8 array,
+# zero padded, so that the restore target (made before anything is read) has the saved shape.
+STATE_BYTES = 8192
+
+
+def state_array(state: StreamState) -> np.ndarray:
+    raw = json.dumps(state.to_json(), sort_keys=True, separators=(",", ":")).encode()
+    if len(raw) > STATE_BYTES:
+        raise ConfigError("data.text", f"the stream's position is {len(raw):,} bytes of JSON, more than the "
+                                       f"{STATE_BYTES:,} a checkpoint keeps for it (framework.data.text.STATE_BYTES)")
+    out = np.zeros(STATE_BYTES, np.uint8)
+    out[:len(raw)] = np.frombuffer(raw, np.uint8)
+    return out
+
+
+def state_of(array) -> StreamState:
+    return StreamState.from_json(json.loads(np.asarray(array, np.uint8).tobytes().rstrip(b"\0")))
+
+
+class TextData(NamedTuple):
+    stream: TextStream  # the training documents: those after the held-out ones
+    validation: PackedRows  # the first val_size documents, packed
+    tokenizer: Tokenizer
+
+
+def prepare(cfg: DataConfig) -> TextData:
+    """The text corpus of `cfg` (`cfg.text`, see `DataConfig`): its stream, past the held-out
+    documents, and its validation rows. Reads the held-out documents only."""
+    tok = load(cfg.tokenizer)
+    stream = TextStream(cfg.text, tok, cfg.seq_len, cfg.text_col)
+    validation = stream.hold_out(cfg.val_size, cfg.test_size)
+    return TextData(stream, pack_documents(validation, cfg.seq_len, tok.pad), tok)
+
+
+def mixture_streams(cfg: DataConfig, tok: Tokenizer) -> list[TextStream]:
+    """The corpora `cfg.mixture` mixes into training, each read from its start (none is held out)."""
+    out = []
+    for path, _ in cfg.mixture:
+        try:
+            out.append(TextStream(path, tok, cfg.seq_len, cfg.text_col))
+        except ConfigError as e:  # the mixture is the field to fix
+            raise ConfigError("data.mixture", f"{e.field}: {e.message}") from None
+    return out
+
+
+def packed_batches(stream: TextStream, batch_size: int) -> Batches:
+    """Training batches of `batch_size` packed rows from `stream`; their state is the stream's
+    position (`state_array`), and no example indices come with them."""
+
+    def draw(state: np.ndarray, tokens_seen: int):
+        del tokens_seen  # the corpus is read in order
+        rows, after = stream.next_rows(state_of(state), batch_size)
+        return rows.batch(), None, state_array(after)
+
+    return Batches(lambda: state_array(stream.init()), draw)

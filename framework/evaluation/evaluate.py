@@ -23,10 +23,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from framework.data.encoding import EncodedSplit, make_batch, round_up
+from framework.data.encoding import Batch, EncodedSplit, make_batch, round_up
 from framework.data.tokenizer import Ends, Tokenizer
 from framework.evaluation import metrics
-from framework.models.transformer import forward
+from framework.models.transformer import batch_logits, forward
 
 
 def answer_stats(scores: jax.Array, targets: jax.Array, loss_mask: jax.Array):
@@ -76,6 +76,34 @@ def teacher_forced_with(batch_fn: TeacherForcedFn, split: EncodedSplit, batch_si
         "correct": correct,
         "example_loss": loss_sum / count,
     }
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _packed_batch(graphdef, params, batch: Batch):
+    logits = batch_logits(nnx.merge(graphdef, params), batch)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets)
+    return (ce * batch.loss_mask).sum(), batch.loss_mask.sum()
+
+
+def packed_loss(graphdef, params, rows: Batch, batch_size: int) -> float:
+    """Mean loss per token of packed rows (a text run's validation), `batch_size` rows a pass."""
+    n, total, count = len(rows.inputs), 0.0, 0.0
+    batch_size = min(batch_size, n)  # a few validation rows: one pass of their own shape
+    for start in range(0, n, batch_size):
+        part = Batch(*(a[start:start + batch_size] for a in rows))
+        if len(part.inputs) < batch_size:  # the last pass: empty rows (segment 0, no loss) keep one shape
+            part = Batch(*(np.concatenate([a, np.zeros((batch_size - len(a), *a.shape[1:]), a.dtype)]) for a in part))
+        ls, cnt = _packed_batch(graphdef, params, part)
+        total, count = total + float(ls), count + float(cnt)
+    return total / max(count, 1.0)
+
+
+def validation(graphdef, params, val: EncodedSplit | Batch, batch_size: int) -> dict[str, Any]:
+    """What a run scores at each stopping point: `teacher_forced` on a split of examples; on a text run's
+    packed rows, which have no answers to match, the loss only (`strict_em` and `correct` None)."""
+    if isinstance(val, EncodedSplit):
+        return teacher_forced(graphdef, params, val, batch_size)
+    return {"strict_em": None, "loss": packed_loss(graphdef, params, val, batch_size), "correct": None}
 
 
 # (tokens [b, t], positions [b, t], mask [b, t, s], cache, cache_index) -> (scores [b, t, vocab], cache).

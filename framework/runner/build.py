@@ -16,9 +16,10 @@ from typing import Any
 
 from curricula.build import rescore, sampler_factory
 from framework.checkpoints.retention import Retention
-from framework.config import BATCH_WARMUP_SPLITS, RunConfig, hf_source, resolve_init_from
-from framework.data import identity
-from framework.data.encoding import EncodedSplit, Sampler, prepare
+from framework.config import BATCH_WARMUP_SPLITS, DataConfig, RunConfig, hf_source, resolve_init_from
+from framework.data import identity, packing, text
+from framework.data.encoding import Batches, EncodedSplit, Sampler, prepare, sampled_batches
+from framework.errors import ConfigError
 from framework.runner.check import check
 from framework.stopping.points import stop_points
 from framework.training import averages, optimizers, schedules
@@ -61,22 +62,24 @@ def hf_params(directory: str, dtype: str) -> Callable[[], Any]:
     return read
 
 
+def mixed(cfg: RunConfig, data: DataConfig, main: Callable[[int], Batches], tok) -> Batches:
+    """The training batches of packed rows: `main(rows)` (the main data's, `rows` a draw), or with a
+    mixture (`data.mixture`), one row at a time from the main data or a mixed-in corpus by their shares."""
+    if not data.mixture:
+        return main(cfg.batch_size)
+    others = [text.packed_batches(s, 1) for s in text.mixture_streams(data, tok)]
+    shares = [1 - sum(share for _, share in data.mixture), *(share for _, share in data.mixture)]
+    return packing.mixed_batches([main(1), *others], shares, cfg.batch_size, cfg.seed)
+
+
 def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | None = None,
-          splits: dict[str, EncodedSplit] | None = None) -> Parts:
+          splits: dict[str, EncodedSplit] | text.TextData | None = None) -> Parts:
     """The objects `cfg` names. `sampler_fn`: `(train_split, batch_size, seed) -> Sampler` instead of
-    the curriculum `cfg` names; `splits`: `prepare(cfg.data)` if the caller already built it."""
+    the curriculum `cfg` names; `splits`: `prepare(cfg.data)` (`text.prepare` for a text corpus) if the
+    caller already built it."""
     stop_rule = check(cfg)  # before any data is read
-    sampler_fn = sampler_fn or sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
-                                               cfg.pacing_args, cfg.budget_tokens)
     data = identity.data_of(cfg)
-    splits = splits or prepare(data)
-    train_split = splits["train"]
-    if cfg.scorer:  # what the curriculum sorts by; validation and test keep the data's difficulty
-        train_split = rescore(train_split, cfg.scorer, cfg.scorer_args, cfg.scorer_percentile)
-    return Parts(
-        train_split=train_split,
-        val_split=splits["validation"],
-        sampler=sampler_fn(train_split, cfg.batch_size, cfg.seed),
+    common = dict(
         schedule=schedules.build(cfg.optim, cfg.budget_tokens),
         optimizer=functools.partial(optimizers.build, cfg.optim),
         steps_per_batch=functools.partial(steps_per_batch, cfg),
@@ -88,9 +91,30 @@ def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | No
         branch_from=resolve_init_from(cfg, "branch_from") if cfg.branch_from else None,
         nonfinite=nonfinite_policy(cfg),
         retention=Retention(cfg.keep_latest, cfg.keep_best),
-        data_identity=identity.record(data, splits),
     )
-
+    if data.text is not None:  # a corpus streamed in order: no examples, so no sampler or curriculum
+        corpus = splits or text.prepare(data)
+        batches = mixed(cfg, data, functools.partial(text.packed_batches, corpus.stream), corpus.tokenizer)
+        return Parts(tokenizer=corpus.tokenizer, batches=batches, val_split=corpus.validation.batch(),
+                     data_identity={**identity.text_record(data, corpus), **identity.mixture_record(data)}, **common)
+    if data.pack and sampler_fn is not None:
+        raise ConfigError("sampler_fn", "packed examples (data.pack) are drawn in a seeded shuffle, not by a sampler")
+    if not data.pack:  # a bad curriculum argument fails before the data is read
+        sampler_fn = sampler_fn or sampler_factory(cfg.curriculum, cfg.curriculum_args, cfg.pacing,
+                                                   cfg.pacing_args, cfg.budget_tokens)
+    splits = splits or prepare(data)
+    train_split, common["data_identity"] = splits["train"], identity.record(data, splits)
+    if data.pack:  # several whole examples a row (check_packed refused curricula)
+        batches = mixed(cfg, data, lambda rows: packing.packed_examples(train_split, data.seq_len, rows, cfg.seed),
+                        train_split.tokenizer)
+        common["data_identity"].update(identity.mixture_record(data))
+        return Parts(tokenizer=train_split.tokenizer, val_split=splits["validation"], train_split=train_split,
+                     batches=batches, **common)
+    if cfg.scorer:  # what the curriculum sorts by; validation and test keep the data's difficulty
+        train_split = rescore(train_split, cfg.scorer, cfg.scorer_args, cfg.scorer_percentile)
+    sampler = sampler_fn(train_split, cfg.batch_size, cfg.seed)
+    return Parts(tokenizer=train_split.tokenizer, batches=sampled_batches(train_split, sampler),
+                 val_split=splits["validation"], train_split=train_split, sampler=sampler, **common)
 
 
 def train(cfg: RunConfig, *, resume: bool = False, hooks: Sequence = (),

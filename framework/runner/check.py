@@ -31,6 +31,7 @@ def check(cfg: RunConfig):
         from framework.models import protocol
 
         protocol.check(cfg.model, load_tokenizer(cfg.data.tokenizer).vocab_size)
+    check_packed(cfg)
     if os.path.isfile(cfg.out_dir):
         raise ConfigError("out", f"{cfg.out_dir} is a file; give a directory for the run")
     stop_rule = build_stop_rule(cfg.stop_rules, cfg.stop_combine)
@@ -39,6 +40,38 @@ def check(cfg: RunConfig):
     if cfg.branch_from:
         resolve_init_from(cfg, "branch_from")
     return stop_rule
+
+
+# Stopping rules that watch validation EM, or per-example correctness, by default or always.
+EM_RULES = {"patience": "val_em", "moving-average": "val_em", "paired-test": None, "budget": None}
+
+
+def check_packed(cfg: RunConfig) -> None:
+    """A text run (data.text) reads its corpus in order and validates by the loss on packed rows; packed
+    examples (data.pack) come in a seeded shuffle, several to a row. What chooses among examples, or (a
+    text run) needs an exact match, is a one-line error here, and so is a row longer than the model's."""
+    data = cfg.data
+    if data.text is None and not data.pack:
+        return
+    why = ("a text run (data.text) has none: it streams its corpus in order, packed into rows" if data.text else
+           "packed examples (data.pack) are drawn in a seeded shuffle, as many to a row as fit")
+    for field, value, plain in (("curriculum", cfg.curriculum, "uniform"), ("pacing", cfg.pacing, "constant"),
+                                ("scorer", cfg.scorer, None)):
+        if value != plain:
+            raise ConfigError(field, f"{value!r} chooses among training examples, and {why}")
+    for spec in cfg.stop_rules if data.text else ():
+        name = spec.get("rule") if isinstance(spec, dict) else None  # a malformed spec: build_stop_rule says so
+        if name in EM_RULES and (EM_RULES[name] is None or spec.get("metric", "val_em") == "val_em"):
+            raise ConfigError("stop_rules", f"rule {name!r} watches validation EM, which a text run (data.text) does "
+                                            "not have (it validates by loss): use patience or moving-average with "
+                                            "metric=val_loss, or grad-norm")
+    if cfg.model.hf_config is not None:
+        from framework.models import hf
+
+        longest = hf.read_config(cfg.model.hf_config).max_position_embeddings
+        if data.seq_len > longest:
+            raise ConfigError("data.seq_len", f"{data.seq_len} is over the model's max_position_embeddings "
+                                              f"{longest} ({cfg.model.hf_config}/config.json)")
 
 
 def check_hf_source(directory: str) -> None:

@@ -33,7 +33,11 @@ from framework.stopping.rules import Observation
 def load_evaluations(run_dir: str) -> list[Observation]:
     """The evaluations a run logged, each with the latest grad norm: a `stopped` line counts as the
     evaluation at which its rule fired (a stop from a hook, with no such evaluation, is skipped)."""
-    budget = load_run_config(run_dir).budget_tokens  # also says clearly if it is not a run directory
+    cfg = load_run_config(run_dir)  # also says clearly if it is not a run directory
+    if cfg.data.text is not None:
+        raise ConfigError("run_dir", f"{run_dir} trained on a text corpus (data.text): its evaluations have no "
+                                     "validation EM for stopping rules to be tuned on")
+    budget = cfg.budget_tokens
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isfile(path):
         raise ConfigError("run_dir", f"{run_dir} has no {METRICS_FILE}: it has not started training")

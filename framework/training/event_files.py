@@ -4,7 +4,8 @@
 
 What: each metrics.jsonl `train` line becomes one event holding `train/loss`, `train/lr`,
 `train/grad_norm` and `train/tokens_per_s`; each `eval` line one holding `eval/val_em`, `eval/val_loss`
-and `eval/average_val_em/NAME` per weight average: the same numbers, as float32 (TensorBoard's scalar).
+and `eval/average_val_em/NAME` per weight average (a text run, which has no EM: `eval/val_loss` and
+`eval/average_val_loss/NAME`): the same numbers, as float32 (TensorBoard's scalar).
 
 The x axis (TensorBoard's "step") is counted tokens (framework.data.encoding.counted_tokens), recoup's
 unit: budgets, schedules, stopping points and evaluations are placed in tokens, and runs of other batch
@@ -69,8 +70,9 @@ def train_scalars(line: Mapping[str, Any]) -> dict[str, float | None]:
 
 def eval_scalars(line: Mapping[str, Any]) -> dict[str, float | None]:
     """A metrics.jsonl eval line's (a checkpoint's metadata's) scalars, by tag."""
-    return {**{f"eval/{k}": line[k] for k in EVAL_FIELDS},
-            **{f"eval/average_val_em/{name}": em for name, em in line.get("average_val_em", {}).items()}}
+    return {**{f"eval/{k}": line[k] for k in EVAL_FIELDS},  # val_em None (a text run): no point
+            **{f"eval/average_val_em/{name}": em for name, em in line.get("average_val_em", {}).items()},
+            **{f"eval/average_val_loss/{name}": x for name, x in line.get("average_val_loss", {}).items()}}
 
 
 class EventLog:

@@ -30,15 +30,17 @@ class Window:
         self.data_s = 0.0  # host time choosing and building batches (the step waits on it at most)
         self.t0 = time.perf_counter()
 
-    def add(self, m, n_tokens: int, difficulty: np.ndarray, sampler_info: dict[str, float]) -> None:
+    def add(self, m, n_tokens: int, difficulty: np.ndarray | None, sampler_info: dict[str, float]) -> None:
+        """One step's metrics; `difficulty`: of the examples it trained on (None: packed text, no examples)."""
         self.losses.append(m["loss"])
         self.nonfinite.append(m["nonfinite"])
         self.last, self.tokens = m, self.tokens + n_tokens
-        self.difficulty.append(difficulty)
+        if difficulty is not None:
+            self.difficulty.append(difficulty)
         self.sampler_info = sampler_info  # the latest: e.g. the curriculum's pacing fraction
 
     def flush(self, prog: Progress) -> dict[str, Any]:
-        d = np.concatenate(self.difficulty)
+        d = np.concatenate(self.difficulty) if self.difficulty else None
         losses = np.asarray(jax.device_get(self.losses))  # waits for this window's steps: read the clock after
         bad = np.asarray(jax.device_get(self.nonfinite), bool)
         elapsed = time.perf_counter() - self.t0
@@ -51,8 +53,7 @@ class Window:
             "grad_norm": float(self.last["grad_norm"]),
             "tokens_per_s": round(self.tokens / elapsed, 1),
             "data_time_frac": round(self.data_s / elapsed, 4),  # share of wall time spent on data
-            "difficulty_mean": float(d.mean()),
-            "difficulty_max": float(d.max()),
+            **({"difficulty_mean": float(d.mean()), "difficulty_max": float(d.max())} if d is not None else {}),
             **{k: float(v) for k, v in self.sampler_info.items()},
         }
         if bad.any():  # which steps of the window (1-based step numbers) dropped their update

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from framework.checkpoints.retention import KEEP_ALL, Retention
-from framework.data.encoding import EncodedSplit, Sampler
+from framework.data.encoding import Batch, Batches, EncodedSplit, Sampler
+from framework.data.tokenizer import Tokenizer
 from framework.stopping.points import StopPoint
 from framework.stopping.rules import StopRule
 from framework.training.averages import AverageRule
@@ -30,13 +31,20 @@ class NonFinitePolicy(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Parts:
-    train_split: EncodedSplit  # what batches are drawn from (its difficulty rescored for a curriculum)
-    val_split: EncodedSplit  # scored at every stopping point
-    sampler: Sampler  # which training rows each batch draws
+    tokenizer: Tokenizer  # what encoded the data (its PAD defines a counted token)
+    # where training batches come from: the examples a sampler picks, or a text corpus's packed rows
+    batches: Batches
+    # scored at every stopping point: an EncodedSplit (strict EM and answer loss), or a text run's packed
+    # validation rows (loss only)
+    val_split: EncodedSplit | Batch
     schedule: Schedule  # counted tokens -> learning rate
     optimizer: Callable[[int], Optimizer]  # rows per step -> the optimizer (Adam's b2 may depend on them)
     steps_per_batch: Callable[[int], int]  # tokens seen -> optimizer steps sharing the batch drawn there
     points: Sequence[StopPoint]  # where to evaluate and checkpoint
+    # the examples `batches` draws from (each row's difficulty is logged) and its sampler (a loss-driven one
+    # observes each step's per-example losses); None for a text run, which has no examples
+    train_split: EncodedSplit | None = None
+    sampler: Sampler | None = None
     average_rules: Sequence[AverageRule] = ()  # weight averages kept in every checkpoint
     stop_rule: StopRule | None = None  # may end the run at an evaluation
     # (run directory, step or None for its newest) whose evaluated weights a new run starts from;

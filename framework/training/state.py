@@ -43,7 +43,7 @@ class TrainState:
     params: Params  # the weights being trained (schedule-free: its training sequence, not the evaluated one)
     opt_state: Any
     averages: dict[str, RunningAverage]  # the weight averages kept (framework.training.averages), by name
-    sampler: Any  # the sampler's state
+    sampler: Any  # where the data stands: the sampler's state, or a text stream's (framework.data.encoding.Batches)
     progress: Progress  # counters, the RNG, the stopping rules' state
     # (indices, per-example losses) of steps the sampler has not observed yet: device arrays while
     # training, JSON in `progress.pending` once saved.

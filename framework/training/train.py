@@ -29,7 +29,7 @@ from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import write_atomic
 from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, MODEL_DIR, RunConfig, load_run_config, run_model
 from framework.data import identity
-from framework.data.encoding import answer_tokens, counted_tokens, make_batch
+from framework.data.encoding import answer_tokens, counted_tokens, rows_of
 from framework.errors import ConfigError, RecoupError
 from framework.evaluation import evaluate
 from framework.models import protocol
@@ -90,7 +90,7 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
     """
     mesh = _check_input(cfg, parts, resume)  # everything that can be wrong, before the run directory is touched
     changes = _check_data(cfg, parts, resume, allow_changed_data)
-    tokenizer = parts.train_split.tokenizer
+    tokenizer = parts.tokenizer
     _prepare_run_dir(cfg, resume, write=sharding.is_primary(), data_identity=parts.data_identity, changes=changes,
                      tokenizer=tokenizer)
     sharding.barrier("run directory ready")
@@ -100,7 +100,7 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
     optimizer, key, rule = parts.optimizer(cfg.batch_size), jax.random.key(cfg.seed), parts.stop_rule
     state = TrainState(params, sharding.place(optimizer.init(params), mesh),
                        {r.name: sharding.place(running.init(params), mesh) for r in parts.average_rules},
-                       parts.sampler.init(), Progress(rng=np.asarray(jax.random.key_data(key)).tolist(),
+                       parts.batches.init(), Progress(rng=np.asarray(jax.random.key_data(key)).tolist(),
                                                       rules=rule.init() if rule else None), key=key)
     steps: dict[int, Callable] = {}  # rows per step -> its jitted update (Adam's b2 may depend on the rows)
 
@@ -114,18 +114,18 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
     if state.progress.stopped:
         run.mgr.close()
         return checkpoints.list_checkpoints(cfg.out_dir)
-    points, sampler, prog = parts.points, parts.sampler, state.progress
+    points, prog = parts.points, state.progress
+    observe = parts.sampler.observe if parts.sampler is not None else None  # a loss-driven sampler's
     try:
         run.open_log(state, show_progress)  # metrics.jsonl and an event file: a full disk may fail here already
         while True:  # one pass, or more when a rollback re-enters the loop from an earlier checkpoint
             try:
                 while prog.next_stop < len(points):
-                    if sampler.observe is not None and len(state.pending) == 2:  # step t - 2's losses: done by now
+                    if observe is not None and len(state.pending) == 2:  # step t - 2's losses: done by now
                         done_idx, done_losses = state.pending.pop(0)
-                        state.sampler = sampler.observe(state.sampler, done_idx, np.asarray(done_losses))
+                        state.sampler = observe(state.sampler, done_idx, np.asarray(done_losses))
                     data_t0 = time.perf_counter()
-                    idx, next_sampler_state = sampler.next(state.sampler, prog.tokens)
-                    batch = make_batch(parts.train_split, idx)
+                    batch, idx, next_sampler_state = parts.batches.draw(state.sampler, prog.tokens)
                     n_tokens = counted_tokens(batch, tokenizer.pad)
                     run.window.data_s += time.perf_counter() - data_t0
                     # Take every stopping point this batch would cross *before* running it.
@@ -139,8 +139,8 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
                         break
                     state.sampler, example_losses = next_sampler_state, []
                     # Usually one step; during a batch-size warmup, several over consecutive rows of the batch.
-                    for rows in np.split(np.asarray(idx), parts.steps_per_batch(prog.tokens)):
-                        part = batch if len(rows) == len(idx) else make_batch(parts.train_split, rows)
+                    for rows in np.split(np.arange(len(batch.inputs)), parts.steps_per_batch(prog.tokens)):
+                        part = batch if len(rows) == len(batch.inputs) else rows_of(batch, rows)
                         n = n_tokens if part is batch else counted_tokens(part, tokenizer.pad)
                         state.params, state.opt_state, m = train_step(len(rows))(
                             state.params, state.opt_state, sharding.put_batch(part, mesh), np.float32(prog.tokens),
@@ -152,8 +152,8 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
                                                                  np.float32(n), np.float32(prog.tokens))
                         prog.answer_tokens += answer_tokens(part)
                         example_losses.append(sharding.gather_rows(m["example_loss"]))
-                        run.stepped(state, m, n, rows)
-                    if sampler.observe is not None:
+                        run.stepped(state, m, n, None if idx is None else idx[rows])
+                    if observe is not None:
                         state.pending.append((idx, example_losses[0] if len(example_losses) == 1
                                               else jnp.concatenate(example_losses)))
                 break
@@ -179,8 +179,7 @@ def _check_input(cfg: RunConfig, parts: Parts, resume: bool):
     if cfg.batch_warmup > 0:  # its first steps take batch_size / 8 rows, which must split over the mesh too
         sharding.check_batch(mesh, cfg.batch_size // BATCH_WARMUP_SPLITS[0])
     if not resume:
-        first = counted_tokens(make_batch(parts.train_split, parts.sampler.next(parts.sampler.init(), 0)[0]),
-                               parts.train_split.tokenizer.pad)
+        first = counted_tokens(parts.batches.draw(parts.batches.init(), 0)[0], parts.tokenizer.pad)
         if first > cfg.budget_tokens:
             raise ConfigError("budget_tokens", f"{cfg.budget_tokens:,} is less than one batch "
                               f"({first:,} tokens at batch_size {cfg.batch_size}): nothing would train")
@@ -326,12 +325,13 @@ class Session:
         for hook in self.hooks:
             hook(event)
 
-    def stepped(self, state: TrainState, m, n_tokens: int, rows: np.ndarray) -> None:
-        """After each update: the progress bar, the log window, the hooks."""
+    def stepped(self, state: TrainState, m, n_tokens: int, examples: np.ndarray | None) -> None:
+        """After each update (of the training `examples`, None for packed text): the progress bar, the log
+        window, the hooks."""
         prog, sampler = state.progress, self.parts.sampler
         self.bar.update(n_tokens)
-        self.window.add(m, n_tokens, self.parts.train_split.difficulty[rows],
-                        sampler.info(state.sampler, prog.tokens) if sampler.info else {})
+        self.window.add(m, n_tokens, None if examples is None else self.parts.train_split.difficulty[examples],
+                        sampler.info(state.sampler, prog.tokens) if sampler is not None and sampler.info else {})
         if prog.step % self.cfg.log_every == 0:
             self.log_train_line(state)
         self.emit(Event("step", prog.step, prog.tokens, {}))
@@ -367,8 +367,9 @@ class Session:
                 meta["fired_evaluation"] = dict(self.fired)
         else:  # rules and hooks run before the save: one that fires here gets one `stopped` checkpoint
             if rule is not None:
+                correct = None if tf["correct"] is None else tuple(int(c) for c in tf["correct"])
                 obs = Observation(prog.step, prog.tokens, prog.tokens / cfg.budget_tokens, tf["strict_em"],
-                                  tf["loss"], self.last_line.get("grad_norm"), tuple(int(c) for c in tf["correct"]),
+                                  tf["loss"], self.last_line.get("grad_norm"), correct,
                                   max(meta.get("average_val_em", {}).values(), default=None))
                 prog.rules, decision = rule.update(prog.rules, obs)
                 meta["stopping"] = rule.report(prog.rules)
@@ -387,8 +388,9 @@ class Session:
         save(self.mgr, state, weights, meta, self.separate, **self.keeping(prog))
         save_s = round(time.perf_counter() - save_t0, 4)  # the blocking part: the write goes on beside training
         self.log.write(json.dumps({"event": "save", "step": prog.step, "tokens": prog.tokens, "save_s": save_s}) + "\n")
+        em = "" if meta["val_em"] is None else f"val EM {meta['val_em']:.3f}, "  # None: a text run
         self.bar.write(f"  {kind} {meta['fraction']:.2f}: step {prog.step}, {prog.tokens:,} tokens, "
-                       f"val EM {meta['val_em']:.3f}, val loss {meta['val_loss']:.4f}")
+                       f"{em}val loss {meta['val_loss']:.4f}")
         self.window.t0 = time.perf_counter()  # evaluation is not training time: keep it out of tokens/s
 
     def keeping(self, prog: Progress) -> dict[str, Any]:
@@ -398,9 +400,8 @@ class Session:
 
     def _evaluate(self, state: TrainState, crossed: list[StopPoint], kind: str, weights):
         """The checkpoint's metadata and the teacher-forced validation scores of `weights`."""
-        cfg, prog, val = self.cfg, state.progress, self.parts.val_split
-        # Every process scores its own full replica (the same figures): evaluation stays single-device code.
-        tf = evaluate.teacher_forced(self.graphdef, sharding.host_local(weights), val, cfg.eval_batch_size)
+        cfg, prog = self.cfg, state.progress
+        tf = self.score(weights)
         # Label with the largest configured stop crossed (not a periodic point crossed with it);
         # the tokens fit under every crossed threshold, all listed in `fractions`.
         configured = [p.fraction for p in crossed if p.kind == "stop"]
@@ -418,11 +419,18 @@ class Session:
             "averages": list(state.averages),
         }
         if state.averages:  # how good each weight average is now: for stopping rules and for reading the run
-            meta["average_val_em"] = {
-                name: evaluate.teacher_forced(self.graphdef, sharding.host_local(running.value(a, like=weights)),
-                                              val, cfg.eval_batch_size)["strict_em"]
-                for name, a in state.averages.items() if float(a.weight) > 0}
+            scores = {name: self.score(running.value(a, like=weights))
+                      for name, a in state.averages.items() if float(a.weight) > 0}
+            if tf["strict_em"] is None:  # a text run: loss only
+                meta["average_val_loss"] = {name: sc["loss"] for name, sc in scores.items()}
+            else:
+                meta["average_val_em"] = {name: sc["strict_em"] for name, sc in scores.items()}
         return meta, tf
+
+    def score(self, weights) -> dict[str, Any]:
+        # Every process scores its own full replica (the same figures): evaluation stays single-device code.
+        return evaluate.validation(self.graphdef, sharding.host_local(weights), self.parts.val_split,
+                                   self.cfg.eval_batch_size)
 
     def roll_back(self, state: TrainState, bad: NonFiniteLoss) -> TrainState:
         """Back to the newest checkpoint after a non-finite loss, with a lower learning rate."""
@@ -473,8 +481,10 @@ class Session:
 
 
 def _packed(correct) -> dict[str, Any]:
-    """Per-example validation correctness as hex bits: what `recoup tune-stopping` replays paired tests on."""
-    return {"val_n": len(correct), "val_correct": np.packbits(np.asarray(correct, bool)).tobytes().hex()}
+    """Per-example validation correctness as hex bits: what `recoup tune-stopping` replays paired tests on
+    (nothing for a text run)."""
+    return {} if correct is None else {"val_n": len(correct),
+                                       "val_correct": np.packbits(np.asarray(correct, bool)).tobytes().hex()}
 
 
 def _truncate_logs(run_dir: str, prog: Progress) -> None:
