@@ -32,8 +32,8 @@ from ensembles import trees
 from ensembles.cascade import Cascade, cascades, fits
 from ensembles.members import Candidate, Member, ParamStore, check_compatible, run_members, strict_em
 from framework.checkpoints import store as checkpoints
-from framework.config import parse_share_or_tokens
 from framework.errors import ConfigError
+from framework.parsing import parse_share_or_tokens
 
 METHODS = ("auto", "single", "average", "latest-k", "ema", "swa", "soup", "logits", "vote", "cascade")
 ONE_MODEL = ("single", "average", "latest-k", "ema", "swa", "soup")  # the families of cost 1

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 from typing import Any
 
 from framework.errors import ConfigError
@@ -441,54 +440,6 @@ def preset(name: str) -> ModelConfig:
     return PRESETS[name]
 
 
-def parse_stops(text: str) -> tuple[float, ...]:
-    """'0.5,0.62,1.0' -> (0.5, 0.62, 1.0); 1.0 is always added (a run ends at its budget)."""
-    try:
-        fractions = {float(p) for p in text.split(",") if p.strip()}
-    except ValueError:
-        raise ConfigError("stops", f"{text!r} is not a comma-separated list of numbers") from None
-    return tuple(sorted(fractions | {1.0}))
-
-
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
-
-
-def parse_tokens(text: str | int, field: str = "budget_tokens") -> int:
-    """Token counts as '2500000', '2.5M', '500k' or '1e6' -> int."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbg]?)\s*", str(text).lower())
-    value = float(m.group(1)) * _UNITS[m.group(2)] if m else math.nan
-    if not math.isfinite(value):  # '1e400' matches, but is no count
-        raise ConfigError(field, f"{text!r} is not a token count (examples: 2500000, 2.5M, 500k)")
-    return int(round(value))
-
-
-def parse_share_or_tokens(spec: str | float, planned_tokens: int, field: str, minimum: int = 1) -> int:
-    """'0.62' (a share of `planned_tokens`, in (0, 1]) or a whole token count ('40000', '500k', '1.2M')
-    -> tokens. Anything else is a ConfigError naming `field`: 0 or less, a number above 1 that is not
-    whole ('1.5'), or fewer tokens than `minimum` (a caller's one batch: '2.0' is no cooldown)."""
-    try:
-        value = float(spec)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value):  # not a number: a count such as '500k', or an error naming `field`
-        tokens = parse_tokens(str(spec), field)
-    elif 0 < value <= 1:
-        tokens = int(value * planned_tokens)
-    elif value > 1 and value == int(value):
-        tokens = int(value)
-    elif value <= 0:
-        raise ConfigError(field, f"{spec!r} gives no tokens: give a share of the budget (0.05) or a count (40k)")
-    else:
-        raise ConfigError(field, f"{spec!r} is neither a share of the budget in (0, 1] (0.05) nor a whole token "
-                                 "count (40000, 40k)")
-    if tokens < minimum:
-        raise ConfigError(field, f"{spec!r} gives {tokens:,} tokens, fewer than one batch ({minimum:,}): give a "
-                                 "share of the budget (0.05) or a count (40k)")
-    return tokens
-
-
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -513,20 +464,7 @@ def _text(field: str, value, optional: bool = False) -> None:
         raise ConfigError(field, f"{value!r} must be a non-empty string" + (" or null" if optional else ""))
 
 
-# -- run directories, read without jax ----------------------------------------------------------
-
-CONFIG_FILE = "config.json"
 SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "mlp", "factory", "hf_config")  # what shapes depend on
-MODEL_DIR = "model"  # RUN/model/config.json: a copy of a Hugging Face model's config, made when the run starts
-
-
-def run_model(cfg: RunConfig, run_dir: str) -> ModelConfig:
-    """`cfg.model` as the run in `run_dir` builds it: a Hugging Face config read from the run's own copy
-    (the checkpoint directory it came from may be gone, or elsewhere on this machine)."""
-    copy = os.path.join(run_dir, MODEL_DIR)
-    if cfg.model.hf_config is not None and os.path.isfile(os.path.join(copy, "config.json")):
-        return dataclasses.replace(cfg.model, hf_config=copy)
-    return cfg.model
 
 
 HF_PREFIX = "hf:"  # init_from "hf:DIR": start from a Hugging Face checkpoint directory's weights
@@ -537,63 +475,6 @@ def hf_source(init_from: str | None) -> str | None:
     if isinstance(init_from, str) and init_from.startswith(HF_PREFIX) and init_from[len(HF_PREFIX):]:
         return os.path.abspath(init_from[len(HF_PREFIX):])
     return None
-
-
-def require_run_dir(run_dir: str) -> None:
-    """A clear error for a path that is not a run directory, listing what is there instead."""
-    if not os.path.isdir(run_dir):
-        parent = os.path.dirname(os.path.abspath(run_dir))
-        found = sorted(os.listdir(parent))[:20] if os.path.isdir(parent) else []
-        where = f"{parent} holds: {', '.join(found)}" if found else f"{parent} is empty or missing"
-        raise ConfigError("run_dir", f"no run directory at {run_dir} ({where})")
-    if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
-        found = ", ".join(sorted(os.listdir(run_dir))[:20]) or "nothing"
-        raise ConfigError("run_dir", f"{run_dir} has no {CONFIG_FILE}, so it is not a recoup run (found: {found})")
-
-
-def load_run_config(run_dir: str) -> RunConfig:
-    """The RunConfig saved in a run directory, validated (an edited or corrupted file fails here, not
-    inside jax); a missing, unreadable or invalid file is a ConfigError."""
-    require_run_dir(run_dir)
-    path = os.path.join(run_dir, CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = RunConfig.from_dict(json.load(f))
-        cfg.validate()
-    except ConfigError as e:  # a bad field: say which file holds it
-        raise ConfigError(e.field, f"{e.message} (in {path})", e.allowed) from None
-    except (ValueError, TypeError, AttributeError, RecursionError) as e:  # ValueError: not JSON, not UTF-8
-        raise ConfigError("run_dir", f"{path} is not a valid recoup config ({e})") from None
-    return cfg
-
-
-def resolve_init_from(cfg: RunConfig, field: str = "init_from") -> tuple[str, int | None]:
-    """Check `cfg.init_from` (or `cfg.branch_from`) without jax: (source run directory, step or
-    None for the newest).
-
-    Accepts RUN_DIR or RUN_DIR/checkpoints/STEP. The source must exist, have a checkpoint, and
-    hold a model of the same shape (dropout may differ: it is not a parameter).
-    """
-    given = getattr(cfg, field)
-    path = os.path.normpath(given)
-    run_dir, step = path, None
-    parent, leaf = os.path.split(path)
-    if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
-        run_dir, step = os.path.dirname(parent), int(leaf)
-    try:
-        source = load_run_config(run_dir)
-    except ConfigError as e:  # name the field the user gave (and the source's own bad field, if that is it)
-        raise ConfigError(field, e.message if e.field == "run_dir" else f"{e.field}: {e.message}", e.allowed) from None
-    for name in SHAPE_FIELDS:
-        if getattr(source.model, name) != getattr(cfg.model, name):
-            raise ConfigError(field, f"{given} holds a model with {name}="
-                              f"{getattr(source.model, name)!r}, this run has {getattr(cfg.model, name)!r}")
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
-    if not steps or (step is not None and step not in steps):
-        raise ConfigError(field, f"no checkpoint {'' if step is None else step} in {run_dir}",
-                          steps or ["none yet"])
-    return run_dir, step
 
 
 def _from_fields(cls, d: dict[str, Any], where: str):

@@ -21,7 +21,7 @@ SECTION = "## Serving: `recoup serve` under concurrent clients"
 
 def _ensembles(run_dir: str, out: str) -> dict[str, str]:
     from ensembles import artifact
-    from framework.config import load_run_config
+    from framework.run_dirs import load_run_config
 
     budget = load_run_config(run_dir).budget_tokens
     dirs = {}

@@ -13,7 +13,8 @@ import sys
 import time
 from typing import Any
 
-from framework.config import RunConfig, load_run_config
+from framework.config import RunConfig
+from framework.run_dirs import load_run_config
 
 
 def same_run(saved: RunConfig, cfg: RunConfig) -> bool:

@@ -7,9 +7,10 @@ import pytest
 
 from curricula.registry import CURRICULA, PACINGS, SCORERS
 from framework import config
-from framework.config import DataConfig, ModelConfig, OptimConfig, RunConfig, parse_stops, parse_tokens
+from framework.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, TASKS
 from framework.errors import ConfigError
+from framework.parsing import parse_stops, parse_tokens
 from framework.runner.check import check
 from framework.training.registry import DECAY_SHAPES, OPTIMIZERS, SCHEDULES
 
@@ -141,7 +142,7 @@ def test_presets_are_valid():
     ("0.01", 32, None, "gives 10 tokens, fewer than one batch"),
 ])
 def test_a_share_or_a_count_means_one_thing(spec, minimum, tokens, message):
-    from framework.config import parse_share_or_tokens
+    from framework.parsing import parse_share_or_tokens
 
     if message is None:
         assert parse_share_or_tokens(spec, 1000, "tokens", minimum) == tokens

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from framework.checkpoints import store as checkpoints
-from framework.config import load_run_config
+from framework.run_dirs import load_run_config
 from framework.runner.build import train
 from harness import faults
 from tests.conftest import event_scalars, metrics_scalars

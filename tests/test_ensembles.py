@@ -269,7 +269,8 @@ def test_recovery_comes_with_its_uncertainty_and_a_gap_in_the_noise_says_so():
 
 def test_report_refuses_runs_of_different_data(tmp_path):
     from framework.app.report import write_report
-    from framework.config import CONFIG_FILE, DataConfig
+    from framework.config import DataConfig
+    from framework.run_dirs import CONFIG_FILE
 
     dirs = []
     for name, data in (("a", DataConfig(task="addition", max_digits=3)), ("b", DataConfig(task="multihop"))):

@@ -24,10 +24,10 @@ from framework.config import (
     NONFINITE_POLICIES,
     PRESETS,
     SHAPE_FIELDS,
-    load_run_config,
 )
 from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, RELATIONS, TASKS
 from framework.errors import ConfigError
+from framework.run_dirs import load_run_config
 from framework.training.registry import SCHEDULES
 from tests.conftest import fuzz
 from tests.fuzz_support import JSON_VALUES, _fresh, _int, outside, some_of

@@ -16,10 +16,11 @@ import pytest
 
 from framework.app.cli import main
 from framework.checkpoints import store as checkpoints
-from framework.config import DataConfig, RunConfig, load_run_config
+from framework.config import DataConfig, RunConfig
 from framework.data import identity, text
 from framework.data.tokenizer import BYTE
 from framework.errors import ConfigError
+from framework.run_dirs import load_run_config
 from framework.runner.build import train
 from framework.runner.check import check
 from framework.training.runs import open_run

@@ -260,7 +260,7 @@ def test_a_budget_below_one_batch_is_a_config_error_and_writes_nothing(tmp_path)
 
 
 def test_init_from_accepts_another_dropout_and_checks_shapes_without_jax(trained_run, tmp_path):
-    from framework.config import resolve_init_from
+    from framework.run_dirs import resolve_init_from
 
     src, stops = trained_run
     cfg = tiny_config(tmp_path / "ft", init_from=src.out_dir, model=dataclasses.replace(PRESETS["tiny"], dropout=0.2))

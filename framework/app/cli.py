@@ -32,8 +32,9 @@ from framework.app import export, train_commands
 from framework.app.flags import int_list
 from framework.app.python_files import call_function_of
 from framework.app.train_commands import ALLOW_HELP, TRUST_HELP, note_changed_data, require_trust, trained_runs
-from framework.config import load_run_config, parse_tokens
 from framework.errors import ConfigError, RecoupError
+from framework.parsing import parse_tokens
+from framework.run_dirs import load_run_config
 from framework.sweeps.report import DEFAULT_LEVELS
 from framework.sweeps.space import SAMPLERS, Space, parse_param_flags
 from framework.sweeps.sweep import run_sweep

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from curricula.registry import CURRICULA, PACINGS, SCORERS
-from framework.config import DataConfig, ModelConfig, OptimConfig, RunConfig, parse_stops, parse_tokens
+from framework.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, TASKS
 from framework.errors import ConfigError
+from framework.parsing import parse_stops, parse_tokens
 from framework.stopping.registry import RULES as STOP_RULES
 from framework.training.registry import DECAY_SHAPES, OPTIMIZERS, SCHEDULES
 

@@ -25,8 +25,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from framework.config import SHAPE_FIELDS, load_run_config
+from framework.config import SHAPE_FIELDS
 from framework.errors import ConfigError
+from framework.run_dirs import load_run_config
 
 KINDS = ("single", "average", "output", "cooldown")
 STYLE = {"single": ("tab:gray", "o"), "average": ("tab:blue", "s"), "output": ("tab:orange", "^"),

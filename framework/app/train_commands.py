@@ -24,13 +24,12 @@ from framework.config import (
     OptimConfig,
     RunConfig,
     hf_source,
-    load_run_config,
-    parse_share_or_tokens,
-    parse_tokens,
     preset,
 )
 from framework.data.registry import SPLITS
 from framework.errors import ConfigError
+from framework.parsing import parse_share_or_tokens, parse_tokens
+from framework.run_dirs import load_run_config
 from framework.runner.check import check
 from framework.training.registry import DECAY_SHAPES
 

@@ -41,8 +41,8 @@ import orbax.checkpoint as ocp
 from framework.checkpoints import integrity
 from framework.checkpoints.integrity import CorruptCheckpoint
 from framework.checkpoints.retention import KEEP_ALL, Retention, kept
-from framework.config import require_run_dir
 from framework.errors import ConfigError, RecoupError
+from framework.run_dirs import require_run_dir
 
 ITEMS = ("params", "opt_state", "sampler", "progress", "averages", "train_params")
 METRICS_FILE = "metrics.jsonl"

@@ -23,8 +23,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from framework.checkpoints.integrity import write_atomic
-from framework.config import DataConfig, RunConfig, resolve_init_from
+from framework.config import DataConfig, RunConfig
 from framework.errors import ConfigError
+from framework.run_dirs import resolve_init_from
 
 DATA_FILE = "data.json"
 TOKENIZER_DIR = "tokenizer"  # RUN/tokenizer: a copy of a Hugging Face tokenizer's files, made when the run starts

@@ -16,10 +16,11 @@ from typing import Any
 
 from curricula.build import rescore, sampler_factory
 from framework.checkpoints.retention import Retention
-from framework.config import BATCH_WARMUP_SPLITS, DataConfig, RunConfig, hf_source, resolve_init_from
+from framework.config import BATCH_WARMUP_SPLITS, DataConfig, RunConfig, hf_source
 from framework.data import identity, packing, text
 from framework.data.encoding import Batches, EncodedSplit, Sampler, prepare, sampled_batches
 from framework.errors import ConfigError
+from framework.run_dirs import resolve_init_from
 from framework.runner.check import check
 from framework.stopping.points import stop_points
 from framework.training import averages, optimizers, schedules

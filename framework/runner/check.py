@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 
 from curricula.registry import CURRICULA, PACINGS, SCORERS
-from framework.config import RunConfig, hf_source, resolve_init_from
+from framework.config import RunConfig, hf_source
 from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, RELATIONS, TASKS
 from framework.errors import ConfigError
+from framework.run_dirs import resolve_init_from
 from framework.stopping.registry import build as build_stop_rule
 from framework.training.registry import DECAY_SHAPES, OPTIMIZERS, SCHEDULES
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from framework.checkpoints.integrity import write_atomic
 from framework.checkpoints.store import list_checkpoints
-from framework.config import CONFIG_FILE
+from framework.run_dirs import CONFIG_FILE
 
 SHIPPED_FILE = "shipped.json"
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from framework.checkpoints.integrity import read_metrics
 from framework.checkpoints.store import METRICS_FILE
-from framework.config import load_run_config
 from framework.errors import ConfigError
+from framework.run_dirs import load_run_config
 from framework.stopping.registry import build
 from framework.stopping.rules import Observation
 

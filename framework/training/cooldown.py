@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 
 from framework.checkpoints.store import list_checkpoints
-from framework.config import RunConfig, load_run_config, parse_share_or_tokens
+from framework.config import RunConfig
 from framework.errors import ConfigError
+from framework.parsing import parse_share_or_tokens
+from framework.run_dirs import load_run_config
 
 
 def pick_checkpoint(run_dir: str, spec: str) -> dict:

@@ -14,7 +14,7 @@ from typing import Any
 from flax import nnx
 
 from framework.checkpoints import store as checkpoints
-from framework.config import DataConfig, RunConfig, load_run_config, run_model
+from framework.config import DataConfig, RunConfig
 from framework.data import identity
 from framework.data.encoding import EncodedSplit, prepare
 from framework.data.tasks import SPLITS
@@ -23,6 +23,7 @@ from framework.data.tokenizer import load as load_tokenizer
 from framework.errors import ConfigError
 from framework.evaluation import evaluate
 from framework.models import protocol
+from framework.run_dirs import load_run_config, run_model
 from framework.training import averages, sharding
 
 

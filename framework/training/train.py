@@ -27,12 +27,13 @@ from flax import nnx
 
 from framework.checkpoints import store as checkpoints
 from framework.checkpoints.integrity import write_atomic
-from framework.config import BATCH_WARMUP_SPLITS, CONFIG_FILE, MODEL_DIR, RunConfig, load_run_config, run_model
+from framework.config import BATCH_WARMUP_SPLITS, RunConfig
 from framework.data import identity
 from framework.data.encoding import answer_tokens, counted_tokens, rows_of
 from framework.errors import ConfigError, RecoupError
 from framework.evaluation import evaluate
 from framework.models import protocol
+from framework.run_dirs import CONFIG_FILE, MODEL_DIR, load_run_config, run_model
 from framework.stopping.points import StopPoint, StopTraining
 from framework.stopping.rules import Observation
 from framework.training import averages as running
