@@ -124,7 +124,7 @@ def summarize(seed_results: list[dict], plan, command: str, wall_s: float) -> di
         runs = [s for s in seed_results if s["task"] == task]
         rows = aggregate(runs)
         tasks[task] = {"budget_tokens": runs[0]["budget_tokens"], "tuned": runs[0]["tuned"],
-                       "seeds": [s["seed"] for s in runs], "oracle_seeds": sorted(set(plan.oracle_seeds)
+                       "seeds": [s["seed"] for s in runs], "oracle_seeds": sorted(set(plan.oracle_seeds_of(task))
                                                                                  & {s["seed"] for s in runs}),
                        "seconds": round(sum(s["seconds"] for s in runs), 1),
                        "train_seconds": round(sum(s["train_seconds"] for s in runs), 1),

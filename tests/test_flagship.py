@@ -152,3 +152,15 @@ def test_worker_output_is_prefixed_line_by_line_even_when_written_in_pieces():
     stream.flush()
     assert out.getvalue().splitlines() == ["[byo seed 3] periodic 0.10: step 25, val EM 0.000",
                                            "[byo seed 3] stop 0.25", "[byo seed 3] saved"]
+
+
+def test_a_task_can_train_its_oracles_on_fewer_seeds(tmp_path):
+    tuned = early_stop_recovery.load_tuned()
+    plan = early_stop_recovery.FULL
+    assert plan.oracle_seeds_of("multihop") == (0, 1, 2) and plan.oracle_seeds_of("addition") == (0, 1, 2, 3, 4)
+    oracles = lambda task, seed, p=plan: sorted(  # noqa: E731
+        n for n in flagship.run_configs(task, seed, str(tmp_path), p, tuned) if n.startswith("oracle"))
+    assert oracles("multihop", 2) == ["oracle-0.38", "oracle-0.5", "oracle-0.62", "oracle-0.75"]
+    assert oracles("multihop", 3) == [] and len(oracles("addition", 3)) == 4
+    narrowed = plan._replace(seeds=(0, 3), oracle_seeds=(0, 3))  # --seeds 0,3: still only multihop's own
+    assert narrowed.oracle_seeds_of("multihop") == (0,) and narrowed.oracle_seeds_of("byo") == (0, 3)
