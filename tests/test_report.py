@@ -31,12 +31,16 @@ def test_report_renders_from_a_fixture_of_runs(trained_run, tmp_path, capsys):
     cool = tmp_path / "cool"
     assert main(["cooldown", cfg.out_dir, "--from", "0.5", "--tokens", "0.1", "--out", str(cool), "--no-progress"]) == 0
     out = tmp_path / "rep"
-    assert main(["report", cfg.out_dir, str(cool), "--out", str(out), "--max-cost", "2", "--prices", "1,100"]) == 0
+    assert main(["report", cfg.out_dir, str(cool), "--out", str(out), "--max-cost", "2.5", "--prices", "1,100"]) == 0
     capsys.readouterr()
     result = json.loads((out / "report.json").read_text())
     kinds = {(p["kind"], p["fraction"]) for p in result["points"]}
-    assert {("single", 0.5), ("single", 1.0), ("average", 1.0), ("output", 1.0), ("cooldown", 0.5)} <= kinds
+    assert {("single", 0.5), ("single", 1.0), ("average", 1.0), ("output", 1.0), ("cascade", 1.0),
+            ("cooldown", 0.5)} <= kinds
     assert all(0.0 <= p["em"] <= 1.0 for p in result["points"])
+    costs = {p["kind"]: p["inference_cost"] for p in result["points"] if p["fraction"] == 1.0}
+    assert costs["output"] <= 2 and 1 <= costs["cascade"] <= 2.5  # a fractional cap: int(C) members, a mean <= C
+    assert {s["max_cost"] for s in result["what_to_ship"]} == {1, 2.5}
     text = (out / "report.md").read_text()
     assert "## What to ship" in text and "| cooldown" in text
     png = (out / "em_vs_tokens.png").read_bytes()

@@ -81,10 +81,9 @@ def _cmd_report(args) -> int:
     from framework.app.report import write_report
 
     prices = _prices(args.prices) if args.prices else [0.5, 2.0, 10.0]
-    if args.max_cost < 1:
-        raise ConfigError("max-cost", f"{args.max_cost} must be >= 1 (1: weight averages only)")
+    max_cost = _max_cost(args.max_cost, "auto")
     require_trust(args.run_dirs, args.trust_imports)
-    result = write_report(args.run_dirs, args.out, prices, args.max_cost, allow_changed_data=args.allow_changed_data)
+    result = write_report(args.run_dirs, args.out, prices, max_cost, allow_changed_data=args.allow_changed_data)
     print(f"wrote {args.out}/report.md and {args.out}/em_vs_tokens.png")
     note_changed_data(result.get("data_changed"))
     return 0
@@ -105,7 +104,9 @@ def _add_report_parser(sub) -> None:
     r = sub.add_parser("report", help="EM against tokens for every stop, average, ensemble and cooldown; Pareto front")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     r.add_argument("--out", required=True, help="directory for report.md, report.json and em_vs_tokens.png")
-    r.add_argument("--max-cost", type=int, default=3, help="largest output ensemble considered (default 3)")
+    r.add_argument("--max-cost", default="3", metavar="C",
+                   help="most forward passes per query: output ensembles of up to int(C) checkpoints, cascades "
+                        "of mean cost <= C (fractional allowed, e.g. 1.3); 1: weight averages only (default 3)")
     r.add_argument("--prices", help="EM points per million tokens for 'what to ship' (default 0.5,2,10)")
     r.add_argument("--allow-changed-data", action="store_true", help=ALLOW_HELP)
     r.add_argument("--trust-imports", action="store_true", help=TRUST_HELP)

@@ -8,6 +8,8 @@ the **test** split (strict EM from one teacher-forced pass; equal to decoded str
 - single: the latest checkpoint within f of the budget (plain early stopping);
 - average: the best weight average within f (latest-k, EMA, SWA, soup; cost 1), chosen on validation;
 - output: the best log-prob ensemble of up to `max_cost` checkpoints within f, chosen on validation;
+- cascade: the best cascade within f (a 1x model that escalates its unsure queries to a log-prob
+  ensemble) whose mean cost on validation is at most `max_cost`, which may then be fractional;
 - cooldown: runs branched with `recoup cooldown` are points of their own, at the tokens they used.
 
 Points of the same kind and fraction are averaged over seeds (mean and sample sd); the Pareto
@@ -29,9 +31,9 @@ from framework.config import SHAPE_FIELDS
 from framework.errors import ConfigError
 from framework.run_dirs import load_run_config
 
-KINDS = ("single", "average", "output", "cooldown")
+KINDS = ("single", "average", "output", "cascade", "cooldown")
 STYLE = {"single": ("tab:gray", "o"), "average": ("tab:blue", "s"), "output": ("tab:orange", "^"),
-         "cooldown": ("tab:green", "D")}
+         "cascade": ("tab:red", "v"), "cooldown": ("tab:green", "D")}
 
 
 class Point(NamedTuple):
@@ -40,15 +42,16 @@ class Point(NamedTuple):
     fraction: float  # the stopping fraction it belongs to (of the source run's budget)
     tokens: int  # training tokens it cost (all runs it draws on)
     em: float  # test strict EM
-    inference_cost: int
+    inference_cost: float  # forward passes per query (a cascade's: its mean on validation)
     what: str  # e.g. "ema[ema-20000@159]"
 
 
-def collect(run_dirs: list[str], max_cost: int = 3, log=print, allow_changed_data: bool = False,
+def collect(run_dirs: list[str], max_cost: float = 3, log=print, allow_changed_data: bool = False,
             store=None) -> list[Point]:
     """The test EM of what each run could ship at each stop. `store`: an ensembles.members.ParamStore
     to read the runs through (its data_changes() then say what differed, when allowed)."""
     # jax: only after the inputs are checked
+    from ensembles.cascade import evaluate_cascade
     from ensembles.members import Candidate, ParamStore, run_members, strict_em
     from ensembles.select import select
 
@@ -71,11 +74,17 @@ def collect(run_dirs: list[str], max_cost: int = 3, log=print, allow_changed_dat
             single = Candidate("single", (under[-1],), (1.0,), "weights")
             choices = [("single", single)]
             choices.append(("average", select([run], budget, 1, "auto", store=store, log=lambda _: None).best))
-            if max_cost > 1 and len(under) > 1:
-                choices.append(("output", select([run], budget, max_cost, "logits", store=store,
+            if max_cost >= 2 and len(under) > 1:
+                choices.append(("output", select([run], budget, int(max_cost), "logits", store=store,
                                                  log=lambda _: None).best))
+            if max_cost > 1 and len(under) > 1:
+                choices.append(("cascade", select([run], budget, max_cost, "cascade", store=store,
+                                                  log=lambda _: None).best))
             for kind, c in choices:
-                em = strict_em(store, c, "test")
+                if c.method == "cascade":  # no single distribution to teacher-force: its decoded strict EM
+                    em = evaluate_cascade(store, c, "test")["strict_em"]
+                else:
+                    em = strict_em(store, c, "test")
                 points.append(Point(run, kind, f, c.training_tokens, em, c.inference_cost, c.describe()))
     return points
 
@@ -104,7 +113,7 @@ def pareto(rows: list[dict]) -> list[dict]:
     return front
 
 
-def what_to_ship(rows: list[dict], prices, max_cost: int) -> list[dict]:
+def what_to_ship(rows: list[dict], prices, max_cost: float) -> list[dict]:
     out = []
     for price in prices:
         ok = [r for r in rows if r["inference_cost"] <= max_cost]
@@ -127,7 +136,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
             continue
         color, marker = STYLE[kind]
         label = {"single": "single checkpoint", "average": "weight average (1x)",
-                 "output": f"output ensemble ({max(r['inference_cost'] for r in rs)}x)",
+                 "output": f"output ensemble ({max(r['inference_cost'] for r in rs):g}x)",
+                 "cascade": f"cascade (mean cost <= {max(r['inference_cost'] for r in rs):.2f}x)",
                  "cooldown": "cooldown (tokens counted)"}[kind]
         ax.errorbar([r["tokens"] / 1e6 for r in rs], [r["em"] for r in rs], yerr=[r["em_sd"] for r in rs],
                     color=color, marker=marker, linestyle="-" if kind != "cooldown" else "none", capsize=3,
@@ -146,7 +156,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max_cost: int = 3,
+def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max_cost: float = 3,
                  log=print, allow_changed_data: bool = False) -> dict:
     cfgs = [load_run_config(d) for d in run_dirs]  # every input is a run directory, before any work
     for d, cfg in zip(run_dirs[1:], cfgs[1:], strict=True):  # seeds of one task: one data, one model
@@ -184,12 +194,12 @@ def write_report(run_dirs: list[str], out_dir: str, prices=(0.5, 2.0, 10.0), max
     for r in rows:
         star = " *" if (r["kind"], r["fraction"]) in front else ""
         lines.append(f"| {r['kind']}{star} | {r['fraction']:g} | {r['tokens']:,.0f} | "
-                     f"{r['em']:.3f} ± {r['em_sd']:.3f} | {r['inference_cost']}x | {r['n']} |")
+                     f"{r['em']:.3f} ± {r['em_sd']:.3f} | {r['inference_cost']:.3g}x | {r['n']} |")
     lines += ["", "## What to ship", "",
               "J = 100 × EM − price × tokens / 1e6 (price in EM points per million tokens).", "",
               "| price | max inference cost | ship | stop | tokens | test EM | J |", "|---|---|---|---|---|---|---|"]
     for s in ship:
-        lines.append(f"| {s['price']:g} | {s['max_cost']}x | {s['kind']} | {s['fraction']:g} | {s['tokens']:,.0f} | "
+        lines.append(f"| {s['price']:g} | {s['max_cost']:g}x | {s['kind']} | {s['fraction']:g} | {s['tokens']:,.0f} | "
                      f"{s['em']:.3f} | {s['j']:.1f} |")
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
