@@ -11,6 +11,8 @@ a shared 2-core machine mean little); on a GPU absolute throughput is added.
    one train step.
 3. The sections of harness/: ensembles, serving, the training loop, the Llama-family model, and
    attention at 1k and 2k tokens (experiments/bench_attention.py).
+4. Streamed text training (experiments/bench_text.py): the data wait and peak memory on a 100 MB and a
+   1 GB generated corpus.
 """
 
 from __future__ import annotations
@@ -167,11 +169,12 @@ def main() -> None:
     from harness.bench_ensembles import averaging_cost, output_ensemble_latency
     from harness.bench_llama import llama_benchmark, llama_section
     from harness.bench_serving import serving_benchmark
+    from harness.bench_text import text_benchmark, text_section
     from harness.bench_training import training_benchmark
 
     base = get_config()
     lines += ["", output_ensemble_latency(base), averaging_cost(), serving_benchmark(), training_benchmark(base),
-              llama_section(llama_benchmark(base))]
+              llama_section(llama_benchmark(base)), text_section(text_benchmark())]
     dtype = "bfloat16" if on_gpu else "float32"  # on a GPU, what cuDNN's flash attention takes
     lines += [attention_section(attention_timings(dtype=dtype), dtype=dtype)]
     if on_gpu:
