@@ -12,7 +12,8 @@ a shared 2-core machine mean little); on a GPU absolute throughput is added.
 3. The sections of harness/: ensembles, serving, the training loop, the Llama-family model, and
    attention at 1k and 2k tokens (experiments/bench_attention.py).
 4. Streamed text training (experiments/bench_text.py): the data wait and peak memory on a 100 MB and a
-   1 GB generated corpus.
+   1 GB generated corpus; and packed text rows (seq_len 512) trained by `train` against a hand-written
+   loop that passes positions and segments (`python -m experiments.bench_training --packed`).
 """
 
 from __future__ import annotations
@@ -170,11 +171,12 @@ def main() -> None:
     from harness.bench_llama import llama_benchmark, llama_section
     from harness.bench_serving import serving_benchmark
     from harness.bench_text import text_benchmark, text_section
-    from harness.bench_training import training_benchmark
+    from harness.bench_training import packed_benchmark, packed_section, training_benchmark
 
     base = get_config()
     lines += ["", output_ensemble_latency(base), averaging_cost(), serving_benchmark(), training_benchmark(base),
-              llama_section(llama_benchmark(base)), text_section(text_benchmark())]
+              llama_section(llama_benchmark(base)), text_section(text_benchmark()),
+              packed_section(packed_benchmark(base))]
     dtype = "bfloat16" if on_gpu else "float32"  # on a GPU, what cuDNN's flash attention takes
     lines += [attention_section(attention_timings(dtype=dtype), dtype=dtype)]
     if on_gpu:
