@@ -128,6 +128,53 @@ class State:
     def _on_batch(self, model_id: str, rows: int, seconds: float) -> None:
         self.metrics.batch_size.observe(rows)
 
+    async def record(self, completion_id: str, req, done: list[generation.Completion]) -> None:
+        """With --feedback-db: what was served, committed before the answer goes, so feedback on it can
+        follow at once. A database error does not spoil the answer; feedback on it will be a 404."""
+        if self.feedback is None:
+            return
+        rows = feedback.completion_rows(completion_id, req, done, time.time())
+        try:
+            await self.feedback.run(self.feedback.record, rows)
+        except sqlite3.Error as e:
+            self.metrics.feedback_errors.inc()
+            self.log(f"recoup serve: could not record {completion_id} in {self.feedback.path}: {e}")
+
+    def check_key(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and secrets.compare_digest(given[7:].encode(), self.api_key.encode())):
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", None,
+                           "invalid_api_key", "authentication_error")
+
+    def check_ready(self) -> None:
+        if self.failed:
+            raise APIError(503, f"the server failed to load its models: {self.failed}", None, None, "server_error")
+        if not self.ready.is_set():
+            raise APIError(503, "the server is loading and compiling its models; retry shortly (see /health)",
+                           None, "loading", "server_error")
+
+    def check_feedback_on(self) -> None:
+        if self.feedback is None:
+            raise APIError(404, "feedback is off: start recoup serve with --feedback-db PATH", None,
+                           "feedback_disabled")
+
+    async def take_feedback(self, raw: bytes) -> dict:
+        """POST /v1/feedback's body, read (with feedback on) -> its response; an APIError for what cannot
+        be recorded."""
+        fb = feedback.parse_feedback(feedback.read_json(raw))
+        result = await self.feedback.run(self.feedback.add, fb)
+        if result == "unknown":
+            raise APIError(404, f"no completion {fb.id!r} with a choice {fb.index} was recorded in this server's "
+                                "--feedback-db", "id", "completion_not_found")
+        if result == "duplicate":
+            raise APIError(409, f"completion {fb.id!r} choice {fb.index} already has a feedback; the first one "
+                                "stands", "id", "duplicate_feedback")
+        self.metrics.feedback.labels("reference" if fb.reference is not None else
+                                     "correct" if fb.correct else "wrong").inc()
+        return {"object": "feedback", "id": fb.id, "index": fb.index, "status": "recorded"}
+
 
 def check_servable(paths: Sequence[str]) -> None:
     """What cannot be served is a clear error before anything loads: each path an ensemble or a run
@@ -209,21 +256,6 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
     def error(e: APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
 
-    def check_key(request: Request) -> None:
-        if state.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and secrets.compare_digest(given[7:].encode(), state.api_key.encode())):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", None,
-                           "invalid_api_key", "authentication_error")
-
-    def check_ready() -> None:
-        if state.failed:
-            raise APIError(503, f"the server failed to load its models: {state.failed}", None, None, "server_error")
-        if not state.ready.is_set():
-            raise APIError(503, "the server is loading and compiling its models; retry shortly (see /health)",
-                           None, "loading", "server_error")
-
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):  # an unknown route or method: OpenAI's body too
         if e.status_code in (404, 405):
@@ -248,8 +280,8 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
 
     async def complete(request: Request, parse, respond):
         try:
-            check_key(request)
-            check_ready()
+            state.check_key(request)
+            state.check_ready()
             try:
                 raw = await request.body()
             except ClientDisconnect:  # gone before its body was read: nothing to answer
@@ -269,13 +301,7 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
             done = [generation.apply_stop(c, req.stops) for c in done]
             state.metrics.tokens.labels(req.model.id).inc(sum(c.completion_tokens for c in done))
             body = respond(req, done)
-            if state.feedback is not None:  # committed before the answer goes: feedback on it can follow at once
-                rows = feedback.completion_rows(body["id"], req, done, time.time())
-                try:
-                    await state.feedback.run(state.feedback.record, rows)
-                except sqlite3.Error as e:  # the answer is still good; feedback on it will be a 404
-                    state.metrics.feedback_errors.inc()
-                    log(f"recoup serve: could not record {body['id']} in {state.feedback.path}: {e}")
+            await state.record(body["id"], req, done)
             return body
         except APIError as e:
             return error(e)
@@ -291,33 +317,21 @@ def create_app(paths: Sequence[str], buckets: Buckets = DEFAULT_BUCKETS, max_wai
     @app.post("/v1/feedback")
     async def create_feedback(request: Request):
         try:
-            check_key(request)
-            if state.feedback is None:
-                raise APIError(404, "feedback is off: start recoup serve with --feedback-db PATH", None,
-                               "feedback_disabled")
+            state.check_key(request)
+            state.check_feedback_on()  # before reading a body that nothing would take
             try:
                 raw = await read_body(request, feedback.MAX_BODY_BYTES)
             except ClientDisconnect:
                 return Response(status_code=CLIENT_GONE)
-            fb = feedback.parse_feedback(feedback.read_json(raw))
-            result = await state.feedback.run(state.feedback.add, fb)
-            if result == "unknown":
-                raise APIError(404, f"no completion {fb.id!r} with a choice {fb.index} was recorded in this server's "
-                                    "--feedback-db", "id", "completion_not_found")
-            if result == "duplicate":
-                raise APIError(409, f"completion {fb.id!r} choice {fb.index} already has a feedback; the first one "
-                                    "stands", "id", "duplicate_feedback")
+            return await state.take_feedback(raw)
         except APIError as e:
             return error(e)
-        state.metrics.feedback.labels("reference" if fb.reference is not None else
-                                      "correct" if fb.correct else "wrong").inc()
-        return {"object": "feedback", "id": fb.id, "index": fb.index, "status": "recorded"}
 
     @app.get("/v1/models")
     async def list_models(request: Request):
         try:
-            check_key(request)
-            check_ready()
+            state.check_key(request)
+            state.check_ready()
         except APIError as e:
             return error(e)
         return {"object": "list", "data": [
