@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from framework.checkpoints.integrity import write_atomic
 from harness.report import ci95_half_width
 
 CASCADE_CAPS = (1.1, 1.3, 1.5, 2.0)
@@ -93,9 +94,7 @@ def seed_rows(flagship: str, task: str, seed: int, stop: float, log=print) -> di
     out = {"version": VERSION, "task": task, "seed": seed, "budget": budget, "run": run_dir,
            "rows": score_seed(run_dir, budget, log)}
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    with open(cache + ".tmp", "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(cache + ".tmp", cache)
+    write_atomic(cache, json.dumps(out, indent=2))
     return out
 
 
@@ -103,16 +102,16 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict[str, Any]:
     """Per task: each kind's mean test EM and cost over seeds with 95% CIs, and the target's paired gap."""
     tasks = {}
     for task, seeds in per_seed.items():
+        kinds_of = [{r["kind"]: r for r in s["rows"]} for s in seeds]  # per seed: kind -> row
         by_kind = {}
-        for name in [r["kind"] for r in seeds[0]["rows"]]:
-            rs = [next(r for r in s["rows"] if r["kind"] == name) for s in seeds]
+        for name in kinds_of[0]:
+            rs = [k[name] for k in kinds_of]
             em, cost = [r["test_em"] for r in rs], [r["cost"] for r in rs]
             by_kind[name] = {"test_em": float(np.mean(em)), "test_em_ci95": ci95_half_width(em),
                              "cost": float(np.mean(cost)), "cost_ci95": ci95_half_width(cost),
                              "val_em": float(np.mean([r["val_em"] for r in rs]))}
-        cas = [next(r for r in s["rows"] if r["kind"] == f"cascade <= {TARGET_CAP:g}")["test_em"] for s in seeds]
-        ens = [next(r for r in s["rows"] if r["kind"] == f"best <= {TARGET_K}x")["test_em"] for s in seeds]
-        gap = np.asarray(cas) - np.asarray(ens)
+        gap = np.asarray([k[f"cascade <= {TARGET_CAP:g}"]["test_em"] - k[f"best <= {TARGET_K}x"]["test_em"]
+                          for k in kinds_of])
         tasks[task] = {"seeds": [s["seed"] for s in seeds], "budget": seeds[0]["budget"], "kinds": by_kind,
                        "seconds": sum(s["seconds"] for s in seeds),
                        "target": {"gap": float(gap.mean()), "gap_ci95": ci95_half_width(gap),
@@ -189,7 +188,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{task}: cascade <= {TARGET_CAP:g} minus best {TARGET_K}x: {g['gap'] * 100:+.1f} ± "
               f"{g['gap_ci95'] * 100:.1f} points ({'met' if g['met'] else 'not met'})")
     if args.docs:
-        from framework.checkpoints.integrity import write_atomic
         from harness.flagship_report import replace_block
 
         plot_name = "cascade_cost.png"
