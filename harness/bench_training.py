@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,12 +48,18 @@ def hand_written_step(cfg):
 
     graphdef, params = nnx.split(build(cfg.model, cfg.seed), nnx.Param)
     tx = hand_written_optimizer(cfg)
-    opt_state = tx.init(params)
+    step = _jitted_step(graphdef, tx, lambda model, inputs: forward(model, inputs))
+    return step, params, tx.init(params)
+
+
+def _jitted_step(graphdef, tx: optax.GradientTransformation, logits_of: Callable):
+    """One jitted update: masked mean cross-entropy of `logits_of(model, inputs, *extra)`, then `tx`.
+    Returns step(params, opt_state, inputs, targets, mask, *extra) -> (params, opt_state, loss)."""
 
     @jax.jit
-    def step(params, opt_state, inputs, targets, mask):
+    def step(params, opt_state, inputs, targets, mask, *extra):
         def loss_fn(p):
-            logits = forward(nnx.merge(graphdef, p), inputs)
+            logits = logits_of(nnx.merge(graphdef, p), inputs, *extra)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * mask
             return ce.sum() / jnp.maximum(mask.sum(), 1.0)
 
@@ -60,7 +67,7 @@ def hand_written_step(cfg):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return step, params, opt_state
+    return step
 
 
 def hand_written_tokens_per_s(cfg, train_split, steps: int = 50, warmup: int = 5) -> float:
@@ -209,20 +216,9 @@ def hand_written_packed_step(cfg, tx: optax.GradientTransformation | None = None
 
     graphdef, params = nnx.split(build(cfg.model, cfg.seed), nnx.Param)
     tx = tx or hand_written_optimizer(cfg)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, inputs, targets, mask, positions, segment_ids):
-        def loss_fn(p):
-            logits = nnx.merge(graphdef, p)(inputs, positions, segment_causal_mask(segment_ids))[0]
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * mask
-            return ce.sum() / jnp.maximum(mask.sum(), 1.0)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step, params, opt_state
+    step = _jitted_step(graphdef, tx, lambda model, inputs, positions, segment_ids:
+                        model(inputs, positions, segment_causal_mask(segment_ids))[0])
+    return step, params, tx.init(params)
 
 
 def hand_written_packed_tokens_per_s(cfg, steps: int = 40, warmup: int = 5) -> float:
