@@ -105,6 +105,9 @@ def steady_tokens_per_s(cfg) -> float:
 
     train(cfg, show_progress=False)
     lines = _train_lines(cfg.out_dir)[0]
+    if len(lines) < 2:  # the first window holds compilation: without a second there is no steady speed
+        raise ValueError(f"{cfg.out_dir} logged {len(lines)} train window(s) of {cfg.log_every} steps; a steady "
+                         "speed needs at least 2: give more tokens")
     tokens = np.diff([w["tokens"] for w in lines])  # the tokens of every window but the first (compilation)
     return float(tokens.sum() / sum(t / w["tokens_per_s"] for t, w in zip(tokens, lines[1:], strict=True)))
 

@@ -63,7 +63,7 @@ def test_the_hand_written_packed_step_matches_recoups_step_on_the_same_batches(t
 @pytest.mark.slow  # ~25 s on 2 shared cores: two `train` runs' compilation
 def test_the_packed_benchmark_runs_both_loops_at_a_tiny_size(tmp_path):
     r = packed_benchmark(tiny_config(tmp_path / "unused"), preset="tiny", seq_len=128, batch_size=4,
-                         tokens=20 * 4 * 64, hand_steps=3, repeats=1, corpus_mb=0.05)
+                         tokens=30 * 4 * 128, hand_steps=3, repeats=1, corpus_mb=0.05)
     assert len(r["hand"]) == len(r["recoup"]) == 1
     assert all(math.isfinite(x) and x > 0 for x in r["hand"] + r["recoup"])
     assert math.isclose(r["ratio"], r["recoup"][0] / r["hand"][0])
