@@ -186,3 +186,15 @@ def test_random_bytes_as_a_data_file_are_a_clear_error(sandbox, kind, content):
     except ConfigError as e:
         assert e.field in ("data", "prompt_col", "answer_col"), str(e)
         assert "x." + kind in str(e)
+
+
+@pytest.mark.parametrize("line, fragments", [
+    (b"9223372036854775808", ["line 1 ", "is a number, not an object"]),  # found by the fuzz test above
+    (b'{"prompt": "1+1=", "answer": 9223372036854775808}', ["line 1:", "does not fit in 64 bits"]),
+])
+def test_a_huge_integer_is_named_after_what_the_line_is(tmp_path, line, fragments):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(line + b"\n")
+    with pytest.raises(ConfigError) as err:
+        load_file(str(path))
+    assert err.value.field == "data" and all(f in str(err.value) for f in fragments), str(err.value)

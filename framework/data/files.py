@@ -43,10 +43,15 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
                type(None): "null"}
 
 
-def _int64(text: str) -> int:
-    if not -2**63 <= int(text) < 2**63:  # pyarrow fails on it, naming no line
-        raise ValueError(f"the integer {text} does not fit in 64 bits (write it as a string)")
-    return int(text)
+def _noting_int64(too_big: list[str]):
+    """A json parse_int that notes every integer outside 64 bits (pyarrow fails on one, naming no line):
+    noted, not raised, so that a line which is no object at all is reported as such first."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not -2**63 <= value < 2**63:
+            too_big.append(text)
+        return value
+    return parse
 
 
 def _json_fault(text: str, lines_only: bool) -> str | None:
@@ -64,14 +69,18 @@ def _json_fault(text: str, lines_only: bool) -> str | None:
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
+        too_big: list[str] = []
         try:
-            row = json.loads(line, parse_int=_int64)
+            row = json.loads(line, parse_int=_noting_int64(too_big))
         except json.JSONDecodeError as e:
             return f"line {n} column {e.colno}: JSON parse error: {e.msg}"
         except (ValueError, RecursionError) as e:
             return f"line {n}: JSON parse error: {e or 'nested too deeply'}"
         if not isinstance(row, dict):
             return f"line {n} is {_JSON_KINDS[type(row)]}, not an object of columns such as {{\"prompt\": ...}}"
+        if too_big:
+            return (f"line {n}: JSON parse error: the integer {too_big[0]} does not fit in 64 bits "
+                    "(write it as a string)")
         any_column = any_column or bool(row)
     return None if any_column else "every row is an empty object {}"
 
