@@ -74,6 +74,9 @@ def main(argv=None) -> None:
     p.add_argument("--docs", default=None,
                    help="results file to write the flagship section into (full default: docs/results.md; "
                         "quick: none)")
+    p.add_argument("--scored", default=None,
+                   help="a directory that keeps the scored seeds apart from the runs (TASK/seedN.json, read first, "
+                        "written too): docs/flagship_scores, committed, rebuilds the tables without the runs")
     p.add_argument("--jobs", type=int, default=1,
                    help="(task, seed) pairs run at once, each in its own process (make flagship: 2 on 2 cores)")
     args = p.parse_args(argv)
@@ -95,7 +98,7 @@ def main(argv=None) -> None:
         if task not in tuned:
             raise SystemExit(f"{TUNED_FILE} has no tuned recipes for {task}: run experiments.fair_tuning --task {task}")
     t0 = time.perf_counter()
-    seeds = flagship.run(plan, out, tuned, args.jobs)
+    seeds = flagship.run(plan, out, tuned, args.jobs, scored=args.scored)
     given = sys.argv[1:] if argv is None else argv
     command = "make demo" if args.quick and out == "runs/demo" else \
         " ".join(["python -m experiments.early_stop_recovery", *given])

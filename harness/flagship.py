@@ -168,17 +168,29 @@ def score_seed(dirs: dict[str, str], cool: dict[float, str], plan: Plan, t: dict
     return rows, curve
 
 
-def run_seed(task: str, seed: int, out: str, plan: Plan, tuned: dict, log=print) -> dict[str, Any]:
+def _saved(path: str, runs: list[str], t: dict) -> dict[str, Any] | None:
+    """The scored seed at `path` if these runs of these recipes made it (and rows of this version)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    return saved if saved.get("version") == ROWS_VERSION and saved.get("runs") == runs and saved.get("tuned") == t \
+        else None
+
+
+def run_seed(task: str, seed: int, out: str, plan: Plan, tuned: dict, log=print,
+             scored: str | None = None) -> dict[str, Any]:
     """Train (or reuse) and score one (task, seed) of `tuned` (experiments/tuned.json's recipes); the
-    scored rows are cached in OUT/TASK/seedN.json."""
+    scored rows are cached in OUT/TASK/seedN.json. `scored`: a directory that keeps scored seeds apart
+    from the runs (SCORED/TASK/seedN.json, read first and written too), so a small directory that is
+    committed (docs/flagship_scores) lets the tables be rebuilt where the runs are gone."""
     t = tuned[task]
     cfgs = run_configs(task, seed, out, plan, tuned)
     runs = sorted(cfgs) + [f"cool-{f}" for f in plan.cooldowns] + [f"controller-{k}" for k in plan.prices]
-    cache = os.path.join(out, task, f"seed{seed}.json")
-    if os.path.isfile(cache):
-        with open(cache) as f:
-            saved = json.load(f)
-        if saved.get("version") == ROWS_VERSION and saved.get("runs") == runs and saved.get("tuned") == t:
+    name = os.path.join(task, f"seed{seed}.json")
+    kept = os.path.join(scored, name) if scored else None
+    for path in filter(None, (kept, os.path.join(out, name))):
+        if (saved := _saved(path, runs, t)) is not None:
             return saved
     t0 = time.perf_counter()
     train_s = sum(ensure_trained(cfg, log) for cfg in cfgs.values())
@@ -193,17 +205,20 @@ def run_seed(task: str, seed: int, out: str, plan: Plan, tuned: dict, log=print)
               "budget_tokens": t["budget"], "today": list(plan.today[task]), "train_seconds": round(train_s, 1),
               "seconds": round(time.perf_counter() - t0, 1), "dirs": dirs | {f"cool-{f}": d for f, d in cool.items()},
               "rows": rows, "curve": curve}
-    write_atomic(cache, json.dumps(result, indent=2))
+    for path in filter(None, (os.path.join(out, name), kept)):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, json.dumps(result, indent=2))
     return result
 
 
-def _run_seed_in_worker(task: str, seed: int, out: str, plan: Plan, tuned: dict) -> dict[str, Any]:
-    return in_worker(run_seed, task, seed, out, plan, tuned)
+def _run_seed_in_worker(task: str, seed: int, out: str, plan: Plan, tuned: dict,
+                        scored: str | None) -> dict[str, Any]:
+    return in_worker(run_seed, task, seed, out, plan, tuned, print, scored)
 
 
-def run(plan: Plan, out: str, tuned: dict, jobs: int = 1) -> list[dict[str, Any]]:
+def run(plan: Plan, out: str, tuned: dict, jobs: int = 1, scored: str | None = None) -> list[dict[str, Any]]:
     """Every (task, seed) of `plan`, `jobs` at a time (each in a process of its own when > 1), after
-    checking every config; their scored results in order."""
+    checking every config; their scored results in order (`scored`: see run_seed)."""
     for task in plan.tasks:
         for seed in plan.seeds:
             for cfg in run_configs(task, seed, out, plan, tuned).values():
@@ -211,9 +226,10 @@ def run(plan: Plan, out: str, tuned: dict, jobs: int = 1) -> list[dict[str, Any]
     t0 = time.perf_counter()
     pairs = [(task, seed) for task in plan.tasks for seed in plan.seeds]
     if jobs > 1:
-        return run_pairs(pairs, functools.partial(_run_seed_in_worker, out=out, plan=plan, tuned=tuned), jobs, t0)
+        work = functools.partial(_run_seed_in_worker, out=out, plan=plan, tuned=tuned, scored=scored)
+        return run_pairs(pairs, work, jobs, t0)
     seeds = []
     for task, seed in pairs:
         print(f"{task} seed {seed} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-        seeds.append(run_seed(task, seed, out, plan, tuned))
+        seeds.append(run_seed(task, seed, out, plan, tuned, scored=scored))
     return seeds

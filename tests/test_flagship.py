@@ -119,6 +119,30 @@ def test_one_tiny_seed_end_to_end(tmp_path, monkeypatch):
     assert again == result  # scored seeds are cached, runs reused
 
 
+def test_scored_seeds_are_kept_apart_from_the_runs_and_reused_without_them(tmp_path, monkeypatch):
+    """--scored DIR: a seed scored once is written there too, and read back where the runs are gone."""
+    tiny = lambda task, out_dir, data_dir: tiny_config(out_dir)  # noqa: E731
+    monkeypatch.setattr(fair_tuning, "task_config", tiny)
+    tuned = {"addition": {"b0": 24_000, "budget": 24_000, "plain": {}, "anytime": {},
+                          "cooldown": {"fraction": 0.2, "shape": "1-sqrt"}}}
+    plan = early_stop_recovery.QUICK
+    trained = []
+    monkeypatch.setattr(flagship, "ensure_trained", lambda cfg, log: trained.append(cfg.out_dir) or 1.0)
+    monkeypatch.setattr(flagship, "cooldown_configs", lambda *a: {})
+    monkeypatch.setattr(flagship, "score_seed", lambda *a: ([{"variant": "full", "test_em": 0.5}], []))
+    runs, scored = str(tmp_path / "runs"), str(tmp_path / "scores")
+    first = flagship.run_seed("addition", 0, runs, plan, tuned, log=lambda _: None, scored=scored)
+    assert trained and first["rows"] == [{"variant": "full", "test_em": 0.5}]
+    with open(os.path.join(scored, "addition", "seed0.json")) as f:
+        assert json.load(f) == first
+    trained.clear()
+    again = flagship.run_seed("addition", 0, str(tmp_path / "gone"), plan, tuned, log=lambda _: None, scored=scored)
+    assert again == first and not trained  # nothing trained or scored: the kept seed is the result
+    other = {"addition": {**tuned["addition"], "plain": {"optim.peak_lr": 1e-3}}}  # another recipe: not reused
+    flagship.run_seed("addition", 0, str(tmp_path / "gone"), plan, other, log=lambda _: None, scored=scored)
+    assert trained
+
+
 def _pair_worker(task, seed):
     """A stand-in for one (task, seed): fails for seed 13, else says who ran it."""
     if seed == 13:
