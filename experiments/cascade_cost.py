@@ -1,7 +1,7 @@
 """EM against mean inference cost at one stop of the flagship's anytime runs (issue 24's results).
 
     python -m experiments.cascade_cost --flagship runs/flagship --tasks addition,byo,multihop
-        [--stop 0.62] [--seeds 0,1,2,3,4] [--docs docs/results.md]
+        [--stop 0.62] [--seeds 0,1,2,3,4] [--docs docs/results.md] [--scored docs/flagship_scores]
 
 For every (task, seed) the flagship trained (OUT/TASK/seedN.json names the runs), the anytime run's
 checkpoints up to `stop`·B are the pool, and `ensembles.select` picks, on validation, the best
@@ -77,24 +77,33 @@ def score_seed(run_dir: str, budget: int, log=print) -> list[dict[str, Any]]:
     return rows
 
 
-def seed_rows(flagship: str, task: str, seed: int, stop: float, log=print) -> dict[str, Any]:
-    path = os.path.join(flagship, task, f"seed{seed}.json")
-    with open(path) as f:
-        scored = json.load(f)
-    run_dir = os.path.join(flagship, task, os.path.basename(scored["dirs"]["anytime"]))
-    budget = round(stop * scored["budget_tokens"])
-    cache = os.path.join(flagship, task, f"cascade-{stop:g}-seed{seed}.json")
-    if os.path.isfile(cache):
+def _kept(dirs: list[str], name: str) -> str | None:
+    """The first of DIR/name that exists."""
+    return next((p for d in dirs if os.path.isfile(p := os.path.join(d, name))), None)
+
+
+def seed_rows(flagship: str, task: str, seed: int, stop: float, log=print, scored: str | None = None) -> dict[str, Any]:
+    """One (task, seed)'s rows, cached in FLAGSHIP/TASK/cascade-S-seedN.json (and in SCORED/TASK/ too, where
+    `scored` keeps them apart from the runs: see experiments.early_stop_recovery --scored)."""
+    dirs = [os.path.join(d, task) for d in (scored, flagship) if d]
+    name = f"cascade-{stop:g}-seed{seed}.json"
+    with open(_kept(dirs, f"seed{seed}.json")) as f:
+        flagship_seed = json.load(f)
+    budget = round(stop * flagship_seed["budget_tokens"])
+    if cache := _kept(dirs, name):
         with open(cache) as f:
             saved = json.load(f)
         if saved.get("version") == VERSION and saved.get("budget") == budget:
             return saved
+    run_dir = os.path.join(flagship, task, os.path.basename(flagship_seed["dirs"]["anytime"]))
     log(f"  {task} seed {seed}: {run_dir}, checkpoints up to {budget:,} tokens")
     t0 = time.perf_counter()
     out = {"version": VERSION, "task": task, "seed": seed, "budget": budget, "run": run_dir,
            "rows": score_seed(run_dir, budget, log)}
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    write_atomic(cache, json.dumps(out, indent=2))
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        write_atomic(os.path.join(d, name), json.dumps(out, indent=2))
     return out
 
 
@@ -173,15 +182,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--stop", type=float, default=0.62, help="the share of B whose checkpoints form the pool")
     p.add_argument("--docs", default="docs/results.md", help="results file to write the section into ('' for none)")
+    p.add_argument("--scored", default=None, help="where the scored seeds are kept apart from the runs, read first "
+                                                 "and written too (docs/flagship_scores)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {}
     for task in args.tasks.split(","):
-        have = [s for s in seeds if os.path.isfile(os.path.join(args.flagship, task, f"seed{s}.json"))]
+        dirs = [os.path.join(d, task) for d in (args.scored, args.flagship) if d]
+        have = [s for s in seeds if _kept(dirs, f"seed{s}.json")]
         if not have:
-            print(f"{task}: no scored flagship seed in {args.flagship}/{task}; skipped")
+            print(f"{task}: no scored flagship seed in {' or '.join(dirs)}; skipped")
             continue
-        per_seed[task] = [seed_rows(args.flagship, task, s, args.stop) for s in have]
+        per_seed[task] = [seed_rows(args.flagship, task, s, args.stop, scored=args.scored) for s in have]
     tasks = summarize(per_seed)
     for task, t in tasks.items():
         g = t["target"]
