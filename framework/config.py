@@ -67,9 +67,11 @@ class DataConfig:
     # prompt/answer data: pack whole examples into rows of seq_len tokens, as many as fit (attention and positions
     # kept per example), in a seeded shuffle; the loss stays on the answers (framework.data.packing)
     pack: bool = False
-    # other text corpora mixed into the training rows, ((path, share), ...): each row comes from one of them with
+    # other sources mixed into the training rows, ((path, share), ...): a text corpus (PATH, read from its start,
+    # nothing of it held out), or prompt/answer examples (qa:FILE, a file --data reads, with the run's prompt/answer
+    # columns: only its train split, packed whole as pack packs them); each row comes from one of them with
     # probability its share, else from the main data, which must be packed (text, or pack); validation is the main
-    # data's, and a mixed-in corpus is read from its start (nothing of it is held out)
+    # data's (framework.data.mixture)
     mixture: tuple = ()
 
     def validate(self) -> None:
@@ -93,7 +95,11 @@ class DataConfig:
         if not (isinstance(m, tuple) and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and x[0]
                                              and _is_number(x[1]) and 0 < x[1] < 1 for x in m)):
             raise ConfigError("data.mixture", f"{m!r} must be (path, share) pairs, each share in (0, 1) (--mix "
-                                              "PATH=SHARE)")
+                                              "PATH=SHARE, or qa:FILE=SHARE for prompt/answer examples)")
+        empty = [x[0] for x in m if x[0].startswith(QA_PREFIX) and not qa_source(x[0])]
+        if empty:
+            raise ConfigError("data.mixture", f"{empty[0]!r} names no file: prompt/answer examples are qa:FILE=SHARE "
+                                              "(--mix qa:train.jsonl=0.2)")
         if m and sum(x[1] for x in m) >= 1:
             raise ConfigError("data.mixture", f"its shares add up to {sum(x[1] for x in m):g}: the main data's share "
                                               "is what they leave, so they must add up to less than 1")
@@ -475,6 +481,15 @@ def hf_source(init_from: str | None) -> str | None:
     if isinstance(init_from, str) and init_from.startswith(HF_PREFIX) and init_from[len(HF_PREFIX):]:
         return os.path.abspath(init_from[len(HF_PREFIX):])
     return None
+
+
+QA_PREFIX = "qa:"  # a mixture entry "qa:FILE": prompt/answer examples (a file --data reads), not a text corpus
+
+
+def qa_source(path: str) -> str | None:
+    """The file of a mixture entry "qa:FILE" (DataConfig.mixture): prompt/answer examples; None for a text corpus
+    (and for "qa:" alone, which DataConfig.validate refuses)."""
+    return (path[len(QA_PREFIX):] or None) if path.startswith(QA_PREFIX) else None
 
 
 def _from_fields(cls, d: dict[str, Any], where: str):

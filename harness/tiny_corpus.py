@@ -1,9 +1,10 @@
 """A small text corpus made here, with no download, for the README's `recoup train --text` example and
 for trying the text path: one document per entity of a multihop knowledge base (framework.data.tasks),
 its facts written as sentences, in .txt files (a blank line between documents), a .jsonl file or a
-.parquet file.
+.parquet file. `--format qa` writes the same facts as prompt/answer pairs instead ("The friend of Kesu
+is " -> "Tomer"), a file to mix into a text run (`--mix qa:FILE=SHARE`).
 
-    python -m harness.tiny_corpus corpus/ [--entities 400] [--format txt|jsonl|parquet]
+    python -m harness.tiny_corpus corpus/ [--entities 400] [--format txt|jsonl|parquet|qa]
 """
 
 from __future__ import annotations
@@ -14,18 +15,32 @@ import os
 import random
 
 
-def documents(entities: int = 400, seed: int = 0) -> list[str]:
-    """One paragraph per entity: each of its relations as a sentence, in a seeded order."""
+def facts(entities: int = 400, seed: int = 0) -> list[list[tuple[str, str]]]:
+    """Per entity, the facts its document states, in their seeded order: ("The friend of Kesu is ", "Tomer")."""
     from framework.data.tasks import knowledge_base
 
     kb = knowledge_base(seed, entities, 12)
     rng = random.Random(seed)
     out = []
     for e in kb.entities:
-        facts = [f"The {r} of {e} is {kb.links[r][e]}." for r in kb.relations]
-        rng.shuffle(facts)
-        out.append(" ".join(facts[: rng.randint(3, len(facts))]))
+        stated = [(f"The {r} of {e} is ", kb.links[r][e]) for r in kb.relations]
+        rng.shuffle(stated)
+        out.append(stated[: rng.randint(3, len(stated))])
     return out
+
+
+def documents(entities: int = 400, seed: int = 0) -> list[str]:
+    """One paragraph per entity: the facts it states, each as a sentence."""
+    return [" ".join(f"{prompt}{answer}." for prompt, answer in stated) for stated in facts(entities, seed)]
+
+
+def write_qa(directory: str, entities: int = 400) -> str:
+    """The documents' facts as prompt/answer pairs in DIRECTORY/facts.jsonl; its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "facts.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"prompt": p, "answer": a}) + "\n" for stated in facts(entities) for p, a in stated)
+    return path
 
 
 def write(directory: str, docs: list[str], fmt: str = "txt", files: int = 4) -> list[str]:
@@ -53,8 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("directory")
     p.add_argument("--entities", type=int, default=400, help="documents: one per entity (default 400)")
-    p.add_argument("--format", choices=("txt", "jsonl", "parquet"), default="txt")
+    p.add_argument("--format", choices=("txt", "jsonl", "parquet", "qa"), default="txt",
+                   help="qa: the facts as prompt/answer pairs, not documents")
     args = p.parse_args(argv)
+    if args.format == "qa":
+        path = write_qa(args.directory, args.entities)
+        print(f"wrote {sum(map(len, facts(args.entities))):,} facts of {args.entities} documents to {path}")
+        return
     paths = write(args.directory, documents(args.entities), args.format)
     print(f"wrote {args.entities} documents to {', '.join(paths)}")
 

@@ -1,7 +1,7 @@
-"""Packed prompt/answer examples (`--pack`) and mixtures of corpora (`--mix PATH=SHARE`), issue 23 item 1:
-whole examples share a row with the loss on their answers and the counted tokens unpacked training
-counts; mixed rows come from each source by its share; a packed, mixed run resumes bit for bit and
-validates by EM as an unpacked one does."""
+"""Packed prompt/answer examples (`--pack`) and mixtures (`--mix PATH=SHARE`), issue 23 item 1: whole
+examples share a row with the loss on their answers and the counted tokens unpacked training counts;
+mixed rows come from each source by its share; a packed, mixed run resumes bit for bit and validates by
+EM as an unpacked one does. Prompt/answer files mixed in (`qa:FILE`): tests/test_mixture.py."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from framework.config import DataConfig
-from framework.data import packing
+from framework.data import identity, packing
 from framework.data.encoding import Batch, Batches, counted_tokens, make_batch, prepare, uniform_sampler
 from framework.errors import ConfigError
 from framework.runner.build import train
 from framework.runner.check import check
 from framework.training.runs import open_run
 from tests.conftest import crash_then_resume, logged_lines, tiny_config
+from tests.test_mixture import write_qa
 from tests.test_text_train import write_corpus
 
 ADDITION = DataConfig(task="addition", max_digits=3, n_examples=400, val_size=20, test_size=20)
@@ -119,9 +120,13 @@ def test_pack_and_mixture_config_errors_name_their_fields(tmp_path, data, run, w
 
 
 def test_a_packed_mixed_run_validates_by_em_and_resumes_bit_for_bit(tmp_path):
-    """Addition packed into rows of 48, a third of the rows from a text corpus, an EMA and dropout."""
+    """Addition packed into rows of 48, 30% of the rows from a text corpus and 30% from two prompt/answer
+    files (their train splits), an EMA and dropout."""
     corpus = write_corpus(tmp_path / "corpus", docs=30)
-    data = dataclasses.replace(ADDITION, pack=True, seq_len=48, mixture=((corpus, 0.3),))
+    qa = [write_qa(tmp_path / "a.jsonl", 60, columns=("prompt", "answer")),
+          write_qa(tmp_path / "b.csv", 60, seed=1, columns=("prompt", "answer"))]
+    data = dataclasses.replace(ADDITION, pack=True, seq_len=48,
+                               mixture=((corpus, 0.3), (f"qa:{qa[0]}", 0.2), (f"qa:{qa[1]}", 0.1)))
     common = dict(data=data, batch_size=8, budget_tokens=8_000, ema_half_lives=(1_000,), log_every=3,
                   model=dataclasses.replace(tiny_config("x").model, dropout=0.1))
     straight = train(tiny_config(tmp_path / "straight", **common), show_progress=False)
@@ -133,3 +138,4 @@ def test_a_packed_mixed_run_validates_by_em_and_resumes_bit_for_bit(tmp_path):
     assert logged_lines(str(tmp_path / "straight")) == logged_lines(broken.out_dir)
     lines = [x for x in logged_lines(broken.out_dir) if x["event"] == "train"]
     assert all(x["answer_tokens"] < x["tokens"] for x in lines)  # the examples' loss is on their answers
+    assert [r.get("data_path") for r in identity.read(broken.out_dir)["mixture"]] == [None, *qa]

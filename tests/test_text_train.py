@@ -201,5 +201,6 @@ def test_the_cli_sets_a_text_run_and_lists_the_flags(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     assert "data (one of --task / --data / --text)" in shown
     for flag in ("--text PATH a text corpus", "--text-col C text: the column", "--seq-len N text or pack: tokens",
-                 "--pack, --no-pack prompt/answer data: pack whole examples", "--mix PATH=SHARE other text corpora"):
+                 "--pack, --no-pack prompt/answer data: pack whole examples",
+                 "--mix PATH=SHARE other sources mixed into the training rows", "or prompt/answer examples (qa:FILE"):
         assert flag in shown

@@ -93,14 +93,16 @@ def _stop_rule(spec: str) -> dict:
 
 
 def _mixture(specs: list[str]) -> tuple[tuple[str, float], ...]:
-    """['corpus/=0.3', ...] -> (('corpus/', 0.3), ...): a path may hold '=', the share is after the last."""
+    """['corpus/=0.3', 'qa:train.jsonl=0.2', ...] -> (('corpus/', 0.3), ('qa:train.jsonl', 0.2), ...): a path
+    may hold '=', the share is after the last."""
     out = []
     for spec in specs:
         path, _, share = spec.rpartition("=")
         try:
             out.append((path, float(share)))
         except ValueError:
-            raise ConfigError("mixture", f"{spec!r} is not PATH=SHARE (corpus/=0.3)") from None
+            raise ConfigError("data.mixture", f"{spec!r} is not PATH=SHARE (corpus/=0.3) or qa:FILE=SHARE "
+                                              "(qa:train.jsonl=0.2)") from None
     return tuple(out)
 
 

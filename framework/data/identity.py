@@ -4,7 +4,9 @@ When a run starts, `RUN/data.json` records the data file's resolved path and sha
 `save_to_disk` directory: over its files), a sha256 of each split's rows, in order, and for a file
 split by hash the cut points, which every later build for the run keeps. A text corpus, which may be
 far too big to hash, is recorded by its files' names, sizes and first and last bytes
-(`corpus_fingerprint`) and a sha256 of its packed validation rows. Every later
+(`corpus_fingerprint`) and a sha256 of its packed validation rows. Sources mixed into training
+(`--mix`) are recorded too, each with its share: a corpus by its fingerprint, a prompt/answer file
+(`qa:FILE`) by its sha256. Every later
 reading of the run's data (`--resume`, a cooldown branch, `recoup eval`, `ensemble build/eval`,
 `report`) rebuilds the splits and compares (`serve` and `tune-stopping`, which read no examples,
 compare the file's sha256 where the file is still there): a changed file or split is a ConfigError saying what
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from framework.checkpoints.integrity import write_atomic
-from framework.config import DataConfig, RunConfig
+from framework.config import QA_PREFIX, DataConfig, RunConfig, qa_source
 from framework.errors import ConfigError
 from framework.run_dirs import resolve_init_from
 
@@ -111,12 +113,33 @@ def text_record(data: DataConfig, corpus) -> dict:
 
 
 def mixture_record(data: DataConfig) -> dict:
-    """The corpora mixed into training (DataConfig.mixture), each as `text_record` records the main one."""
+    """The sources mixed into training (DataConfig.mixture), each with its share: a corpus as `text_record`
+    records the main one (path, `corpus_fingerprint`), a prompt/answer file ("qa:FILE") as `record` records a
+    data file (path, sha256)."""
     if not data.mixture:
         return {}
-    paths = [os.path.abspath(path) for path, _ in data.mixture]
-    return {"mixture": [{"text_path": path, "share": share, "text_fingerprint": corpus_fingerprint(path)}
-                        for path, (_, share) in zip(paths, data.mixture, strict=True)]}
+    out = []
+    for entry, share in data.mixture:
+        file = qa_source(entry)
+        if file is not None:
+            path = os.path.abspath(file)
+            out.append({"data_path": path, "share": share, "data_sha256": fingerprint_path(path)})
+        else:
+            path = os.path.abspath(entry)
+            out.append({"text_path": path, "share": share, "text_fingerprint": corpus_fingerprint(path)})
+    return {"mixture": out}
+
+
+def _found_mixture(data: DataConfig, recorded: list[dict]) -> DataConfig:
+    """`data` with each mixed-in source that is not here (a path relative to where the run trained) found at
+    the absolute path the run recorded for it, as the main data is found."""
+    entries = []
+    for (entry, share), rec in zip(data.mixture, recorded, strict=True):
+        file, was = qa_source(entry), rec.get("data_path") or rec.get("text_path")
+        if not os.path.exists(file or entry) and was and os.path.exists(was):
+            entry = QA_PREFIX + was if file is not None else was
+        entries.append((entry, share))
+    return dataclasses.replace(data, mixture=tuple(entries))
 
 
 def read(run_dir: str) -> dict | None:
@@ -151,13 +174,11 @@ def resolved(data: DataConfig, run_dirs: Iterable[str]) -> DataConfig:
     if data.tokenizer != "byte":
         copies = [t for t in map(run_tokenizer, run_dirs) if t]
         data = dataclasses.replace(data, tokenizer=copies[0]) if copies else data
+    records = [rec for rec in map(read, run_dirs) if rec]
+    if data.mixture and records and len(records[0].get("mixture", [])) == len(data.mixture):  # (a built-in task too)
+        data = _found_mixture(data, records[0]["mixture"])
     if data.data_path is None and data.text is None:
         return data
-    records = [rec for rec in map(read, run_dirs) if rec]
-    if data.mixture and records and len(records[0].get("mixture", [])) == len(data.mixture):  # found the same way
-        data = dataclasses.replace(data, mixture=tuple(
-            (path if os.path.exists(path) or not os.path.exists(rec["text_path"]) else rec["text_path"], share)
-            for (path, share), rec in zip(data.mixture, records[0]["mixture"], strict=True)))
     if data.text is not None:  # a text corpus, found the same way
         found = [r["text_path"] for r in records if r.get("text_path") and os.path.exists(r["text_path"])]
         return dataclasses.replace(data, text=found[0]) if found and not os.path.exists(data.text) else data
@@ -192,8 +213,11 @@ def differences(saved: dict, now: dict) -> list[str]:
                    "first or last 64 KiB)")
     for was, is_ in zip(saved.get("mixture", []), now.get("mixture", []), strict=False):
         if was.get("text_fingerprint") != is_.get("text_fingerprint"):
-            out.append(f"{is_['text_path']}, mixed into training, has changed (its files, their sizes, or their first "
-                       "or last 64 KiB)")
+            out.append(f"{is_.get('text_path')}, mixed into training, has changed (its files, their sizes, or their "
+                       "first or last 64 KiB)")
+        if was.get("data_sha256") != is_.get("data_sha256"):
+            out.append(f"{is_.get('data_path')}, mixed into training, has changed (sha256 "
+                       f"{str(is_.get('data_sha256'))[:12]}..., {str(was.get('data_sha256'))[:12]}... when trained)")
     for name, was in saved.get("splits", {}).items():
         is_ = now.get("splits", {}).get(name)
         if is_ != was:

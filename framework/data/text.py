@@ -291,17 +291,6 @@ def prepare(cfg: DataConfig) -> TextData:
     return TextData(stream, pack_documents(validation, cfg.seq_len, tok.pad), tok)
 
 
-def mixture_streams(cfg: DataConfig, tok: Tokenizer) -> list[TextStream]:
-    """The corpora `cfg.mixture` mixes into training, each read from its start (none is held out)."""
-    out = []
-    for path, _ in cfg.mixture:
-        try:
-            out.append(TextStream(path, tok, cfg.seq_len, cfg.text_col))
-        except ConfigError as e:  # the mixture is the field to fix
-            raise ConfigError("data.mixture", f"{e.field}: {e.message}") from None
-    return out
-
-
 def packed_batches(stream: TextStream, batch_size: int) -> Batches:
     """Training batches of `batch_size` packed rows from `stream`; their state is the stream's
     position (`state_array`), and no example indices come with them."""

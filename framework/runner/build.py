@@ -17,7 +17,7 @@ from typing import Any
 from curricula.build import rescore, sampler_factory
 from framework.checkpoints.retention import Retention
 from framework.config import BATCH_WARMUP_SPLITS, DataConfig, RunConfig, hf_source
-from framework.data import identity, packing, text
+from framework.data import identity, mixture, packing, text
 from framework.data.encoding import Batches, EncodedSplit, Sampler, prepare, sampled_batches
 from framework.errors import ConfigError
 from framework.run_dirs import resolve_init_from
@@ -63,14 +63,14 @@ def hf_params(directory: str, dtype: str) -> Callable[[], Any]:
     return read
 
 
-def mixed(cfg: RunConfig, data: DataConfig, main: Callable[[int], Batches], tok) -> Batches:
+def mixed(cfg: RunConfig, data: DataConfig, main: Callable[[int], Batches]) -> Batches:
     """The training batches of packed rows: `main(rows)` (the main data's, `rows` a draw), or with a
-    mixture (`data.mixture`), one row at a time from the main data or a mixed-in corpus by their shares."""
+    mixture (`data.mixture`), one row at a time from the main data or a mixed-in source (a corpus, or a
+    prompt/answer file's train split: framework.data.mixture) by their shares."""
     if not data.mixture:
         return main(cfg.batch_size)
-    others = [text.packed_batches(s, 1) for s in text.mixture_streams(data, tok)]
     shares = [1 - sum(share for _, share in data.mixture), *(share for _, share in data.mixture)]
-    return packing.mixed_batches([main(1), *others], shares, cfg.batch_size, cfg.seed)
+    return packing.mixed_batches([main(1), *mixture.sources(data, cfg.seed)], shares, cfg.batch_size, cfg.seed)
 
 
 def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | None = None,
@@ -95,7 +95,7 @@ def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | No
     )
     if data.text is not None:  # a corpus streamed in order: no examples, so no sampler or curriculum
         corpus = splits or text.prepare(data)
-        batches = mixed(cfg, data, functools.partial(text.packed_batches, corpus.stream), corpus.tokenizer)
+        batches = mixed(cfg, data, functools.partial(text.packed_batches, corpus.stream))
         return Parts(tokenizer=corpus.tokenizer, batches=batches, val_split=corpus.validation.batch(),
                      data_identity={**identity.text_record(data, corpus), **identity.mixture_record(data)}, **common)
     if data.pack and sampler_fn is not None:
@@ -106,8 +106,7 @@ def build(cfg: RunConfig, *, sampler_fn: Callable[[Any, int, int], Sampler] | No
     splits = splits or prepare(data)
     train_split, common["data_identity"] = splits["train"], identity.record(data, splits)
     if data.pack:  # several whole examples a row (check_packed refused curricula)
-        batches = mixed(cfg, data, lambda rows: packing.packed_examples(train_split, data.seq_len, rows, cfg.seed),
-                        train_split.tokenizer)
+        batches = mixed(cfg, data, lambda rows: packing.packed_examples(train_split, data.seq_len, rows, cfg.seed))
         common["data_identity"].update(identity.mixture_record(data))
         return Parts(tokenizer=train_split.tokenizer, val_split=splits["validation"], train_split=train_split,
                      batches=batches, **common)
