@@ -1,6 +1,7 @@
 """Chaos: the long reliability checks behind `make chaos`, written to docs/reliability.md.
 
-    make chaos                          # everything below (~5 min on 2 idle CPU cores, + ~9 for retention)
+    make chaos                          # everything below (~5 min on 2 idle CPU cores, + ~9 for retention,
+                                        # + ~3 for feedback)
     python -m experiments.chaos kills   # one part: kills | retention | corruption | disk | fuzz | serving | data
                                         #           | feedback
 
