@@ -137,6 +137,7 @@ TESTED_EXPERIMENTS = {
                          "experiments.fair_tuning"},
     "test_fair_tuning.py": {"experiments", "experiments.fair_tuning"},
     "test_curricula.py": {"experiments.custom_curriculum"},  # the README's example, run as written
+    "test_feedback_chaos.py": {"experiments.chaos_feedback"},  # the section it writes
 }
 
 
