@@ -110,8 +110,9 @@ def section(r: dict[str, Any]) -> str:
         "A completion is committed to the file before its answer is sent, so any completion a client has an id "
         "for takes feedback after a kill. (One whose record failed, a database error, would still have been "
         "answered, and would get 404 completion_not_found here: a failure of this check.)",
-        "- in doubt: a feedback posted when the kill came, without an answer, posted again: 409 if the file "
-        "has it (it was committed, its answer lost), else 200; either way it is then stored once.",
+        "- in doubt: a feedback posted when the kill came, without an answer, posted again: 200 whether the file "
+        "has it (it was committed, its answer lost: a retry of the same feedback is answered as the first post was) "
+        "or not; either way it is then stored once.",
         "- second feedback: another value on an acknowledged one: 409, and the first one stands (checked at the "
         "next kill and at the end).",
         "- unknown: a random id, or choice 1 of a one-prompt completion: 404.", "",

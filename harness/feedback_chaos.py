@@ -7,9 +7,10 @@ told (`compare`): SQLite's integrity_check passes, every feedback acknowledged w
 with its value, none is there twice or without having been posted, and every completion answered
 with a 200 is recorded. After each restart, `probes` are posts whose answers are known in advance:
 the feedbacks held back on answered completions (200: a completion is recorded before it is
-answered, so it takes feedback after a kill), the ones posted when the kill came (409 if the file
-has them, else 200: stored once either way), a second feedback on acknowledged ones (409, and the
-first one stands) and unknown ids or choices (404).
+answered, so it takes feedback after a kill), the ones posted when the kill came, posted again
+(200 either way: a retry of a stored feedback is answered as the first post was, and it is
+stored once), a second, different feedback on acknowledged ones (409, and the first one stands)
+and unknown ids or choices (404).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def failures(c: dict[str, Any]) -> list[str]:
 
 
 # What is posted after a restart, by kind, and the status each must get (see the module's docstring).
-PROBES = {"held back": 200, "in doubt, stored": 409, "in doubt, not stored": 200, "second feedback": 409,
+PROBES = {"held back": 200, "in doubt, stored": 200, "in doubt, not stored": 200, "second feedback": 409,
           "unknown id": 404, "unknown choice": 404}
 
 

@@ -111,7 +111,9 @@ def test_the_store_keeps_one_feedback_per_recorded_choice(tmp_path):
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.record([_record(1)])
     assert store.add(Feedback("cmpl-1", 0, True, None)) == "ok"
-    assert store.add(Feedback("cmpl-1", 0, None, "21")) == "duplicate"
+    assert store.add(Feedback("cmpl-1", 0, True, None)) == "again"  # a retry of the same feedback
+    assert store.add(Feedback("cmpl-1", 0, None, "21")) == "duplicate"  # another one: the first stands
+    assert store.add(Feedback("cmpl-1", 0, False, None)) == "duplicate"
     assert store.add(Feedback("cmpl-2", 0, True, None)) == "unknown"
     assert store.add(Feedback("cmpl-1", 1, True, None)) == "unknown"
     store.close()
@@ -232,7 +234,7 @@ def test_the_feedback_db_survives_a_kill_9_of_the_server(trained_run, tmp_path):
     assert r["integrity"] == "ok"
     with recoup_serve([cfg.out_dir], *_serve_args(db), ready_timeout=300) as server:
         cid = next(iter(acked))
-        assert httpx.post(server.url + "/v1/feedback", json={"id": cid, "correct": True}).status_code == 409
+        assert httpx.post(server.url + "/v1/feedback", json={"id": cid, "reference": "another"}).status_code == 409
         new = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "1+2=", "max_tokens": 4})
         assert httpx.post(server.url + "/v1/feedback", json={"id": new.json()["id"], "correct": True}).status_code \
             == 200

@@ -70,11 +70,11 @@ def test_settling_the_probes_counts_them_and_keeps_what_is_now_stored():
     sent = probes(db, held, {"cmpl-b": B, "cmpl-c": C}, {"cmpl-a": A}, random.Random(0), n_second=1, n_unknown=1)
     assert [p.kind for p in sent] == ["held back", "held back", "in doubt, stored", "in doubt, not stored",
                                       "second feedback", "unknown id", "unknown choice"]
-    tally, wrong, stored = settle(sent, [200, 200, 409, 200, 409, 404, 404])
+    tally, wrong, stored = settle(sent, [200, 200, 200, 200, 409, 404, 404])
     assert wrong == [] and stored == {"cmpl-h": held["cmpl-h"], "cmpl-g": held["cmpl-g"], "cmpl-b": B, "cmpl-c": C}
-    assert tally == {("held back", 200): 2, ("in doubt, stored", 409): 1, ("in doubt, not stored", 200): 1,
+    assert tally == {("held back", 200): 2, ("in doubt, stored", 200): 1, ("in doubt, not stored", 200): 1,
                      ("second feedback", 409): 1, ("unknown id", 404): 1, ("unknown choice", 404): 1}
-    tally, wrong, stored = settle(sent, [404, 200, 200, 409, 200, 404, 404])
+    tally, wrong, stored = settle(sent, [404, 200, 409, 409, 200, 404, 404])  # a retry refused: wrong too
     assert len(wrong) == 4 and wrong[0].startswith("held back {'id': 'cmpl-h'") and wrong[0].endswith("404, not 200")
     assert "cmpl-h" not in stored and set(stored) == {"cmpl-g", "cmpl-b", "cmpl-c"}
 

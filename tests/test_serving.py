@@ -453,12 +453,14 @@ def test_bad_feedback_is_a_4xx_with_an_openai_error_body(served, body, status, w
     assert words in err["message"] and err["type"] == "invalid_request_error"
 
 
-def test_a_second_feedback_is_409_and_a_chunked_oversized_body_413(served):
+def test_a_second_feedback_is_409_its_retry_200_and_a_chunked_oversized_body_413(served):
     server, _, _ = served
     cid = _complete(server.url, model="avg", prompt="1+2=", max_tokens=4)["id"]
     longest = {"id": cid, "reference": "\U0001F600" * 4096}  # the longest reference, sent as 49 kB of JSON escapes
     assert httpx.post(server.url + "/v1/feedback", content=json.dumps(longest).encode(),
                       headers={"content-type": "application/json"}).status_code == 200
+    retry = httpx.post(server.url + "/v1/feedback", json=longest)  # its answer lost, say: the same body again
+    assert retry.status_code == 200 and retry.json()["status"] == "already recorded"
     again = httpx.post(server.url + "/v1/feedback", json={"id": cid, "correct": True})
     assert again.status_code == 409 and again.json()["error"]["code"] == "duplicate_feedback"
     chunks = (b'{"id": "x", "reference": "', *[b"9" * 4096] * 20, b'"}')  # no Content-Length: read up to the limit

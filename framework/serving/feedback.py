@@ -99,15 +99,19 @@ class FeedbackStore:
                                 f"({', '.join('?' * len(COLUMNS))})", rows)
 
     def add(self, fb: Feedback) -> str:
-        """Store a feedback: "ok", or "unknown" (no such completion) or "duplicate" (it has one)."""
+        """Store a feedback: "ok"; "again" (this very feedback is stored already: a client's retry after a
+        lost answer, which must not read as a refusal); "unknown" (no such completion) or "duplicate" (it
+        has another one, which stands)."""
+        correct = None if fb.correct is None else int(fb.correct)
         try:
             cur = self.db.execute(
                 "INSERT INTO feedback (id, idx, created, correct, reference) SELECT ?, ?, ?, ?, ? "
                 "WHERE EXISTS (SELECT 1 FROM completions WHERE id = ? AND idx = ?)",
-                (fb.id, fb.index, time.time(), None if fb.correct is None else int(fb.correct), fb.reference,
-                 fb.id, fb.index))
+                (fb.id, fb.index, time.time(), correct, fb.reference, fb.id, fb.index))
         except sqlite3.IntegrityError:
-            return "duplicate"
+            stored = self.db.execute("SELECT correct, reference FROM feedback WHERE id = ? AND idx = ?",
+                                     (fb.id, fb.index)).fetchone()
+            return "again" if tuple(stored) == (correct, fb.reference) else "duplicate"
         return "ok" if cur.rowcount == 1 else "unknown"
 
     def close(self) -> None:

@@ -169,8 +169,10 @@ class State:
             raise APIError(404, f"no completion {fb.id!r} with a choice {fb.index} was recorded in this server's "
                                 "--feedback-db", "id", "completion_not_found")
         if result == "duplicate":
-            raise APIError(409, f"completion {fb.id!r} choice {fb.index} already has a feedback; the first one "
-                                "stands", "id", "duplicate_feedback")
+            raise APIError(409, f"completion {fb.id!r} choice {fb.index} already has another feedback; the first "
+                                "one stands", "id", "duplicate_feedback")
+        if result == "again":  # a retry of a stored feedback: the same answer as the first time, counted once
+            return {"object": "feedback", "id": fb.id, "index": fb.index, "status": "already recorded"}
         self.metrics.feedback.labels("reference" if fb.reference is not None else
                                      "correct" if fb.correct else "wrong").inc()
         return {"object": "feedback", "id": fb.id, "index": fb.index, "status": "recorded"}
