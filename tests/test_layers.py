@@ -138,6 +138,7 @@ TESTED_EXPERIMENTS = {
     "test_fair_tuning.py": {"experiments", "experiments.fair_tuning"},
     "test_curricula.py": {"experiments.custom_curriculum"},  # the README's example, run as written
     "test_feedback_chaos.py": {"experiments.chaos_feedback"},  # the section it writes
+    "test_cascade_cost.py": {"experiments.cascade_cost"},
 }
 
 
