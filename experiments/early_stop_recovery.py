@@ -104,6 +104,7 @@ def main(argv=None) -> None:
         " ".join(["python -m experiments.early_stop_recovery", *given])
     summary = flagship_report.summarize(seeds, plan, command=command, wall_s=time.perf_counter() - t0)
     path = os.path.join(out, "summary.json")
+    os.makedirs(out, exist_ok=True)  # every seed may have come from --scored, with nothing trained into OUT
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
     print(flagship_report.headline(summary))
