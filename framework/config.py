@@ -494,8 +494,7 @@ def qa_source(path: str) -> str | None:
 
 def _from_fields(cls, d: dict[str, Any], where: str):
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
+    if unknown := sorted(set(d) - names):
         raise ConfigError(f"{where}.{unknown[0]}" if unknown[0] else where, f"unknown field {unknown[0]!r}",
                           sorted(names))
     return cls(**d)
