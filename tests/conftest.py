@@ -85,6 +85,21 @@ def crash_then_resume(cfg: RunConfig, after_fraction: float = 0.6) -> list[dict]
     return before
 
 
+def assert_resumes_bit_for_bit(straight_dir: str, broken: RunConfig) -> list[dict]:
+    """Crash and resume `broken` (crash_then_resume), then assert it ends with the weights and the logged
+    lines of the uninterrupted run in `straight_dir`; its train lines are returned."""
+    import jax
+    import numpy as np
+
+    from framework.training.runs import open_run
+
+    crash_then_resume(broken)
+    a, b = open_run(straight_dir).params(), open_run(broken.out_dir).params()
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+    assert logged_lines(straight_dir) == logged_lines(broken.out_dir)
+    return [x for x in logged_lines(broken.out_dir) if x["event"] == "train"]
+
+
 def logged_lines(run_dir: str) -> list[dict]:
     """metrics.jsonl without the wall-clock fields and lines, which differ between any two runs."""
     from harness.faults import metrics_lines

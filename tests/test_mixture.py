@@ -19,8 +19,7 @@ from framework.data import identity, mixture, packing, text
 from framework.data.encoding import counted_tokens, make_batch, prepare
 from framework.errors import ConfigError
 from framework.runner.build import build, train
-from framework.training.runs import open_run
-from tests.conftest import crash_then_resume, logged_lines, tiny_config
+from tests.conftest import assert_resumes_bit_for_bit, tiny_config
 from tests.test_text_train import write_corpus
 
 COLUMNS = dict(prompt_col="q", answer_col="a")  # not the defaults: the run's column names are the ones read
@@ -136,11 +135,7 @@ def test_a_text_run_with_qa_files_and_a_corpus_mixed_in_trains_records_them_and_
     common = dict(data=data, batch_size=8, budget_tokens=8_000, log_every=3)
     train(tiny_config(tmp_path / "straight", **common), show_progress=False)
     broken = tiny_config(tmp_path / "broken", **common)
-    crash_then_resume(broken)
-    a, b = open_run(str(tmp_path / "straight")).params(), open_run(broken.out_dir).params()
-    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
-    assert logged_lines(str(tmp_path / "straight")) == logged_lines(broken.out_dir)
-    lines = [x for x in logged_lines(broken.out_dir) if x["event"] == "train"]
+    lines = assert_resumes_bit_for_bit(str(tmp_path / "straight"), broken)
     assert lines[-1]["loss"] < lines[0]["loss"]  # it trains
     assert all(x["answer_tokens"] < x["tokens"] for x in lines)  # the examples' loss is on their answers only
     recorded = identity.read(broken.out_dir)["mixture"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 
@@ -17,8 +16,7 @@ from framework.data.encoding import Batch, Batches, counted_tokens, make_batch, 
 from framework.errors import ConfigError
 from framework.runner.build import train
 from framework.runner.check import check
-from framework.training.runs import open_run
-from tests.conftest import crash_then_resume, logged_lines, tiny_config
+from tests.conftest import assert_resumes_bit_for_bit, tiny_config
 from tests.test_mixture import write_qa
 from tests.test_text_train import write_corpus
 
@@ -132,10 +130,6 @@ def test_a_packed_mixed_run_validates_by_em_and_resumes_bit_for_bit(tmp_path):
     straight = train(tiny_config(tmp_path / "straight", **common), show_progress=False)
     assert all(isinstance(c["val_em"], float) and "average_val_em" in c for c in straight)  # EM, as unpacked
     broken = tiny_config(tmp_path / "broken", **common)
-    crash_then_resume(broken)
-    a, b = open_run(str(tmp_path / "straight")).params(), open_run(broken.out_dir).params()
-    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
-    assert logged_lines(str(tmp_path / "straight")) == logged_lines(broken.out_dir)
-    lines = [x for x in logged_lines(broken.out_dir) if x["event"] == "train"]
+    lines = assert_resumes_bit_for_bit(str(tmp_path / "straight"), broken)
     assert all(x["answer_tokens"] < x["tokens"] for x in lines)  # the examples' loss is on their answers
     assert [r.get("data_path") for r in identity.read(broken.out_dir)["mixture"]] == [None, *qa]
