@@ -21,7 +21,7 @@ flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, 2 at a time, write
 
 TEST_WORKERS ?= 2  # CI's cores; each worker trains its own session fixtures
 test: $(STAMP)  ## the default test suite (slow checks excluded), TEST_WORKERS processes at once (pytest-xdist)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 bench: $(STAMP)  ## benchmarks, written to docs/benchmarks.md
 	$(BIN)/python -m experiments.bench
