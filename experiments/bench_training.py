@@ -29,8 +29,9 @@ With `--packed`, its own section: `train` on a generated text corpus in packed r
 --text` runs it: the `small` preset, 8 rows of 512 tokens, 120 steps) against a hand-written loop that
 calls the model with the rows' `positions` and a segment-causal mask (`harness.bench_training.
 hand_written_packed_step`, the same model call and loss as recoup's step; tests/test_bench_packed.py
-checks their losses agree), rows packed from the same stream on the host each step; 3 rounds
-alternating, the medians compared (target >= 1.0). `--preset`, `--batch-size` (default 8 here), `--tokens`
+checks their losses agree), rows packed from the same stream on the host each step; 5 rounds
+alternating (the order flipped every round), the medians compared (target >= 1.0), and the two compiled
+steps' FLOPs and bytes from XLA's cost analysis. `--preset`, `--batch-size` (default 8 here), `--tokens`
 and `--seq-len` size it.
 """
 
