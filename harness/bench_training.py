@@ -316,7 +316,7 @@ def packed_step_costs(cfg) -> dict[str, dict[str, float]]:
     optimizer = parts.optimizer(cfg.batch_size)
     ours = make_train_step(graphdef, optimizer, parts.schedule, cfg.model.dropout > 0).lower(
         params, optimizer.init(params), parts.batches.draw(parts.batches.init(), 0)[0], np.float32(0),
-        jax.random.key(0), np.float32(1)).compile()
+        jax.random.key(0), np.int32(0), np.float32(1)).compile()
     return {"hand": cost(hand), "recoup": cost(ours)}
 
 

@@ -145,7 +145,7 @@ def train(cfg: RunConfig, parts: Parts, *, resume: bool = False, hooks: Sequence
                         n = n_tokens if part is batch else counted_tokens(part, tokenizer.pad)
                         state.params, state.opt_state, m = train_step(len(rows))(
                             state.params, state.opt_state, sharding.put_batch(part, mesh), np.float32(prog.tokens),
-                            jax.random.fold_in(state.key, prog.step), np.float32(prog.lr_scale))
+                            state.key, np.int32(prog.step), np.float32(prog.lr_scale))
                         prog.step += 1
                         prog.tokens += n
                         if state.averages:
