@@ -33,10 +33,14 @@ class LiveServer:
             time.sleep(0.02)
         return self
 
-    def wait_ready(self, timeout=180.0):
+    def wait_ready(self, timeout=420.0):
+        """Until /health says ok. A failed load ends the wait at once with its error; the timeout is long
+        because warming up several models takes minutes on a loaded 2-core machine (256 s was measured
+        for test_serving's five with four other processes running), and only a hang should reach it."""
         deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/health").status_code != 200:
-            assert time.monotonic() < deadline, "the server never became ready"
+        while (r := httpx.get(self.url + "/health")).status_code != 200:
+            assert r.json().get("status") != "failed", f"the server failed to load: {r.json().get('error')}"
+            assert time.monotonic() < deadline, f"the server was not ready after {timeout:.0f} s"
             time.sleep(0.1)
 
     def __exit__(self, *exc):
