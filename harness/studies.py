@@ -92,10 +92,12 @@ def in_worker(work, task: str, seed: int, *args) -> Any:
     return labelled(f"{task} seed {seed}", work, task, seed, *args)
 
 
-def spawn_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """`workers` processes, each a fresh interpreter: jax must not be forked."""
+def spawn_pool(workers: int, tasks_per_process: int | None = None) -> concurrent.futures.ProcessPoolExecutor:
+    """`workers` processes, each a fresh interpreter: jax must not be forked. `tasks_per_process`: how many
+    tasks a process runs before a fresh one replaces it (None: no limit)."""
     ctx = multiprocessing.get_context("spawn")
-    return concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx)
+    return concurrent.futures.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx,
+                                                  max_tasks_per_child=tasks_per_process)
 
 
 def run_pairs(pairs, work, jobs: int, t0: float) -> list[Any]:
@@ -103,8 +105,10 @@ def run_pairs(pairs, work, jobs: int, t0: float) -> list[Any]:
     the order of `pairs`. `work` must pickle: a module-level function or a partial of one.
 
     On 2 cores two processes side by side did 1.23-1.27x the work of one (XLA's own threads leave
-    the cores idle part of the time), and gave bitwise the same rows as one after another."""
-    with spawn_pool(jobs) as pool:
+    the cores idle part of the time), and gave bitwise the same rows as one after another. A process
+    runs one pair and exits: one that ran pair after pair (2026-12-06, addition then byo) held 8.6 GB
+    when the kernel killed it for memory on the 24 GB machine (compiled decodes and caches pile up)."""
+    with spawn_pool(jobs, tasks_per_process=1) as pool:
         futures = {pool.submit(work, task, seed): (task, seed) for task, seed in pairs}
         for done in concurrent.futures.as_completed(futures):
             task, seed = futures[done]

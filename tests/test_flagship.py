@@ -155,6 +155,7 @@ def test_pairs_run_in_other_processes_keep_their_order_and_raise_a_failure():
     got = studies.run_pairs(pairs, _pair_worker, jobs=2, t0=0.0)
     assert [(g["task"], g["seed"]) for g in got] == pairs
     assert os.getpid() not in {g["pid"] for g in got}
+    assert len({g["pid"] for g in got}) == len(pairs)  # a fresh process each: memory does not pile up
     with pytest.raises(ValueError, match="byo seed 13 failed"):
         studies.run_pairs([("addition", 0), ("byo", 13)], _pair_worker, jobs=2, t0=0.0)
 
