@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)  ## the flagship, quick: addition, 2 seeds, the tuned recipes at 62% of B, 2 seeds at once (7 min 25 s on 2 cores, measured)
+demo: $(STAMP)  ## the flagship, quick: addition, 2 seeds, the tuned recipes at 62% of B, 2 seeds at once (8 min 34 s on 2 cores from a fresh clone, .venv build included, measured)
 	$(BIN)/python -m experiments.early_stop_recovery --quick --jobs 2
 
 flagship: $(STAMP)  ## the flagship, full: 3 tasks x 5 seeds, 2 at a time, writes docs/results.md (needs each task tuned: experiments/tuned.json)
