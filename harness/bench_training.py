@@ -304,7 +304,6 @@ def packed_step_costs(cfg) -> dict[str, dict[str, float]]:
 
     def cost(compiled) -> dict[str, float]:
         c = compiled.cost_analysis()
-        c = c[0] if isinstance(c, list) else c  # a list of one per device in older jax
         return {"flops": float(c["flops"]), "bytes": float(c["bytes accessed"])}
 
     step, params, opt_state = hand_written_packed_step(cfg)

@@ -17,7 +17,7 @@ from framework.models.transformer import build_model
 from framework.runner.build import steps_per_batch, train
 from framework.training import optimizers
 from framework.training.runs import open_run
-from tests.conftest import crash_then_resume, logged_lines, tiny_config
+from tests.conftest import assert_resumes_bit_for_bit, tiny_config
 
 
 def sgd_momentum(learning_rate):
@@ -140,11 +140,7 @@ def test_a_lever_resumes_bit_for_bit(tmp_path, lever):
     common = dict(budget_tokens=12_000, every_tokens=3_000, log_every=3, **LEVERS[lever])
     straight = tiny_config(tmp_path / "straight", **common)
     train(straight, show_progress=False)
-    broken = tiny_config(tmp_path / "broken", **common)
-    crash_then_resume(broken)
-    a, b = open_run(straight.out_dir), open_run(broken.out_dir)
-    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a.params(), b.params())))
-    assert logged_lines(straight.out_dir) == logged_lines(broken.out_dir)
+    assert_resumes_bit_for_bit(straight.out_dir, tiny_config(tmp_path / "broken", **common))
 
 
 def test_schedule_free_checkpoints_hold_the_evaluated_weights(tmp_path):
