@@ -62,7 +62,7 @@ class Run:
         try:
             if average is None:
                 return checkpoints.restore(mgr, step, params=self.abstract_params).params
-            kept = mgr.metadata(step).custom_metadata.get("averages") or []
+            kept = checkpoints.custom_metadata(mgr, self.run_dir, step).get("averages") or []
             if average not in kept:
                 raise ConfigError("average", f"checkpoint {step} of {self.run_dir} keeps no average "
                                              f"{average!r}", kept or ["none: train with --ema-half-life / --swa-start"])
