@@ -22,6 +22,7 @@ import numpy as np
 
 from curricula.build import sampler_factory
 from framework.data.encoding import Sampler
+from framework.data.files import column
 from framework.errors import ConfigError
 
 
@@ -45,17 +46,17 @@ def examples_of(ds: datasets.Dataset, difficulty_col: str = "difficulty", length
         if col is not None and col not in ds.column_names:
             raise ConfigError(field, f"the dataset has no column {col!r}", ds.column_names)
     try:
-        difficulty = np.asarray(ds[difficulty_col], np.float64)
+        difficulty = np.asarray(column(ds, difficulty_col), np.float64)
     except (TypeError, ValueError):
         raise ConfigError("difficulty_col", f"column {difficulty_col!r} must hold numbers") from None
     if difficulty.ndim != 1 or not np.isfinite(difficulty).all():
         raise ConfigError("difficulty_col", f"column {difficulty_col!r} must hold one finite number per row")
     if length_col is not None:
-        lengths = np.asarray(ds[length_col], np.int64)
+        lengths = np.asarray(column(ds, length_col), np.int64)
         answers = np.zeros_like(lengths)
     elif {"prompt", "answer"} <= set(ds.column_names):
-        lengths = np.asarray([len(str(p).encode()) for p in ds["prompt"]], np.int64)
-        answers = np.asarray([len(str(a).encode()) for a in ds["answer"]], np.int64)
+        lengths = np.asarray([len(str(p).encode()) for p in column(ds, "prompt")], np.int64)
+        answers = np.asarray([len(str(a).encode()) for a in column(ds, "answer")], np.int64)
     else:
         lengths = answers = np.zeros(len(difficulty), np.int64)
     return Examples(difficulty, lengths, answers)

@@ -15,6 +15,7 @@ from flax import nnx
 from ensembles.output import ensemble_greedy_decode, member_weights, stack_params
 from framework.config import PRESETS
 from framework.data import tasks
+from framework.data.files import column
 from framework.data.tokenizer import BYTE
 from framework.evaluation import evaluate
 from framework.models.transformer import build_model
@@ -42,7 +43,7 @@ def output_ensemble_latency(base, ks=(2, 4, 8), n_prompts: int = 128, max_new: i
     graphdef, _ = nnx.split(build_model(cfg.model, 0), nnx.Param)
     members = [nnx.split(build_model(cfg.model, seed), nnx.Param)[1] for seed in range(max(ks))]
     raw = tasks.addition(n_prompts, cfg.data.max_digits, seed=0, operand_format=cfg.data.operand_format)
-    prompts = evaluate.left_padded_prompts(list(raw["prompt"]), BYTE)
+    prompts = evaluate.left_padded_prompts(column(raw, "prompt"), BYTE)
 
     def single(params):
         return evaluate.greedy_decode(graphdef, params, prompts, max_new, BYTE.ends)

@@ -22,10 +22,11 @@ def task_text(task: str = "addition", n: int = 2_000) -> list[str]:
     """Prompts with their answers from a built-in task's generator, for a BPE to learn merges from."""
     from framework.config import DataConfig
     from framework.data import tasks
+    from framework.data.files import column
 
     data = DataConfig(task=task, max_digits=3, n_examples=n, val_size=10, test_size=10)
     ds = tasks.build_splits(data)["train"]
-    return [p + a for p, a in zip(ds["prompt"], ds["answer"], strict=True)]
+    return [p + a for p, a in zip(column(ds, "prompt"), column(ds, "answer"), strict=True)]
 
 
 def write_bpe_tokenizer(directory: Path, texts: list[str], layout: str = "qwen", vocab_size: int = 400) -> Path:

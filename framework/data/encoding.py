@@ -32,6 +32,7 @@ import numpy as np
 
 from framework.config import DataConfig
 from framework.data import tasks
+from framework.data.files import column
 from framework.data.tokenizer import Tokenizer, load
 from framework.errors import ConfigError
 
@@ -72,7 +73,7 @@ def sequence_width(splits: dict[str, datasets.Dataset], tok: Tokenizer, multiple
     """
     longest, prompt = 0, ""
     for ds in splits.values():
-        for p, a in zip(ds["prompt"], ds["answer"], strict=True):
+        for p, a in zip(column(ds, "prompt"), column(ds, "answer"), strict=True):
             n = len(tok.prefix) + len(tok.encode(p)) + len(tok.encode(a)) + 1
             if n > longest:
                 longest, prompt = n, p
@@ -90,7 +91,7 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def encode_split(ds: datasets.Dataset, width: int, tok: Tokenizer) -> EncodedSplit:
-    prompts, answers = list(ds["prompt"]), list(ds["answer"])
+    prompts, answers = column(ds, "prompt"), column(ds, "answer")
     tokens = np.full((len(prompts), width), tok.pad, np.int32)
     plens, alens = np.zeros(len(prompts), np.int32), np.zeros(len(prompts), np.int32)
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
@@ -103,7 +104,7 @@ def encode_split(ds: datasets.Dataset, width: int, tok: Tokenizer) -> EncodedSpl
             raise ValueError(f"example {i} needs {len(seq)} tokens, width is {width}")
         tokens[i, : len(seq)] = seq
         plens[i], alens[i] = len(pt) - 1, len(at)  # targets[plens] is the first answer token
-    difficulty = np.asarray(ds["difficulty"], np.float64)
+    difficulty = np.asarray(column(ds, "difficulty"), np.float64)
     return EncodedSplit(tokens, plens, alens, difficulty, prompts, answers, tok)
 
 

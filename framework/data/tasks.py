@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import datasets
 
 from framework.config import DataConfig
-from framework.data.files import COLUMNS, Row, load_file, to_dataset
+from framework.data.files import COLUMNS, Row, column, load_file, to_dataset
 from framework.data.registry import HOP_ANSWERS, OPERAND_FORMATS, RELATIONS, SPLITS, TASKS
 from framework.errors import ConfigError
 
 
 def _rows(ds: datasets.Dataset) -> list[Row]:
-    return list(zip(*(ds[c] for c in COLUMNS), strict=True))
+    return list(zip(*(column(ds, c) for c in COLUMNS), strict=True))
 
 
 def _check_count(field: str, value: int, minimum: int) -> None:
@@ -334,7 +334,7 @@ def split_by_prompt(ds: datasets.Dataset, val_size: int, test_size: int, seed: i
     Returns:
       A DatasetDict with keys "train", "validation", "test".
     """
-    prompts = list(ds["prompt"])
+    prompts = column(ds, "prompt")
     if split_by == "hash":
         if cuts is None:
             _check_split_sizes(len(set(prompts)), "unique prompts", val_size, test_size, 1)
