@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from framework.checkpoints.integrity import write_atomic
 from framework.config import RunConfig
-from harness.studies import ensure_branch, ensure_trained, in_worker, run_pairs
+from harness.studies import ensure_branch, ensure_trained, in_worker, run_pairs, share_compilations
 
 ROWS_VERSION = 3  # bump when what a scored seed holds changes: cached seeds are then rescored
 
@@ -223,6 +223,7 @@ def run(plan: Plan, out: str, tuned: dict, jobs: int = 1, scored: str | None = N
         for seed in plan.seeds:
             for cfg in run_configs(task, seed, out, plan, tuned).values():
                 cfg.validate()
+    share_compilations(out)
     t0 = time.perf_counter()
     pairs = [(task, seed) for task in plan.tasks for seed in plan.seeds]
     if jobs > 1:

@@ -16,6 +16,28 @@ from typing import Any
 from framework.config import RunConfig
 from framework.run_dirs import load_run_config
 
+# XLA's compiled programs, kept on disk for every run of a study (jax's persistent compilation cache).
+# A study's runs compile the same steps again and again (a flagship seed trains ~20 runs of a few
+# configs); read back, a program is the one compiled before, so results are bit for bit the same
+# (a cooldown branch: identical losses and EM with and without). Measured: 16 -> 13 s a cooldown.
+COMPILE_CACHE_OPTIONS = {"jax_persistent_cache_min_compile_time_secs": 0,
+                         "jax_persistent_cache_min_entry_size_bytes": 0}
+
+
+def share_compilations(out: str) -> str:
+    """Keep compiled programs in OUT/.jax-cache for this process and the workers it spawns; returns the path."""
+    path = os.path.join(os.path.abspath(out), ".jax-cache")
+    os.makedirs(path, exist_ok=True)
+    options = {"jax_compilation_cache_dir": path, **COMPILE_CACHE_OPTIONS}
+    for name, value in options.items():
+        os.environ[name.upper()] = str(value)  # what a spawned worker's jax reads when it is imported
+    if "jax" in sys.modules:  # this process's jax, imported already: before its first compilation, this takes
+        import jax
+
+        for name, value in options.items():
+            jax.config.update(name, value)
+    return path
+
 
 def same_run(saved: RunConfig, cfg: RunConfig) -> bool:
     """A saved run serves `cfg` if it is the same run that trained at least as far."""

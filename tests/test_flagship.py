@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +14,8 @@ from experiments import byo_task, early_stop_recovery, fair_tuning
 from framework.config import DataConfig
 from harness import flagship, flagship_report, studies
 from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_byo_file_is_deterministic_distinct_and_read_like_any_user_file(tmp_path):
@@ -189,3 +193,33 @@ def test_a_task_can_train_its_oracles_on_fewer_seeds(tmp_path):
     assert oracles("multihop", 3) == [] and len(oracles("addition", 3)) == 4
     narrowed = plan._replace(seeds=(0, 3), oracle_seeds=(0, 3))  # --seeds 0,3: still only multihop's own
     assert narrowed.oracle_seeds_of("multihop") == (0,) and narrowed.oracle_seeds_of("byo") == (0, 3)
+
+
+COMPILE_TWICE = """
+import json, os, sys
+from harness.studies import share_compilations
+cache = share_compilations(sys.argv[1])
+from framework.runner.build import train
+from tests.conftest import tiny_config
+counts = []
+for name in ("a", "b"):
+    train(tiny_config(os.path.join(sys.argv[1], name)), show_progress=False)
+    counts.append(len(os.listdir(cache)))
+print(json.dumps(counts))
+"""
+
+
+def test_a_study_keeps_compiled_programs_and_reuses_them_bit_for_bit(tmp_path):
+    """share_compilations: the first run fills OUT/.jax-cache, the same run again compiles nothing new and
+    logs the same losses (a fresh process: jax reads the cache directory before its first compilation)."""
+    out = subprocess.run([sys.executable, "-c", COMPILE_TWICE, str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first > 0 and second == first  # every program of the second run was read back
+
+    def losses(name):
+        with open(tmp_path / name / "metrics.jsonl") as f:
+            return [(e["step"], e["loss"]) for e in map(json.loads, f) if e["event"] == "train"]
+
+    assert losses("a") == losses("b") and losses("a")
