@@ -97,7 +97,8 @@ def task_section(task: str, t: dict) -> list[str]:
             lines.append(f"| `{r['lever']}` | {r['on']} | {r['off']} | {100 * r['gain']:+.1f} pts | "
                          f"{', '.join(f'{100 * g:+.1f}' for g in r['gain_per_seed'])} |")
     elif "ablate" in t and t["ablate"] is None:
-        lines += ["", "**Ablation**: not run yet (`python -m experiments.fair_tuning --task TASK --stage ablate`)."]
+        lines += ["", "**Ablation**: not run for this task (`python -m experiments.fair_tuning --task TASK --stage "
+                  "ablate` runs it; the reading below says why not)."]
     elif "ablate" in t:
         lines += ["", "**Ablation**: the anytime winner uses none of the levers (plain AdamW, no Grokfast, no "
                   "batch warmup, b2 as given): nothing to turn off."]
