@@ -1,7 +1,7 @@
 """EM against mean inference cost at one stop of the flagship's anytime runs (issue 24's results).
 
     python -m experiments.cascade_cost --flagship runs/flagship --tasks addition,byo,multihop
-        [--stop 0.62] [--seeds 0,1,2,3,4] [--docs docs/results.md] [--scored docs/flagship_scores]
+        [--stop 0.62] [--seeds 0,1,2,3,4] [--docs docs/results.md] [--scored docs/flagship_scores] [--jobs 2]
 
 For every (task, seed) the flagship trained (OUT/TASK/seedN.json names the runs), the anytime run's
 checkpoints up to `stop`·B are the pool, and `ensembles.select` picks, on validation, the best
@@ -22,6 +22,7 @@ paired difference over seeds. Each (task, seed) is cached in OUT/TASK/cascade-S-
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ import numpy as np
 
 from framework.checkpoints.integrity import write_atomic
 from harness.report import ci95_half_width
+from harness.studies import in_worker, run_pairs
 
 CASCADE_CAPS = (1.1, 1.3, 1.5, 2.0)
 ENSEMBLE_SIZES = (2, 3, 5)
@@ -82,19 +84,33 @@ def _kept(dirs: list[str], name: str) -> str | None:
     return next((p for d in dirs if os.path.isfile(p := os.path.join(d, name))), None)
 
 
+def cached_rows(flagship: str, task: str, seed: int, stop: float, scored: str | None = None) -> dict[str, Any] | None:
+    """seed_rows' saved result for (task, seed), where one is kept for this stop and budget."""
+    dirs = [os.path.join(d, task) for d in (scored, flagship) if d]
+    with open(_kept(dirs, f"seed{seed}.json")) as f:
+        budget = round(stop * json.load(f)["budget_tokens"])
+    if cache := _kept(dirs, f"cascade-{stop:g}-seed{seed}.json"):
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved.get("version") == VERSION and saved.get("budget") == budget:
+            return saved
+    return None
+
+
+def _seed_rows_in_worker(task: str, seed: int, flagship: str, stop: float, scored: str | None) -> dict[str, Any]:
+    return in_worker(lambda t, s: seed_rows(flagship, t, s, stop, print, scored), task, seed)
+
+
 def seed_rows(flagship: str, task: str, seed: int, stop: float, log=print, scored: str | None = None) -> dict[str, Any]:
     """One (task, seed)'s rows, cached in FLAGSHIP/TASK/cascade-S-seedN.json (and in SCORED/TASK/ too, where
     `scored` keeps them apart from the runs: see experiments.early_stop_recovery --scored)."""
+    if (saved := cached_rows(flagship, task, seed, stop, scored)) is not None:
+        return saved
     dirs = [os.path.join(d, task) for d in (scored, flagship) if d]
     name = f"cascade-{stop:g}-seed{seed}.json"
     with open(_kept(dirs, f"seed{seed}.json")) as f:
         flagship_seed = json.load(f)
     budget = round(stop * flagship_seed["budget_tokens"])
-    if cache := _kept(dirs, name):
-        with open(cache) as f:
-            saved = json.load(f)
-        if saved.get("version") == VERSION and saved.get("budget") == budget:
-            return saved
     run_dir = os.path.join(flagship, task, os.path.basename(flagship_seed["dirs"]["anytime"]))
     log(f"  {task} seed {seed}: {run_dir}, checkpoints up to {budget:,} tokens")
     t0 = time.perf_counter()
@@ -184,16 +200,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--docs", default="docs/results.md", help="results file to write the section into ('' for none)")
     p.add_argument("--scored", default=None, help="where the scored seeds are kept apart from the runs, read first "
                                                  "and written too (docs/flagship_scores)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds scored at once, each in a fresh process (default 1)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    per_seed = {}
+    have = {}
     for task in args.tasks.split(","):
         dirs = [os.path.join(d, task) for d in (args.scored, args.flagship) if d]
-        have = [s for s in seeds if _kept(dirs, f"seed{s}.json")]
-        if not have:
+        have[task] = [s for s in seeds if _kept(dirs, f"seed{s}.json")]
+        if not have[task]:
             print(f"{task}: no scored flagship seed in {' or '.join(dirs)}; skipped")
-            continue
-        per_seed[task] = [seed_rows(args.flagship, task, s, args.stop, scored=args.scored) for s in have]
+    rows = {(task, s): cached_rows(args.flagship, task, s, args.stop, args.scored) for task in have for s in have[task]}
+    # Each seed left to score runs in a fresh process: one that scored three seeds in a row held 6.7 GB
+    # (decodes compiled per candidate, members' weights), a third of the 24 GB machine.
+    todo = [pair for pair, r in rows.items() if r is None]
+    work = functools.partial(_seed_rows_in_worker, flagship=args.flagship, stop=args.stop, scored=args.scored)
+    rows |= dict(zip(todo, run_pairs(todo, work, args.jobs, time.perf_counter()), strict=True))
+    per_seed = {task: [rows[task, s] for s in have[task]] for task in have if have[task]}
     tasks = summarize(per_seed)
     for task, t in tasks.items():
         g = t["target"]

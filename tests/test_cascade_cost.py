@@ -43,3 +43,28 @@ def test_the_target_is_the_mean_paired_gap_over_seeds():
     assert t["kinds"]["cascade <= 1.3"]["test_em"] == pytest.approx(0.94) and t["seeds"] == [0, 1, 2]
     worse = cascade_cost.summarize({"addition": seeds[1:2]})["addition"]
     assert not worse["target"]["met"]
+
+
+def test_main_scores_only_the_seeds_left_each_in_a_process_of_its_own(tmp_path, monkeypatch, capsys):
+    """main: kept seeds are read here; the rest go to run_pairs (one fresh process per seed: scoring
+    three seeds in one process held 6.7 GB), in order, and a bad --jobs is refused first."""
+    scored = tmp_path / "scores" / "addition"
+    scored.mkdir(parents=True)
+    for s in (0, 1, 2):
+        (scored / f"seed{s}.json").write_text(json.dumps({"budget_tokens": 1000, "dirs": {"anytime": f"a-seed{s}"}}))
+    kept = {"version": cascade_cost.VERSION, "seed": 1, "budget": 620, "seconds": 1.0, "rows": _rows(0.9, 0.9)}
+    (scored / "cascade-0.62-seed1.json").write_text(json.dumps(kept))
+    sent = []
+
+    def fake_pairs(pairs, work, jobs, t0):
+        sent.append((list(pairs), work.keywords, jobs))
+        return [{**kept, "seed": s, "rows": _rows(0.95, 0.9)} for _, s in pairs]
+
+    monkeypatch.setattr(cascade_cost, "run_pairs", fake_pairs)
+    cascade_cost.main(["--flagship", str(tmp_path / "runs"), "--tasks", "addition", "--seeds", "0,1,2",
+                       "--scored", str(tmp_path / "scores"), "--docs", "", "--jobs", "2"])
+    assert sent == [([("addition", 0), ("addition", 2)], {"flagship": str(tmp_path / "runs"), "stop": 0.62,
+                                                          "scored": str(tmp_path / "scores")}, 2)]
+    assert "+3.3 ± " in capsys.readouterr().out  # seeds 0 and 2: +5 points, seed 1 (kept): 0
+    with pytest.raises(SystemExit, match="--jobs must be at least 1"):
+        cascade_cost.main(["--jobs", "0", "--docs", ""])
