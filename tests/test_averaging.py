@@ -116,14 +116,23 @@ def _run_with_averages(out_dir, **kw):
     return tiny_config(out_dir, ema_half_lives=(1, 6_000), swa_start=0.25, every_tokens=5_000, **kw)
 
 
-def test_training_keeps_ema_and_swa_in_every_checkpoint_and_resumes_them_exactly(tmp_path):
-    from framework.checkpoints import store as checkpoints
+@pytest.fixture(scope="module")
+def averaged_run(tmp_path_factory):
+    """`_run_with_averages` trained without a break (read-only): its first checkpoint, the periodic one
+    at 5k tokens, comes before the SWA starts at 6k."""
     from framework.runner.build import train
+
+    cfg = _run_with_averages(tmp_path_factory.mktemp("averages") / "straight")
+    train(cfg, show_progress=False)
+    return cfg
+
+
+def test_training_keeps_ema_and_swa_in_every_checkpoint_and_resumes_them_exactly(averaged_run, tmp_path):
+    from framework.checkpoints import store as checkpoints
     from framework.training.runs import open_run
     from tests.conftest import crash_then_resume
 
-    straight = _run_with_averages(tmp_path / "straight")
-    train(straight, show_progress=False)
+    straight = averaged_run
     broken = _run_with_averages(tmp_path / "broken")
     crash_then_resume(broken)
     stops = checkpoints.list_checkpoints(straight.out_dir)
@@ -140,16 +149,14 @@ def test_training_keeps_ema_and_swa_in_every_checkpoint_and_resumes_them_exactly
     assert max(jax.tree.leaves(diff)) > 1e-4
 
 
-def test_reading_an_average_that_was_not_kept_or_not_started_is_a_clear_error(tmp_path, trained_run):
+def test_reading_an_average_that_was_not_kept_or_not_started_is_a_clear_error(averaged_run, trained_run):
     from framework.checkpoints import store as checkpoints
-    from framework.runner.build import train
     from framework.training.runs import open_run
 
     cfg, stops = trained_run
     with pytest.raises(ConfigError, match="keeps no average 'ema-5'.*--ema-half-life"):
         open_run(cfg.out_dir).params(stops[-1]["step"], "ema-5")
-    late = _run_with_averages(tmp_path / "late", stops=(0.2, 1.0))
-    train(late, show_progress=False)
+    late = averaged_run
     first = checkpoints.list_checkpoints(late.out_dir)[0]
     assert first["tokens"] < 6_000
     with pytest.raises(ConfigError, match="swa-6000 had not started"):

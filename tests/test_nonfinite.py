@@ -57,7 +57,7 @@ def test_skip_drops_the_update_and_goes_on(tmp_path, monkeypatch):
     assert progress["skipped"] == 2
 
 
-def test_rollback_reloads_the_newest_checkpoint_with_a_lower_learning_rate(tmp_path, monkeypatch):
+def test_rollback_reloads_the_newest_checkpoint_with_a_lower_learning_rate(tmp_path, monkeypatch, trained_run):
     _poison(monkeypatch, {40})  # after the 0.5 checkpoint (step ~32 of ~63)
     cfg = tiny_config(tmp_path / "rb", nonfinite="rollback", rollback_lr_factor=0.25)
     stops = train_mod.train(cfg, show_progress=False)
@@ -69,9 +69,9 @@ def test_rollback_reloads_the_newest_checkpoint_with_a_lower_learning_rate(tmp_p
     steps = [line["step"] for line in _train_lines(cfg.out_dir)]
     assert steps == sorted(set(steps)), steps  # the rolled-back window's lines were dropped, not duplicated
     assert event_scalars(cfg.out_dir) == metrics_scalars(cfg.out_dir)  # and its TensorBoard events
-    monkeypatch.undo()  # the same run without the NaN: the same steps and tokens, the schedule's learning rate
-    ref = tiny_config(tmp_path / "ref")
-    train_mod.train(ref, show_progress=False)
+    # The same run without the NaN (tiny_config as it is, trained before the poison): the same steps and
+    # tokens, the schedule's learning rate.
+    ref, _ = trained_run
     lr = {line["step"]: line["lr"] for line in _train_lines(cfg.out_dir)}
     lr_ref = {line["step"]: line["lr"] for line in _train_lines(ref.out_dir)}
     after = [s for s in lr if s > 40 and lr_ref[s] > 0]

@@ -116,10 +116,9 @@ def test_batch_warmup_splits_batches_in_thirds():
     assert steps_per_batch(tiny_config("x"), 0) == 1
 
 
-def test_batch_warmup_takes_more_steps_over_the_same_batches(tmp_path):
-    common = dict(budget_tokens=10_000, stops=(0.5, 1.0))
-    plain = train(tiny_config(tmp_path / "plain", **common), show_progress=False)
-    warm = train(tiny_config(tmp_path / "warm", batch_warmup=0.5, **common), show_progress=False)
+def test_batch_warmup_takes_more_steps_over_the_same_batches(trained_run, tmp_path):
+    plain = trained_run[1]  # tiny_config as it is
+    warm = train(tiny_config(tmp_path / "warm", batch_warmup=0.5), show_progress=False)
     # the same batches, so the same tokens at every stop; more, smaller steps
     assert [c["tokens"] for c in warm] == [c["tokens"] for c in plain]
     assert warm[-1]["step"] > plain[-1]["step"]
@@ -135,17 +134,24 @@ LEVERS = {
 }
 
 
-@pytest.mark.parametrize("lever", list(LEVERS))
-def test_a_lever_resumes_bit_for_bit(tmp_path, lever):
-    common = dict(budget_tokens=12_000, every_tokens=3_000, log_every=3, **LEVERS[lever])
-    straight = tiny_config(tmp_path / "straight", **common)
-    train(straight, show_progress=False)
-    assert_resumes_bit_for_bit(straight.out_dir, tiny_config(tmp_path / "broken", **common))
+@pytest.fixture(scope="module")
+def straight(request, tmp_path_factory):
+    """The uninterrupted run of the lever `request.param` (read-only)."""
+    cfg = tiny_config(tmp_path_factory.mktemp("straight") / "run", budget_tokens=12_000, every_tokens=3_000,
+                      log_every=3, **LEVERS[request.param])
+    train(cfg, show_progress=False)
+    return cfg
 
 
-def test_schedule_free_checkpoints_hold_the_evaluated_weights(tmp_path):
-    cfg = tiny_config(tmp_path / "sf", optim=OptimConfig(schedule="constant", optimizer="schedule-free"))
-    last = train(cfg, show_progress=False)[-1]
+@pytest.mark.parametrize("straight", list(LEVERS), indirect=True)
+def test_a_lever_resumes_bit_for_bit(straight, tmp_path):
+    assert_resumes_bit_for_bit(straight.out_dir, dataclasses.replace(straight, out_dir=str(tmp_path / "broken")))
+
+
+@pytest.mark.parametrize("straight", ["schedule-free"], indirect=True)  # the lever test's run: one training fewer
+def test_schedule_free_checkpoints_hold_the_evaluated_weights(straight):
+    cfg = straight
+    last = checkpoints.list_checkpoints(cfg.out_dir)[-1]
     run = open_run(cfg.out_dir)
     opt = optimizers.build(cfg.optim, cfg.batch_size)
     abstract = run.abstract_params

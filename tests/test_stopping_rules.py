@@ -179,15 +179,24 @@ def _rule_run(out_dir, **kw):
     return tiny_config(out_dir, **{"every_tokens": 3_000, "stop_rules": ({"rule": "patience", "patience": 2},), **kw})
 
 
-def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(tmp_path):
+@pytest.fixture(scope="module")
+def rule_run(tmp_path_factory):
+    """`_rule_run` trained once, and the checkpoints `train` returned (read-only: copy it to change it)."""
+    from framework.runner.build import train
+
+    cfg = _rule_run(tmp_path_factory.mktemp("rule") / "r")
+    return cfg, train(cfg, show_progress=False)
+
+
+def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(rule_run, tmp_path):
+    import shutil
+
     import jax
 
     from framework.checkpoints import store as checkpoints
-    from framework.runner.build import train
     from framework.training.runs import open_run
 
-    cfg = _rule_run(tmp_path / "r")
-    stops = train(cfg, show_progress=False)
+    cfg, stops = rule_run
     last = stops[-1]
     assert last["kind"] == "stopped" and last["reason"].startswith("patience: val_em did not improve")
     assert last["tokens"] < cfg.budget_tokens
@@ -206,22 +215,21 @@ def test_a_firing_rule_stops_the_run_records_why_and_restores_the_best_weights(t
     assert all(len(e.correct) == cfg.data.val_size for e in evals)
     outcome = tune.replay(list(cfg.stop_rules), "any", evals)
     assert outcome.tokens == last["tokens"] and outcome.reason == last["reason"]
-    # A torn last line (a run killed mid-write) is left out; a damaged line before it is named.
-    with open(f"{cfg.out_dir}/metrics.jsonl", "a") as f:
+    # A torn last line (a run killed mid-write) is left out; a damaged line before it is named (in a copy).
+    copy = str(shutil.copytree(cfg.out_dir, tmp_path / "r"))
+    with open(f"{copy}/metrics.jsonl", "a") as f:
         f.write('{"event": "eval", "st')
-    assert tune.load_evaluations(cfg.out_dir) == evals
-    with open(f"{cfg.out_dir}/metrics.jsonl", "a") as f:
+    assert tune.load_evaluations(copy) == evals
+    with open(f"{copy}/metrics.jsonl", "a") as f:
         f.write('\n{"event": "train"}\n')
     with pytest.raises(ConfigError, match="is not JSON"):
-        tune.load_evaluations(cfg.out_dir)
+        tune.load_evaluations(copy)
 
 
-def test_rule_state_survives_a_crash_and_the_resumed_run_stops_at_the_same_step(tmp_path):
-    from framework.runner.build import train
+def test_rule_state_survives_a_crash_and_the_resumed_run_stops_at_the_same_step(rule_run, tmp_path):
     from tests.conftest import crash_then_resume
 
-    straight = _rule_run(tmp_path / "straight")
-    a = train(straight, show_progress=False)
+    _, a = rule_run
     broken = _rule_run(tmp_path / "broken")
     crash_then_resume(broken, after_fraction=0.2)  # between the first evaluations and the stop
     from framework.checkpoints import store as checkpoints
